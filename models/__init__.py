@@ -1,0 +1,1 @@
+"""Model-side code: feature names and schemas, preprocessing, networks, training, inference."""

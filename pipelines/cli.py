@@ -1,0 +1,45 @@
+"""The `dicomflow` command: one subcommand per pipeline."""
+
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from pipelines.options import UsageError
+
+# Only commands that work are listed; each module has run(argv) -> exit status.
+COMMANDS = {
+    "synth": ("pipelines.synth", "write a synthetic PACS export (DICOM, archives, junk, labels)"),
+    "inventory": ("pipelines.inventory", "list every object and archive member, with status"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: dicomflow COMMAND [options] [Beam pipeline options]", "", "commands:"]
+    lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "dicomflow COMMAND --help shows a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(
+            f"dicomflow: error: unknown command {command!r} (see dicomflow --help)", file=sys.stderr
+        )
+        return 2
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    module = importlib.import_module(COMMANDS[command][0])
+    try:
+        return module.run(rest)
+    except UsageError as e:
+        print(f"dicomflow {command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

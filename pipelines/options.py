@@ -1,0 +1,76 @@
+"""Command-line parsing shared by every pipeline command: our flags plus Beam's, untouched."""
+
+import argparse
+import uuid
+from collections.abc import Sequence
+
+from apache_beam.options.pipeline_options import (
+    PipelineOptions,
+    _BeamArgumentParser,  # Beam's own parser: its options add value-provider arguments
+)
+
+from transforms.manifest import utc_now
+
+
+class UsageError(Exception):
+    """A wrong or missing argument: reported as one line, before any work starts."""
+
+
+class CommandOptions(PipelineOptions):
+    """Base class of every command's options.
+
+    Command option classes derive from this one rather than straight from
+    PipelineOptions: Beam registers every direct subclass in one global parser, so two
+    commands that both take ``--output`` would clash there.
+    """
+
+
+class _OneLineParser(_BeamArgumentParser):
+    def error(self, message: str):
+        raise UsageError(message)
+
+
+def parse_options(
+    prog: str, argv: Sequence[str], command: type[CommandOptions]
+) -> tuple[CommandOptions, PipelineOptions]:
+    """Splits ``argv`` into the command's own options and Beam's.
+
+    Returns:
+        The command's options (a view of ``command``), and PipelineOptions holding only
+        Beam's flags, so that Beam never sees, warns about or ships ours.
+
+    Raises:
+        UsageError: for a flag that is neither the command's nor Beam's, or a value of
+            the wrong type.
+    """
+    argv = list(argv)
+    if "-h" in argv or "--help" in argv:
+        helper = argparse.ArgumentParser(
+            prog=prog, epilog="Beam's pipeline options (--runner, --project, ...) pass through."
+        )
+        command._add_argparse_args(helper)
+        helper.print_help()
+        raise SystemExit(0)
+    ours = _OneLineParser(prog=prog, allow_abbrev=False, add_help=False)
+    command._add_argparse_args(ours)
+    _, beam_argv = ours.parse_known_args(argv)
+    beams = _OneLineParser(prog=prog, allow_abbrev=False, add_help=False)
+    for cls in PipelineOptions.__subclasses__():
+        cls._add_argparse_args(beams)
+    _, unknown = beams.parse_known_args(beam_argv)
+    if unknown:
+        raise UsageError(f"unrecognized arguments: {' '.join(unknown)}")
+    return command(argv), PipelineOptions(beam_argv)
+
+
+def require(value, flag: str):
+    """Returns ``value``, or raises UsageError naming the missing flag."""
+    if value is None or value == [] or value == "":
+        raise UsageError(f"{flag} is required")
+    return value
+
+
+def new_run_id() -> str:
+    """A sortable, unique run id: UTC time plus a random suffix."""
+    stamp = utc_now().replace("-", "").replace(":", "").replace("+0000", "Z")
+    return f"{stamp}-{uuid.uuid4().hex[:8]}"

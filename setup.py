@@ -1,0 +1,46 @@
+"""dicomflow: Beam pipelines from DICOM archives to de-identified training data and scores.
+
+Beam ships this package to Dataflow workers with ``--setup_file ./setup.py``.
+"""
+
+from setuptools import find_packages, setup
+
+# The stack is pinned so that the local run, CI and Dataflow workers run the same code.
+INSTALL_REQUIRES = [
+    "apache-beam[gcp]==2.77.0",
+    "tensorflow==2.21.0",
+    "tensorflow-transform==1.21.0",
+    "pydicom==3.0.2",
+    "pylibjpeg==2.1.0",
+    "pylibjpeg-openjpeg==2.6.0",
+    "pylibjpeg-libjpeg==2.5.0",
+    "pylibjpeg-rle==2.2.0",
+    "pyjpegls==1.5.1",
+    "python-gdcm==3.2.6",
+    "numpy>=2.0,<3",
+    "pillow==12.3.0",
+    "pyarrow==25.0.1",
+    "google-cloud-storage==3.17.1",
+    "pyyaml==6.0.3",
+]
+
+EXTRAS_REQUIRE = {
+    "test": [
+        "pytest==9.2.0",
+        "ruff==0.17.6",
+        "gcp-storage-emulator==2026.7.19",
+    ],
+}
+
+setup(
+    name="dicomflow",
+    version="0.1.0",
+    description="Beam pipelines: DICOM archives to de-identified TFRecords, training and scores",
+    python_requires=">=3.11",
+    packages=find_packages(
+        include=["pipelines", "pipelines.*", "transforms", "transforms.*", "models", "models.*"]
+    ),
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+    entry_points={"console_scripts": ["dicomflow = pipelines.cli:main"]},
+)

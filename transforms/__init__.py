@@ -1,0 +1,1 @@
+"""Beam building blocks (PTransforms, DoFns) over pure functions."""

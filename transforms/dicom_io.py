@@ -1,0 +1,578 @@
+"""Reading layer: match inputs, stream archives member by member, recognise and parse DICOM.
+
+Everything here works through Beam's FileSystems, so a local folder and ``gs://`` read the
+same way on DirectRunner and on Dataflow. Loose objects and archive members become
+``SourceObject``s (at most ``max_bytes`` each); whatever cannot be read becomes a
+``DeadLetter``. Archives are never held in memory whole: zip members are read one at a
+time through the central directory, tar (optionally gzip/bz2/xz compressed) as a stream.
+"""
+
+import gzip
+import io
+import logging
+import os
+import struct
+import tarfile
+import warnings
+import zipfile
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import apache_beam as beam
+import pydicom
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.filereader import data_element_generator
+from pydicom.pixels import get_decoder
+from pydicom.uid import UID
+
+from models import features as f
+from transforms.deadletter import (
+    DEAD_LETTER,
+    STAGE_PARSE,
+    STAGE_READ,
+    DeadLetter,
+    StageError,
+    unexpected,
+)
+
+DEFAULT_MAX_OBJECT_BYTES = 1 << 30  # 1 GiB: larger objects get a too_large error row
+MAX_ARCHIVE_DEPTH = 2  # an archive inside an archive is expanded; deeper nesting is refused
+METRICS_NAMESPACE = "dicomflow"
+
+_HEAD_BYTES = 512
+_GLOB_CHARS = frozenset("*?[")
+_DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+_EXPLICIT_VRS = frozenset(
+    b"AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL "
+    b"UN UR US UT UV".split()
+)
+_LONG_EXPLICIT_VRS = frozenset(b"OB OD OF OL OV OW SQ UC UN UR UT SV UV".split())
+
+# Kinds of object, by content.
+KIND_EMPTY = "empty"
+KIND_DICOM = "dicom"
+KIND_ZIP = "zip"
+KIND_TAR = "tar"  # plain, or compressed with gzip/bz2/xz (tarfile sniffs which)
+KIND_GZIP = "gzip"
+KIND_UNKNOWN = "unknown"
+_ARCHIVE_KINDS = frozenset({KIND_ZIP, KIND_TAR, KIND_GZIP})
+
+# pydicom reports odd values through warnings and its logger, quoting the values; those
+# are PHI, so neither may reach a worker's log.
+logging.getLogger("pydicom").setLevel(logging.CRITICAL + 1)
+warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
+
+
+@dataclass(frozen=True)
+class SourceObject:
+    """One DICOM candidate: a loose object, or a member of an archive at ``source``."""
+
+    source: str
+    member: str | None
+    data: bytes
+
+
+# ---------------------------------------------------------------------------------------
+# Inputs
+
+
+def normalize_uri(uri: str) -> str:
+    """Turns ``file://`` URIs into plain local paths (Beam's local filesystem has no scheme)."""
+    if uri.startswith("file://"):
+        return uri[len("file://") :] or "/"
+    return uri
+
+
+def has_glob(uri: str) -> bool:
+    return any(c in _GLOB_CHARS for c in uri)
+
+
+def to_pattern(uri: str) -> str:
+    """Maps one input URI to a glob: a folder (or ``gs://`` prefix) means everything below it."""
+    uri = normalize_uri(uri)
+    if has_glob(uri):
+        return uri
+    if uri.endswith("/"):
+        return uri + "**"
+    if "://" not in uri:
+        return os.path.join(uri, "**") if os.path.isdir(uri) else uri
+    return uri if FileSystems.exists(uri) else uri + "/**"
+
+
+def match_uri(uri: str) -> Iterator[tuple[str, int]]:
+    """Yields ``(path, size)`` of every object an input URI stands for."""
+    pattern = to_pattern(uri)
+    for metadata in FileSystems.match([pattern])[0].metadata_list:
+        path = metadata.path
+        # Folder placeholders ("dir/" objects, or local directories matched by a glob).
+        if path.endswith("/") or ("://" not in path and os.path.isdir(path)):
+            continue
+        yield path, metadata.size_in_bytes
+
+
+def check_inputs(uris: list[str]) -> None:
+    """Raises ValueError, naming the URI, when an input matches nothing: before any work."""
+    for uri in uris:
+        if next(match_uri(uri), None) is None:
+            raise ValueError(f"input matches no objects: {uri}")
+
+
+class MatchInputs(beam.PTransform):
+    """Input URIs (files, folders, prefixes, globs) → distinct ``(path, size)`` pairs.
+
+    Matching runs inside the pipeline so that Dataflow lists the bucket on a worker; the
+    Distinct also spreads the paths across workers before the heavy reading starts.
+    """
+
+    def __init__(self, uris: list[str]):
+        super().__init__()
+        self._uris = [normalize_uri(u) for u in uris]
+
+    def expand(self, pbegin):
+        return (
+            pbegin
+            | "InputUris" >> beam.Create(self._uris)
+            | "Match" >> beam.FlatMap(match_uri)
+            | "Distinct" >> beam.Distinct()
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# Objects and archive members
+
+
+def sniff(head: bytes) -> str:
+    """Recognises an object by its first bytes, never by its name."""
+    if not head:
+        return KIND_EMPTY
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return KIND_DICOM
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        return KIND_ZIP
+    if head.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")):
+        return KIND_TAR if not head.startswith(b"\x1f\x8b") else KIND_GZIP
+    if len(head) >= 262 and head[257:262] == b"ustar":
+        return KIND_TAR
+    if _looks_like_bare_dataset(head):
+        return KIND_DICOM
+    return KIND_UNKNOWN
+
+
+def _looks_like_bare_dataset(head: bytes) -> bool:
+    """A dataset written without preamble and file meta (old PACS exports do this)."""
+    if len(head) < 8:
+        return False
+    for order in "<>":
+        group, element = struct.unpack(order + "HH", head[:4])
+        if group not in (0x0002, 0x0008) or element > 0x0020:
+            continue
+        if head[4:6] in _EXPLICIT_VRS:
+            return True
+        (length,) = struct.unpack(order + "I", head[4:8])  # implicit VR: a 4-byte length
+        if length < 1024:
+            return True
+    return False
+
+
+def iter_objects(
+    path: str, size: int, max_bytes: int = DEFAULT_MAX_OBJECT_BYTES
+) -> Iterator[SourceObject | DeadLetter]:
+    """Yields every DICOM candidate in the object at ``path``, and a dead letter for the rest.
+
+    Args:
+        path: the object's URI, as FileSystems names it.
+        size: its size in bytes, from the listing.
+        max_bytes: the cap for one loose object or one archive member.
+    """
+    if size == 0:
+        yield DeadLetter(path, None, STAGE_READ, KIND_EMPTY, "object is empty (0 bytes)")
+        return
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        yield from _classify(f, size, path, None, max_bytes, depth=0)
+
+
+def _classify(
+    stream: BinaryIO,
+    size: int | None,
+    source: str,
+    member: str | None,
+    max_bytes: int,
+    depth: int,
+) -> Iterator[SourceObject | DeadLetter]:
+    """Reads one object (loose or a member) from its stream and decides what it is."""
+    try:
+        head = stream.read(_HEAD_BYTES)
+        kind = sniff(head)
+        if kind == KIND_EMPTY:
+            raise StageError(KIND_EMPTY, "object is empty (0 bytes)")
+        if kind == KIND_UNKNOWN:
+            raise StageError("not_dicom", "content is not DICOM and not a known archive")
+        if kind in _ARCHIVE_KINDS:
+            if depth == 0 and member is None and hasattr(stream, "seek"):
+                stream.seek(0)  # a loose archive is read in place, never loaded whole
+                archive: BinaryIO = stream
+            elif depth >= MAX_ARCHIVE_DEPTH:
+                raise StageError("nested_archive", "archive nested deeper than supported")
+            else:
+                archive = io.BytesIO(_read_capped(stream, head, size, max_bytes))
+            yield from _iter_archive(archive, kind, source, member, max_bytes, depth + 1)
+            return
+        yield SourceObject(source, member, _read_capped(stream, head, size, max_bytes))
+    except StageError as e:
+        yield DeadLetter(source, member, STAGE_READ, e.error_type, e.message)
+
+
+def _read_capped(stream: BinaryIO, head: bytes, size: int | None, max_bytes: int) -> bytes:
+    if size is not None and size > max_bytes:
+        raise StageError("too_large", f"object is {size} bytes, over the cap of {max_bytes}")
+    rest = stream.read(max_bytes + 1 - len(head))
+    if len(head) + len(rest) > max_bytes:
+        raise StageError("too_large", f"object is over the cap of {max_bytes} bytes")
+    return head + rest
+
+
+def _join_member(outer: str | None, inner: str) -> str:
+    return inner if outer is None else f"{outer}!/{inner}"
+
+
+def _iter_archive(
+    archive: BinaryIO,
+    kind: str,
+    source: str,
+    outer: str | None,
+    max_bytes: int,
+    depth: int,
+) -> Iterator[SourceObject | DeadLetter]:
+    if kind == KIND_ZIP:
+        yield from _iter_zip(archive, source, outer, max_bytes, depth)
+        return
+    try:
+        tar = tarfile.open(fileobj=archive, mode="r|*")  # noqa: SIM115 - _iter_tar closes it
+    except (tarfile.TarError, EOFError, OSError, zlib.error):
+        if kind != KIND_GZIP:
+            raise StageError("corrupt_archive", "archive cannot be opened") from None
+        # Not a tarball: a single gzip-compressed object (e.g. IMG0001.dcm.gz).
+        archive.seek(0)
+        inner = os.path.basename(outer or source).removesuffix(".gz") or "data"
+        yield from _iter_gzip_member(archive, source, _join_member(outer, inner), max_bytes, depth)
+        return
+    yield from _iter_tar(tar, source, outer, max_bytes, depth)
+
+
+def _iter_gzip_member(
+    archive: BinaryIO, source: str, member: str, max_bytes: int, depth: int
+) -> Iterator[SourceObject | DeadLetter]:
+    try:
+        with gzip.GzipFile(fileobj=archive) as stream:
+            yield from _classify(stream, None, source, member, max_bytes, depth)
+    except (OSError, EOFError, zlib.error):
+        yield DeadLetter(source, member, STAGE_READ, "corrupt_archive", "gzip stream is corrupt")
+
+
+def _iter_zip(
+    archive: BinaryIO, source: str, outer: str | None, max_bytes: int, depth: int
+) -> Iterator[SourceObject | DeadLetter]:
+    try:
+        zf = zipfile.ZipFile(archive)
+    except (zipfile.BadZipFile, OSError, EOFError):
+        yield DeadLetter(
+            source, outer, STAGE_READ, "corrupt_archive", "zip central directory is unreadable"
+        )
+        return
+    with zf:
+        for info in zf.infolist():
+            if info.is_dir():
+                continue
+            member = _join_member(outer, info.filename)
+            if info.flag_bits & 0x1:
+                yield DeadLetter(
+                    source, member, STAGE_READ, "encrypted_member", "zip member is encrypted"
+                )
+                continue
+            if info.file_size == 0:
+                yield DeadLetter(source, member, STAGE_READ, KIND_EMPTY, "member is empty")
+                continue
+            # Read the member completely inside the try: zip checks the CRC at the end.
+            try:
+                with zf.open(info) as stream:
+                    items = list(
+                        _classify(stream, info.file_size, source, member, max_bytes, depth)
+                    )
+            except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError) as e:
+                items = [
+                    DeadLetter(
+                        source,
+                        member,
+                        STAGE_READ,
+                        "corrupt_archive_member",
+                        f"zip member cannot be decompressed ({type(e).__name__})",
+                    )
+                ]
+            yield from items
+
+
+def _iter_tar(
+    tar: tarfile.TarFile, source: str, outer: str | None, max_bytes: int, depth: int
+) -> Iterator[SourceObject | DeadLetter]:
+    with tar:
+        yield from _tar_members(tar, source, outer, max_bytes, depth)
+
+
+def _tar_members(
+    tar: tarfile.TarFile, source: str, outer: str | None, max_bytes: int, depth: int
+) -> Iterator[SourceObject | DeadLetter]:
+    done = 0
+    members = iter(tar)
+    while True:
+        try:
+            info = next(members, None)
+            if info is None:
+                return
+            if not info.isfile():
+                continue
+            member = _join_member(outer, info.name)
+            if info.size == 0:
+                items = [DeadLetter(source, member, STAGE_READ, KIND_EMPTY, "member is empty")]
+            else:
+                stream = tar.extractfile(info)
+                items = list(_classify(stream, info.size, source, member, max_bytes, depth))
+        except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+            # A broken stream hides whatever follows it: one row stands for the rest.
+            yield DeadLetter(
+                source,
+                outer,
+                STAGE_READ,
+                "corrupt_archive",
+                f"archive unreadable after {done} members ({type(e).__name__})",
+            )
+            return
+        done += 1
+        yield from items
+
+
+class ReadObjects(beam.PTransform):
+    """``(path, size)`` → SourceObjects, with a dead-letter output for what cannot be read."""
+
+    def __init__(self, max_bytes: int = DEFAULT_MAX_OBJECT_BYTES):
+        super().__init__()
+        self._max_bytes = max_bytes
+
+    def expand(self, paths):
+        results = paths | "Read" >> beam.ParDo(ReadObjectsFn(self._max_bytes)).with_outputs(
+            DEAD_LETTER, main="objects"
+        )
+        return results.objects, results[DEAD_LETTER]
+
+
+class ReadObjectsFn(beam.DoFn):
+    def __init__(self, max_bytes: int):
+        self._max_bytes = max_bytes
+        self._objects = Metrics.counter(METRICS_NAMESPACE, "read_objects")
+        self._failed = Metrics.counter(METRICS_NAMESPACE, "read_dead_letters")
+        self._bytes = Metrics.counter(METRICS_NAMESPACE, "read_bytes")
+
+    def process(self, path_size: tuple[str, int]):
+        path, size = path_size
+        try:
+            for item in iter_objects(path, size, self._max_bytes):
+                if isinstance(item, DeadLetter):
+                    self._failed.inc()
+                    yield beam.pvalue.TaggedOutput(DEAD_LETTER, item)
+                else:
+                    self._objects.inc()
+                    self._bytes.inc(len(item.data))
+                    yield item
+        except Exception as e:  # the object store failed us: one row, the run goes on
+            self._failed.inc()
+            error = unexpected(e)
+            yield beam.pvalue.TaggedOutput(
+                DEAD_LETTER,
+                DeadLetter(path, None, STAGE_READ, "read_failed", error.message),
+            )
+
+
+# ---------------------------------------------------------------------------------------
+# Parsing
+
+
+def parse_dataset(data: bytes) -> Dataset:
+    """Parses a DICOM object completely (pixel data stays encoded).
+
+    Raises:
+        StageError: ``invalid_dicom`` when it does not parse, ``truncated`` when it ends
+            inside an element.
+    """
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), force=True)
+    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, struct.error) as e:
+        message = f"not a parsable DICOM dataset ({type(e).__name__})"
+        raise StageError("invalid_dicom", message) from None
+    if len(ds) == 0:
+        raise StageError("truncated", "object ends before its dataset begins")
+    _check_complete(ds, data)
+    return ds
+
+
+def _check_complete(ds: Dataset, data: bytes) -> None:
+    """pydicom silently accepts a file cut short; walk the top level again to catch it."""
+    offset = _dataset_offset(data)
+    body = data[offset:]
+    implicit, little = ds.original_encoding
+    if ds.file_meta.get("TransferSyntaxUID") == pydicom.uid.DeflatedExplicitVRLittleEndian:
+        try:
+            body = zlib.decompress(body, -zlib.MAX_WBITS)
+        except zlib.error:
+            raise StageError("truncated", "deflated dataset is cut short") from None
+    fp = io.BytesIO(body)
+    try:
+        for elem in data_element_generator(fp, implicit, little, defer_size=256):
+            # Sequences come back parsed (DataElement); raw ones keep the declared length.
+            length = getattr(elem, "length", 0xFFFFFFFF)
+            if length != 0xFFFFFFFF and elem.value is not None and len(elem.value) < length:
+                raise StageError("truncated", f"object ends inside element {elem.tag}")
+    except (EOFError, struct.error):
+        raise StageError("truncated", "object ends inside an undefined-length element") from None
+    except StageError:
+        raise
+    except Exception as e:  # a malformed nested item: pydicom read it leniently, we do not
+        raise StageError("invalid_dicom", f"malformed dataset ({type(e).__name__})") from None
+    if fp.tell() != len(body):
+        raise StageError("truncated", "object ends inside an element")
+
+
+def _dataset_offset(data: bytes) -> int:
+    """Where the dataset starts: after preamble, 'DICM' and the group 0002 file meta."""
+    pos = 132 if data[128:132] == b"DICM" else 0
+    while pos + 8 <= len(data):
+        group = struct.unpack_from("<H", data, pos)[0]
+        if group != 0x0002:
+            break
+        vr = data[pos + 4 : pos + 6]
+        if vr in _LONG_EXPLICIT_VRS:
+            length = struct.unpack_from("<I", data, pos + 8)[0]
+            pos += 12 + length
+        elif vr in _EXPLICIT_VRS:
+            pos += 8 + struct.unpack_from("<H", data, pos + 6)[0]
+        else:  # implicit VR file meta (non-conformant, but seen in the wild)
+            pos += 8 + struct.unpack_from("<I", data, pos + 4)[0]
+    return pos
+
+
+def _code_string(ds: Dataset, keyword: str) -> str | None:
+    """A CS value only if it looks like one: a malformed header cannot smuggle text out."""
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return None
+    text = str(value).strip().upper()
+    if len(text) > 16 or not all(c.isalnum() or c in " _" for c in text):
+        return "INVALID"
+    return text
+
+
+def _uid(value) -> str | None:
+    text = str(value).strip() if value else ""
+    if not text:
+        return None
+    return text if all(c.isdigit() or c == "." for c in text) and len(text) <= 64 else "INVALID"
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def describe(obj: SourceObject, ds: Dataset) -> dict:
+    """The inventory row for a parsed object: non-identifying facts only."""
+    meta = ds.file_meta
+    sop_class = _uid(meta.get("MediaStorageSOPClassUID") or ds.get("SOPClassUID"))
+    ts = _uid(meta.get("TransferSyntaxUID"))
+    has_pixels = "PixelData" in ds or "FloatPixelData" in ds or "DoubleFloatPixelData" in ds
+    is_dicomdir = sop_class == _DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds
+    if is_dicomdir:
+        status = f.STATUS_DICOMDIR
+    elif has_pixels:
+        status = f.STATUS_IMAGE
+    else:
+        status = f.STATUS_NO_PIXEL_DATA
+    decoder_available = None
+    if has_pixels and ts and ts != "INVALID":
+        try:
+            decoder_available = get_decoder(UID(ts)).is_available
+        except NotImplementedError:
+            decoder_available = False
+    frames = _int(ds, "NumberOfFrames")
+    return {
+        f.SOURCE: obj.source,
+        f.MEMBER: obj.member,
+        f.SIZE_BYTES: len(obj.data),
+        f.PARSE_STATUS: status,
+        f.HAS_PREAMBLE: obj.data[128:132] == b"DICM",
+        f.SOP_CLASS_UID: sop_class,
+        f.SOP_CLASS_NAME: _uid_name(sop_class),
+        f.MODALITY: _code_string(ds, "Modality"),
+        f.TRANSFER_SYNTAX_UID: ts,
+        f.TRANSFER_SYNTAX_NAME: _uid_name(ts),
+        f.ROWS: _int(ds, "Rows"),
+        f.COLUMNS: _int(ds, "Columns"),
+        f.FRAMES: (frames or 1) if has_pixels else frames,
+        f.SAMPLES_PER_PIXEL: _int(ds, "SamplesPerPixel"),
+        f.BITS_ALLOCATED: _int(ds, "BitsAllocated"),
+        f.PHOTOMETRIC_INTERPRETATION: _code_string(ds, "PhotometricInterpretation"),
+        f.HAS_PIXEL_DATA: has_pixels,
+        f.BURNED_IN_ANNOTATION: _code_string(ds, "BurnedInAnnotation"),
+        f.DECODER_AVAILABLE: decoder_available,
+    }
+
+
+def _uid_name(uid: str | None) -> str | None:
+    if not uid or uid == "INVALID":
+        return None
+    name = UID(uid).name
+    return name if name != uid else None  # unknown (private) classes have no name
+
+
+class InspectDicom(beam.PTransform):
+    """SourceObjects → inventory rows, with a dead-letter output for what does not parse."""
+
+    def expand(self, objects):
+        results = objects | "Inspect" >> beam.ParDo(InspectFn()).with_outputs(
+            DEAD_LETTER, main="rows"
+        )
+        return results.rows, results[DEAD_LETTER]
+
+
+class InspectFn(beam.DoFn):
+    def setup(self):
+        self._counters = {}
+        self._failed = Metrics.counter(METRICS_NAMESPACE, "parse_dead_letters")
+
+    def _count(self, status: str) -> None:
+        if status not in self._counters:
+            self._counters[status] = Metrics.counter(METRICS_NAMESPACE, f"inventoried_{status}")
+        self._counters[status].inc()
+
+    def process(self, obj: SourceObject):
+        try:
+            row = describe(obj, parse_dataset(obj.data))
+        except StageError as e:
+            error = e
+        except Exception as e:  # one odd file must not stop the run
+            error = unexpected(e)
+        else:
+            self._count(row[f.PARSE_STATUS])
+            yield row
+            return
+        self._failed.inc()
+        yield beam.pvalue.TaggedOutput(
+            DEAD_LETTER,
+            DeadLetter(obj.source, obj.member, STAGE_PARSE, error.error_type, error.message),
+        )
