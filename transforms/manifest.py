@@ -9,6 +9,8 @@ from collections.abc import Callable, Iterable
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
+from transforms.storage import write_bytes
+
 MANIFEST_NAME = "manifest.json"
 
 
@@ -36,10 +38,8 @@ def nest_counts(flat: dict[str, int]) -> dict:
 
 
 def write_json(uri: str, payload: dict) -> None:
-    """Writes JSON through FileSystems; on GCS the object appears whole or not at all."""
     data = json.dumps(payload, indent=2, sort_keys=True).encode() + b"\n"
-    with FileSystems.create(uri, mime_type="application/json") as f:
-        f.write(data)
+    write_bytes(uri, data, "application/json")
 
 
 class CountKeysFn(beam.CombineFn):
