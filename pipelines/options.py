@@ -43,7 +43,7 @@ def parse_options(
         UsageError: for a flag that is neither the command's nor Beam's, or a value of
             the wrong type.
     """
-    argv = list(argv)
+    argv = _bare_dry_run(list(argv))
     if "-h" in argv or "--help" in argv:
         helper = argparse.ArgumentParser(
             prog=prog, epilog="Beam's pipeline options (--runner, --project, ...) pass through."
@@ -61,6 +61,15 @@ def parse_options(
     if unknown:
         raise UsageError(f"unrecognized arguments: {' '.join(unknown)}")
     return command(argv), PipelineOptions(beam_argv)
+
+
+def _bare_dry_run(argv: list[str]) -> list[str]:
+    """Beam's ``--dry_run`` wants a value; accept it bare, as Dataflow's docs write it."""
+    out = []
+    for i, arg in enumerate(argv):
+        bare = arg == "--dry_run" and (i + 1 == len(argv) or argv[i + 1].startswith("-"))
+        out.append("--dry_run=True" if bare else arg)
+    return out
 
 
 def require(value, flag: str):

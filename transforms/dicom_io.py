@@ -54,6 +54,24 @@ _EXPLICIT_VRS = frozenset(
 )
 _LONG_EXPLICIT_VRS = frozenset(b"OB OD OF OL OV OW SQ UC UN UR UT SV UV".split())
 
+# Code values the inventory reports as they are; anything else becomes "INVALID".
+# Modalities: PS3.3 C.7.3.1.1.1 defined terms, current and retired.
+MODALITIES = frozenset(
+    """AR ASMT AU BDUS BI BMD CD CF CFM CP CR CS CT CTPROTOCOL DD DF DG DM DOC DS DX EC ECG
+    EEG EMG EOG EPS ES FA FID FS GM HC HD IO IOL IVOCT IVUS KER KO LEN LP LS M3D MA MG MR MS
+    NM OAM OCT OP OPM OPR OPT OPTBSV OPTENF OPV OSS OT PA PLAN POS PR PT PX REG RESP RF RG
+    RTDOSE RTIMAGE RTINTENT RTPLAN RTRAD RTRECORD RTSEGANN RTSTRUCT RWV SEG SM SMR SR SRF
+    ST STAIN TEXTUREMAP TG US VA VF XA XAPROTOCOL XC""".split()
+)
+PHOTOMETRIC_INTERPRETATIONS = frozenset(
+    [
+        *"""MONOCHROME1 MONOCHROME2 RGB YBR_FULL YBR_FULL_422 YBR_PARTIAL_422 YBR_PARTIAL_420
+        YBR_ICT YBR_RCT HSV ARGB CMYK XYB""".split(),
+        "PALETTE COLOR",
+    ]
+)
+_YES_NO = frozenset({"YES", "NO"})
+
 # Kinds of object, by content.
 KIND_EMPTY = "empty"
 KIND_DICOM = "dicom"
@@ -410,6 +428,8 @@ def parse_dataset(data: bytes) -> Dataset:
     """
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
+    except zlib.error:
+        raise StageError("truncated", "deflated dataset is cut short or corrupt") from None
     except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, struct.error) as e:
         message = f"not a parsable DICOM dataset ({type(e).__name__})"
         raise StageError("invalid_dicom", message) from None
@@ -464,15 +484,16 @@ def _dataset_offset(data: bytes) -> int:
     return pos
 
 
-def _code_string(ds: Dataset, keyword: str) -> str | None:
-    """A CS value only if it looks like one: a malformed header cannot smuggle text out."""
-    value = ds.get(keyword)
+def _code_string(ds: Dataset, keyword: str, allowed: frozenset[str]) -> str | None:
+    """A code value only if it is one we know: a broken header cannot smuggle text out."""
+    try:
+        value = ds.get(keyword)
+    except Exception:  # an unparsable value is as good as a missing one
+        return "INVALID"
     if value is None or value == "":
         return None
     text = str(value).strip().upper()
-    if len(text) > 16 or not all(c.isalnum() or c in " _" for c in text):
-        return "INVALID"
-    return text
+    return text if text in allowed else "INVALID"
 
 
 def _uid(value) -> str | None:
@@ -518,7 +539,7 @@ def describe(obj: SourceObject, ds: Dataset) -> dict:
         f.HAS_PREAMBLE: obj.data[128:132] == b"DICM",
         f.SOP_CLASS_UID: sop_class,
         f.SOP_CLASS_NAME: _uid_name(sop_class),
-        f.MODALITY: _code_string(ds, "Modality"),
+        f.MODALITY: _code_string(ds, "Modality", MODALITIES),
         f.TRANSFER_SYNTAX_UID: ts,
         f.TRANSFER_SYNTAX_NAME: _uid_name(ts),
         f.ROWS: _int(ds, "Rows"),
@@ -526,9 +547,11 @@ def describe(obj: SourceObject, ds: Dataset) -> dict:
         f.FRAMES: (frames or 1) if has_pixels else frames,
         f.SAMPLES_PER_PIXEL: _int(ds, "SamplesPerPixel"),
         f.BITS_ALLOCATED: _int(ds, "BitsAllocated"),
-        f.PHOTOMETRIC_INTERPRETATION: _code_string(ds, "PhotometricInterpretation"),
+        f.PHOTOMETRIC_INTERPRETATION: _code_string(
+            ds, "PhotometricInterpretation", PHOTOMETRIC_INTERPRETATIONS
+        ),
         f.HAS_PIXEL_DATA: has_pixels,
-        f.BURNED_IN_ANNOTATION: _code_string(ds, "BurnedInAnnotation"),
+        f.BURNED_IN_ANNOTATION: _code_string(ds, "BurnedInAnnotation", _YES_NO),
         f.DECODER_AVAILABLE: decoder_available,
     }
 

@@ -1,0 +1,77 @@
+"""Shared fixtures: one synthetic corpus per session, locally and in an emulated bucket."""
+
+import json
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from apache_beam.io.filesystems import FileSystems
+from gcs_emulator import running_emulator
+
+from pipelines import synth as synth_pipeline
+
+CORPUS_PATIENTS = 8
+CORPUS_SEED = 3
+BUCKET = "dicomflow-test"
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> Path:
+    """A synthetic export written by the real synth pipeline (DirectRunner, in memory)."""
+    root = tmp_path_factory.mktemp("corpus")
+    synth_pipeline.run(
+        ["--output", str(root), "--patients", str(CORPUS_PATIENTS), "--seed", str(CORPUS_SEED)]
+    )
+    return root
+
+
+@pytest.fixture(scope="session")
+def phi(corpus) -> dict[str, list[str]]:
+    return json.loads((corpus / "phi.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def gcs():
+    """The GCS emulator on loopback, with one bucket; yields ``gs://<bucket>``."""
+    from google.cloud import storage
+
+    with running_emulator():
+        storage.Client(project="dicomflow-test").create_bucket(BUCKET)
+        yield f"gs://{BUCKET}"
+
+
+def count_objects(root: Path) -> int:
+    """Objects the reading layer must account for, counted independently of it.
+
+    A loose file counts once; an archive counts once per file member.
+    """
+    total = 0
+    for path in root.rglob("*"):
+        if not path.is_file():
+            continue
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                total += sum(1 for i in zf.infolist() if not i.is_dir())
+        elif path.name.endswith((".tar", ".tar.gz", ".tgz")):
+            with tarfile.open(path) as tf:
+                total += sum(1 for m in tf.getmembers() if m.isfile())
+        else:
+            total += 1
+    return total
+
+
+def read_table(uri: str) -> list[dict]:
+    """All rows of a ``part-*.parquet`` table, local or gs://."""
+    files = sorted(m.path for m in FileSystems.match([f"{uri}/part-*.parquet"])[0].metadata_list)
+    rows: list[dict] = []
+    for path in files:
+        with FileSystems.open(path) as fh:
+            rows.extend(pq.read_table(fh).to_pylist())
+    return rows
+
+
+def phi_values(phi: dict[str, list[str]], min_len: int = 6) -> set[str]:
+    """Planted values worth scanning for (short ones, like sex codes, match by chance)."""
+    return {v for values in phi.values() for v in values if len(v) >= min_len}

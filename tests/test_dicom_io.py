@@ -1,0 +1,360 @@
+"""The reading layer on real files: pydicom's own test files and generated archives."""
+
+import gzip
+import io
+import os
+import subprocess
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+from models import features as f
+from transforms import dicom_io
+from transforms.deadletter import DeadLetter, StageError
+from transforms.dicom_io import SourceObject
+
+CT = Path(get_testdata_file("CT_small.dcm"))
+J2K = Path(get_testdata_file("JPEG2000.dcm"))
+
+
+def objects_in(path: Path, max_bytes: int = dicom_io.DEFAULT_MAX_OBJECT_BYTES) -> list:
+    return list(dicom_io.iter_objects(str(path), path.stat().st_size, max_bytes))
+
+
+def dead(items: list) -> list[DeadLetter]:
+    return [i for i in items if isinstance(i, DeadLetter)]
+
+
+def good(items: list) -> list[SourceObject]:
+    return [i for i in items if isinstance(i, SourceObject)]
+
+
+# --- sniffing ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("head", "kind"),
+    [
+        (b"", dicom_io.KIND_EMPTY),
+        (b"\0" * 128 + b"DICM" + b"\0" * 8, dicom_io.KIND_DICOM),
+        (b"PK\x03\x04rest", dicom_io.KIND_ZIP),
+        (gzip.compress(b"x"), dicom_io.KIND_GZIP),
+        (b"BZh91AY", dicom_io.KIND_TAR),
+        (b"Hello, this is a README file\n", dicom_io.KIND_UNKNOWN),
+        # (0008,0005) CS, explicit VR little endian, no preamble
+        (b"\x08\x00\x05\x00CS\x0a\x00ISO_IR 100", dicom_io.KIND_DICOM),
+        # (0008,0005) CS, explicit VR big endian, no preamble
+        (b"\x00\x08\x00\x05CS\x00\x0aISO_IR 100", dicom_io.KIND_DICOM),
+        # (0008,0016) implicit VR little endian: 4-byte length
+        (b"\x08\x00\x16\x00\x1a\x00\x00\x001.2.840.10008.5.1.4.1.1.2", dicom_io.KIND_DICOM),
+    ],
+)
+def test_sniff_recognises_content_not_names(head, kind):
+    assert dicom_io.sniff(head) == kind
+
+
+def test_sniff_recognises_a_plain_tar():
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        info = tarfile.TarInfo("a")
+        info.size = 1
+        tf.addfile(info, io.BytesIO(b"x"))
+    assert dicom_io.sniff(buf.getvalue()[:512]) == dicom_io.KIND_TAR
+
+
+# --- objects and archives ----------------------------------------------------------------
+
+
+def test_loose_dicom_without_extension_is_read(tmp_path):
+    path = tmp_path / "IMG0001"
+    path.write_bytes(CT.read_bytes())
+    (obj,) = objects_in(path)
+    assert obj == SourceObject(str(path), None, CT.read_bytes())
+
+
+def test_empty_and_junk_objects_are_dead_letters(tmp_path):
+    (tmp_path / "empty").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("patient list attached\n")
+    (empty,) = objects_in(tmp_path / "empty")
+    (junk,) = objects_in(tmp_path / "notes.txt")
+    assert (empty.stage, empty.error_type) == ("read", "empty")
+    assert (junk.stage, junk.error_type, junk.member) == ("read", "not_dicom", None)
+
+
+def test_zip_members_are_read_one_by_one(tmp_path):
+    path = tmp_path / "study.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("S1/", b"")  # a folder entry is not an object
+        zf.write(CT, "S1/IMG1")
+        zf.write(J2K, "S1/IMG2.dcm")
+        zf.writestr("S1/notes.txt", "not an image")
+        zf.writestr("S1/empty.dcm", b"")
+    items = objects_in(path)
+    assert [(o.member, o.data) for o in good(items)] == [
+        ("S1/IMG1", CT.read_bytes()),
+        ("S1/IMG2.dcm", J2K.read_bytes()),
+    ]
+    assert {(d.member, d.error_type) for d in dead(items)} == {
+        ("S1/notes.txt", "not_dicom"),
+        ("S1/empty.dcm", "empty"),
+    }
+    assert all(i.source == str(path) for i in items)
+
+
+def test_corrupt_zip_member_is_one_row_and_the_rest_survive(tmp_path):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.write(CT, "a.dcm")
+        zf.write(CT, "b.dcm")
+    data = bytearray(buf.getvalue())
+    with zipfile.ZipFile(io.BytesIO(bytes(data))) as zf:
+        info = zf.getinfo("b.dcm")
+    start = info.header_offset + 30 + len("b.dcm")
+    data[start + 100 : start + 140] = b"\xff" * 40  # damage b.dcm's compressed bytes
+    path = tmp_path / "broken.zip"
+    path.write_bytes(bytes(data))
+    items = objects_in(path)
+    assert [o.member for o in good(items)] == ["a.dcm"]
+    (row,) = dead(items)
+    assert (row.member, row.stage, row.error_type) == ("b.dcm", "read", "corrupt_archive_member")
+
+
+def test_zip_with_unreadable_directory_is_one_row(tmp_path):
+    path = tmp_path / "bad.zip"
+    path.write_bytes(b"PK\x03\x04" + b"\0" * 200)
+    (row,) = objects_in(path)
+    assert (row.member, row.error_type) == (None, "corrupt_archive")
+
+
+def test_encrypted_zip_member_is_refused(tmp_path):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("secret.dcm", CT.read_bytes())
+    data = bytearray(buf.getvalue())
+    # Set the "encrypted" flag bit as an encrypting zip tool does, in the local header
+    # and in the central directory entry.
+    data[6] |= 0x1
+    data[data.index(b"PK\x01\x02") + 8] |= 0x1
+    path = tmp_path / "locked.zip"
+    path.write_bytes(bytes(data))
+    (row,) = objects_in(path)
+    assert (row.member, row.error_type) == ("secret.dcm", "encrypted_member")
+
+
+def _tar_gz(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def test_tar_gz_is_streamed(tmp_path):
+    path = tmp_path / "study.tgz"
+    path.write_bytes(_tar_gz({"a/IMG1": CT.read_bytes(), "a/IMG2": J2K.read_bytes()}))
+    assert [(o.member, o.data) for o in objects_in(path)] == [
+        ("a/IMG1", CT.read_bytes()),
+        ("a/IMG2", J2K.read_bytes()),
+    ]
+
+
+def test_truncated_tar_gz_keeps_what_came_before_and_says_so(tmp_path):
+    big = os.urandom(200_000)  # incompressible: the cut lands inside this member
+    data = _tar_gz({"IMG1": CT.read_bytes(), "junk.bin": big, "IMG3": CT.read_bytes()})
+    path = tmp_path / "cut.tar.gz"
+    path.write_bytes(data[: len(data) // 2])
+    items = objects_in(path)
+    assert [o.member for o in good(items)] == ["IMG1"]
+    junk, cut = dead(items)
+    assert (junk.member, junk.error_type) == ("junk.bin", "not_dicom")
+    # IMG3 is beyond the cut: nobody can know it was there, one row stands for the rest.
+    assert (cut.member, cut.error_type) == (None, "corrupt_archive")
+    assert "after 2 members" in cut.message
+
+
+def test_gzip_of_a_single_dicom(tmp_path):
+    path = tmp_path / "IMG1.dcm.gz"
+    path.write_bytes(gzip.compress(CT.read_bytes()))
+    (obj,) = objects_in(path)
+    assert (obj.member, obj.data) == ("IMG1.dcm", CT.read_bytes())
+
+
+def test_archive_inside_an_archive_is_expanded(tmp_path):
+    inner = io.BytesIO()
+    with zipfile.ZipFile(inner, "w") as zf:
+        zf.write(CT, "IMG1")
+    path = tmp_path / "outer.tar.gz"
+    path.write_bytes(_tar_gz({"disc/study.zip": inner.getvalue()}))
+    (obj,) = objects_in(path)
+    assert obj.member == "disc/study.zip!/IMG1"
+    assert obj.data == CT.read_bytes()
+
+
+def test_size_cap_gives_a_row_for_loose_objects_and_members(tmp_path):
+    loose = tmp_path / "big.dcm"
+    loose.write_bytes(CT.read_bytes())
+    zipped = tmp_path / "big.zip"
+    with zipfile.ZipFile(zipped, "w") as zf:
+        zf.write(CT, "IMG1")
+        zf.writestr("tiny.dcm", CT.read_bytes()[:1000])
+    cap = 5000
+    (row,) = objects_in(loose, cap)
+    assert row.error_type == "too_large"
+    items = objects_in(zipped, cap)
+    assert [d.member for d in dead(items) if d.error_type == "too_large"] == ["IMG1"]
+    assert [o.member for o in good(items)] == ["tiny.dcm"]
+
+
+def test_read_fn_routes_dead_letters_and_survives_a_vanished_object(tmp_path):
+    fn = dicom_io.ReadObjectsFn(dicom_io.DEFAULT_MAX_OBJECT_BYTES)
+    (tmp_path / "a.dcm").write_bytes(CT.read_bytes())
+    ok = list(fn.process((str(tmp_path / "a.dcm"), CT.stat().st_size)))
+    assert [o.member for o in ok] == [None]
+    (gone,) = list(fn.process((str(tmp_path / "deleted-since-listing.dcm"), 10)))
+    assert gone.tag == "dead_letter"
+    assert (gone.value.stage, gone.value.error_type) == ("read", "read_failed")
+
+
+# --- parsing -----------------------------------------------------------------------------
+
+
+def test_parse_accepts_every_readable_pydicom_test_file():
+    """pydicom's own corpus: everything DICOM parses, and its truncated files are caught."""
+    outcomes: dict[str, str] = {}
+    root = CT.parent
+    for path in sorted(root.rglob("*")):
+        if not path.is_file():
+            continue
+        for item in objects_in(path):
+            if isinstance(item, DeadLetter):
+                outcomes[path.name] = item.error_type
+                continue
+            try:
+                dicom_io.parse_dataset(item.data)
+                outcomes[path.name] = "ok"
+            except StageError as e:
+                outcomes[path.name] = e.error_type
+    assert outcomes["MR_truncated.dcm"] == "truncated"
+    assert outcomes["rtplan_truncated.dcm"] == "truncated"
+    assert outcomes["ExplVR_BigEndNoMeta.dcm"] == "ok"  # no preamble, big endian
+    assert outcomes["README.txt"] == "not_dicom"
+    dicom_files = [n for n in outcomes if n.endswith(".dcm") and "truncated" not in n]
+    failed = sorted(n for n in dicom_files if outcomes[n] != "ok")
+    assert failed == ["no_meta.dcm"]  # its first byte is garbage; pydicom reads nothing either
+    assert sum(v == "ok" for v in outcomes.values()) >= 160
+
+
+@pytest.mark.parametrize("cut", [200, 1000, 5000, 20000, 39000])
+def test_parse_catches_truncation_anywhere(cut):
+    data = CT.read_bytes()
+    with pytest.raises(StageError) as info:
+        dicom_io.parse_dataset(data[:cut])
+    assert info.value.error_type == "truncated"
+
+
+def test_parse_catches_truncated_encapsulated_pixel_data():
+    data = J2K.read_bytes()
+    with pytest.raises(StageError) as info:
+        dicom_io.parse_dataset(data[:-100])
+    assert info.value.error_type == "truncated"
+
+
+def test_parse_catches_truncated_deflated_dataset():
+    data = Path(get_testdata_file("image_dfl.dcm")).read_bytes()
+    dicom_io.parse_dataset(data)
+    with pytest.raises(StageError) as info:
+        dicom_io.parse_dataset(data[: len(data) - 500])
+    assert info.value.error_type == "truncated"
+
+
+def test_parse_refuses_garbage_after_a_valid_header():
+    data = b"\0" * 128 + b"DICM" + os.urandom(300)
+    with pytest.raises(StageError) as info:
+        dicom_io.parse_dataset(data)
+    assert info.value.error_type in {"invalid_dicom", "truncated"}
+
+
+def test_describe_reports_facts_and_no_identifiers():
+    data = CT.read_bytes()
+    ds = dicom_io.parse_dataset(data)
+    row = dicom_io.describe(SourceObject("gs://b/x.dcm", None, data), ds)
+    assert set(row) == set(f.INVENTORY_SCHEMA.names)
+    assert row[f.PARSE_STATUS] == f.STATUS_IMAGE
+    assert row[f.MODALITY] == "CT"
+    assert row[f.SOP_CLASS_NAME] == "CT Image Storage"
+    assert row[f.TRANSFER_SYNTAX_NAME] == "Explicit VR Little Endian"
+    assert (row[f.ROWS], row[f.COLUMNS], row[f.FRAMES]) == (128, 128, 1)
+    assert row[f.HAS_PREAMBLE] is True
+    assert row[f.DECODER_AVAILABLE] is True
+    values = {str(v) for v in row.values()}
+    for identifying in (ds.PatientName, ds.PatientID, ds.StudyInstanceUID, ds.SOPInstanceUID):
+        assert str(identifying) not in values
+
+
+def test_describe_never_copies_free_text_out_of_code_strings():
+    ds = dicom_io.parse_dataset(CT.read_bytes())
+    ds.Modality = "SMITH^JOHN"  # a broken export writing a name where a code belongs
+    ds.BurnedInAnnotation = "see JOHN SMITH"
+    row = dicom_io.describe(SourceObject("x", None, CT.read_bytes()), ds)
+    assert row[f.MODALITY] == "INVALID"
+    assert row[f.BURNED_IN_ANNOTATION] == "INVALID"
+
+
+def test_describe_dicomdir_and_unsupported_compression():
+    dicomdir = Path(get_testdata_file("DICOMDIR"))
+    ds = dicom_io.parse_dataset(dicomdir.read_bytes())
+    row = dicom_io.describe(SourceObject("x", None, dicomdir.read_bytes()), ds)
+    assert row[f.PARSE_STATUS] == f.STATUS_DICOMDIR
+    ds = dicom_io.parse_dataset(J2K.read_bytes())
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.112"  # JPEG XL: no decoder
+    row = dicom_io.describe(SourceObject("x", None, J2K.read_bytes()), ds)
+    assert row[f.DECODER_AVAILABLE] is False
+
+
+def test_parsing_a_file_with_bad_values_logs_no_phi(tmp_path):
+    """pydicom warns and logs invalid values verbatim; none of it may reach a worker's log.
+
+    Run in a fresh interpreter: pytest replaces the warning filters inside tests.
+    """
+    ds = pydicom.dcmread(CT)
+    ds.PatientName = "LEAKY^PATIENTNAME"
+    ds.StudyDate = "LEAKYDATE"  # invalid DA: pydicom warns quoting the value
+    ds.Modality = "LEAKY MODALITY"
+    path = tmp_path / "bad-values.dcm"
+    ds.save_as(path)
+    script = (
+        "import logging, sys; logging.basicConfig(level=logging.DEBUG)\n"
+        "from transforms import dicom_io\n"
+        f"data = open({str(path)!r}, 'rb').read()\n"
+        "ds = dicom_io.parse_dataset(data)\n"
+        "ds.StudyDate, ds.PatientName, ds.Modality\n"
+        "print(dicom_io.describe(dicom_io.SourceObject('x', None, data), ds))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert "'modality': 'INVALID'" in done.stdout
+    assert "LEAKY" not in done.stdout + done.stderr
+
+
+# --- inputs ------------------------------------------------------------------------------
+
+
+def test_input_uris_become_patterns(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "IMG1").write_bytes(b"x")
+    assert dicom_io.normalize_uri(f"file://{tmp_path}") == str(tmp_path)
+    assert dicom_io.to_pattern(str(tmp_path)) == f"{tmp_path}/**"
+    assert dicom_io.to_pattern(f"{tmp_path}/") == f"{tmp_path}/**"
+    assert dicom_io.to_pattern(str(tmp_path / "a" / "IMG1")) == str(tmp_path / "a" / "IMG1")
+    assert dicom_io.to_pattern(f"{tmp_path}/*/IMG*") == f"{tmp_path}/*/IMG*"
+    assert list(dicom_io.match_uri(f"file://{tmp_path}")) == [(str(tmp_path / "a" / "IMG1"), 1)]
+    with pytest.raises(ValueError, match="matches no objects"):
+        dicom_io.check_inputs([str(tmp_path / "nothing-here")])

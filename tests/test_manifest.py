@@ -1,0 +1,36 @@
+"""Manifests: counts combined from rows, written after the tables they describe."""
+
+import json
+
+import apache_beam as beam
+
+from transforms.manifest import MANIFEST_NAME, CountKeysFn, WriteManifest, nest_counts
+
+
+def test_nest_counts():
+    assert nest_counts({"seen": 3, "by_modality/CT": 2, "by_modality/MR": 1}) == {
+        "seen": 3,
+        "by_modality": {"CT": 2, "MR": 1},
+    }
+
+
+def test_count_keys_fn_merges():
+    fn = CountKeysFn()
+    a = fn.add_input(fn.create_accumulator(), ["seen", "x"])
+    b = fn.add_input(fn.create_accumulator(), ["seen"])
+    assert fn.extract_output(fn.merge_accumulators([a, b])) == {"seen": 2, "x": 1}
+
+
+def test_manifest_lists_tables_and_counts(tmp_path):
+    with beam.Pipeline() as p:
+        table = p | "Table" >> beam.Create([["part-00000-of-00001.parquet"]])
+        _ = (
+            p
+            | "Keys" >> beam.Create([["seen", "by_kind/a"], ["seen", "by_kind/b"]])
+            | WriteManifest(str(tmp_path), {"run_id": "r1"}, {"things": table})
+        )
+    manifest = json.loads((tmp_path / MANIFEST_NAME).read_text())
+    assert manifest["run_id"] == "r1"
+    assert manifest["counts"] == {"seen": 2, "by_kind": {"a": 1, "b": 1}}
+    assert manifest["tables"] == {"things": ["part-00000-of-00001.parquet"]}
+    assert manifest["finished_at"]
