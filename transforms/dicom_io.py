@@ -7,6 +7,7 @@ same way on DirectRunner and on Dataflow. Loose objects and archive members beco
 time through the central directory, tar (optionally gzip/bz2/xz compressed) as a stream.
 """
 
+import functools
 import gzip
 import io
 import logging
@@ -524,12 +525,7 @@ def describe(obj: SourceObject, ds: Dataset) -> dict:
         status = f.STATUS_IMAGE
     else:
         status = f.STATUS_NO_PIXEL_DATA
-    decoder_available = None
-    if has_pixels and ts and ts != "INVALID":
-        try:
-            decoder_available = get_decoder(UID(ts)).is_available
-        except NotImplementedError:
-            decoder_available = False
+    decoder_available = _decoder_available(ts) if has_pixels else None
     frames = _int(ds, "NumberOfFrames")
     return {
         f.SOURCE: obj.source,
@@ -556,6 +552,17 @@ def describe(obj: SourceObject, ds: Dataset) -> dict:
     }
 
 
+@functools.cache
+def _decoder_available(ts: str | None) -> bool | None:
+    if not ts or ts == "INVALID":
+        return None
+    try:
+        return get_decoder(UID(ts)).is_available
+    except NotImplementedError:
+        return False
+
+
+@functools.cache
 def _uid_name(uid: str | None) -> str | None:
     if not uid or uid == "INVALID":
         return None
