@@ -1,6 +1,8 @@
 """The `dicomflow` console script, run as users run it."""
 
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -8,9 +10,12 @@ from pipelines import cli
 from pipelines.options import parse_options
 from pipelines.synth import SynthOptions
 
+# The console script installed beside this interpreter (the venv may not be on PATH).
+DICOMFLOW = str(Path(sys.executable).parent / "dicomflow")
+
 
 def dicomflow(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["dicomflow", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([DICOMFLOW, *args], capture_output=True, text=True, timeout=120)
 
 
 def test_usage_lists_only_working_commands():
