@@ -9,8 +9,17 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from models import features as f
-from pipelines.options import CommandOptions, UsageError, new_run_id, parse_options, require
+from pipelines.options import (
+    CommandOptions,
+    UsageError,
+    check_output_outside,
+    new_pipeline,
+    new_run_id,
+    parse_options,
+    require,
+)
 from transforms import dicom_io
+from transforms.deadletter import DeadLetter
 from transforms.manifest import MANIFEST_NAME, WriteManifest, code_version, utc_now
 from transforms.parquet import WriteParquet, table_dir
 
@@ -35,37 +44,43 @@ class InventoryOptions(CommandOptions):
         )
 
 
-def inventory_keys(row: dict) -> list[str]:
+def inventory_keys(row: dict) -> list:
     """The manifest counts one inventory row contributes to."""
-    keys = ["seen", "inventoried", f"by_parse_status/{row[f.PARSE_STATUS]}"]
+    keys: list = ["seen", "inventoried", ("by_parse_status", row[f.PARSE_STATUS])]
     if row[f.MODALITY]:
-        keys.append(f"by_modality/{row[f.MODALITY]}")
-    if row[f.TRANSFER_SYNTAX_NAME] or row[f.TRANSFER_SYNTAX_UID]:
-        keys.append(
-            f"by_transfer_syntax/{row[f.TRANSFER_SYNTAX_NAME] or row[f.TRANSFER_SYNTAX_UID]}"
-        )
+        keys.append(("by_modality", row[f.MODALITY]))
+    syntax = row[f.TRANSFER_SYNTAX_NAME] or row[f.TRANSFER_SYNTAX_UID]
+    if syntax:
+        keys.append(("by_transfer_syntax", syntax))
     if row[f.DECODER_AVAILABLE] is False:
         keys.append("no_decoder")
     return keys
 
 
-def error_keys(row: dict) -> list[str]:
+def error_keys(row: dict) -> list:
     return [
         "seen",
         "dead_lettered",
-        f"by_error_type/{row[f.ERROR_TYPE]}",
-        f"by_stage/{row[f.STAGE]}",
+        ("by_error_type", row[f.ERROR_TYPE]),
+        ("by_stage", row[f.STAGE]),
     ]
+
+
+def validate(opts: InventoryOptions) -> tuple[list[str], str]:
+    """Checks the arguments (no I/O); returns the normalised inputs and output."""
+    inputs = [dicom_io.normalize_uri(u) for u in require(opts.input, "--input")]
+    output = dicom_io.normalize_uri(require(opts.output, "--output"))
+    if opts.max_object_bytes <= 0:
+        raise UsageError("--max-object-bytes must be positive")
+    check_output_outside(output, inputs)
+    return inputs, output
 
 
 def build_pipeline(
     opts: InventoryOptions, beam_options: PipelineOptions, run_id: str | None = None
 ) -> beam.Pipeline:
     """Builds (does not run) the inventory pipeline."""
-    inputs = require(opts.input, "--input")
-    output = dicom_io.normalize_uri(require(opts.output, "--output"))
-    if opts.max_object_bytes <= 0:
-        raise UsageError("--max-object-bytes must be positive")
+    inputs, output = validate(opts)
     header = {
         "pipeline": "inventory",
         "run_id": run_id or new_run_id(),
@@ -75,14 +90,14 @@ def build_pipeline(
         "options": {"max_object_bytes": opts.max_object_bytes},
     }
 
-    p = beam.Pipeline(options=beam_options)
+    p = new_pipeline(beam_options)
     paths = p | "MatchInputs" >> dicom_io.MatchInputs(inputs)
     objects, read_errors = paths | "ReadObjects" >> dicom_io.ReadObjects(opts.max_object_bytes)
     rows, parse_errors = objects | "InspectDicom" >> dicom_io.InspectDicom()
     errors = (
         (read_errors, parse_errors)
         | "AllDeadLetters" >> beam.Flatten()
-        | "ErrorRows" >> beam.Map(lambda d: d.to_row())
+        | "ErrorRows" >> beam.Map(DeadLetter.to_row)
     )
     inventory_files = rows | "WriteInventory" >> WriteParquet(
         table_dir(output, INVENTORY_TABLE), f.INVENTORY_SCHEMA
@@ -109,10 +124,9 @@ def build_pipeline(
 def run(argv: Sequence[str]) -> int:
     """Parses arguments, checks the inputs exist, runs the pipeline, prints the counts."""
     opts, beam_options = parse_options("dicomflow inventory", argv, InventoryOptions)
-    require(opts.input, "--input")
-    output = dicom_io.normalize_uri(require(opts.output, "--output"))
+    inputs, output = validate(opts)
     try:
-        dicom_io.check_inputs(opts.input)
+        dicom_io.check_inputs(inputs)
     except ValueError as e:
         raise UsageError(str(e)) from None
     result = build_pipeline(opts, beam_options).run()

@@ -4,8 +4,10 @@ import argparse
 import uuid
 from collections.abc import Sequence
 
+import apache_beam as beam
 from apache_beam.options.pipeline_options import (
     PipelineOptions,
+    StandardOptions,
     _BeamArgumentParser,  # Beam's own parser: its options add value-provider arguments
 )
 
@@ -77,6 +79,26 @@ def require(value, flag: str):
     if value is None or value == [] or value == "":
         raise UsageError(f"{flag} is required")
     return value
+
+
+def new_pipeline(beam_options: PipelineOptions) -> beam.Pipeline:
+    """A Pipeline for these options; an unknown --runner is a usage error, not a traceback."""
+    runner = beam_options.view_as(StandardOptions).runner
+    try:
+        return beam.Pipeline(options=beam_options)
+    except ValueError as e:
+        if runner and "runner" in str(e).lower():
+            raise UsageError(f"unknown --runner {runner}") from None
+        raise
+
+
+def check_output_outside(output: str, inputs: Sequence[str]) -> None:
+    """Refuses an output inside an input: the next run would read its own tables."""
+    out = output.rstrip("/") + "/"
+    for uri in inputs:
+        root = uri.split("*", 1)[0].rstrip("/") + "/"
+        if out.startswith(root):
+            raise UsageError(f"--output {output} lies inside --input {uri}")
 
 
 def new_run_id() -> str:

@@ -15,7 +15,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.options import CommandOptions, UsageError, parse_options, require
+from pipelines.options import CommandOptions, UsageError, new_pipeline, parse_options, require
 from transforms import synth
 from transforms.dicom_io import METRICS_NAMESPACE, normalize_uri
 from transforms.storage import write_bytes
@@ -58,7 +58,6 @@ class SynthFn(beam.DoFn):
         yield beam.pvalue.TaggedOutput(_PHI, part.phi)
         for row in part.labels:
             yield beam.pvalue.TaggedOutput(_LABELS, row)
-        yield len(part.files)
 
 
 def merge_phi(parts: Iterable[dict[str, list[str]]]) -> dict[str, list[str]]:
@@ -90,9 +89,11 @@ def build_pipeline(opts: SynthOptions, beam_options: PipelineOptions) -> beam.Pi
         raise UsageError("--patients must be at least 1")
     if not 0.0 <= opts.positive_rate <= 1.0:
         raise UsageError("--positive-rate must be between 0 and 1")
+    if opts.seed < 0:
+        raise UsageError("--seed must be 0 or more")
     seed, rate = opts.seed, opts.positive_rate
 
-    p = beam.Pipeline(options=beam_options)
+    p = new_pipeline(beam_options)
     patient_parts = (
         p
         | "PatientIndices" >> beam.Create(range(patients))
@@ -120,7 +121,13 @@ def build_pipeline(opts: SynthOptions, beam_options: PipelineOptions) -> beam.Pi
 
 def run(argv: Sequence[str]) -> int:
     opts, beam_options = parse_options("dicomflow synth", argv, SynthOptions)
-    result = build_pipeline(opts, beam_options).run()
+    pipeline = build_pipeline(opts, beam_options)
+    existing = FileSystems.join(normalize_uri(opts.output), "export", "**")
+    found = FileSystems.match([existing], limits=[100])[0].metadata_list
+    if any(not m.path.endswith("/") for m in found):  # folder placeholders do not count
+        # Mixing two corpora would make phi.json and labels.csv describe only one of them.
+        raise UsageError(f"--output {opts.output} already holds a corpus; choose an empty one")
+    result = pipeline.run()
     result.wait_until_finish()
     output = normalize_uri(opts.output)
     print(

@@ -45,7 +45,8 @@ def gcs():
 def count_objects(root: Path) -> int:
     """Objects the reading layer must account for, counted independently of it.
 
-    A loose file counts once; an archive counts once per file member.
+    A loose file counts once; an archive once per member that is not a folder (links
+    included: they must get a row too), or once if it holds nothing.
     """
     total = 0
     for path in root.rglob("*"):
@@ -53,10 +54,10 @@ def count_objects(root: Path) -> int:
             continue
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as zf:
-                total += sum(1 for i in zf.infolist() if not i.is_dir())
+                total += max(1, sum(1 for i in zf.infolist() if not i.is_dir()))
         elif path.name.endswith((".tar", ".tar.gz", ".tgz")):
             with tarfile.open(path) as tf:
-                total += sum(1 for m in tf.getmembers() if m.isfile())
+                total += max(1, sum(1 for m in tf.getmembers() if not m.isdir()))
         else:
             total += 1
     return total

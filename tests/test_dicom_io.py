@@ -179,6 +179,59 @@ def test_truncated_tar_gz_keeps_what_came_before_and_says_so(tmp_path):
     assert "after 2 members" in cut.message
 
 
+def test_an_error_inside_one_zip_member_costs_only_that_member(tmp_path):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_LZMA) as zf:
+        for name in ("a.dcm", "b.dcm", "c.dcm"):
+            zf.write(CT, name)
+    data = bytearray(buf.getvalue())
+    with zipfile.ZipFile(io.BytesIO(bytes(data))) as zf:
+        info = zf.getinfo("b.dcm")
+    start = info.header_offset + 30 + len("b.dcm")
+    data[start + 40 : start + 400] = os.urandom(360)  # LZMA raises LZMAError, not zlib.error
+    path = tmp_path / "lzma.zip"
+    path.write_bytes(bytes(data))
+    items = objects_in(path)
+    assert [o.member for o in good(items)] == ["a.dcm", "c.dcm"]
+    assert [(d.member, d.error_type) for d in dead(items)] == [("b.dcm", "corrupt_archive_member")]
+
+
+def test_empty_archives_still_get_a_row(tmp_path):
+    empty_zip = tmp_path / "empty.zip"
+    with zipfile.ZipFile(empty_zip, "w") as zf:
+        zf.writestr("folder/", b"")
+    only_dirs = tmp_path / "dirs.tar.gz"
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        info = tarfile.TarInfo("folder")
+        info.type = tarfile.DIRTYPE
+        tf.addfile(info)
+    only_dirs.write_bytes(buf.getvalue())
+    for path in (empty_zip, only_dirs):
+        (row,) = objects_in(path)
+        assert (row.member, row.error_type) == (None, "empty_archive")
+
+
+def test_tar_links_are_refused_not_skipped(tmp_path):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        info = tarfile.TarInfo("a.dcm")
+        info.size = CT.stat().st_size
+        tf.addfile(info, io.BytesIO(CT.read_bytes()))
+        for name, kind in (("b.dcm", tarfile.LNKTYPE), ("c.dcm", tarfile.SYMTYPE)):
+            link = tarfile.TarInfo(name)
+            link.type, link.linkname = kind, "a.dcm"
+            tf.addfile(link)
+    path = tmp_path / "links.tar.gz"
+    path.write_bytes(buf.getvalue())
+    items = objects_in(path)
+    assert [o.member for o in good(items)] == ["a.dcm"]
+    assert [(d.member, d.error_type) for d in dead(items)] == [
+        ("b.dcm", "unsupported_member"),
+        ("c.dcm", "unsupported_member"),
+    ]
+
+
 def test_gzip_of_a_single_dicom(tmp_path):
     path = tmp_path / "IMG1.dcm.gz"
     path.write_bytes(gzip.compress(CT.read_bytes()))
@@ -307,6 +360,16 @@ def test_describe_never_copies_free_text_out_of_code_strings():
     assert row[f.BURNED_IN_ANNOTATION] == "INVALID"
 
 
+def test_describe_survives_absurd_counts_and_misplaced_uids():
+    ds = dicom_io.parse_dataset(CT.read_bytes())
+    ds.NumberOfFrames = "9999999999"
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPInstanceUID  # an instance UID, misplaced
+    row = dicom_io.describe(SourceObject("x", None, CT.read_bytes()), ds)
+    assert row[f.FRAMES] is None
+    assert row[f.SOP_CLASS_UID] == "UNREGISTERED"
+    assert ds.SOPInstanceUID not in {str(v) for v in row.values()}
+
+
 def test_describe_dicomdir_and_unsupported_compression():
     dicomdir = Path(get_testdata_file("DICOMDIR"))
     ds = dicom_io.parse_dataset(dicomdir.read_bytes())
@@ -325,16 +388,21 @@ def test_parsing_a_file_with_bad_values_logs_no_phi(tmp_path):
     """
     ds = pydicom.dcmread(CT)
     ds.PatientName = "LEAKY^PATIENTNAME"
-    ds.StudyDate = "LEAKYDATE"  # invalid DA: pydicom warns quoting the value
+    ds.StudyDate = "LEAKYDATE"  # invalid DA
     ds.Modality = "LEAKY MODALITY"
+    ds.InstanceNumber = "918273"
+    buf = io.BytesIO()
+    ds.save_as(buf)
     path = tmp_path / "bad-values.dcm"
-    ds.save_as(path)
+    # An invalid IS (pydicom would log it verbatim), patched in after encoding.
+    path.write_bytes(buf.getvalue().replace(b"918273", b"LEAKY1"))
     script = (
         "import logging, sys; logging.basicConfig(level=logging.DEBUG)\n"
         "from transforms import dicom_io\n"
         f"data = open({str(path)!r}, 'rb').read()\n"
         "ds = dicom_io.parse_dataset(data)\n"
         "ds.StudyDate, ds.PatientName, ds.Modality\n"
+        "try:\n    ds.InstanceNumber\nexcept ValueError:\n    pass\n"
         "print(dicom_io.describe(dicom_io.SourceObject('x', None, data), ds))\n"
     )
     done = subprocess.run(
@@ -351,6 +419,7 @@ def test_input_uris_become_patterns(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "IMG1").write_bytes(b"x")
     assert dicom_io.normalize_uri(f"file://{tmp_path}") == str(tmp_path)
+    assert dicom_io.normalize_uri(f"{tmp_path}/a/../a/./IMG1") == str(tmp_path / "a" / "IMG1")
     assert dicom_io.to_pattern(str(tmp_path)) == f"{tmp_path}/**"
     assert dicom_io.to_pattern(f"{tmp_path}/") == f"{tmp_path}/**"
     assert dicom_io.to_pattern(str(tmp_path / "a" / "IMG1")) == str(tmp_path / "a" / "IMG1")

@@ -131,12 +131,16 @@ def test_multi_processing_gives_the_same_rows(corpus, local_run, tmp_path):
     assert sorted(map(str, mp["errors"])) == sorted(map(str, local_run["errors"]))
 
 
-def test_rerun_replaces_the_tables(corpus, tmp_path):
+def test_rerun_replaces_the_tables(corpus, tmp_path, monkeypatch):
     root = str(corpus / "export")
     first = run_inventory([root], str(tmp_path))
     stale = tmp_path / "inventory" / "part-00007-of-00009.parquet"
     stale.write_bytes((tmp_path / "inventory" / "part-00000-of-00001.parquet").read_bytes())
-    again = run_inventory([root, f"{root}/junk"], str(tmp_path))  # overlapping inputs too
+    # Overlapping inputs, spelled three ways: each object is still counted once.
+    monkeypatch.chdir(corpus)
+    again = run_inventory(
+        [root, "export/junk/../junk", f"file://{root}/junk/empty.dcm"], str(tmp_path)
+    )
     assert not stale.exists()
     assert sorted(map(str, again["rows"])) == sorted(map(str, first["rows"]))
     assert sorted(map(str, again["errors"])) == sorted(map(str, first["errors"]))
@@ -160,6 +164,8 @@ def test_gcs_emulator_round_trip(gcs, corpus, local_run):
     """synth writes straight into the bucket; inventory reads it there and writes there."""
     bucket_corpus = f"{gcs}/corpus"
     synth.run(["--output", bucket_corpus, "--patients", "8", "--seed", "3", *MULTI_PROCESSING])
+    # A "folder" placeholder object, as the console creates: not an object to count.
+    FileSystems.create(f"{bucket_corpus}/export/junk/").close()
     result = run_inventory([f"{bucket_corpus}/export"], f"{gcs}/inventory", *MULTI_PROCESSING)
     local_root, gcs_root = str(corpus / "export"), f"{bucket_corpus}/export"
 
@@ -175,6 +181,7 @@ def test_dataflow_dry_run_builds_the_job(tmp_path):
     argv = [
         "--input=gs://bucket/export",
         "--output=gs://bucket/inventory",
+        "--max-object-bytes=1000000",
         "--runner=DataflowRunner",
         "--dry_run",
         "--no_auth",
@@ -188,8 +195,11 @@ def test_dataflow_dry_run_builds_the_job(tmp_path):
     names = {t.unique_name for t in result.job.proto_pipeline.components.transforms.values()}
     for step in ("MatchInputs", "ReadObjects", "InspectDicom", "WriteInventory", "WriteErrors"):
         assert step in names
-    # Our flags are not shipped to the service as Beam options.
-    assert "max_object_bytes" not in beam_options.get_all_options()
+    # Our flags are not shipped to the service as Beam options (Dataflow sends unknown
+    # options along too, so look with retain_unknown_options).
+    shipped = beam_options.get_all_options(retain_unknown_options=True)
+    assert not {"input", "output", "max_object_bytes"} & set(shipped)
+    assert opts.max_object_bytes == 1000000
 
 
 @pytest.mark.parametrize(
@@ -201,6 +211,8 @@ def test_dataflow_dry_run_builds_the_job(tmp_path):
         (["--input", ".", "--output", "x", "--max-object-bytes", "ten"], "invalid int value"),
         (["--input", "/no/such/folder", "--output", "x"], "input matches no objects"),
         (["--input", ".", "--output", "x", "--max-object-bytes", "0"], "must be positive"),
+        (["--input", ".", "--output", "./x/inv"], "lies inside --input"),
+        (["--input", ".", "--output", "../x", "--runner", "NoSuchRunner"], "unknown --runner"),
     ],
 )
 def test_bad_arguments_fail_before_any_work(argv, message, tmp_path, monkeypatch):

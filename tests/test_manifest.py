@@ -8,10 +8,11 @@ from transforms.manifest import MANIFEST_NAME, CountKeysFn, WriteManifest, nest_
 
 
 def test_nest_counts():
-    assert nest_counts({"seen": 3, "by_modality/CT": 2, "by_modality/MR": 1}) == {
-        "seen": 3,
-        "by_modality": {"CT": 2, "MR": 1},
-    }
+    flat = {"seen": 3, ("by_modality", "CT"): 2, ("by_modality", "MR"): 1}
+    assert nest_counts(flat) == {"seen": 3, "by_modality": {"CT": 2, "MR": 1}}
+    # Values with "/" in them stay whole.
+    syntax = "MPEG-4 AVC/H.264 High Profile / Level 4.1"
+    assert nest_counts({("by_transfer_syntax", syntax): 1}) == {"by_transfer_syntax": {syntax: 1}}
 
 
 def test_count_keys_fn_merges():
@@ -26,7 +27,7 @@ def test_manifest_lists_tables_and_counts(tmp_path):
         table = p | "Table" >> beam.Create([["part-00000-of-00001.parquet"]])
         _ = (
             p
-            | "Keys" >> beam.Create([["seen", "by_kind/a"], ["seen", "by_kind/b"]])
+            | "Keys" >> beam.Create([["seen", ("by_kind", "a")], ["seen", ("by_kind", "b")]])
             | WriteManifest(str(tmp_path), {"run_id": "r1"}, {"things": table})
         )
     manifest = json.loads((tmp_path / MANIFEST_NAME).read_text())

@@ -40,6 +40,11 @@ def test_same_seed_same_bytes_in_both_runner_modes(tmp_path):
     assert tree_digest(a) != tree_digest(c)
 
 
+def test_refuses_to_mix_two_corpora(corpus):
+    with pytest.raises(UsageError, match="already holds a corpus"):
+        synth.run(["--output", str(corpus), "--patients", "1"])
+
+
 def test_labels_and_phi_describe_the_corpus(corpus, phi):
     with open(corpus / synth.LABELS_NAME) as fh:
         labels = list(csv.DictReader(fh))
@@ -87,6 +92,7 @@ def test_dataflow_dry_run_builds_the_job():
         (["--output", "x", "--patients", "0"], "at least 1"),
         (["--output", "x", "--patients", "2", "--positive-rate", "2"], "between 0 and 1"),
         (["--output", "x", "--patients", "two"], "invalid int value"),
+        (["--output", "x", "--patients", "2", "--seed", "-1"], "--seed must be 0 or more"),
     ],
 )
 def test_bad_arguments(argv, message):

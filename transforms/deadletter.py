@@ -6,7 +6,6 @@ from dataclasses import asdict, dataclass
 DEAD_LETTER = "dead_letter"
 
 # Stages, as they appear in the errors table.
-STAGE_MATCH = "match"
 STAGE_READ = "read"
 STAGE_PARSE = "parse"
 

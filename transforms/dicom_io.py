@@ -30,7 +30,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import data_element_generator
 from pydicom.pixels import get_decoder
-from pydicom.uid import UID
+from pydicom.uid import UID, UID_dictionary
 
 from models import features as f
 from transforms.deadletter import (
@@ -83,7 +83,9 @@ KIND_UNKNOWN = "unknown"
 _ARCHIVE_KINDS = frozenset({KIND_ZIP, KIND_TAR, KIND_GZIP})
 
 # pydicom reports odd values through warnings and its logger, quoting the values; those
-# are PHI, so neither may reach a worker's log.
+# are PHI, so neither may reach a worker's log. Not validating on read means the messages
+# are never built; the logger and warning filters catch what other paths still say.
+pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 logging.getLogger("pydicom").setLevel(logging.CRITICAL + 1)
 warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
 
@@ -104,8 +106,11 @@ class SourceObject:
 def normalize_uri(uri: str) -> str:
     """Turns ``file://`` URIs into plain local paths (Beam's local filesystem has no scheme)."""
     if uri.startswith("file://"):
-        return uri[len("file://") :] or "/"
-    return uri
+        uri = uri[len("file://") :] or "/"
+    if "://" in uri:
+        return uri
+    # One spelling per local file, so overlapping inputs are recognised as such.
+    return os.path.abspath(uri) + ("/" if uri.endswith("/") and uri != "/" else "")
 
 
 def has_glob(uri: str) -> bool:
@@ -138,7 +143,9 @@ def match_uri(uri: str) -> Iterator[tuple[str, int]]:
 def check_inputs(uris: list[str]) -> None:
     """Raises ValueError, naming the URI, when an input matches nothing: before any work."""
     for uri in uris:
-        if next(match_uri(uri), None) is None:
+        pattern = to_pattern(normalize_uri(uri))
+        found = FileSystems.match([pattern], limits=[1000])[0].metadata_list
+        if not any(not m.path.endswith("/") and not os.path.isdir(m.path) for m in found):
             raise ValueError(f"input matches no objects: {uri}")
 
 
@@ -146,7 +153,8 @@ class MatchInputs(beam.PTransform):
     """Input URIs (files, folders, prefixes, globs) → distinct ``(path, size)`` pairs.
 
     Matching runs inside the pipeline so that Dataflow lists the bucket on a worker; the
-    Distinct also spreads the paths across workers before the heavy reading starts.
+    per-path combine drops overlaps between inputs and spreads the paths across workers
+    before the heavy reading starts.
     """
 
     def __init__(self, uris: list[str]):
@@ -158,7 +166,7 @@ class MatchInputs(beam.PTransform):
             pbegin
             | "InputUris" >> beam.Create(self._uris)
             | "Match" >> beam.FlatMap(match_uri)
-            | "Distinct" >> beam.Distinct()
+            | "OnePerPath" >> beam.CombinePerKey(max)
         )
 
 
@@ -174,8 +182,10 @@ def sniff(head: bytes) -> str:
         return KIND_DICOM
     if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
         return KIND_ZIP
-    if head.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")):
-        return KIND_TAR if not head.startswith(b"\x1f\x8b") else KIND_GZIP
+    if head.startswith(b"\x1f\x8b"):
+        return KIND_GZIP  # a gzipped tar, or one gzipped object
+    if head.startswith((b"BZh", b"\xfd7zXZ\x00")):
+        return KIND_TAR
     if len(head) >= 262 and head[257:262] == b"ustar":
         return KIND_TAR
     if _looks_like_bare_dataset(head):
@@ -204,6 +214,9 @@ def iter_objects(
 ) -> Iterator[SourceObject | DeadLetter]:
     """Yields every DICOM candidate in the object at ``path``, and a dead letter for the rest.
 
+    Each member of an archive gets its own item; a loose archive is read in place (zip
+    through its central directory, tar as a stream), never loaded whole.
+
     Args:
         path: the object's URI, as FileSystems names it.
         size: its size in bytes, from the listing.
@@ -213,38 +226,69 @@ def iter_objects(
         yield DeadLetter(path, None, STAGE_READ, KIND_EMPTY, "object is empty (0 bytes)")
         return
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        yield from _classify(f, size, path, None, max_bytes, depth=0)
+        head = f.read(_HEAD_BYTES)
+        kind = sniff(head)
+        if kind in _ARCHIVE_KINDS:
+            f.seek(0)
+            yield from _iter_archive(f, kind, path, None, max_bytes, depth=1)
+        else:
+            yield _leaf(f, head, kind, size, path, None, max_bytes)
 
 
-def _classify(
+@dataclass(frozen=True)
+class _Nested:
+    """An archive found inside an archive: its bytes (at most the cap) and its kind."""
+
+    kind: str
+    data: bytes
+
+
+def _leaf(
     stream: BinaryIO,
+    head: bytes,
+    kind: str,
     size: int | None,
     source: str,
     member: str | None,
     max_bytes: int,
-    depth: int,
-) -> Iterator[SourceObject | DeadLetter]:
-    """Reads one object (loose or a member) from its stream and decides what it is."""
+) -> SourceObject | DeadLetter:
+    """A non-archive object: DICOM is read (up to the cap); anything else is refused unread."""
+    if kind == KIND_EMPTY:
+        return DeadLetter(source, member, STAGE_READ, KIND_EMPTY, "object is empty (0 bytes)")
+    if kind == KIND_UNKNOWN:
+        message = "content is not DICOM and not a known archive"
+        return DeadLetter(source, member, STAGE_READ, "not_dicom", message)
     try:
-        head = stream.read(_HEAD_BYTES)
-        kind = sniff(head)
-        if kind == KIND_EMPTY:
-            raise StageError(KIND_EMPTY, "object is empty (0 bytes)")
-        if kind == KIND_UNKNOWN:
-            raise StageError("not_dicom", "content is not DICOM and not a known archive")
-        if kind in _ARCHIVE_KINDS:
-            if depth == 0 and member is None and hasattr(stream, "seek"):
-                stream.seek(0)  # a loose archive is read in place, never loaded whole
-                archive: BinaryIO = stream
-            elif depth >= MAX_ARCHIVE_DEPTH:
-                raise StageError("nested_archive", "archive nested deeper than supported")
-            else:
-                archive = io.BytesIO(_read_capped(stream, head, size, max_bytes))
-            yield from _iter_archive(archive, kind, source, member, max_bytes, depth + 1)
-            return
-        yield SourceObject(source, member, _read_capped(stream, head, size, max_bytes))
+        return SourceObject(source, member, _read_capped(stream, head, size, max_bytes))
     except StageError as e:
-        yield DeadLetter(source, member, STAGE_READ, e.error_type, e.message)
+        return DeadLetter(source, member, STAGE_READ, e.error_type, e.message)
+
+
+def _read_member(
+    stream: BinaryIO, size: int | None, source: str, member: str, max_bytes: int, depth: int
+) -> SourceObject | DeadLetter | _Nested:
+    """Reads one archive member. Errors of the stream itself propagate to the caller."""
+    head = stream.read(_HEAD_BYTES)
+    kind = sniff(head)
+    if kind not in _ARCHIVE_KINDS:
+        return _leaf(stream, head, kind, size, source, member, max_bytes)
+    if depth >= MAX_ARCHIVE_DEPTH:
+        message = "archive nested deeper than supported"
+        return DeadLetter(source, member, STAGE_READ, "nested_archive", message)
+    try:
+        return _Nested(kind, _read_capped(stream, head, size, max_bytes))
+    except StageError as e:
+        return DeadLetter(source, member, STAGE_READ, e.error_type, e.message)
+
+
+def _expand(
+    item: SourceObject | DeadLetter | _Nested, source: str, member: str, max_bytes: int, depth: int
+) -> Iterator[SourceObject | DeadLetter]:
+    if isinstance(item, _Nested):
+        archive = io.BytesIO(item.data)
+        yield from _iter_archive(archive, item.kind, source, member, max_bytes, depth + 1)
+    else:
+        yield item
 
 
 def _read_capped(stream: BinaryIO, head: bytes, size: int | None, max_bytes: int) -> bytes:
@@ -268,30 +312,17 @@ def _iter_archive(
     max_bytes: int,
     depth: int,
 ) -> Iterator[SourceObject | DeadLetter]:
+    """Every member of one archive; an archive with no files at all still gets a row."""
     if kind == KIND_ZIP:
-        yield from _iter_zip(archive, source, outer, max_bytes, depth)
-        return
-    try:
-        tar = tarfile.open(fileobj=archive, mode="r|*")  # noqa: SIM115 - _iter_tar closes it
-    except (tarfile.TarError, EOFError, OSError, zlib.error):
-        if kind != KIND_GZIP:
-            raise StageError("corrupt_archive", "archive cannot be opened") from None
-        # Not a tarball: a single gzip-compressed object (e.g. IMG0001.dcm.gz).
-        archive.seek(0)
-        inner = os.path.basename(outer or source).removesuffix(".gz") or "data"
-        yield from _iter_gzip_member(archive, source, _join_member(outer, inner), max_bytes, depth)
-        return
-    yield from _iter_tar(tar, source, outer, max_bytes, depth)
-
-
-def _iter_gzip_member(
-    archive: BinaryIO, source: str, member: str, max_bytes: int, depth: int
-) -> Iterator[SourceObject | DeadLetter]:
-    try:
-        with gzip.GzipFile(fileobj=archive) as stream:
-            yield from _classify(stream, None, source, member, max_bytes, depth)
-    except (OSError, EOFError, zlib.error):
-        yield DeadLetter(source, member, STAGE_READ, "corrupt_archive", "gzip stream is corrupt")
+        members = _iter_zip(archive, source, outer, max_bytes, depth)
+    else:
+        members = _iter_tar(archive, kind, source, outer, max_bytes, depth)
+    empty = True
+    for item in members:
+        empty = False
+        yield item
+    if empty:
+        yield DeadLetter(source, outer, STAGE_READ, "empty_archive", "archive holds no files")
 
 
 def _iter_zip(
@@ -299,10 +330,9 @@ def _iter_zip(
 ) -> Iterator[SourceObject | DeadLetter]:
     try:
         zf = zipfile.ZipFile(archive)
-    except (zipfile.BadZipFile, OSError, EOFError):
-        yield DeadLetter(
-            source, outer, STAGE_READ, "corrupt_archive", "zip central directory is unreadable"
-        )
+    except Exception:  # BadZipFile, or the stream failing under it
+        message = "zip central directory is unreadable"
+        yield DeadLetter(source, outer, STAGE_READ, "corrupt_archive", message)
         return
     with zf:
         for info in zf.infolist():
@@ -310,69 +340,75 @@ def _iter_zip(
                 continue
             member = _join_member(outer, info.filename)
             if info.flag_bits & 0x1:
-                yield DeadLetter(
-                    source, member, STAGE_READ, "encrypted_member", "zip member is encrypted"
-                )
+                message = "zip member is encrypted"
+                yield DeadLetter(source, member, STAGE_READ, "encrypted_member", message)
                 continue
             if info.file_size == 0:
                 yield DeadLetter(source, member, STAGE_READ, KIND_EMPTY, "member is empty")
                 continue
-            # Read the member completely inside the try: zip checks the CRC at the end.
+            # Read the member completely inside the try: zip checks the CRC at the end, and
+            # any codec (deflate, bzip2, lzma) may fail on damaged bytes.
             try:
                 with zf.open(info) as stream:
-                    items = list(
-                        _classify(stream, info.file_size, source, member, max_bytes, depth)
-                    )
-            except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError) as e:
-                items = [
-                    DeadLetter(
-                        source,
-                        member,
-                        STAGE_READ,
-                        "corrupt_archive_member",
-                        f"zip member cannot be decompressed ({type(e).__name__})",
-                    )
-                ]
-            yield from items
+                    item = _read_member(stream, info.file_size, source, member, max_bytes, depth)
+            except Exception as e:
+                message = f"zip member cannot be decompressed ({type(e).__name__})"
+                item = DeadLetter(source, member, STAGE_READ, "corrupt_archive_member", message)
+            yield from _expand(item, source, member, max_bytes, depth)
 
 
 def _iter_tar(
-    tar: tarfile.TarFile, source: str, outer: str | None, max_bytes: int, depth: int
+    archive: BinaryIO, kind: str, source: str, outer: str | None, max_bytes: int, depth: int
 ) -> Iterator[SourceObject | DeadLetter]:
-    with tar:
-        yield from _tar_members(tar, source, outer, max_bytes, depth)
-
-
-def _tar_members(
-    tar: tarfile.TarFile, source: str, outer: str | None, max_bytes: int, depth: int
-) -> Iterator[SourceObject | DeadLetter]:
-    done = 0
-    members = iter(tar)
-    while True:
-        try:
-            info = next(members, None)
-            if info is None:
-                return
-            if not info.isfile():
-                continue
-            member = _join_member(outer, info.name)
-            if info.size == 0:
-                items = [DeadLetter(source, member, STAGE_READ, KIND_EMPTY, "member is empty")]
-            else:
-                stream = tar.extractfile(info)
-                items = list(_classify(stream, info.size, source, member, max_bytes, depth))
-        except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
-            # A broken stream hides whatever follows it: one row stands for the rest.
-            yield DeadLetter(
-                source,
-                outer,
-                STAGE_READ,
-                "corrupt_archive",
-                f"archive unreadable after {done} members ({type(e).__name__})",
-            )
+    try:
+        tar = tarfile.open(fileobj=archive, mode="r|*")  # noqa: SIM115 - closed below
+    except Exception:
+        if kind != KIND_GZIP:
+            message = "archive cannot be opened"
+            yield DeadLetter(source, outer, STAGE_READ, "corrupt_archive", message)
             return
-        done += 1
-        yield from items
+        # Not a tarball: a single gzip-compressed object (e.g. IMG0001.dcm.gz).
+        archive.seek(0)
+        inner = _join_member(outer, os.path.basename(outer or source).removesuffix(".gz"))
+        try:
+            with gzip.GzipFile(fileobj=archive) as stream:
+                item = _read_member(stream, None, source, inner, max_bytes, depth)
+        except Exception as e:
+            message = f"gzip stream is corrupt ({type(e).__name__})"
+            item = DeadLetter(source, inner, STAGE_READ, "corrupt_archive", message)
+        yield from _expand(item, source, inner, max_bytes, depth)
+        return
+    done = 0
+    with tar:
+        members = iter(tar)
+        while True:
+            member = None
+            try:
+                info = next(members, None)
+                if info is None:
+                    return
+                if info.isdir():
+                    continue
+                member = _join_member(outer, info.name)
+                if not info.isfile():
+                    message = "tar member is a link or device, not a file"
+                    item = DeadLetter(source, member, STAGE_READ, "unsupported_member", message)
+                elif info.size == 0:
+                    item = DeadLetter(source, member, STAGE_READ, KIND_EMPTY, "member is empty")
+                else:
+                    stream = tar.extractfile(info)
+                    item = _read_member(stream, info.size, source, member, max_bytes, depth)
+            except Exception as e:
+                # A broken stream hides whatever follows it: one row stands for the rest.
+                where = "inside this member" if member else "between members"
+                message = (
+                    f"archive stream breaks {where} after {done} members ({type(e).__name__}); "
+                    "later members cannot be listed"
+                )
+                yield DeadLetter(source, member or outer, STAGE_READ, "corrupt_archive", message)
+                return
+            done += 1
+            yield from _expand(item, source, member, max_bytes, depth)
 
 
 class ReadObjects(beam.PTransform):
@@ -398,8 +434,10 @@ class ReadObjectsFn(beam.DoFn):
 
     def process(self, path_size: tuple[str, int]):
         path, size = path_size
+        yielded = 0
         try:
             for item in iter_objects(path, size, self._max_bytes):
+                yielded += 1
                 if isinstance(item, DeadLetter):
                     self._failed.inc()
                     yield beam.pvalue.TaggedOutput(DEAD_LETTER, item)
@@ -407,12 +445,15 @@ class ReadObjectsFn(beam.DoFn):
                     self._objects.inc()
                     self._bytes.inc(len(item.data))
                     yield item
-        except Exception as e:  # the object store failed us: one row, the run goes on
+        except Exception as e:
+            if yielded:
+                # Part of this object is already out; a row now would count it twice. Let
+                # the runner retry the bundle (its outputs are discarded and redone).
+                raise
             self._failed.inc()
-            error = unexpected(e)
+            message = unexpected(e).message
             yield beam.pvalue.TaggedOutput(
-                DEAD_LETTER,
-                DeadLetter(path, None, STAGE_READ, "read_failed", error.message),
+                DEAD_LETTER, DeadLetter(path, None, STAGE_READ, "read_failed", message)
             )
 
 
@@ -498,18 +539,23 @@ def _code_string(ds: Dataset, keyword: str, allowed: frozenset[str]) -> str | No
 
 
 def _uid(value) -> str | None:
-    text = str(value).strip() if value else ""
+    """A UID only if it is one of DICOM's own (SOP class, transfer syntax): a malformed file
+    could put an instance UID where a class UID belongs, and that would identify."""
+    text = str(value).strip().rstrip("\0") if value else ""
     if not text:
         return None
-    return text if all(c.isdigit() or c == "." for c in text) and len(text) <= 64 else "INVALID"
+    standard = text.startswith("1.2.840.10008.") and all(c.isdigit() or c == "." for c in text)
+    return text if standard or text in UID_dictionary else "UNREGISTERED"
 
 
 def _int(ds: Dataset, keyword: str) -> int | None:
+    """A count that fits the int32 column, or None (a bogus value must not fail the table)."""
     try:
         value = ds.get(keyword)
-        return int(value) if value not in (None, "") else None
+        number = int(value) if value not in (None, "") else None
     except (TypeError, ValueError):
         return None
+    return number if number is not None and 0 <= number < 2**31 else None
 
 
 def describe(obj: SourceObject, ds: Dataset) -> dict:
@@ -540,7 +586,8 @@ def describe(obj: SourceObject, ds: Dataset) -> dict:
         f.TRANSFER_SYNTAX_NAME: _uid_name(ts),
         f.ROWS: _int(ds, "Rows"),
         f.COLUMNS: _int(ds, "Columns"),
-        f.FRAMES: (frames or 1) if has_pixels else frames,
+        # An image without NumberOfFrames has one frame; a bogus value stays unknown.
+        f.FRAMES: 1 if has_pixels and "NumberOfFrames" not in ds else frames,
         f.SAMPLES_PER_PIXEL: _int(ds, "SamplesPerPixel"),
         f.BITS_ALLOCATED: _int(ds, "BitsAllocated"),
         f.PHOTOMETRIC_INTERPRETATION: _code_string(
@@ -554,7 +601,7 @@ def describe(obj: SourceObject, ds: Dataset) -> dict:
 
 @functools.cache
 def _decoder_available(ts: str | None) -> bool | None:
-    if not ts or ts == "INVALID":
+    if not ts or ts == "UNREGISTERED":
         return None
     try:
         return get_decoder(UID(ts)).is_available
@@ -564,7 +611,7 @@ def _decoder_available(ts: str | None) -> bool | None:
 
 @functools.cache
 def _uid_name(uid: str | None) -> str | None:
-    if not uid or uid == "INVALID":
+    if not uid or uid == "UNREGISTERED":
         return None
     name = UID(uid).name
     return name if name != uid else None  # unknown (private) classes have no name

@@ -25,16 +25,24 @@ def utc_now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
-def nest_counts(flat: dict[str, int]) -> dict:
-    """``{"by_modality/CT": 3, "seen": 9}`` → ``{"by_modality": {"CT": 3}, "seen": 9}``."""
+Key = str | tuple[str, str]
+
+
+def nest_counts(flat: dict[Key, int]) -> dict:
+    """``{("by_modality", "CT"): 3, "seen": 9}`` → ``{"by_modality": {"CT": 3}, "seen": 9}``.
+
+    Keys are tuples, not joined strings: values such as transfer syntax names contain "/".
+    """
     nested: dict = {}
-    for key in sorted(flat):
-        node = nested
-        *parents, leaf = key.split("/")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = flat[key]
-    return nested
+    for key, count in flat.items():
+        if isinstance(key, tuple):
+            section, value = key
+            nested.setdefault(section, {})[value] = count
+        else:
+            nested[key] = count
+    return {
+        k: dict(sorted(v.items())) if isinstance(v, dict) else v for k, v in sorted(nested.items())
+    }
 
 
 def write_json(uri: str, payload: dict) -> None:
@@ -43,12 +51,12 @@ def write_json(uri: str, payload: dict) -> None:
 
 
 class CountKeysFn(beam.CombineFn):
-    """Counts string keys: one combiner for every count a manifest reports."""
+    """Counts keys (names, or (section, value) pairs): every count a manifest reports."""
 
     def create_accumulator(self) -> Counter:
         return Counter()
 
-    def add_input(self, acc: Counter, keys: Iterable[str]) -> Counter:
+    def add_input(self, acc: Counter, keys: Iterable[Key]) -> Counter:
         acc.update(keys)
         return acc
 
@@ -58,7 +66,7 @@ class CountKeysFn(beam.CombineFn):
             merged.update(acc)
         return merged
 
-    def extract_output(self, acc: Counter) -> dict[str, int]:
+    def extract_output(self, acc: Counter) -> dict[Key, int]:
         return dict(acc)
 
 
@@ -77,7 +85,7 @@ class WriteManifest(beam.PTransform):
         output: str,
         header: dict,
         tables: dict,
-        finish: Callable[[dict[str, int]], dict] = nest_counts,
+        finish: Callable[[dict[Key, int]], dict] = nest_counts,
     ):
         super().__init__()
         self._output = output
@@ -95,10 +103,10 @@ class WriteManifest(beam.PTransform):
 
 
 def _write_manifest(
-    flat_counts: dict[str, int],
+    flat_counts: dict[Key, int],
     output: str,
     header: dict,
-    finish: Callable[[dict[str, int]], dict],
+    finish: Callable[[dict[Key, int]], dict],
     names: list[str],
     *shards: list[str],
 ) -> dict:
