@@ -22,6 +22,7 @@ INSTALL_REQUIRES = [
     "pyarrow==25.0.1",
     "google-cloud-storage==3.17.1",
     "pyyaml==6.0.3",
+    "cryptography==50.0.2",
 ]
 
 EXTRAS_REQUIRE = {
@@ -29,6 +30,8 @@ EXTRAS_REQUIRE = {
         "pytest==9.2.0",
         "ruff==0.17.6",
         "gcp-storage-emulator==2026.7.19",
+        # Public DICOM test files that de-identification must survive.
+        "deid-data==0.0.20",
     ],
 }
 

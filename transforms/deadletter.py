@@ -8,6 +8,8 @@ DEAD_LETTER = "dead_letter"
 # Stages, as they appear in the errors table.
 STAGE_READ = "read"
 STAGE_PARSE = "parse"
+STAGE_DEIDENTIFY = "deidentify"
+STAGE_WRITE = "write"
 
 
 class StageError(Exception):

@@ -1,6 +1,7 @@
 """De-identification: DICOM PS3.15 Annex E (Table E.1-1) with its options and keyed pseudonyms.
 
-Pure functions on pydicom Datasets; ``DeidentifyFn`` (bottom) is the thin Beam shell.
+Pure functions on pydicom Datasets; ``Deidentify``/``DeidentifyFn`` (bottom) are the thin
+Beam shell.
 
 The table is data (``deid_profile.json``, generated from maintained packages by
 ``scripts/gen_deid_profile.py``), never typed here. What this module adds is the meaning
@@ -25,16 +26,26 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+import apache_beam as beam
 import numpy as np
 import yaml
+from apache_beam.metrics import Metrics
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian, UID_dictionary
 
-from transforms.deadletter import StageError
-from transforms.dicom_io import parse_dataset
+from transforms.deadletter import (
+    DEAD_LETTER,
+    STAGE_DEIDENTIFY,
+    STAGE_PARSE,
+    DeadLetter,
+    StageError,
+    unexpected,
+)
+from transforms.dicom_io import METRICS_NAMESPACE, SourceObject, parse_dataset
+from transforms.keys import KeySource
 
 PROFILE_PATH = Path(__file__).with_name("deid_profile.json")
 
@@ -676,13 +687,23 @@ class DeidResult:
 
 
 def deidentify_object(data: bytes, engine: Deidentifier) -> tuple[DeidResult, dict[str, str]]:
-    """Parsed bytes in, de-identified Part 10 bytes out, with the linkage row.
+    """Bytes in, de-identified Part 10 bytes out, with the linkage row.
 
     Raises:
-        StageError: ``burned_in_annotation`` (policy exclude, or mask without a region for
-            the modality), ``deid_failed``, ``write_failed``.
+        StageError: from parsing (``truncated``, ``invalid_dicom``) or from
+            ``deidentify_dataset``.
     """
-    ds = parse_dataset(data)
+    return deidentify_dataset(parse_dataset(data), engine)
+
+
+def deidentify_dataset(ds: Dataset, engine: Deidentifier) -> tuple[DeidResult, dict[str, str]]:
+    """A parsed dataset (changed in place) → de-identified Part 10 bytes and the linkage row.
+
+    Raises:
+        StageError: ``not_an_instance`` (a DICOMDIR), ``unsupported_transfer_syntax``,
+            ``burned_in_annotation`` (policy exclude, or mask without a region for the
+            modality), ``mask_failed``, ``deid_failed``, ``write_failed``.
+    """
     if "SOPInstanceUID" not in ds or "DirectoryRecordSequence" in ds:
         # A DICOMDIR (or other media file) indexes instances; it is not one.
         raise StageError("not_an_instance", "no SOP instance (e.g. a DICOMDIR); not de-identified")
@@ -724,3 +745,65 @@ def deidentify_object(data: bytes, engine: Deidentifier) -> tuple[DeidResult, di
         data=buf.getvalue(),
     )
     return result, link
+
+
+# ---------------------------------------------------------------------------------------
+# Beam
+
+
+LINKAGE = "linkage"
+
+
+class Deidentify(beam.PTransform):
+    """SourceObjects → DeidResults, with dead-letter and (optional) linkage outputs.
+
+    The key is resolved on each worker from ``key_source``; it never travels in the graph.
+
+    Returns:
+        ``(results, dead_letters, linkage_rows)``; ``linkage_rows`` is None unless asked for.
+    """
+
+    def __init__(self, config: DeidConfig, key_source: KeySource, linkage: bool = False):
+        super().__init__()
+        self._config = config
+        self._key_source = key_source
+        self._linkage = linkage
+
+    def expand(self, objects):
+        outputs = objects | "Deidentify" >> beam.ParDo(
+            DeidentifyFn(self._config, self._key_source, self._linkage)
+        ).with_outputs(DEAD_LETTER, LINKAGE, main="results")
+        return outputs.results, outputs[DEAD_LETTER], outputs[LINKAGE] if self._linkage else None
+
+
+class DeidentifyFn(beam.DoFn):
+    def __init__(self, config: DeidConfig, key_source: KeySource, linkage: bool):
+        self._config = config
+        self._key_source = key_source
+        self._linkage = linkage
+
+    def setup(self):
+        # Built once per worker: the table, the resolved options and the key.
+        self._engine = Deidentifier(Profile.load(), self._config, self._key_source.resolve())
+        self._done = Metrics.counter(METRICS_NAMESPACE, "deidentified")
+        self._failed = Metrics.counter(METRICS_NAMESPACE, "deid_dead_letters")
+
+    def process(self, obj: SourceObject):
+        stage = STAGE_PARSE
+        try:
+            ds = parse_dataset(obj.data)
+            stage = STAGE_DEIDENTIFY
+            result, link = deidentify_dataset(ds, self._engine)
+        except StageError as e:
+            error = e
+        except Exception as e:  # one odd file must not stop the run
+            error = unexpected(e)
+        else:
+            self._done.inc()
+            yield (obj.source, obj.member, result)
+            if self._linkage:
+                yield beam.pvalue.TaggedOutput(LINKAGE, tuple(sorted(link.items())))
+            return
+        self._failed.inc()
+        letter = DeadLetter(obj.source, obj.member, stage, error.error_type, error.message)
+        yield beam.pvalue.TaggedOutput(DEAD_LETTER, letter)

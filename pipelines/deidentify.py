@@ -1,0 +1,233 @@
+"""`dicomflow deidentify`: de-identified DICOM Part 10 copies of an export (PS3.15 Annex E).
+
+The same reading layer and ``Deidentify`` transform that ingest and scoring use, written
+out as ``deid_dicom/<new SOPInstanceUID>.dcm`` so a re-run overwrites instead of
+duplicating, with ``errors/`` and ``manifest.json`` (key fingerprint, never the key).
+"""
+
+import json
+import posixpath
+import sys
+from collections.abc import Sequence
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from models import features as f
+from pipelines.options import (
+    CommandOptions,
+    UsageError,
+    check_output_outside,
+    new_pipeline,
+    new_run_id,
+    parse_options,
+    require,
+)
+from transforms import dicom_io
+from transforms.deadletter import DEAD_LETTER, STAGE_WRITE, DeadLetter
+from transforms.deid import DeidConfig, Deidentify, DeidResult, Profile
+from transforms.keys import KeySource, KeySourceError, fingerprint
+from transforms.linkage import write_linkage
+from transforms.manifest import MANIFEST_NAME, WriteManifest, code_version, utc_now
+from transforms.parquet import WriteParquet, table_dir
+from transforms.storage import write_bytes
+
+DEID_DIR = "deid_dicom"
+ERRORS_TABLE = "errors"
+
+
+class DeidentifyOptions(CommandOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument("--input", action="append", help="file, folder, prefix or glob")
+        parser.add_argument("--output", help="output root (local path or gs://)")
+        parser.add_argument("--key-env", help="environment variable holding the secret key")
+        parser.add_argument("--key-file", help="file (local or gs://) holding the secret key")
+        parser.add_argument("--deid-config", help="YAML with profile options (see README)")
+        parser.add_argument(
+            "--max-object-bytes", type=int, default=dicom_io.DEFAULT_MAX_OBJECT_BYTES
+        )
+        parser.add_argument(
+            "--linkage-output", help="write the encrypted original→pseudonym table here"
+        )
+        parser.add_argument("--linkage-key-env", help="variable holding the linkage key")
+        parser.add_argument("--linkage-key-file", help="file holding the linkage key")
+
+
+def key_source(env: str | None, file: str | None, what: str, dataflow: bool) -> KeySource:
+    """A validated key source; the key is read once here to fail before any work."""
+    if env is None and file is None:
+        raise UsageError(f"{what} is required: --{what}-env VAR or --{what}-file PATH")
+    if env is not None and file is not None:
+        raise UsageError(f"give only one of --{what}-env and --{what}-file")
+    if dataflow and env is not None:
+        raise UsageError(
+            f"--{what}-env does not reach Dataflow workers; use --{what}-file gs://..."
+        )
+    source = KeySource(env=env, file=dicom_io.normalize_uri(file) if file else None)
+    try:
+        source.resolve()
+    except KeySourceError as e:
+        raise UsageError(str(e)) from None
+    return source
+
+
+def load_config(uri: str | None) -> DeidConfig:
+    if uri is None:
+        return DeidConfig()
+    try:
+        with FileSystems.open(dicom_io.normalize_uri(uri)) as fh:
+            text = fh.read().decode()
+    except Exception as e:
+        raise UsageError(f"--deid-config {uri} cannot be read ({type(e).__name__})") from None
+    try:
+        return DeidConfig.from_yaml(text)
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"--deid-config {uri}: {e}") from None
+
+
+class WriteDeidFn(beam.DoFn):
+    """Writes one de-identified instance, named by its new SOPInstanceUID."""
+
+    def __init__(self, directory: str):
+        self._directory = directory
+        self._written = Metrics.counter(dicom_io.METRICS_NAMESPACE, "deid_files_written")
+
+    def process(self, element: tuple[str, str | None, DeidResult]):
+        source, member, result = element
+        name = f"{result.sop_instance_uid}.dcm"
+        try:
+            write_bytes(FileSystems.join(self._directory, name), result.data, "application/dicom")
+        except Exception as e:
+            message = f"cannot write the de-identified file ({type(e).__name__})"
+            letter = DeadLetter(source, member, STAGE_WRITE, "write_failed", message)
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, letter)
+            return
+        self._written.inc()
+        yield name, result.modality
+
+
+def delete_stale_files(_, directory: str, written: list[str]) -> list[str]:
+    """Removes ``*.dcm`` this run did not write (a re-run under another key, say)."""
+    keep = set(written)
+    found = FileSystems.match([FileSystems.join(directory, "*.dcm")])[0].metadata_list
+    stale = [m.path for m in found if posixpath.basename(m.path) not in keep]
+    if stale:
+        FileSystems.delete(stale)
+    return sorted(keep)
+
+
+def build_pipeline(
+    opts: DeidentifyOptions, beam_options: PipelineOptions, run_id: str | None = None
+) -> beam.Pipeline:
+    """Builds (does not run) the deidentify pipeline; checks arguments and keys first."""
+    inputs = [dicom_io.normalize_uri(u) for u in require(opts.input, "--input")]
+    output = dicom_io.normalize_uri(require(opts.output, "--output"))
+    check_output_outside(output, inputs)
+    if opts.max_object_bytes <= 0:
+        raise UsageError("--max-object-bytes must be positive")
+    dataflow = "Dataflow" in str(beam_options.view_as(StandardOptions).runner or "")
+    key = key_source(opts.key_env, opts.key_file, "key", dataflow)
+    config = load_config(opts.deid_config)
+    linkage_key = None
+    if opts.linkage_output:
+        linkage_key = key_source(
+            opts.linkage_key_env, opts.linkage_key_file, "linkage-key", dataflow
+        )
+        if fingerprint(linkage_key.resolve()) == fingerprint(key.resolve()):
+            raise UsageError("the linkage key must differ from the pseudonymization key")
+    elif opts.linkage_key_env or opts.linkage_key_file:
+        raise UsageError("--linkage-key-* needs --linkage-output")
+    header = {
+        "pipeline": "deidentify",
+        "run_id": run_id or new_run_id(),
+        "code_version": code_version(),
+        "started_at": utc_now(),
+        "inputs": inputs,
+        "key_fingerprint": fingerprint(key.resolve()),
+        "deid_profile": Profile.load().standard,
+        "deid_options": config.describe(),
+        "linkage": bool(opts.linkage_output),
+    }
+
+    p = new_pipeline(beam_options)
+    paths = p | "MatchInputs" >> dicom_io.MatchInputs(inputs)
+    objects, read_errors = paths | "ReadObjects" >> dicom_io.ReadObjects(opts.max_object_bytes)
+    results, deid_errors, linkage = objects | "Deidentify" >> Deidentify(
+        config, key, linkage=bool(opts.linkage_output)
+    )
+    deid_dir = FileSystems.join(output, DEID_DIR)
+    written = results | "WriteDeidDicom" >> beam.ParDo(WriteDeidFn(deid_dir)).with_outputs(
+        DEAD_LETTER, main="files"
+    )
+    files = (
+        p
+        | "Once" >> beam.Create([None])
+        | "DeleteStaleFiles"
+        >> beam.Map(
+            delete_stale_files,
+            deid_dir,
+            beam.pvalue.AsList(written.files | "Names" >> beam.Map(lambda nm: nm[0])),
+        )
+    )
+    errors = (
+        (read_errors, deid_errors, written[DEAD_LETTER])
+        | "AllDeadLetters" >> beam.Flatten()
+        | "ErrorRows" >> beam.Map(DeadLetter.to_row)
+    )
+    error_files = errors | "WriteErrors" >> WriteParquet(
+        table_dir(output, ERRORS_TABLE), f.ERRORS_SCHEMA
+    )
+    if linkage is not None:
+        _ = (
+            linkage
+            | "DistinctLinks" >> beam.Distinct()
+            | "CollectLinks" >> beam.combiners.ToList()
+            | "WriteLinkage"
+            >> beam.Map(write_linkage, dicom_io.normalize_uri(opts.linkage_output), linkage_key)
+        )
+    _ = (
+        (
+            written.files
+            | "DeidKeys"
+            >> beam.Map(lambda nm: ["seen", "deidentified", ("by_modality", nm[1] or "none")]),
+            errors
+            | "ErrorKeys"
+            >> beam.Map(
+                lambda r: [
+                    "seen",
+                    "dead_lettered",
+                    ("by_error_type", r[f.ERROR_TYPE]),
+                    ("by_stage", r[f.STAGE]),
+                ]
+            ),
+        )
+        | "AllKeys" >> beam.Flatten()
+        | "WriteManifest"
+        >> WriteManifest(output, header, {DEID_DIR: files, ERRORS_TABLE: error_files})
+    )
+    return p
+
+
+def run(argv: Sequence[str]) -> int:
+    opts, beam_options = parse_options("dicomflow deidentify", argv, DeidentifyOptions)
+    pipeline = build_pipeline(opts, beam_options)
+    try:
+        dicom_io.check_inputs([dicom_io.normalize_uri(u) for u in opts.input])
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    pipeline.run().wait_until_finish()
+    output = dicom_io.normalize_uri(opts.output)
+    with FileSystems.open(FileSystems.join(output, MANIFEST_NAME)) as fh:
+        manifest = json.load(fh)
+    counts = manifest["counts"]
+    print(
+        f"deidentify: {counts.get('seen', 0)} objects seen, "
+        f"{counts.get('deidentified', 0)} de-identified, "
+        f"{counts.get('dead_lettered', 0)} dead-lettered → {output} "
+        f"(key fingerprint {manifest['key_fingerprint']})",
+        file=sys.stderr,
+    )
+    return 0
