@@ -62,10 +62,8 @@ def key_source(env: str | None, file: str | None, what: str, dataflow: bool) -> 
         raise UsageError(f"{what} is required: --{what}-env VAR or --{what}-file PATH")
     if env is not None and file is not None:
         raise UsageError(f"give only one of --{what}-env and --{what}-file")
-    if dataflow and env is not None:
-        raise UsageError(
-            f"--{what}-env does not reach Dataflow workers; use --{what}-file gs://..."
-        )
+    if dataflow and (env is not None or not str(file).startswith("gs://")):
+        raise UsageError(f"Dataflow workers read the {what} from --{what}-file gs://... only")
     source = KeySource(env=env, file=dicom_io.normalize_uri(file) if file else None)
     try:
         source.resolve()

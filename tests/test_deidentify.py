@@ -206,7 +206,8 @@ def test_dataflow_dry_run_reads_the_key_from_the_bucket(gcs, tmp_path):
         (["--key-env", "NOT_SET_ANYWHERE"], "is not set"),
         (["--key-env", "DF_SHORT"], "shorter than 32 bytes"),
         (["--key-env", "DF_TEST_KEY", "--key-file", "k"], "only one of"),
-        (["--key-env", "DF_TEST_KEY", "--runner", "DataflowRunner"], "does not reach Dataflow"),
+        (["--key-env", "DF_TEST_KEY", "--runner", "DataflowRunner"], "from --key-file gs://"),
+        (["--key-file", "k", "--runner", "DataflowRunner"], "from --key-file gs://"),
         (["--key-env", "DF_TEST_KEY", "--deid-config", "cfg.yaml"], "unknown de-id config keys"),
         (
             [
