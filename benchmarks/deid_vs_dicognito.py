@@ -112,7 +112,7 @@ def failures(tool: Tool, objects: list[bytes]) -> dict[int, str]:
         try:
             out = tool(data)
         except Exception as e:
-            failed[i] = type(e).__name__
+            failed[i] = e.error_type if isinstance(e, StageError) else type(e).__name__
             continue
         if out[128:132] != b"DICM":
             failed[i] = "no Part 10 output"

@@ -30,8 +30,11 @@ import apache_beam as beam
 import numpy as np
 import yaml
 from apache_beam.metrics import Metrics
+from pydicom import config as pydicom_config
 from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian, UID_dictionary
@@ -78,6 +81,7 @@ CID_7050 = {
 
 _TEXT_VRS = frozenset({"LO", "LT", "SH", "ST", "UC", "UT"})
 _BYTES_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
+_STRING_VRS = frozenset("AE AS CS DA DS DT IS LO LT PN SH ST TM UC UI UR UT".split())
 _DUMMY = {
     "AE": "ANONYMOUS",
     "AS": "000Y",
@@ -99,7 +103,6 @@ _ACCESSION_NUMBER = 0x00080050
 _PIXEL_DATA = 0x7FE00010
 _DATE_RE = re.compile(r"^(\d{4})(\d{2})(\d{2})")
 _LONG_NUMBER_RE = re.compile(r"\d{5,}")
-_FILE_META_DROPPED = (0x00020016, 0x00020017, 0x00020018, 0x00020100, 0x00020102)
 
 
 # ---------------------------------------------------------------------------------------
@@ -320,6 +323,34 @@ def clean_text(text: str, tokens: Iterable[str]) -> str:
 # The engine
 
 
+def _values(ds: Dataset, tag: int) -> list[str]:
+    """An element's values as text, from the raw bytes while pydicom has not converted them:
+    conversion is most of the cost of a walk, and text is all we need."""
+    elem = ds.get_item(tag)
+    if elem is None:
+        return []
+    if isinstance(elem, RawDataElement):
+        text = (elem.value or b"").decode("latin-1").rstrip("\x00 ")
+        return [v.strip() for v in text.split("\\")] if text else []
+    value = elem.value
+    if value is None or value == "":
+        return []
+    if isinstance(value, (list, MultiValue)):
+        return [str(v) for v in value]
+    return [str(value)]
+
+
+def _text(ds: Dataset, tag: int) -> str:
+    return "\\".join(_values(ds, tag))
+
+
+def _set(ds: Dataset, tag: int, vr: str, value) -> None:
+    """Replaces an element without converting its old value first (None: empty)."""
+    if value is None:
+        value = b"" if vr in _BYTES_VRS else "" if vr in _STRING_VRS else None
+    ds[tag] = DataElement(tag, vr, value, validation_mode=pydicom_config.IGNORE)
+
+
 @dataclass
 class _Context:
     """Per-dataset facts gathered before anything is changed."""
@@ -373,9 +404,9 @@ class Deidentifier:
 
     def linkage(self, ds: Dataset) -> dict[str, str]:
         """Original → pseudonym for patient, study and accession (call before deidentify)."""
-        patient = str(ds.get("PatientID", "") or "")
-        study = str(ds.get("StudyInstanceUID", "") or "")
-        accession = str(ds.get("AccessionNumber", "") or "")
+        patient = _text(ds, _PATIENT_ID)
+        study = _text(ds, 0x0020000D)
+        accession = _text(ds, _ACCESSION_NUMBER)
         return {
             "patient_id": patient,
             "patient_pseudonym": self.pseudonyms.patient_id(patient),
@@ -388,15 +419,15 @@ class Deidentifier:
     # -- the walk -------------------------------------------------------------------------
 
     def _context(self, ds: Dataset) -> _Context:
-        patient = str(ds.get("PatientID", "") or "")
-        tokens: list[str] = [patient, str(ds.get("AccessionNumber", "") or "")]
-        name = ds.get("PatientName")
+        patient = _text(ds, _PATIENT_ID)
+        tokens: list[str] = [patient, _text(ds, _ACCESSION_NUMBER)]
+        name = _text(ds, _PATIENT_NAME)
         if name:
-            text = str(name)
-            tokens += [text, text.replace("^", " "), *re.split(r"[\^ ,]+", text)]
-        for item in ds.get("OtherPatientIDsSequence", None) or []:
-            tokens.append(str(item.get("PatientID", "") or ""))
-        tokens.append(str(ds.get("PatientBirthDate", "") or ""))
+            tokens += [name, name.replace("^", " "), *re.split(r"[\^ ,=]+", name)]
+        if "OtherPatientIDsSequence" in ds:
+            for item in ds.OtherPatientIDsSequence:
+                tokens.append(_text(item, _PATIENT_ID))
+        tokens.append(_text(ds, 0x00100030))  # PatientBirthDate
         shift = 0
         if self.config.retain_long_modified_dates:
             shift = self.pseudonyms.date_shift(patient)
@@ -455,82 +486,75 @@ class Deidentifier:
         if action == "C":
             self._clean(ds, t, vr, ctx)
             return
-        elem = ds[t]
         if action == "Z":
-            elem.value = [] if vr == "SQ" else elem.empty_value
+            _set(ds, t, vr, [] if vr == "SQ" else None)
         elif action == "U":
-            self._uids(ds, t)
+            self._uids(ds, t, vr)
         elif action == "D":
             self._dummy(ds, t, vr, ctx)
         else:  # the table only holds the actions above once resolved
             raise StageError("deid_failed", f"unknown action {action!r} for {Tag(t)}")
 
     def _identity(self, ds: Dataset, t: int) -> None:
-        value = str(ds[t].value or "")
+        vr = self._vr(ds, t)
         if t == _PATIENT_ID:
-            ds[t].value = self.pseudonyms.patient_id(value)
+            _set(ds, t, vr, self.pseudonyms.patient_id(_text(ds, t)))
         elif t == _PATIENT_NAME:
-            patient = str(ds.get("PatientID", "") or "")
+            patient = _text(ds, _PATIENT_ID)
             if patient.startswith("PAT") and len(patient) == 16:  # already replaced
                 pseudonym = patient
             else:
                 pseudonym = self.pseudonyms.patient_id(patient)
-            ds[t].value = pseudonym if self.config.patient_name == "pseudonym" else ""
+            _set(ds, t, vr, pseudonym if self.config.patient_name == "pseudonym" else None)
         else:
-            ds[t].value = self.pseudonyms.accession(value) if value else ""
+            value = _text(ds, t)
+            _set(ds, t, vr, self.pseudonyms.accession(value) if value else None)
 
     def _dummy(self, ds: Dataset, t: int, vr: str, ctx: _Context) -> None:
-        elem = ds[t]
         if vr == "SQ":
             # A type 1 sequence must keep its items: they are de-identified by the same
             # table (names go, UIDs and dates are replaced) rather than dropped.
             self._items(ds, t, ctx)
         elif vr == "UI":
-            self._uids(ds, t)
+            self._uids(ds, t, vr)
         elif vr in ("DA", "DT") and self.config.retain_long_modified_dates:
-            self._dates(ds, t, ctx)
+            self._dates(ds, t, vr, ctx)
         elif vr in _BYTES_VRS:
-            elem.value = b""
+            _set(ds, t, vr, b"")
         else:
-            elem.value = _DUMMY.get(vr, "")
+            _set(ds, t, vr, _DUMMY.get(vr, ""))
 
-    def _uids(self, ds: Dataset, t: int) -> None:
-        elem = ds[t]
-        if elem.VM == 0:
-            return
-        values = elem.value if elem.VM > 1 else [elem.value]
-        new = [v if str(v) in UID_dictionary else self.pseudonyms.uid(str(v)) for v in values]
-        elem.value = new if elem.VM > 1 else new[0]
+    def _uids(self, ds: Dataset, t: int, vr: str) -> None:
+        values = _values(ds, t)
+        if values:
+            new = [v if v in UID_dictionary else self.pseudonyms.uid(v) for v in values]
+            _set(ds, t, vr, new if len(new) > 1 else new[0])
 
-    def _dates(self, ds: Dataset, t: int, ctx: _Context) -> None:
-        elem = ds[t]
-        if elem.VM == 0:
+    def _dates(self, ds: Dataset, t: int, vr: str, ctx: _Context) -> None:
+        values = _values(ds, t)
+        if not values:
             return
-        values = elem.value if elem.VM > 1 else [elem.value]
-        shifted = [shift_date(str(v), ctx.date_shift) for v in values]
+        shifted = [shift_date(v, ctx.date_shift) for v in values]
         if any(s is None for s in shifted):
             del ds[t]  # an invalid date cannot be shifted; it is removed, never kept
             return
-        elem.value = shifted if elem.VM > 1 else shifted[0]
+        _set(ds, t, vr, shifted if len(shifted) > 1 else shifted[0])
 
     def _clean(self, ds: Dataset, t: int, vr: str, ctx: _Context) -> None:
         if vr == "SQ":
             self._items(ds, t, ctx)
         elif vr in ("DA", "DT"):
             if self.config.retain_long_modified_dates:
-                self._dates(ds, t, ctx)
+                self._dates(ds, t, vr, ctx)
             elif not self.config.retain_long_full_dates:
                 del ds[t]
         elif vr == "UI":
-            self._uids(ds, t)
+            self._uids(ds, t, vr)
         elif vr in _TEXT_VRS:
-            elem = ds[t]
-            if elem.VM > 1:
-                elem.value = [clean_text(str(v), ctx.tokens) for v in elem.value]
-            elif elem.value:
-                elem.value = clean_text(str(elem.value), ctx.tokens)
+            values = [clean_text(v, ctx.tokens) for v in _values(ds, t)]
+            _set(ds, t, vr, values if len(values) > 1 else (values[0] if values else None))
         elif vr == "PN" or vr in _BYTES_VRS:
-            ds[t].value = ds[t].empty_value  # names and opaque bytes cannot be cleaned
+            _set(ds, t, vr, None)  # names and opaque bytes cannot be cleaned
         # Codes, numbers and times carry no identity: kept.
 
     def _unlisted(self, ds: Dataset, t: int, ctx: _Context) -> None:
@@ -541,11 +565,11 @@ class Deidentifier:
         if vr == "SQ":
             self._items(ds, t, ctx)
         elif vr == "PN":
-            ds[t].value = ds[t].empty_value
+            _set(ds, t, vr, None)
         elif vr in ("DA", "DT"):
             self._clean(ds, t, vr, ctx)
         elif vr == "UI" and not self.config.retain_uids:
-            self._uids(ds, t)
+            self._uids(ds, t, vr)
 
     def _items(self, ds: Dataset, t: int, ctx: _Context) -> None:
         for item in ds[t].value or []:
@@ -573,37 +597,43 @@ class Deidentifier:
 
     def _mark(self, ds: Dataset) -> None:
         options = [n for n in self.config.enabled_options() if n in CID_7050]
-        ds.PatientIdentityRemoved = "YES"
-        ds.DeidentificationMethod = f"dicomflow; {self.profile.standard}"[:64]
         codes = []
         for name in ["basic", *options]:
             value, meaning = CID_7050[name]
             item = Dataset()
-            item.CodeValue = value
-            item.CodingSchemeDesignator = "DCM"
-            item.CodeMeaning = meaning
+            _set(item, 0x00080100, "SH", value)  # CodeValue
+            _set(item, 0x00080102, "SH", "DCM")  # CodingSchemeDesignator
+            _set(item, 0x00080104, "LO", meaning)  # CodeMeaning
             codes.append(item)
-        ds.DeidentificationMethodCodeSequence = Sequence(codes)
         if self.config.retain_long_modified_dates:
-            ds.LongitudinalTemporalInformationModified = "MODIFIED"
+            temporal = "MODIFIED"
         elif self.config.retain_long_full_dates:
-            ds.LongitudinalTemporalInformationModified = "UNMODIFIED"
+            temporal = "UNMODIFIED"
         else:
-            ds.LongitudinalTemporalInformationModified = "REMOVED"
+            temporal = "REMOVED"
+        _set(ds, 0x00120062, "CS", "YES")  # PatientIdentityRemoved
+        _set(ds, 0x00120063, "LO", f"dicomflow; {self.profile.standard}"[:64])
+        _set(ds, 0x00120064, "SQ", Sequence(codes))  # DeidentificationMethodCodeSequence
+        _set(ds, 0x00280303, "CS", temporal)  # LongitudinalTemporalInformationModified
 
     def _file_meta(self, ds: Dataset) -> None:
-        meta = getattr(ds, "file_meta", None)
-        if meta is None:
-            meta = ds.file_meta = FileMetaDataset()
-        for tag in _FILE_META_DROPPED:
-            if tag in meta:
-                del meta[tag]
-        if "SOPInstanceUID" in ds:
-            meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        if "SOPClassUID" in ds:
-            meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        """A new file meta with only what Part 10 needs: nothing else of the source's stays
+        (source AE titles, private information), and pydicom copies it cheaply on write."""
+        old = getattr(ds, "file_meta", None) or FileMetaDataset()
+        meta = FileMetaDataset()
+        meta.FileMetaInformationVersion = b"\x00\x01"
+        syntax = old.get("TransferSyntaxUID")
+        if syntax:
+            meta.TransferSyntaxUID = syntax
+        sop_class = _text(ds, 0x00080016) or str(old.get("MediaStorageSOPClassUID", "") or "")
+        if sop_class:
+            meta.MediaStorageSOPClassUID = sop_class
+        sop_instance = _text(ds, 0x00080018)
+        if sop_instance:
+            meta.MediaStorageSOPInstanceUID = sop_instance
         meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
         meta.ImplementationVersionName = IMPLEMENTATION_VERSION
+        ds.file_meta = meta
 
 
 def effective_action(rule: Rule, enabled: set[str]) -> str:

@@ -26,6 +26,7 @@ import pydicom
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import data_element_generator
@@ -482,7 +483,11 @@ def parse_dataset(data: bytes) -> Dataset:
 
 
 def _check_complete(ds: Dataset, data: bytes) -> None:
-    """pydicom silently accepts a file cut short; walk the top level again to catch it."""
+    """pydicom silently accepts a file cut short; make sure the dataset ends where the file
+    does. Usually the last element tells (its offset and length); otherwise the top level
+    is walked again."""
+    if _ends_at_end_of_file(ds, data):
+        return
     offset = _dataset_offset(data)
     body = data[offset:]
     implicit, little = ds.original_encoding
@@ -506,6 +511,25 @@ def _check_complete(ds: Dataset, data: bytes) -> None:
         raise StageError("invalid_dicom", f"malformed dataset ({type(e).__name__})") from None
     if fp.tell() != len(body):
         raise StageError("truncated", "object ends inside an element")
+
+
+def _ends_at_end_of_file(ds: Dataset, data: bytes) -> bool:
+    """True when the last top-level element is complete and ends exactly at the end of data.
+
+    pydicom drops an undefined-length element it cannot finish, and shortens a defined one,
+    so a cut file never passes. False means "look closer", not "truncated".
+    """
+    if ds.file_meta.get("TransferSyntaxUID") == pydicom.uid.DeflatedExplicitVRLittleEndian:
+        return False  # offsets refer to the inflated stream
+    last = next(reversed(ds.keys()), None)
+    raw = ds.get_item(last) if last is not None else None
+    if not isinstance(raw, RawDataElement) or raw.value is None:
+        return False
+    undefined = raw.length == 0xFFFFFFFF
+    if not undefined and len(raw.value) != raw.length:
+        return False
+    end = raw.value_tell + len(raw.value) + (8 if undefined else 0)  # + sequence delimiter
+    return end == len(data)
 
 
 def _dataset_offset(data: bytes) -> int:
