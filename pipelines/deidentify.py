@@ -30,7 +30,7 @@ from transforms.deadletter import DEAD_LETTER, STAGE_WRITE, DeadLetter
 from transforms.deid import DeidConfig, Deidentify, DeidResult, Profile
 from transforms.keys import KeySource, KeySourceError, fingerprint
 from transforms.linkage import write_linkage
-from transforms.manifest import MANIFEST_NAME, WriteManifest, code_version, utc_now
+from transforms.manifest import MANIFEST_NAME, WriteManifest, code_version, error_keys, utc_now
 from transforms.parquet import WriteParquet, table_dir
 from transforms.storage import write_bytes
 
@@ -191,16 +191,7 @@ def build_pipeline(
             written.files
             | "DeidKeys"
             >> beam.Map(lambda nm: ["seen", "deidentified", ("by_modality", nm[1] or "none")]),
-            errors
-            | "ErrorKeys"
-            >> beam.Map(
-                lambda r: [
-                    "seen",
-                    "dead_lettered",
-                    ("by_error_type", r[f.ERROR_TYPE]),
-                    ("by_stage", r[f.STAGE]),
-                ]
-            ),
+            errors | "ErrorKeys" >> beam.Map(error_keys),
         )
         | "AllKeys" >> beam.Flatten()
         | "WriteManifest"

@@ -20,7 +20,7 @@ from pipelines.options import (
 )
 from transforms import dicom_io
 from transforms.deadletter import DeadLetter
-from transforms.manifest import MANIFEST_NAME, WriteManifest, code_version, utc_now
+from transforms.manifest import MANIFEST_NAME, WriteManifest, code_version, error_keys, utc_now
 from transforms.parquet import WriteParquet, table_dir
 
 INVENTORY_TABLE = "inventory"
@@ -55,15 +55,6 @@ def inventory_keys(row: dict) -> list:
     if row[f.DECODER_AVAILABLE] is False:
         keys.append("no_decoder")
     return keys
-
-
-def error_keys(row: dict) -> list:
-    return [
-        "seen",
-        "dead_lettered",
-        ("by_error_type", row[f.ERROR_TYPE]),
-        ("by_stage", row[f.STAGE]),
-    ]
 
 
 def validate(opts: InventoryOptions) -> tuple[list[str], str]:

@@ -63,6 +63,33 @@ def count_objects(root: Path) -> int:
     return total
 
 
+# Beam options that build a Dataflow job without submitting it (nothing leaves the machine).
+DATAFLOW_DRY_RUN = [
+    "--runner=DataflowRunner",
+    "--dry_run",
+    "--no_auth",
+    "--project=dicomflow-test",
+    "--region=europe-west4",
+    "--temp_location=gs://bucket/tmp",
+]
+
+
+def dry_run_steps(result) -> set[str]:
+    """The step names of a job a dry run built."""
+    return {t.unique_name for t in result.job.proto_pipeline.components.transforms.values()}
+
+
+def corpus_objects(root: Path):
+    """Every readable DICOM candidate under ``root``, archives expanded (the reading layer)."""
+    from transforms import dicom_io
+
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            for item in dicom_io.iter_objects(str(path), path.stat().st_size):
+                if isinstance(item, dicom_io.SourceObject):
+                    yield item
+
+
 def read_table(uri: str) -> list[dict]:
     """All rows of a ``part-*.parquet`` table, local or gs://."""
     files = sorted(m.path for m in FileSystems.match([f"{uri}/part-*.parquet"])[0].metadata_list)

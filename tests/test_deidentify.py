@@ -9,7 +9,13 @@ from pathlib import Path
 import pydicom
 import pytest
 from apache_beam.io.filesystems import FileSystems
-from conftest import count_objects, phi_values, read_table
+from conftest import (
+    DATAFLOW_DRY_RUN,
+    count_objects,
+    dry_run_steps,
+    phi_values,
+    read_table,
+)
 from pydicom.data import get_testdata_file
 
 from models import features as f
@@ -184,17 +190,12 @@ def test_dataflow_dry_run_reads_the_key_from_the_bucket(gcs, tmp_path):
         "--input=gs://bucket/export",
         "--output=gs://bucket/deid",
         f"--key-file={key_uri}",
-        "--runner=DataflowRunner",
-        "--dry_run",
-        "--no_auth",
-        "--project=dicomflow-test",
-        "--region=europe-west4",
-        "--temp_location=gs://bucket/tmp",
+        *DATAFLOW_DRY_RUN,
     ]
     opts, beam_options = parse_options("dicomflow deidentify", argv, deidentify.DeidentifyOptions)
     result = deidentify.build_pipeline(opts, beam_options).run()
     graph = result.job.proto_pipeline
-    names = {t.unique_name for t in graph.components.transforms.values()}
+    names = dry_run_steps(result)
     assert {"Deidentify", "WriteDeidDicom", "WriteErrors", "WriteManifest"} <= names
     assert KEY.encode() not in graph.SerializeToString()  # the key never travels
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
-from conftest import count_objects, phi_values, read_table
+from conftest import DATAFLOW_DRY_RUN, count_objects, dry_run_steps, phi_values, read_table
 
 from models import features as f
 from pipelines import inventory, synth
@@ -182,17 +182,11 @@ def test_dataflow_dry_run_builds_the_job(tmp_path):
         "--input=gs://bucket/export",
         "--output=gs://bucket/inventory",
         "--max-object-bytes=1000000",
-        "--runner=DataflowRunner",
-        "--dry_run",
-        "--no_auth",
-        "--project=dicomflow-test",
-        "--region=europe-west4",
-        "--temp_location=gs://bucket/tmp",
         "--setup_file=./setup.py",
+        *DATAFLOW_DRY_RUN,
     ]
     opts, beam_options = parse_options("dicomflow inventory", argv, inventory.InventoryOptions)
-    result = inventory.build_pipeline(opts, beam_options).run()
-    names = {t.unique_name for t in result.job.proto_pipeline.components.transforms.values()}
+    names = dry_run_steps(inventory.build_pipeline(opts, beam_options).run())
     for step in ("MatchInputs", "ReadObjects", "InspectDicom", "WriteInventory", "WriteErrors"):
         assert step in names
     # Our flags are not shipped to the service as Beam options (Dataflow sends unknown

@@ -7,6 +7,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from conftest import DATAFLOW_DRY_RUN, dry_run_steps
 
 from pipelines import synth
 from pipelines.options import UsageError, parse_options
@@ -68,19 +69,9 @@ def test_archives_keep_their_own_bytes(corpus):
 
 
 def test_dataflow_dry_run_builds_the_job():
-    argv = [
-        "--output=gs://bucket/corpus",
-        "--patients=100000",
-        "--runner=DataflowRunner",
-        "--dry_run",
-        "--no_auth",
-        "--project=dicomflow-test",
-        "--region=europe-west4",
-        "--temp_location=gs://bucket/tmp",
-    ]
+    argv = ["--output=gs://bucket/corpus", "--patients=100000", *DATAFLOW_DRY_RUN]
     opts, beam_options = parse_options("dicomflow synth", argv, synth.SynthOptions)
-    result = synth.build_pipeline(opts, beam_options).run()
-    names = {t.unique_name for t in result.job.proto_pipeline.components.transforms.values()}
+    names = dry_run_steps(synth.build_pipeline(opts, beam_options).run())
     assert {"SynthPatients", "WriteFiles", "WritePhi", "WriteLabels"} <= names
 
 

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
+from models import features
 from transforms.storage import write_bytes
 
 MANIFEST_NAME = "manifest.json"
@@ -43,6 +44,16 @@ def nest_counts(flat: dict[Key, int]) -> dict:
     return {
         k: dict(sorted(v.items())) if isinstance(v, dict) else v for k, v in sorted(nested.items())
     }
+
+
+def error_keys(row: dict) -> list[Key]:
+    """The manifest counts one errors-table row contributes to (every pipeline)."""
+    return [
+        "seen",
+        "dead_lettered",
+        ("by_error_type", row[features.ERROR_TYPE]),
+        ("by_stage", row[features.STAGE]),
+    ]
 
 
 def write_json(uri: str, payload: dict) -> None:
