@@ -1,14 +1,16 @@
 """`dicomflow deidentify`: de-identified DICOM Part 10 copies of an export (PS3.15 Annex E).
 
 The same reading layer and ``Deidentify`` transform that ingest and scoring use, written
-out as ``deid_dicom/<new SOPInstanceUID>.dcm`` so a re-run overwrites instead of
-duplicating, with ``errors/`` and ``manifest.json`` (key fingerprint, never the key).
+out as ``deid_dicom/<new SOPInstanceUID>.dcm`` so a re-run with the same key overwrites
+instead of duplicating, with ``errors/`` and ``manifest.json`` (key fingerprint, never the
+key). Nothing is deleted: output written under another key stays until its owner removes
+it.
 """
 
 import json
-import posixpath
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -86,8 +88,30 @@ def load_config(uri: str | None) -> DeidConfig:
         raise UsageError(f"--deid-config {uri}: {e}") from None
 
 
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+def one_per_instance(
+    element: tuple[str, Iterable[tuple[str, str | None, DeidResult]]],
+):
+    """Two inputs holding the same instance (a loose file and its copy in a zip, say) give
+    one file; the others get a ``duplicate_instance`` row. The first by location wins, so
+    every run and every worker keeps the same one."""
+    _, copies = element
+    first, *others = sorted(copies, key=lambda c: (c[0], c[1] or ""))
+    yield first
+    for source, member, _ in others:
+        message = "the same SOP instance is also in another object; that one was written"
+        letter = DeadLetter(source, member, STAGE_WRITE, "duplicate_instance", message)
+        yield beam.pvalue.TaggedOutput(DEAD_LETTER, letter)
+
+
 class WriteDeidFn(beam.DoFn):
-    """Writes one de-identified instance, named by its new SOPInstanceUID."""
+    """Writes one de-identified instance, named by its new SOPInstanceUID.
+
+    Names are checked: with retain_uids the UID is the source's own, and a malformed one
+    ("../x") must not choose where the file goes.
+    """
 
     def __init__(self, directory: str):
         self._directory = directory
@@ -95,26 +119,22 @@ class WriteDeidFn(beam.DoFn):
 
     def process(self, element: tuple[str, str | None, DeidResult]):
         source, member, result = element
-        name = f"{result.sop_instance_uid}.dcm"
+        uid = result.sop_instance_uid
+        if not (_UID.match(uid) and len(uid) <= 64):
+            message = "the SOPInstanceUID is not a valid UID; no file name can be made from it"
+            letter = DeadLetter(source, member, STAGE_WRITE, "invalid_uid", message)
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, letter)
+            return
         try:
-            write_bytes(FileSystems.join(self._directory, name), result.data, "application/dicom")
+            path = FileSystems.join(self._directory, f"{uid}.dcm")
+            write_bytes(path, result.data, "application/dicom")
         except Exception as e:
             message = f"cannot write the de-identified file ({type(e).__name__})"
             letter = DeadLetter(source, member, STAGE_WRITE, "write_failed", message)
             yield beam.pvalue.TaggedOutput(DEAD_LETTER, letter)
             return
         self._written.inc()
-        yield name, result.modality
-
-
-def delete_stale_files(_, directory: str, written: list[str]) -> list[str]:
-    """Removes ``*.dcm`` this run did not write (a re-run under another key, say)."""
-    keep = set(written)
-    found = FileSystems.match([FileSystems.join(directory, "*.dcm")])[0].metadata_list
-    stale = [m.path for m in found if posixpath.basename(m.path) not in keep]
-    if stale:
-        FileSystems.delete(stale)
-    return sorted(keep)
+        yield result.modality
 
 
 def build_pipeline(
@@ -156,22 +176,19 @@ def build_pipeline(
     results, deid_errors, linkage = objects | "Deidentify" >> Deidentify(
         config, key, linkage=bool(opts.linkage_output)
     )
-    deid_dir = FileSystems.join(output, DEID_DIR)
-    written = results | "WriteDeidDicom" >> beam.ParDo(WriteDeidFn(deid_dir)).with_outputs(
-        DEAD_LETTER, main="files"
+    unique = (
+        results
+        | "KeyByInstance" >> beam.Map(lambda r: (r[2].sop_instance_uid, r))
+        | "GroupByInstance" >> beam.GroupByKey()
+        | "OnePerInstance"
+        >> beam.FlatMap(one_per_instance).with_outputs(DEAD_LETTER, main="instances")
     )
-    files = (
-        p
-        | "Once" >> beam.Create([None])
-        | "DeleteStaleFiles"
-        >> beam.Map(
-            delete_stale_files,
-            deid_dir,
-            beam.pvalue.AsList(written.files | "Names" >> beam.Map(lambda nm: nm[0])),
-        )
-    )
+    written = unique.instances | "WriteDeidDicom" >> beam.ParDo(
+        WriteDeidFn(FileSystems.join(output, DEID_DIR))
+    ).with_outputs(DEAD_LETTER, main="files")
+    files = written.files | "CountFiles" >> beam.combiners.Count.Globally()
     errors = (
-        (read_errors, deid_errors, written[DEAD_LETTER])
+        (read_errors, deid_errors, unique[DEAD_LETTER], written[DEAD_LETTER])
         | "AllDeadLetters" >> beam.Flatten()
         | "ErrorRows" >> beam.Map(DeadLetter.to_row)
     )
@@ -190,7 +207,7 @@ def build_pipeline(
         (
             written.files
             | "DeidKeys"
-            >> beam.Map(lambda nm: ["seen", "deidentified", ("by_modality", nm[1] or "none")]),
+            >> beam.Map(lambda m: ["seen", "deidentified", ("by_modality", m or "none")]),
             errors | "ErrorKeys" >> beam.Map(error_keys),
         )
         | "AllKeys" >> beam.Flatten()

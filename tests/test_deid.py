@@ -222,7 +222,11 @@ def test_full_dates_or_no_dates():
     [
         ("20200301", -1, "20200229"),
         ("20200301120000", 10, "20200311120000"),
-        ("2020", 5, None),
+        ("20200301120000.5+0100", 1, "20200302120000.5+0100"),
+        ("20200101-20200131", 1, "20200102-20200201"),  # a DA range
+        ("202003", -31, "202002"),  # DT to the month
+        ("2020", -400, "2019"),  # DT to the year
+        ("00010101", -1, None),  # a placeholder date: removed, not crashed on
         ("", 5, None),
         ("20201340", 1, None),
     ],
@@ -450,3 +454,113 @@ def test_whole_files_round_trip_through_every_transfer_syntax(corpus):
             assert out.pixel_array.size > 0
         done += 1
     assert done > 20
+
+
+# --- adversarial inputs (from review) --------------------------------------------------------
+
+
+def _unlisted(vr: str) -> int:
+    """A public tag of this VR that the table does not list (so the safety net must act)."""
+    listed = {int(r.tag, 16) for r in PROFILE.rules if "x" not in r.tag}
+    for tag, entry in sorted(pydicom.datadict.DicomDictionary.items()):
+        keyword = entry[4]
+        candidate = entry[0] == vr and tag not in listed and tag >> 16 < 0x5000
+        a_class = keyword.endswith(("ClassUID", "SyntaxUID", "SchemeUID"))
+        if candidate and entry[3] != "Retired" and not (vr == "UI" and a_class):
+            return tag
+    raise AssertionError(f"every {vr} tag is listed")
+
+
+def test_safety_nets_catch_unlisted_names_dates_and_instance_uids():
+    pn, da, ui = _unlisted("PN"), _unlisted("DA"), _unlisted("UI")
+    ds = dataset()
+    ds.add_new(pn, "PN", "DOE^JANE")
+    ds.add_new(da, "DA", "20200101")
+    ds.add_new(ui, "UI", "1.2.826.0.1.99.7")
+    ds.SOPClassUID = "1.2.840.113619.4.27"  # a vendor's private class: a class, kept
+    engine().deidentify(ds)
+    assert str(ds[pn].value) == ""
+    assert ds[da].value not in ("20200101", "")
+    assert ds[ui].value.startswith("2.25.")
+    assert ds.SOPClassUID == "1.2.840.113619.4.27"
+
+
+def test_free_text_inside_sequences_goes_unless_cleaned():
+    item = Dataset()
+    item.ValueType = "TEXT"
+    item.TextValue = "Jane Doe (MRN MRN-4471) seen by Dr Smith"
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "121106", "DCM", "Comment"
+    item.ConceptNameCodeSequence = Sequence([code])
+    ds = dataset(ContentSequence=Sequence([item]))
+    out = copy.deepcopy(ds)
+    engine().deidentify(out)
+    kept = out.ContentSequence[0]
+    assert "TextValue" not in kept
+    assert kept.ConceptNameCodeSequence[0].CodeMeaning == "Comment"  # codes stay
+    engine(deid.DeidConfig(clean_structured_content=True)).deidentify(ds)
+    assert "MRN-4471" not in ds.ContentSequence[0].TextValue
+
+
+def test_un_encoded_and_odd_group_elements_do_not_slip_through():
+    ds = dataset()
+    ds.add_new(_unlisted("PN"), "UN", b"DOE^JANE")  # a known PN tag, written as UN
+    ds.add_new(0x00990010, "UN", b"UNKNOWN^TAG ")  # public, unknown, opaque
+    ds.add_new(0x00210500, "LO", "DOE^JANE")  # odd group, not a private block
+    engine().deidentify(ds)
+    assert "DOE" not in str(ds) and "UNKNOWN" not in str(ds)
+    assert 0x00990010 not in ds and 0x00210500 not in ds
+
+
+def test_patient_name_never_copies_an_id_that_looks_like_a_pseudonym():
+    ds = dataset()
+    ds.PatientID = "PAT1234567890123"
+    ds.PatientName = "DOE^JANE"
+    engine().deidentify(ds)
+    assert ds.PatientID != "PAT1234567890123"
+    assert str(ds.PatientName) == ds.PatientID
+
+
+def test_character_sets_do_not_change_pseudonyms():
+    def pseudonym(charset: str) -> str:
+        ds = dataset(SpecificCharacterSet=charset)
+        ds.PatientID = "MÜLLER-1"
+        buf = io.BytesIO()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.save_as(buf, implicit_vr=False, little_endian=True)
+        raw = pydicom.dcmread(io.BytesIO(buf.getvalue()), force=True)
+        engine().deidentify(raw)
+        return raw.PatientID
+
+    converted = dataset(SpecificCharacterSet="ISO_IR 192")
+    converted.PatientID = "MÜLLER-1"
+    engine().deidentify(converted)
+    assert pseudonym("ISO_IR 192") == pseudonym("ISO_IR 100")  # raw bytes differ
+    assert pseudonym("ISO_IR 192") == converted.PatientID  # raw and converted agree
+
+
+def test_patients_without_an_id_are_not_merged():
+    a, b = Dataset(), Dataset()
+    a.StudyInstanceUID, b.StudyInstanceUID = "1.2.3.1", "1.2.3.2"
+    a.StudyDate = b.StudyDate = "20200101"
+    eng = engine()
+    eng.deidentify(a)
+    eng.deidentify(b)
+    assert a.StudyDate != b.StudyDate or a.PatientID != b.PatientID
+    assert eng.linkage(Dataset())["patient_id"] == ""
+
+
+def test_marks_tell_the_truth_about_pixels():
+    kept, _ = deid.deidentify_object(
+        _us_image(), engine(deid.DeidConfig.from_yaml("pixels: {policy: keep}"))
+    )
+    assert pydicom.dcmread(io.BytesIO(kept.data)).PatientIdentityRemoved == "NO"
+    config = deid.DeidConfig.from_yaml(
+        "pixels: {policy: mask, mask_regions: {US: [[0, 0, 1, 0.2]]}}"
+    )
+    masked, _ = deid.deidentify_object(_us_image(), engine(config))
+    out = pydicom.dcmread(io.BytesIO(masked.data))
+    assert out.PatientIdentityRemoved == "YES"
+    assert "113101" in [c.CodeValue for c in out.DeidentificationMethodCodeSequence]
+    assert out.BurnedInAnnotation == "YES"  # only the configured boxes were blanked

@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import secrets
 import zlib
 from pathlib import Path
 
@@ -140,10 +141,10 @@ def test_same_key_same_bytes_across_runner_modes_other_key_other_names(corpus, d
     first = {p.name: p.read_bytes() for p in (out / "deid_dicom").iterdir()}
     again = {p.name: p.read_bytes() for p in (tmp_path / "mp" / "deid_dicom").iterdir()}
     assert first == again
-    argv = ["--input", str(corpus / "export"), "--output", str(tmp_path / "mp")]
+    argv = ["--input", str(corpus / "export"), "--output", str(tmp_path / "other")]
     assert deidentify.run([*argv, "--key-env", "DF_OTHER_KEY"]) == 0
-    other = {p.name for p in (tmp_path / "mp" / "deid_dicom").iterdir()}
-    assert len(other) == len(first) and not other & set(first)  # stale files replaced
+    other = {p.name for p in (tmp_path / "other" / "deid_dicom").iterdir()}
+    assert len(other) == len(first) and not other & set(first)
 
 
 def test_linkage_table_is_encrypted_and_complete(corpus, tmp_path):
@@ -164,9 +165,62 @@ def test_linkage_table_is_encrypted_and_complete(corpus, tmp_path):
         for p in (tmp_path / "out" / "deid_dicom").iterdir()
     }
     assert out_patients <= patients
-    assert all(r["patient_id"].encode() not in data for r in rows)
+    assert {r["patient_id"] for r in rows} <= set(phi_ids(corpus))
     with pytest.raises(Exception):  # noqa: B017 - cryptography's InvalidTag
         decrypt_rows(data, KEY.encode())
+
+
+def phi_ids(corpus: Path) -> list[str]:
+    return json.loads((corpus / "phi.json").read_text())["patient_id"]
+
+
+def test_cleaning_options_leak_nothing_either(corpus, phi, tmp_path):
+    """The options that keep text (cleaned) must not keep the planted PHI."""
+    config = tmp_path / "clean.yaml"
+    config.write_text(
+        "clean_descriptors: true\nclean_structured_content: true\nclean_graphics: true\n"
+    )
+    run_deid([str(corpus / "export")], tmp_path / "out", "--deid-config", str(config))
+    planted = phi_values({k: v for k, v in phi.items() if k != "date"})
+    for path in (tmp_path / "out" / "deid_dicom").iterdir():
+        blob = dataset_bytes(path.read_bytes())
+        leaks = [v for v in planted if v.encode() in blob]
+        assert not leaks, (path.name, leaks[:3])
+
+
+def test_duplicate_instances_become_one_file_and_a_row(tmp_path):
+    source = tmp_path / "in"
+    source.mkdir()
+    (source / "a.dcm").write_bytes(Path(get_testdata_file("CT_small.dcm")).read_bytes())
+    import zipfile
+
+    with zipfile.ZipFile(source / "copy.zip", "w") as zf:
+        zf.write(source / "a.dcm", "again.dcm")
+    manifest = run_deid([str(source)], tmp_path / "out")
+    assert len(list((tmp_path / "out" / "deid_dicom").iterdir())) == 1
+    (row,) = read_table(str(tmp_path / "out" / "errors"))
+    assert (row[f.MEMBER], row[f.ERROR_TYPE]) == ("again.dcm", "duplicate_instance")
+    assert manifest["counts"]["seen"] == 2
+
+
+def test_a_malformed_uid_cannot_choose_the_file_name(tmp_path):
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    uid = ds.SOPInstanceUID
+    ds.file_meta.MediaStorageSOPInstanceUID = uid
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    bad = "../" * 2 + "escaped"
+    source = tmp_path / "in"
+    source.mkdir()
+    (source / "a.dcm").write_bytes(
+        buf.getvalue().replace(uid.encode(), bad.encode().ljust(len(uid), b"\0"))
+    )
+    config = tmp_path / "keep-uids.yaml"
+    config.write_text("retain_uids: true\n")
+    run_deid([str(source)], tmp_path / "out", "--deid-config", str(config))
+    assert not list(tmp_path.rglob("escaped*"))
+    (row,) = read_table(str(tmp_path / "out" / "errors"))
+    assert row[f.ERROR_TYPE] == "invalid_uid"
 
 
 def test_public_test_files_are_all_accounted_for(tmp_path):
@@ -183,9 +237,10 @@ def test_public_test_files_are_all_accounted_for(tmp_path):
 
 
 def test_dataflow_dry_run_reads_the_key_from_the_bucket(gcs, tmp_path):
+    key = secrets.token_hex(32)
     key_uri = f"{gcs}/keys/deid.key"
     with FileSystems.create(key_uri) as fh:
-        fh.write(KEY.encode())
+        fh.write(key.encode())
     argv = [
         "--input=gs://bucket/export",
         "--output=gs://bucket/deid",
@@ -194,10 +249,32 @@ def test_dataflow_dry_run_reads_the_key_from_the_bucket(gcs, tmp_path):
     ]
     opts, beam_options = parse_options("dicomflow deidentify", argv, deidentify.DeidentifyOptions)
     result = deidentify.build_pipeline(opts, beam_options).run()
-    graph = result.job.proto_pipeline
     names = dry_run_steps(result)
     assert {"Deidentify", "WriteDeidDicom", "WriteErrors", "WriteManifest"} <= names
-    assert KEY.encode() not in graph.SerializeToString()  # the key never travels
+    # The key never travels: the graph holds its location, and the DoFn only a KeySource.
+    fn = deidentify_fn(result)
+    assert {"_config", "_key_source", "_linkage"} <= set(vars(fn))
+    assert not [v for v in vars(fn).values() if isinstance(v, bytes | str) and key in str(v)]
+    assert fn._key_source.file == key_uri and key not in repr(vars(fn))
+
+
+def deidentify_fn(result):
+    """The DeidentifyFn as the job would ship it, unpickled from the built graph."""
+    from apache_beam.internal import pickler
+    from apache_beam.portability.api import beam_runner_api_pb2
+
+    from transforms.deid import DeidentifyFn
+
+    for transform in result.job.proto_pipeline.components.transforms.values():
+        if transform.spec.urn != "beam:transform:pardo:v1":
+            continue
+        payload = beam_runner_api_pb2.ParDoPayload.FromString(transform.spec.payload)
+        if not payload.do_fn.payload:
+            continue
+        fn = pickler.loads(payload.do_fn.payload)[0]
+        if isinstance(fn, DeidentifyFn):
+            return fn
+    raise AssertionError("no DeidentifyFn in the job")
 
 
 @pytest.mark.parametrize(

@@ -17,13 +17,14 @@ worker, and nobody without the key can recompute them.
 
 import base64
 import datetime
+import functools
 import hashlib
 import hmac
 import io
 import json
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import apache_beam as beam
@@ -31,13 +32,14 @@ import numpy as np
 import yaml
 from apache_beam.metrics import Metrics
 from pydicom import config as pydicom_config
-from pydicom.datadict import dictionary_VR
+from pydicom.charset import convert_encodings, decode_bytes
+from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.tag import Tag
-from pydicom.uid import ExplicitVRLittleEndian, UID_dictionary
+from pydicom.uid import ExplicitVRLittleEndian
 
 from transforms.deadletter import (
     DEAD_LETTER,
@@ -102,6 +104,22 @@ _PATIENT_NAME = 0x00100010
 _ACCESSION_NUMBER = 0x00080050
 _PIXEL_DATA = 0x7FE00010
 _DATE_RE = re.compile(r"^(\d{4})(\d{2})(\d{2})")
+_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+# Unlisted UIDs are replaced unless they name a class, syntax or scheme rather than a thing.
+_CLASS_UID_KEYWORDS = (
+    "ClassUID",
+    "TransferSyntaxUID",
+    "CodingSchemeUID",
+    "ContextUID",
+    "MappingResourceUID",
+    "ContextGroupExtensionCreatorUID",
+)
+# Nested attributes kept as they are: the parts of a code, which name concepts, not people.
+_CODE_KEYWORDS = frozenset(
+    """CodeValue CodingSchemeDesignator CodingSchemeVersion CodeMeaning LongCodeValue
+    URNCodeValue MappingResource ContextIdentifier ContextGroupVersion
+    ContextGroupLocalVersion ValueType RelationshipType ContinuityOfContent""".split()
+)
 _LONG_NUMBER_RE = re.compile(r"\d{5,}")
 
 
@@ -295,19 +313,30 @@ class Pseudonymizer:
 
 
 def shift_date(value: str, days: int) -> str | None:
-    """Shifts a DA (or the date part of a DT) by ``days``; None if it is not a valid date."""
+    """Shifts a DA, a DA range (``A-B``) or the date part of a DT by ``days``.
+
+    A DT given to the year or month only is shifted at that precision. Returns None for
+    anything that is not a valid date (it is then removed, never kept).
+    """
     text = value.strip()
+    if "-" in text[:9] and len(text) in (9, 17) and text.count("-") == 1:  # a DA range
+        parts = [shift_date(p, days) if p else "" for p in text.split("-")]
+        return None if None in parts else "-".join(parts)
     match = _DATE_RE.match(text)
-    if not match:
-        return None
     try:
-        day = datetime.date(*(int(g) for g in match.groups()))
-    except ValueError:
+        if match:
+            day = datetime.date(*(int(g) for g in match.groups()))
+            return (day + datetime.timedelta(days=days)).strftime("%Y%m%d") + text[8:]
+        if re.fullmatch(r"\d{6}", text[:6]) and not text[6:7].isdigit():  # YYYYMM
+            months = int(text[:4]) * 12 + int(text[4:6]) - 1 + round(days / 30.44)
+            if not 1 <= int(text[4:6]) <= 12:
+                return None
+            return f"{months // 12:04d}{months % 12 + 1:02d}" + text[6:]
+        if re.fullmatch(r"\d{4}", text[:4]) and not text[4:5].isdigit():  # YYYY
+            return f"{int(text[:4]) + round(days / 365.25):04d}" + text[4:]
+    except (ValueError, OverflowError):  # e.g. the placeholder 00010101
         return None
-    shifted = day + datetime.timedelta(days=days)
-    if shifted.year < 1:
-        return None
-    return shifted.strftime("%Y%m%d") + text[8:]
+    return None
 
 
 def clean_text(text: str, tokens: Iterable[str]) -> str:
@@ -323,25 +352,58 @@ def clean_text(text: str, tokens: Iterable[str]) -> str:
 # The engine
 
 
-def _values(ds: Dataset, tag: int) -> list[str]:
-    """An element's values as text, from the raw bytes while pydicom has not converted them:
-    conversion is most of the cost of a walk, and text is all we need."""
+_DEFAULT_ENCODINGS = ("iso8859",)
+_keyword = functools.cache(keyword_for_tag)
+
+
+def _encodings(ds: Dataset) -> tuple[str, ...]:
+    charset = _values(ds, 0x00080005, ("iso8859",))  # SpecificCharacterSet is ASCII
+    return tuple(convert_encodings(charset or ["ISO_IR 6"]))
+
+
+def _values(ds: Dataset, tag: int, encodings: Iterable[str] = ("iso8859",)) -> list[str]:
+    """An element's values as text, from the raw bytes while pydicom has not converted them
+    (conversion is most of the cost of a walk, and text is all we need), decoded in the
+    dataset's character set and stripped as pydicom strips, so raw and converted elements
+    give the same text, and so the same pseudonym."""
     elem = ds.get_item(tag)
     if elem is None:
         return []
     if isinstance(elem, RawDataElement):
-        text = (elem.value or b"").decode("latin-1").rstrip("\x00 ")
-        return [v.strip() for v in text.split("\\")] if text else []
+        raw = (elem.value or b"").rstrip(b"\x00 ")
+        if not raw:
+            return []
+        if encodings == _DEFAULT_ENCODINGS:
+            text = raw.decode("latin-1")  # what pydicom does for the default repertoire
+        else:
+            text = decode_bytes(raw, list(encodings), {0x5C})
+        return [v.strip() for v in text.split("\\")]
     value = elem.value
     if value is None or value == "":
         return []
     if isinstance(value, (list, MultiValue)):
-        return [str(v) for v in value]
-    return [str(value)]
+        return [str(v).strip() for v in value]
+    return [str(value).strip()]
 
 
-def _text(ds: Dataset, tag: int) -> str:
-    return "\\".join(_values(ds, tag))
+def _text(ds: Dataset, tag: int, encodings: Iterable[str] = ("iso8859",)) -> str:
+    return "\\".join(_values(ds, tag, encodings))
+
+
+def patient_key(ds: Dataset, encodings: Iterable[str] = ("iso8859",)) -> str:
+    """What a patient's pseudonym and date shift derive from: the PatientID, or, for a file
+    without one, its study (so patients without IDs are not merged into one)."""
+    patient = _text(ds, _PATIENT_ID, encodings)
+    if patient:
+        return patient
+    study = _text(ds, 0x0020000D, encodings)
+    return f"study:{study}" if study else ""
+
+
+def _is_standard_uid(value: str) -> bool:
+    """DICOM's own UIDs (classes, syntaxes, codes) stay; the same answer on every worker,
+    whatever pydicom version it runs."""
+    return value.startswith("1.2.840.10008.")
 
 
 def _set(ds: Dataset, tag: int, vr: str, value) -> None:
@@ -357,6 +419,10 @@ class _Context:
 
     date_shift: int
     tokens: tuple[str, ...]
+    encodings: tuple[str, ...]  # SpecificCharacterSet, inherited by nested items
+    depth: int = 0  # 0 for the dataset, n inside n sequences
+    # The identifiers of the dataset or item being walked, read before anything changed.
+    originals: dict[int, str] = field(default_factory=dict)
 
 
 class Deidentifier:
@@ -389,7 +455,7 @@ class Deidentifier:
 
     # -- entry point ----------------------------------------------------------------------
 
-    def deidentify(self, ds: Dataset) -> Dataset:
+    def deidentify(self, ds: Dataset, pixels: str = "clean") -> Dataset:
         """De-identifies ``ds`` in place and returns it.
 
         Raises:
@@ -398,20 +464,23 @@ class Deidentifier:
         """
         ctx = self._context(ds)
         self._walk(ds, ctx)
-        self._mark(ds)
+        self._mark(ds, pixels)
         self._file_meta(ds)
         return ds
 
     def linkage(self, ds: Dataset) -> dict[str, str]:
         """Original → pseudonym for patient, study and accession (call before deidentify)."""
-        patient = _text(ds, _PATIENT_ID)
-        study = _text(ds, 0x0020000D)
-        accession = _text(ds, _ACCESSION_NUMBER)
+        encodings = _encodings(ds)
+        patient = patient_key(ds, encodings)
+        study = _text(ds, 0x0020000D, encodings)
+        accession = _text(ds, _ACCESSION_NUMBER, encodings)
         return {
             "patient_id": patient,
             "patient_pseudonym": self.pseudonyms.patient_id(patient),
             "study_instance_uid": study,
-            "study_pseudonym": self.pseudonyms.uid(study) if study else "",
+            "study_pseudonym": study
+            if self.config.retain_uids or not study
+            else self.pseudonyms.uid(study),
             "accession_number": accession,
             "accession_pseudonym": self.pseudonyms.accession(accession) if accession else "",
         }
@@ -419,22 +488,33 @@ class Deidentifier:
     # -- the walk -------------------------------------------------------------------------
 
     def _context(self, ds: Dataset) -> _Context:
-        patient = _text(ds, _PATIENT_ID)
-        tokens: list[str] = [patient, _text(ds, _ACCESSION_NUMBER)]
-        name = _text(ds, _PATIENT_NAME)
+        encodings = _encodings(ds)
+        patient = patient_key(ds, encodings)
+        tokens: list[str] = [
+            _text(ds, _PATIENT_ID, encodings),
+            _text(ds, _ACCESSION_NUMBER, encodings),
+        ]
+        name = _text(ds, _PATIENT_NAME, encodings)
         if name:
             tokens += [name, name.replace("^", " "), *re.split(r"[\^ ,=]+", name)]
         if "OtherPatientIDsSequence" in ds:
             for item in ds.OtherPatientIDsSequence:
-                tokens.append(_text(item, _PATIENT_ID))
-        tokens.append(_text(ds, 0x00100030))  # PatientBirthDate
+                tokens.append(_text(item, _PATIENT_ID, encodings))
+        tokens.append(_text(ds, 0x00100030, encodings))  # PatientBirthDate
         shift = 0
         if self.config.retain_long_modified_dates:
             shift = self.pseudonyms.date_shift(patient)
-        return _Context(shift, tuple(t for t in tokens if t))
+        return _Context(shift, tuple(t for t in tokens if t), encodings)
 
-    def _walk(self, ds: Dataset, ctx: _Context) -> None:
+    def _walk(self, ds: Dataset, ctx: _Context, depth: int = 0) -> None:
         private_creators_kept: set[int] = set()
+        patient = (
+            patient_key(ds, ctx.encodings) if depth == 0 else _text(ds, _PATIENT_ID, ctx.encodings)
+        )
+        accession = _text(ds, _ACCESSION_NUMBER, ctx.encodings)
+        ctx = replace(
+            ctx, depth=depth, originals={_PATIENT_ID: patient, _ACCESSION_NUMBER: accession}
+        )
         for tag in list(ds.keys()):
             t = int(tag)
             try:
@@ -463,8 +543,10 @@ class Deidentifier:
                 del ds[tag]
 
     def _vr(self, ds: Dataset, t: int) -> str:
+        """The element's VR; for implicit or UN encoding, the dictionary's (pydicom converts
+        UN values of known tags to that VR when they are read)."""
         vr = ds.get_item(t).VR
-        if vr:
+        if vr and vr != "UN":
             return vr
         try:
             return dictionary_VR(t)
@@ -473,7 +555,7 @@ class Deidentifier:
 
     def _apply(self, ds: Dataset, t: int, action: str, ctx: _Context) -> None:
         if t in (_PATIENT_ID, _PATIENT_NAME, _ACCESSION_NUMBER) and action != "X":
-            self._identity(ds, t)
+            self._identity(ds, t, ctx)
             return
         if action == "X":
             del ds[t]
@@ -495,19 +577,17 @@ class Deidentifier:
         else:  # the table only holds the actions above once resolved
             raise StageError("deid_failed", f"unknown action {action!r} for {Tag(t)}")
 
-    def _identity(self, ds: Dataset, t: int) -> None:
+    def _identity(self, ds: Dataset, t: int, ctx: _Context) -> None:
         vr = self._vr(ds, t)
+        patient = ctx.originals.get(_PATIENT_ID, "")
         if t == _PATIENT_ID:
-            _set(ds, t, vr, self.pseudonyms.patient_id(_text(ds, t)))
+            _set(ds, t, vr, self.pseudonyms.patient_id(patient) if patient else None)
         elif t == _PATIENT_NAME:
-            patient = _text(ds, _PATIENT_ID)
-            if patient.startswith("PAT") and len(patient) == 16:  # already replaced
-                pseudonym = patient
-            else:
-                pseudonym = self.pseudonyms.patient_id(patient)
-            _set(ds, t, vr, pseudonym if self.config.patient_name == "pseudonym" else None)
+            # Always from the original ID (read before it was replaced), never copied.
+            named = self.config.patient_name == "pseudonym" and patient
+            _set(ds, t, vr, self.pseudonyms.patient_id(patient) if named else None)
         else:
-            value = _text(ds, t)
+            value = ctx.originals.get(_ACCESSION_NUMBER, "")
             _set(ds, t, vr, self.pseudonyms.accession(value) if value else None)
 
     def _dummy(self, ds: Dataset, t: int, vr: str, ctx: _Context) -> None:
@@ -527,11 +607,11 @@ class Deidentifier:
     def _uids(self, ds: Dataset, t: int, vr: str) -> None:
         values = _values(ds, t)
         if values:
-            new = [v if v in UID_dictionary else self.pseudonyms.uid(v) for v in values]
+            new = [v if _is_standard_uid(v) else self.pseudonyms.uid(v) for v in values]
             _set(ds, t, vr, new if len(new) > 1 else new[0])
 
     def _dates(self, ds: Dataset, t: int, vr: str, ctx: _Context) -> None:
-        values = _values(ds, t)
+        values = _values(ds, t, ctx.encodings)
         if not values:
             return
         shifted = [shift_date(v, ctx.date_shift) for v in values]
@@ -551,7 +631,7 @@ class Deidentifier:
         elif vr == "UI":
             self._uids(ds, t, vr)
         elif vr in _TEXT_VRS:
-            values = [clean_text(v, ctx.tokens) for v in _values(ds, t)]
+            values = [clean_text(v, ctx.tokens) for v in _values(ds, t, ctx.encodings)]
             _set(ds, t, vr, values if len(values) > 1 else (values[0] if values else None))
         elif vr == "PN" or vr in _BYTES_VRS:
             _set(ds, t, vr, None)  # names and opaque bytes cannot be cleaned
@@ -564,39 +644,58 @@ class Deidentifier:
         vr = self._vr(ds, t)
         if vr == "SQ":
             self._items(ds, t, ctx)
+        elif vr == "UN":  # unknown to the dictionary and opaque: nothing can vouch for it
+            del ds[t]
         elif vr == "PN":
             _set(ds, t, vr, None)
         elif vr in ("DA", "DT"):
             self._clean(ds, t, vr, ctx)
         elif vr == "UI" and not self.config.retain_uids:
-            self._uids(ds, t, vr)
+            if not _keyword(t).endswith(_CLASS_UID_KEYWORDS):
+                self._uids(ds, t, vr)
+        elif vr in _TEXT_VRS and ctx.depth > 0 and _keyword(t) not in _CODE_KEYWORDS:
+            # Free text inside sequences (SR TextValue, request comments, ...): the table
+            # lists what sits at the top level; nested text is cleaned only when the
+            # structured-content or descriptor option asks for it, and removed otherwise.
+            if self.config.clean_structured_content or self.config.clean_descriptors:
+                self._clean(ds, t, vr, ctx)
+            else:
+                del ds[t]
 
     def _items(self, ds: Dataset, t: int, ctx: _Context) -> None:
         for item in ds[t].value or []:
-            self._walk(item, ctx)
+            self._walk(item, ctx, ctx.depth + 1)
 
     def _private(self, ds: Dataset, t: int, ctx: _Context, creators_kept: set[int]) -> None:
         element = t & 0xFFFF
-        if element < 0x1000:  # a private creator: decided after its elements
-            if element < 0x10:
-                del ds[t]
+        if 0x10 <= element <= 0xFF:  # a private creator: decided after its elements
+            return
+        if element < 0x1000:  # (gggg,0001-000F) and (gggg,0100-0FFF): not valid private tags
+            del ds[t]
             return
         if self.config.retain_safe_private:
             group, block = t >> 16, element >> 8
             creator_tag = (group << 16) | block
             creator = ds.get(creator_tag)
             creator_value = str(creator.value).strip() if creator is not None else ""
-            if (creator_value, element & 0xFF) in self._safe_private:
+            raw_vr = ds.get_item(t).VR
+            if (creator_value, element & 0xFF) in self._safe_private and raw_vr not in (None, "UN"):
+                # Kept only when explicitly typed: an implicit or UN private element could
+                # be a sequence that nobody can walk.
                 creators_kept.add(creator_tag)
-                if self._vr(ds, t) == "SQ":
+                if raw_vr == "SQ":
                     self._items(ds, t, ctx)
                 return
         del ds[t]
 
     # -- marks ----------------------------------------------------------------------------
 
-    def _mark(self, ds: Dataset) -> None:
+    def _mark(self, ds: Dataset, pixels: str) -> None:
+        """``pixels``: "clean" (no burned-in risk), "masked", or "kept" (risky, kept by
+        request: then nobody may claim that the identity was removed)."""
         options = [n for n in self.config.enabled_options() if n in CID_7050]
+        if pixels == "masked":
+            options.insert(0, "clean_pixel_data")
         codes = []
         for name in ["basic", *options]:
             value, meaning = CID_7050[name]
@@ -611,7 +710,7 @@ class Deidentifier:
             temporal = "UNMODIFIED"
         else:
             temporal = "REMOVED"
-        _set(ds, 0x00120062, "CS", "YES")  # PatientIdentityRemoved
+        _set(ds, 0x00120062, "CS", "NO" if pixels == "kept" else "YES")  # PatientIdentityRemoved
         _set(ds, 0x00120063, "LO", f"dicomflow; {self.profile.standard}"[:64])
         _set(ds, 0x00120064, "SQ", Sequence(codes))  # DeidentificationMethodCodeSequence
         _set(ds, 0x00280303, "CS", temporal)  # LongitudinalTemporalInformationModified
@@ -697,7 +796,6 @@ def mask_pixels(ds: Dataset, boxes: Iterable[tuple[float, float, float, float]])
     ds.PixelData = frames.astype(frames.dtype.newbyteorder("<")).tobytes()
     ds["PixelData"].VR = "OB" if int(ds.BitsAllocated) == 8 else "OW"
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.BurnedInAnnotation = "NO"  # the configured regions are blank now
 
 
 # ---------------------------------------------------------------------------------------
@@ -744,6 +842,7 @@ def deidentify_dataset(ds: Dataset, engine: Deidentifier) -> tuple[DeidResult, d
         raise StageError("unsupported_transfer_syntax", message)
     pixels = engine.config.pixels
     risk = burned_in_risk(ds, pixels)
+    state = "kept" if risk else "clean"
     if risk and pixels.policy != "keep":
         modality = str(ds.get("Modality", "") or "").strip().upper()
         boxes = pixels.mask_regions.get(modality)
@@ -753,6 +852,7 @@ def deidentify_dataset(ds: Dataset, engine: Deidentifier) -> tuple[DeidResult, d
             raise StageError(
                 "burned_in_annotation", f"{risk}; no mask region configured for {modality}"
             )
+        state = "masked"
         try:
             mask_pixels(ds, boxes)
         except Exception as e:
@@ -760,7 +860,7 @@ def deidentify_dataset(ds: Dataset, engine: Deidentifier) -> tuple[DeidResult, d
                 "mask_failed", f"pixels cannot be masked ({type(e).__name__})"
             ) from None
     link = engine.linkage(ds)
-    engine.deidentify(ds)
+    engine.deidentify(ds, state)
     buf = io.BytesIO()
     try:
         ds.save_as(buf, enforce_file_format=True)

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 
 from apache_beam.io.filesystems import FileSystems
 
-MIN_KEY_BYTES = 32  # 256 bits: a fingerprint of a shorter key could be brute-forced
+# At least 32 bytes as given (64 hex digits are 256 bits, 32 are 128): a fingerprint of a
+# shorter key could be brute-forced.
+MIN_KEY_BYTES = 32
 
 
 class KeySourceError(ValueError):

@@ -87,7 +87,8 @@ class WriteManifest(beam.PTransform):
     Args:
         output: the run's output root.
         header: fixed facts known when the pipeline is built (run id, inputs, options).
-        tables: table name → the one-element PCollection of shard names its writer returns.
+        tables: table name → a one-element PCollection describing it: the shard names a
+            Parquet writer returns, or a count of files.
         finish: turns the combined flat counts into the manifest's ``counts`` section.
     """
 
@@ -119,11 +120,14 @@ def _write_manifest(
     header: dict,
     finish: Callable[[dict[Key, int]], dict],
     names: list[str],
-    *shards: list[str],
+    *shards: list[str] | int,
 ) -> dict:
     manifest = dict(header)
     manifest["finished_at"] = utc_now()
     manifest["counts"] = finish(flat_counts)
-    manifest["tables"] = {n: list(s) for n, s in zip(names, shards, strict=True)}
+    manifest["tables"] = {
+        n: list(s) if isinstance(s, (list, tuple)) else s
+        for n, s in zip(names, shards, strict=True)
+    }
     write_json(FileSystems.join(output, MANIFEST_NAME), manifest)
     return manifest
