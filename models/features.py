@@ -70,3 +70,72 @@ INVENTORY_SCHEMA = pa.schema(
         pa.field(DECODER_AVAILABLE, pa.bool_()),
     ]
 )
+
+# --- index/ (ingest) and the TFRecord examples -------------------------------------------
+# DESIGN.md's minimum index columns; every identifier is a pseudonym.
+SOP_INSTANCE_UID = "sop_instance_uid"
+SERIES_INSTANCE_UID = "series_instance_uid"
+STUDY_INSTANCE_UID = "study_instance_uid"
+PATIENT_ID = "patient_id"
+SPLIT = "split"
+LABEL = "label"
+# Pixel facts.
+FRAME = "frame"
+WINDOW_CENTER = "window_center"
+WINDOW_WIDTH = "window_width"
+
+INDEX_SCHEMA = pa.schema(
+    [
+        pa.field(SOP_INSTANCE_UID, pa.string(), nullable=False),
+        pa.field(SERIES_INSTANCE_UID, pa.string()),
+        pa.field(STUDY_INSTANCE_UID, pa.string()),
+        pa.field(PATIENT_ID, pa.string(), nullable=False),
+        pa.field(MODALITY, pa.string()),
+        pa.field(SPLIT, pa.string(), nullable=False),
+        pa.field(LABEL, pa.string()),
+        pa.field(FRAME, pa.int32(), nullable=False),
+        pa.field(ROWS, pa.int32()),
+        pa.field(COLUMNS, pa.int32()),
+        pa.field(PHOTOMETRIC_INTERPRETATION, pa.string()),
+        pa.field(TRANSFER_SYNTAX_UID, pa.string()),
+        pa.field(WINDOW_CENTER, pa.float32()),
+        pa.field(WINDOW_WIDTH, pa.float32()),
+    ]
+)
+
+# Raw tf.train.Example features, as ingest writes them and serving receives them (the
+# tf.Transform graph is applied on top, in training and in the exported model alike).
+IMAGE = "image"  # bytes: uint8 pixels, height x width x channels, row-major
+DEFAULT_IMAGE_SIZE = 224  # default geometry (ingest's pixel config can change it)
+DEFAULT_IMAGE_CHANNELS = 1
+IMAGE_HEIGHT = "image_height"
+IMAGE_WIDTH = "image_width"
+IMAGE_CHANNELS = "image_channels"
+
+# Outputs of models.preprocessing.preprocessing_fn.
+IMAGE_NORMALIZED = "image_normalized"  # float32, zero mean / unit variance over train
+LABEL_ID = "label_id"  # int64 index into the label vocabulary, -1 when unlabeled
+LABEL_VOCABULARY = "label"  # vocabulary file name under transform/
+
+
+def raw_feature_spec() -> dict:
+    """The TFRecord schema: every feature name lives here, read by ingest, trainer, scoring.
+
+    Every example carries every feature (tf.Transform's schema allows no defaults): an
+    unlabeled example has label "", a missing identifier is "".
+    """
+    import tensorflow as tf
+
+    return {
+        IMAGE: tf.io.FixedLenFeature([], tf.string),
+        IMAGE_HEIGHT: tf.io.FixedLenFeature([], tf.int64),
+        IMAGE_WIDTH: tf.io.FixedLenFeature([], tf.int64),
+        IMAGE_CHANNELS: tf.io.FixedLenFeature([], tf.int64),
+        LABEL: tf.io.FixedLenFeature([], tf.string),
+        SOP_INSTANCE_UID: tf.io.FixedLenFeature([], tf.string),
+        SERIES_INSTANCE_UID: tf.io.FixedLenFeature([], tf.string),
+        STUDY_INSTANCE_UID: tf.io.FixedLenFeature([], tf.string),
+        PATIENT_ID: tf.io.FixedLenFeature([], tf.string),
+        MODALITY: tf.io.FixedLenFeature([], tf.string),
+        FRAME: tf.io.FixedLenFeature([], tf.int64),
+    }
