@@ -12,6 +12,7 @@ COMMANDS = {
     "synth": ("pipelines.synth", "write a synthetic PACS export (DICOM, archives, junk, labels)"),
     "inventory": ("pipelines.inventory", "list every object and archive member, with status"),
     "deidentify": ("pipelines.deidentify", "write de-identified DICOM copies (PS3.15 Annex E)"),
+    "ingest": ("pipelines.ingest", "de-identified, normalized TFRecords + tf.Transform + index"),
 }
 
 

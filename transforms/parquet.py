@@ -14,8 +14,8 @@ def table_dir(output: str, table: str) -> str:
     return FileSystems.join(output, table)
 
 
-def delete_stale_shards(directory: str, written: list[str]) -> list[str]:
-    """Deletes ``part-*.parquet`` files under ``directory`` that this run did not write.
+def delete_stale_shards(directory: str, written: list[str], suffix: str = SUFFIX) -> list[str]:
+    """Deletes ``part-*<suffix>`` files under ``directory`` that this run did not write.
 
     A re-run that writes fewer shards than the last one would otherwise leave the old
     extra shards behind, and readers would see their rows twice.
@@ -24,7 +24,7 @@ def delete_stale_shards(directory: str, written: list[str]) -> list[str]:
         The base names of the shards this run wrote, sorted.
     """
     keep = {posixpath.basename(p) for p in written}
-    pattern = FileSystems.join(directory, f"{SHARD_PREFIX}-*{SUFFIX}")
+    pattern = FileSystems.join(directory, f"{SHARD_PREFIX}-*{suffix}")
     stale = [
         m.path
         for m in FileSystems.match([pattern])[0].metadata_list

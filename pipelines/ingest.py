@@ -1,0 +1,452 @@
+"""`dicomflow ingest`: de-identified, normalized TFRecords with tf.Transform, labels and splits.
+
+read → parse → join labels (original identifiers) → de-identify → normalize pixels → split
+by patient → TFRecords per split + tf.Transform analysis over train → index, errors,
+manifest. One Beam pipeline; the heavy steps fuse, so a dataset travels between them in
+memory and nothing collects the corpus on one worker.
+"""
+
+import json
+import sys
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, TestOptions
+
+from models import features as f
+from pipelines.deidentify import key_source, load_config
+from pipelines.options import (
+    CommandOptions,
+    UsageError,
+    check_output_outside,
+    new_pipeline,
+    new_run_id,
+    parse_options,
+    require,
+)
+from transforms import dicom_io
+from transforms.deadletter import (
+    DEAD_LETTER,
+    STAGE_DEIDENTIFY,
+    STAGE_PARSE,
+    STAGE_WRITE,
+    DeadLetter,
+    StageError,
+    unexpected,
+)
+from transforms.deid import DeidConfig, Deidentifier, Profile, deidentify_dataset
+from transforms.keys import KeySource, fingerprint
+from transforms.labels import JoinLabels, ReadLabels, load_labels
+from transforms.manifest import (
+    MANIFEST_NAME,
+    WriteManifest,
+    code_version,
+    error_keys,
+    utc_now,
+    write_json,
+)
+from transforms.parquet import WriteParquet, delete_stale_shards, table_dir
+from transforms.pixels import PixelConfig, normalize
+from transforms.split import SPLITS, UNLABELED, SplitConfig, assign_split
+from transforms.tfrecord import make_example
+
+STAGE_PIXELS = "pixels"
+TFRECORDS = "tfrecords"
+TRANSFORM = "transform"
+INDEX_TABLE = "index"
+ERRORS_TABLE = "errors"
+ALL_SPLITS = (*SPLITS, UNLABELED)
+
+
+class IngestOptions(CommandOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument("--input", action="append", help="file, folder, prefix or glob")
+        parser.add_argument("--output", help="output root (local path or gs://)")
+        parser.add_argument("--labels", help="CSV or Parquet label export (original keys)")
+        parser.add_argument("--key-env", help="environment variable holding the secret key")
+        parser.add_argument("--key-file", help="file (local or gs://) holding the secret key")
+        parser.add_argument("--deid-config", help="YAML with de-identification options")
+        parser.add_argument("--pixel-config", help="YAML: size, channels, frame_policy, windows")
+        parser.add_argument("--split", help="train,eval,test fractions, e.g. 0.8,0.1,0.1")
+        parser.add_argument(
+            "--tfrecord-shards", type=int, default=0, help="shards per split (0: the runner's)"
+        )
+        parser.add_argument(
+            "--max-object-bytes", type=int, default=dicom_io.DEFAULT_MAX_OBJECT_BYTES
+        )
+
+
+@dataclass(frozen=True)
+class Converted:
+    """One converted instance: its pseudonymous id, split, and one example per image."""
+
+    source: str
+    member: str | None
+    sop_instance_uid: str
+    split: str
+    label: str | None
+    examples: tuple[bytes, ...]
+    index_rows: tuple[dict, ...]
+
+
+class ParseFn(beam.DoFn):
+    """SourceObject → ((source, member), Dataset), or a parse dead letter."""
+
+    def process(self, obj: dicom_io.SourceObject):
+        try:
+            ds = dicom_io.parse_dataset(obj.data)
+        except StageError as e:
+            error = e
+        except Exception as e:
+            error = unexpected(e)
+        else:
+            yield (obj.source, obj.member), ds
+            return
+        letter = DeadLetter(obj.source, obj.member, STAGE_PARSE, error.error_type, error.message)
+        yield beam.pvalue.TaggedOutput(DEAD_LETTER, letter)
+
+
+class PrepareFn(beam.DoFn):
+    """A labelled, parsed dataset → a Converted instance: de-identified, normalized, split."""
+
+    def __init__(
+        self,
+        deid_config: DeidConfig,
+        key: KeySource,
+        pixels: PixelConfig,
+        split: SplitConfig,
+    ):
+        self._deid_config = deid_config
+        self._key = key
+        self._pixels = pixels
+        self._split = split
+
+    def setup(self):
+        self._engine = Deidentifier(Profile.load(), self._deid_config, self._key.resolve())
+        self._converted = Metrics.counter(dicom_io.METRICS_NAMESPACE, "ingest_converted")
+        self._failed = Metrics.counter(dicom_io.METRICS_NAMESPACE, "ingest_dead_letters")
+
+    def process(self, element):
+        (source, member), (ds, label) = element
+        stage = STAGE_DEIDENTIFY
+        try:
+            result, _ = deidentify_dataset(ds, self._engine)
+            stage = STAGE_PIXELS
+            images = normalize(ds, self._pixels)
+        except StageError as e:
+            error = e
+        except Exception as e:
+            error = unexpected(e)
+        else:
+            split = assign_split(result.patient_id, label is not None, self._split)
+            ids = {
+                f.SOP_INSTANCE_UID: result.sop_instance_uid,
+                f.SERIES_INSTANCE_UID: result.series_instance_uid,
+                f.STUDY_INSTANCE_UID: result.study_instance_uid,
+                f.PATIENT_ID: result.patient_id,
+                f.MODALITY: result.modality,
+            }
+            examples, rows = [], []
+            for image in images:
+                examples.append(make_example(image.pixels, ids, label or "", image.frame))
+                rows.append(
+                    {
+                        **ids,
+                        f.SPLIT: split,
+                        f.LABEL: label,
+                        f.FRAME: image.frame,
+                        f.ROWS: image.rows,
+                        f.COLUMNS: image.columns,
+                        f.PHOTOMETRIC_INTERPRETATION: image.photometric,
+                        f.TRANSFER_SYNTAX_UID: str(ds.file_meta.get("TransferSyntaxUID", "")),
+                        f.WINDOW_CENTER: image.window_center,
+                        f.WINDOW_WIDTH: image.window_width,
+                    }
+                )
+            self._converted.inc()
+            yield Converted(
+                source,
+                member,
+                result.sop_instance_uid,
+                split,
+                label,
+                tuple(examples),
+                tuple(rows),
+            )
+            return
+        self._failed.inc()
+        letter = DeadLetter(source, member, stage, error.error_type, error.message)
+        yield beam.pvalue.TaggedOutput(DEAD_LETTER, letter)
+
+
+def one_per_instance(element: tuple[str, Iterable[Converted]]):
+    """The same instance twice (a loose file and its copy in a zip) → one, plus a row."""
+    _, copies = element
+    first, *others = sorted(copies, key=lambda c: (c.source, c.member or ""))
+    yield first
+    for other in others:
+        message = "the same SOP instance is also in another object; that one was converted"
+        letter = DeadLetter(other.source, other.member, STAGE_WRITE, "duplicate_instance", message)
+        yield beam.pvalue.TaggedOutput(DEAD_LETTER, letter)
+
+
+def converted_keys(c: Converted) -> list:
+    keys: list = ["seen", "converted", ("by_split", c.split), ("by_label", c.label or "none")]
+    keys += ["examples"] * len(c.examples)
+    keys += [("examples_by_split", c.split)] * len(c.examples)
+    return keys
+
+
+class WriteTFRecords(beam.PTransform):
+    """Examples of one split → ``tfrecords/<split>/part-*.tfrecord.gz`` (gzip), re-run safe."""
+
+    def __init__(self, directory: str, num_shards: int):
+        super().__init__()
+        self._directory = directory
+        self._num_shards = num_shards
+
+    def expand(self, examples):
+        written = examples | "Write" >> beam.io.WriteToTFRecord(
+            FileSystems.join(self._directory, "part"),
+            file_name_suffix=".tfrecord.gz",
+            num_shards=self._num_shards,
+            compression_type=beam.io.filesystem.CompressionTypes.GZIP,
+        )
+        return (
+            examples.pipeline
+            | "Once" >> beam.Create([None])
+            | "DeleteStaleShards"
+            >> beam.Map(
+                lambda _, d, files: delete_stale_shards(d, files, suffix=".tfrecord.gz"),
+                self._directory,
+                beam.pvalue.AsList(written),
+            )
+        )
+
+
+class AnalyzeTrain(beam.PTransform):
+    """tf.Transform over the train examples, through TFXIO record batches → ``transform/``."""
+
+    def __init__(self, directory: str, temp_dir: str, pixels: PixelConfig):
+        super().__init__()
+        self._directory = directory
+        self._temp_dir = temp_dir
+        self._pixels = pixels
+
+    def expand(self, examples):
+        import tensorflow_transform.beam as tft_beam
+        from tensorflow_transform.tf_metadata import schema_utils
+        from tfx_bsl.public import tfxio
+
+        from models.preprocessing import make_preprocessing_fn
+
+        schema = schema_utils.schema_from_feature_spec(f.raw_feature_spec())
+        source = tfxio.TFExampleBeamRecord(
+            physical_format="inmem", telemetry_descriptors=["dicomflow"], schema=schema
+        )
+        with tft_beam.Context(temp_dir=self._temp_dir):
+            batches = examples | "ToRecordBatches" >> source.BeamSource()
+            transform_fn = (batches, source.TensorAdapterConfig()) | "Analyze" >> (
+                tft_beam.AnalyzeDataset(
+                    make_preprocessing_fn(self._pixels.size, self._pixels.channels)
+                )
+            )
+            return transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(self._directory)
+
+
+def parse_split(text: str | None) -> SplitConfig:
+    if not text:
+        return SplitConfig()
+    try:
+        train, eval_, test = (float(x) for x in text.split(","))
+        return SplitConfig(train=train, eval=eval_, test=test)
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"--split must be three fractions summing to 1 ({e})") from None
+
+
+def load_pixel_config(uri: str | None) -> PixelConfig:
+    if uri is None:
+        return PixelConfig()
+    import yaml
+
+    try:
+        with FileSystems.open(dicom_io.normalize_uri(uri)) as fh:
+            return PixelConfig.from_mapping(yaml.safe_load(fh.read().decode()))
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"--pixel-config {uri}: {e}") from None
+    except Exception as e:
+        raise UsageError(f"--pixel-config {uri} cannot be read ({type(e).__name__})") from None
+
+
+def build_pipeline(
+    opts: IngestOptions, beam_options: PipelineOptions, run_id: str | None = None
+) -> beam.Pipeline:
+    """Builds (does not run) the ingest pipeline; checks arguments, keys and labels first."""
+    inputs = [dicom_io.normalize_uri(u) for u in require(opts.input, "--input")]
+    output = dicom_io.normalize_uri(require(opts.output, "--output"))
+    check_output_outside(output, inputs)
+    if opts.max_object_bytes <= 0 or opts.tfrecord_shards < 0:
+        raise UsageError("--max-object-bytes must be positive and --tfrecord-shards >= 0")
+    dataflow = "Dataflow" in str(beam_options.view_as(StandardOptions).runner or "")
+    key = key_source(opts.key_env, opts.key_file, "key", dataflow)
+    deid_config = load_config(opts.deid_config)
+    pixels = load_pixel_config(opts.pixel_config)
+    split = parse_split(opts.split)
+    labels_uri = dicom_io.normalize_uri(opts.labels) if opts.labels else None
+    label_rows = None
+    if labels_uri:
+        try:
+            label_rows = load_labels(labels_uri).rows  # refuse a bad file before any work
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+    header = {
+        "pipeline": "ingest",
+        "run_id": run_id or new_run_id(),
+        "code_version": code_version(),
+        "started_at": utc_now(),
+        "inputs": inputs,
+        "key_fingerprint": fingerprint(key.resolve()),
+        "deid_profile": Profile.load().standard,
+        "deid_options": deid_config.describe(),
+        "pixels": {
+            "size": pixels.size,
+            "channels": pixels.channels,
+            "frame_policy": pixels.frame_policy,
+            "windows": {k: list(v) for k, v in pixels.windows.items()},
+        },
+        "split": {"train": split.train, "eval": split.eval, "test": split.test},
+        "labels": {"given": bool(labels_uri), "rows": label_rows},
+    }
+
+    p = new_pipeline(beam_options)
+    paths = p | "MatchInputs" >> dicom_io.MatchInputs(inputs)
+    objects, read_errors = paths | "ReadObjects" >> dicom_io.ReadObjects(opts.max_object_bytes)
+    parsed = objects | "Parse" >> beam.ParDo(ParseFn()).with_outputs(DEAD_LETTER, main="ok")
+    if labels_uri:
+        table = p | "ReadLabels" >> ReadLabels(labels_uri)
+        joined, unmatched = parsed.ok | "JoinLabels" >> JoinLabels(table)
+        unmatched_keys = unmatched | "UnmatchedKeys" >> beam.Map(
+            lambda n: [("labels", "unmatched_rows")] * n
+        )
+    else:
+        joined = parsed.ok | "NoLabels" >> beam.Map(lambda kv: (kv[0], (kv[1], None)))
+        unmatched_keys = p | "NoUnmatched" >> beam.Create([])
+    prepared = joined | "Prepare" >> beam.ParDo(
+        PrepareFn(deid_config, key, pixels, split)
+    ).with_outputs(DEAD_LETTER, main="converted")
+    unique = (
+        prepared.converted
+        | "KeyByInstance" >> beam.Map(lambda c: (c.sop_instance_uid, c))
+        | "GroupByInstance" >> beam.GroupByKey()
+        | "OnePerInstance"
+        >> beam.FlatMap(one_per_instance).with_outputs(DEAD_LETTER, main="instances")
+    )
+    instances = unique.instances
+    by_split = instances | "BySplit" >> beam.Partition(
+        lambda c, n: ALL_SPLITS.index(c.split), len(ALL_SPLITS)
+    )
+    tables = {}
+    train_examples = None
+    for name, part in zip(ALL_SPLITS, by_split, strict=True):
+        examples = part | f"{name}Examples" >> beam.FlatMap(lambda c: c.examples)
+        directory = FileSystems.join(output, TFRECORDS, name)
+        tables[f"{TFRECORDS}/{name}"] = examples | f"Write{name.title()}" >> WriteTFRecords(
+            directory, opts.tfrecord_shards
+        )
+        if name == SPLITS[0]:
+            train_examples = examples
+    scratch = FileSystems.join(output, "tmp", "tft")
+    if beam_options.view_as(TestOptions).dry_run:
+        # tf.Transform creates its scratch folder while the graph is built; a dry run
+        # builds and never runs, so it must not reach for the bucket.
+        scratch = tempfile.mkdtemp(prefix="dicomflow-dry-run-")
+    _ = train_examples | "TfTransform" >> AnalyzeTrain(
+        FileSystems.join(output, TRANSFORM), scratch, pixels
+    )
+    index_rows = instances | "IndexRows" >> beam.FlatMap(lambda c: c.index_rows)
+    tables[INDEX_TABLE] = index_rows | "WriteIndex" >> WriteParquet(
+        table_dir(output, INDEX_TABLE), f.INDEX_SCHEMA
+    )
+    errors = (
+        (read_errors, parsed[DEAD_LETTER], prepared[DEAD_LETTER], unique[DEAD_LETTER])
+        | "AllDeadLetters" >> beam.Flatten()
+        | "ErrorRows" >> beam.Map(DeadLetter.to_row)
+    )
+    tables[ERRORS_TABLE] = errors | "WriteErrors" >> WriteParquet(
+        table_dir(output, ERRORS_TABLE), f.ERRORS_SCHEMA
+    )
+    _ = (
+        (
+            instances | "ConvertedKeys" >> beam.Map(converted_keys),
+            errors | "ErrorKeys" >> beam.Map(error_keys),
+            unmatched_keys,
+        )
+        | "AllKeys" >> beam.Flatten()
+        | "WriteManifest" >> WriteManifest(output, header, tables)
+    )
+    return p
+
+
+def transform_statistics(output: str) -> dict:
+    """What tf.Transform learned over train: pixel mean/std and the label vocabulary.
+
+    Read back from the written graph (the analyzers' results are constants in it): the
+    transform of a black and a white image gives mean and standard deviation.
+    """
+    import numpy as np
+    import tensorflow as tf
+    import tensorflow_transform as tft
+
+    out = tft.TFTransformOutput(FileSystems.join(output, TRANSFORM))
+    spec = out.transformed_feature_spec()[f.IMAGE_NORMALIZED]
+    pixels = int(np.prod(spec.shape))
+    raw = {
+        name: tf.constant([b"\x00" * pixels, b"\xff" * pixels])
+        if name == f.IMAGE
+        else tf.constant([0, 0], tf.int64)
+        if feature.dtype == tf.int64
+        else tf.constant([b"", b""])
+        for name, feature in f.raw_feature_spec().items()
+    }
+    z = out.transform_raw_features(raw)[f.IMAGE_NORMALIZED].numpy()[:, 0]
+    std = 1.0 / (z[1] - z[0])  # z = (x - mean) / std for x = 0 and x = 1
+    vocabulary = [v.decode() for v in out.vocabulary_by_name(f.LABEL_VOCABULARY)]
+    return {"pixel_mean": float(-z[0] * std), "pixel_std": float(std), "labels": vocabulary}
+
+
+def run(argv: Sequence[str]) -> int:
+    opts, beam_options = parse_options("dicomflow ingest", argv, IngestOptions)
+    pipeline = build_pipeline(opts, beam_options)
+    try:
+        dicom_io.check_inputs([dicom_io.normalize_uri(u) for u in opts.input])
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    pipeline.run().wait_until_finish()
+    output = dicom_io.normalize_uri(opts.output)
+    manifest_uri = FileSystems.join(output, MANIFEST_NAME)
+    with FileSystems.open(manifest_uri) as fh:
+        manifest = json.load(fh)
+    try:
+        manifest["tf_transform"] = transform_statistics(output)
+    except Exception as e:  # no train examples: nothing was analyzed
+        manifest["tf_transform"] = {"error": f"no statistics ({type(e).__name__})"}
+    if opts.labels:
+        unmatched = manifest["counts"].pop("labels", {}).get("unmatched_rows", 0)
+        manifest["labels"]["unmatched_rows"] = unmatched
+    write_json(manifest_uri, manifest)
+    scratch = FileSystems.join(output, "tmp")
+    if FileSystems.exists(scratch):
+        FileSystems.delete([scratch])  # tf.Transform's working files
+    counts = manifest["counts"]
+    print(
+        f"ingest: {counts.get('seen', 0)} objects seen, {counts.get('converted', 0)} converted "
+        f"({counts.get('examples', 0)} examples), {counts.get('dead_lettered', 0)} dead-lettered"
+        f" → {output}",
+        file=sys.stderr,
+    )
+    return 0
