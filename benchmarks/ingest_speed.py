@@ -1,0 +1,118 @@
+"""Times `dicomflow ingest` against a bare loop, and checks its memory stays flat.
+
+On the same N synthetic CT-like files (copies of pydicom's CT_small.dcm with their own
+patient, study and instance identifiers, so de-identification has real work):
+(a) a bare loop in one process: pydicom read + decode + resize + serialize a tf.Example
+    to one TFRecord (no de-identification, no labels, no tf.Transform);
+(b) our ingest pipeline on DirectRunner, 1 worker (in memory);
+(c) the same with 2 worker processes (multi_processing).
+Then the peak memory (max RSS) of (b) for N and 4N files.
+Targets: (b) >= 0.6 x (a) files/s while doing the full de-id; (c) >= 1.6 x (b); peak
+memory of (b) for 4N within 15% of N.
+
+Run: ``.venv/bin/python benchmarks/ingest_speed.py [--files 2000]``.
+"""
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from PIL import Image
+from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
+
+KEY = "b" * 64
+
+
+def make_corpus(root: Path, count: int) -> None:
+    """``count`` CT files, a patient per 4 files, each with its own UIDs."""
+    template = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        ds = template.copy()
+        ds.PatientID = f"BENCH{i // 4:06d}"
+        ds.PatientName = f"BENCH^PATIENT{i // 4}"
+        ds.StudyInstanceUID = generate_uid(entropy_srcs=["study", str(i // 4)])
+        ds.SeriesInstanceUID = generate_uid(entropy_srcs=["series", str(i // 4)])
+        ds.SOPInstanceUID = generate_uid(entropy_srcs=["sop", str(i)])
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.save_as(root / f"IMG{i:06d}.dcm")
+
+
+def bare_loop(root: Path, out: Path, size: int = 224) -> float:
+    """(a): the least work that still produces a TFRecord of images; returns seconds."""
+    import tensorflow as tf
+
+    start = time.perf_counter()
+    with tf.io.TFRecordWriter(str(out), options="GZIP") as writer:
+        for path in sorted(root.iterdir()):
+            ds = pydicom.dcmread(path)
+            arr = ds.pixel_array.astype(np.float32)
+            lo, hi = float(arr.min()), float(arr.max())
+            img = Image.fromarray((arr - lo) / max(hi - lo, 1e-6), mode="F")
+            pixels = np.asarray(img.resize((size, size), Image.BILINEAR))
+            data = (np.clip(pixels, 0, 1) * 255).astype(np.uint8).tobytes()
+            feature = {"image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[data]))}
+            example = tf.train.Example(features=tf.train.Features(feature=feature))
+            writer.write(example.SerializeToString())
+    return time.perf_counter() - start
+
+
+def ingest(root: Path, out: Path, *beam_args: str) -> tuple[float, int]:
+    """Runs ingest in its own process; returns (seconds, peak RSS in MB)."""
+    code = (
+        "import sys; from pipelines import ingest; "
+        f"sys.exit(ingest.run(['--input', {str(root)!r}, '--output', {str(out)!r}, "
+        f"'--key-env', 'BENCH_KEY', *{list(beam_args)!r}]))"
+    )
+    env = {**os.environ, "BENCH_KEY": KEY}
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    if status != 0:
+        raise SystemExit(f"ingest failed with status {status}")
+    return seconds, usage.ru_maxrss // 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--files", type=int, default=2000)
+    args = parser.parse_args()
+    n = args.files
+    one = ["--direct_num_workers=1", "--direct_running_mode=in_memory"]
+    two = ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+        make_corpus(base / "n", n)
+        t_bare = bare_loop(base / "n", base / "bare.tfrecord.gz")
+        t_one, rss_n = ingest(base / "n", base / "out1", *one)
+        t_two, _ = ingest(base / "n", base / "out2", *two)
+        make_corpus(base / "4n", 4 * n)
+        _, rss_4n = ingest(base / "4n", base / "out4", *one)
+    rate = {k: n / v for k, v in {"bare": t_bare, "one": t_one, "two": t_two}.items()}
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    )
+    print(f"(a) bare loop: {n} files in {t_bare:.1f}s = {rate['bare']:.0f} files/s")
+    print(f"(b) ingest, 1 worker: {t_one:.1f}s = {rate['one']:.0f} files/s")
+    print(f"(c) ingest, 2 workers: {t_two:.1f}s = {rate['two']:.0f} files/s")
+    print(f"ratio (b)/(a): {rate['one'] / rate['bare']:.2f} (target >= 0.6)")
+    print(f"ratio (c)/(b): {rate['two'] / rate['one']:.2f} (target >= 1.6)")
+    print(
+        f"peak RSS (b): {n} files {rss_n} MB, {4 * n} files {rss_4n} MB, "
+        f"ratio {rss_4n / rss_n:.2f} (target <= 1.15)"
+    )
+
+
+if __name__ == "__main__":
+    main()
