@@ -10,7 +10,7 @@ it.
 import json
 import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -91,21 +91,6 @@ def load_config(uri: str | None) -> DeidConfig:
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 
-def one_per_instance(
-    element: tuple[str, Iterable[tuple[str, str | None, DeidResult]]],
-):
-    """Two inputs holding the same instance (a loose file and its copy in a zip, say) give
-    one file; the others get a ``duplicate_instance`` row. The first by location wins, so
-    every run and every worker keeps the same one."""
-    _, copies = element
-    first, *others = sorted(copies, key=lambda c: (c[0], c[1] or ""))
-    yield first
-    for source, member, _ in others:
-        message = "the same SOP instance is also in another object; that one was written"
-        letter = DeadLetter(source, member, STAGE_WRITE, "duplicate_instance", message)
-        yield beam.pvalue.TaggedOutput(DEAD_LETTER, letter)
-
-
 class WriteDeidFn(beam.DoFn):
     """Writes one de-identified instance, named by its new SOPInstanceUID.
 
@@ -173,22 +158,17 @@ def build_pipeline(
     p = new_pipeline(beam_options)
     paths = p | "MatchInputs" >> dicom_io.MatchInputs(inputs)
     objects, read_errors = paths | "ReadObjects" >> dicom_io.ReadObjects(opts.max_object_bytes)
+    duplicates = paths | "FindDuplicates" >> dicom_io.FindDuplicates(opts.max_object_bytes)
+    objects, duplicate_errors = objects | "DropDuplicates" >> dicom_io.DropDuplicates(duplicates)
     results, deid_errors, linkage = objects | "Deidentify" >> Deidentify(
         config, key, linkage=bool(opts.linkage_output)
     )
-    unique = (
-        results
-        | "KeyByInstance" >> beam.Map(lambda r: (r[2].sop_instance_uid, r))
-        | "GroupByInstance" >> beam.GroupByKey()
-        | "OnePerInstance"
-        >> beam.FlatMap(one_per_instance).with_outputs(DEAD_LETTER, main="instances")
-    )
-    written = unique.instances | "WriteDeidDicom" >> beam.ParDo(
+    written = results | "WriteDeidDicom" >> beam.ParDo(
         WriteDeidFn(FileSystems.join(output, DEID_DIR))
     ).with_outputs(DEAD_LETTER, main="files")
     files = written.files | "CountFiles" >> beam.combiners.Count.Globally()
     errors = (
-        (read_errors, deid_errors, unique[DEAD_LETTER], written[DEAD_LETTER])
+        (read_errors, duplicate_errors, deid_errors, written[DEAD_LETTER])
         | "AllDeadLetters" >> beam.Flatten()
         | "ErrorRows" >> beam.Map(DeadLetter.to_row)
     )

@@ -9,7 +9,7 @@ memory and nothing collects the corpus on one worker.
 import json
 import sys
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import apache_beam as beam
@@ -33,7 +33,6 @@ from transforms.deadletter import (
     DEAD_LETTER,
     STAGE_DEIDENTIFY,
     STAGE_PARSE,
-    STAGE_WRITE,
     DeadLetter,
     StageError,
     unexpected,
@@ -184,17 +183,6 @@ class PrepareFn(beam.DoFn):
         yield beam.pvalue.TaggedOutput(DEAD_LETTER, letter)
 
 
-def one_per_instance(element: tuple[str, Iterable[Converted]]):
-    """The same instance twice (a loose file and its copy in a zip) → one, plus a row."""
-    _, copies = element
-    first, *others = sorted(copies, key=lambda c: (c.source, c.member or ""))
-    yield first
-    for other in others:
-        message = "the same SOP instance is also in another object; that one was converted"
-        letter = DeadLetter(other.source, other.member, STAGE_WRITE, "duplicate_instance", message)
-        yield beam.pvalue.TaggedOutput(DEAD_LETTER, letter)
-
-
 def converted_keys(c: Converted) -> list:
     keys: list = ["seen", "converted", ("by_split", c.split), ("by_label", c.label or "none")]
     keys += ["examples"] * len(c.examples)
@@ -326,6 +314,8 @@ def build_pipeline(
     p = new_pipeline(beam_options)
     paths = p | "MatchInputs" >> dicom_io.MatchInputs(inputs)
     objects, read_errors = paths | "ReadObjects" >> dicom_io.ReadObjects(opts.max_object_bytes)
+    duplicates = paths | "FindDuplicates" >> dicom_io.FindDuplicates(opts.max_object_bytes)
+    objects, duplicate_errors = objects | "DropDuplicates" >> dicom_io.DropDuplicates(duplicates)
     parsed = objects | "Parse" >> beam.ParDo(ParseFn()).with_outputs(DEAD_LETTER, main="ok")
     if labels_uri:
         table = p | "ReadLabels" >> ReadLabels(labels_uri)
@@ -339,14 +329,7 @@ def build_pipeline(
     prepared = joined | "Prepare" >> beam.ParDo(
         PrepareFn(deid_config, key, pixels, split)
     ).with_outputs(DEAD_LETTER, main="converted")
-    unique = (
-        prepared.converted
-        | "KeyByInstance" >> beam.Map(lambda c: (c.sop_instance_uid, c))
-        | "GroupByInstance" >> beam.GroupByKey()
-        | "OnePerInstance"
-        >> beam.FlatMap(one_per_instance).with_outputs(DEAD_LETTER, main="instances")
-    )
-    instances = unique.instances
+    instances = prepared.converted
     by_split = instances | "BySplit" >> beam.Partition(
         lambda c, n: ALL_SPLITS.index(c.split), len(ALL_SPLITS)
     )
@@ -373,7 +356,7 @@ def build_pipeline(
         table_dir(output, INDEX_TABLE), f.INDEX_SCHEMA
     )
     errors = (
-        (read_errors, parsed[DEAD_LETTER], prepared[DEAD_LETTER], unique[DEAD_LETTER])
+        (read_errors, duplicate_errors, parsed[DEAD_LETTER], prepared[DEAD_LETTER])
         | "AllDeadLetters" >> beam.Flatten()
         | "ErrorRows" >> beam.Map(DeadLetter.to_row)
     )

@@ -427,3 +427,20 @@ def test_input_uris_become_patterns(tmp_path):
     assert list(dicom_io.match_uri(f"file://{tmp_path}")) == [(str(tmp_path / "a" / "IMG1"), 1)]
     with pytest.raises(ValueError, match="matches no objects"):
         dicom_io.check_inputs([str(tmp_path / "nothing-here")])
+
+
+def test_duplicates_are_found_from_headers_and_the_first_place_wins(tmp_path):
+    import apache_beam as beam
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+
+    (tmp_path / "b.dcm").write_bytes(CT.read_bytes())
+    with zipfile.ZipFile(tmp_path / "a.zip", "w") as zf:
+        zf.write(CT, "copy.dcm")
+        zf.write(J2K, "other.dcm")
+    paths = [(str(p), p.stat().st_size) for p in sorted(tmp_path.iterdir())]
+    with TestPipeline() as p:
+        found = p | beam.Create(paths) | dicom_io.FindDuplicates()
+        assert_that(found, equal_to([(str(tmp_path / "b.dcm"), "")]))
+    assert dicom_io.instance_digest(CT.read_bytes()) != dicom_io.instance_digest(J2K.read_bytes())
+    assert dicom_io.instance_digest(b"not dicom") is None
