@@ -17,9 +17,15 @@ $(STAMP): setup.py
 	touch $(STAMP)
 
 demo: $(STAMP)
+	rm -rf $(DEMO_DIR)
 	$(BIN)/dicomflow synth --output $(DEMO_DIR)/bucket --patients $(DEMO_PATIENTS) --seed 0
 	$(BIN)/dicomflow inventory --input $(DEMO_DIR)/bucket/export --output $(DEMO_DIR)/inventory
-	@echo "inventory tables and manifest: $(DEMO_DIR)/inventory"
+	@# A throwaway key for the demo only: made here, held in the environment of one command.
+	@echo "demo: using a throwaway de-identification key (never written anywhere)"
+	DICOMFLOW_DEMO_KEY=$$($(BIN)/python -c 'import secrets; print(secrets.token_hex(32))') \
+	  $(BIN)/dicomflow ingest --input $(DEMO_DIR)/bucket/export --output $(DEMO_DIR)/ingest \
+	  --labels $(DEMO_DIR)/bucket/labels.csv --key-env DICOMFLOW_DEMO_KEY
+	@echo "inventory: $(DEMO_DIR)/inventory   training data: $(DEMO_DIR)/ingest"
 
 test: $(STAMP)
 	$(BIN)/ruff check .
