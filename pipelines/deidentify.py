@@ -74,6 +74,22 @@ def key_source(env: str | None, file: str | None, what: str, dataflow: bool) -> 
     return source
 
 
+def deid_header(
+    pipeline: str, run_id: str | None, inputs: list[str], key: KeySource, config: DeidConfig
+) -> dict:
+    """The manifest facts every de-identifying pipeline records (the key's fingerprint only)."""
+    return {
+        "pipeline": pipeline,
+        "run_id": run_id or new_run_id(),
+        "code_version": code_version(),
+        "started_at": utc_now(),
+        "inputs": inputs,
+        "key_fingerprint": fingerprint(key.resolve()),
+        "deid_profile": Profile.load().standard,
+        "deid_options": config.describe(),
+    }
+
+
 def load_config(uri: str | None) -> DeidConfig:
     if uri is None:
         return DeidConfig()
@@ -144,22 +160,14 @@ def build_pipeline(
     elif opts.linkage_key_env or opts.linkage_key_file:
         raise UsageError("--linkage-key-* needs --linkage-output")
     header = {
-        "pipeline": "deidentify",
-        "run_id": run_id or new_run_id(),
-        "code_version": code_version(),
-        "started_at": utc_now(),
-        "inputs": inputs,
-        "key_fingerprint": fingerprint(key.resolve()),
-        "deid_profile": Profile.load().standard,
-        "deid_options": config.describe(),
+        **deid_header("deidentify", run_id, inputs, key, config),
         "linkage": bool(opts.linkage_output),
     }
 
     p = new_pipeline(beam_options)
-    paths = p | "MatchInputs" >> dicom_io.MatchInputs(inputs)
-    objects, read_errors = paths | "ReadObjects" >> dicom_io.ReadObjects(opts.max_object_bytes)
-    duplicates = paths | "FindDuplicates" >> dicom_io.FindDuplicates(opts.max_object_bytes)
-    objects, duplicate_errors = objects | "DropDuplicates" >> dicom_io.DropDuplicates(duplicates)
+    objects, read_errors = p | "ReadInstances" >> dicom_io.ReadInstances(
+        inputs, opts.max_object_bytes
+    )
     results, deid_errors, linkage = objects | "Deidentify" >> Deidentify(
         config, key, linkage=bool(opts.linkage_output)
     )
@@ -168,7 +176,7 @@ def build_pipeline(
     ).with_outputs(DEAD_LETTER, main="files")
     files = written.files | "CountFiles" >> beam.combiners.Count.Globally()
     errors = (
-        (read_errors, duplicate_errors, deid_errors, written[DEAD_LETTER])
+        (read_errors, deid_errors, written[DEAD_LETTER])
         | "AllDeadLetters" >> beam.Flatten()
         | "ErrorRows" >> beam.Map(DeadLetter.to_row)
     )

@@ -18,13 +18,12 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, TestOptions
 
 from models import features as f
-from pipelines.deidentify import key_source, load_config
+from pipelines.deidentify import deid_header, key_source, load_config
 from pipelines.options import (
     CommandOptions,
     UsageError,
     check_output_outside,
     new_pipeline,
-    new_run_id,
     parse_options,
     require,
 )
@@ -38,14 +37,12 @@ from transforms.deadletter import (
     unexpected,
 )
 from transforms.deid import DeidConfig, Deidentifier, Profile, deidentify_dataset
-from transforms.keys import KeySource, fingerprint
+from transforms.keys import KeySource
 from transforms.labels import JoinLabels, ReadLabels, load_labels
 from transforms.manifest import (
     MANIFEST_NAME,
     WriteManifest,
-    code_version,
     error_keys,
-    utc_now,
     write_json,
 )
 from transforms.parquet import WriteParquet, delete_stale_shards, table_dir
@@ -293,14 +290,7 @@ def build_pipeline(
         except ValueError as e:
             raise UsageError(str(e)) from None
     header = {
-        "pipeline": "ingest",
-        "run_id": run_id or new_run_id(),
-        "code_version": code_version(),
-        "started_at": utc_now(),
-        "inputs": inputs,
-        "key_fingerprint": fingerprint(key.resolve()),
-        "deid_profile": Profile.load().standard,
-        "deid_options": deid_config.describe(),
+        **deid_header("ingest", run_id, inputs, key, deid_config),
         "pixels": {
             "size": pixels.size,
             "channels": pixels.channels,
@@ -312,10 +302,9 @@ def build_pipeline(
     }
 
     p = new_pipeline(beam_options)
-    paths = p | "MatchInputs" >> dicom_io.MatchInputs(inputs)
-    objects, read_errors = paths | "ReadObjects" >> dicom_io.ReadObjects(opts.max_object_bytes)
-    duplicates = paths | "FindDuplicates" >> dicom_io.FindDuplicates(opts.max_object_bytes)
-    objects, duplicate_errors = objects | "DropDuplicates" >> dicom_io.DropDuplicates(duplicates)
+    objects, read_errors = p | "ReadInstances" >> dicom_io.ReadInstances(
+        inputs, opts.max_object_bytes
+    )
     parsed = objects | "Parse" >> beam.ParDo(ParseFn()).with_outputs(DEAD_LETTER, main="ok")
     if labels_uri:
         table = p | "ReadLabels" >> ReadLabels(labels_uri)
@@ -356,7 +345,7 @@ def build_pipeline(
         table_dir(output, INDEX_TABLE), f.INDEX_SCHEMA
     )
     errors = (
-        (read_errors, duplicate_errors, parsed[DEAD_LETTER], prepared[DEAD_LETTER])
+        (read_errors, parsed[DEAD_LETTER], prepared[DEAD_LETTER])
         | "AllDeadLetters" >> beam.Flatten()
         | "ErrorRows" >> beam.Map(DeadLetter.to_row)
     )

@@ -133,7 +133,7 @@ def test_dataflow_dry_run_builds_the_job(gcs):
     ]
     opts, beam_options = parse_options("dicomflow ingest", argv, ingest.IngestOptions)
     names = dry_run_steps(ingest.build_pipeline(opts, beam_options).run())
-    for step in ("ReadObjects", "Parse", "Prepare", "WriteTrain", "TfTransform", "WriteIndex"):
+    for step in ("ReadInstances", "Parse", "Prepare", "WriteTrain", "TfTransform", "WriteIndex"):
         assert step in names
 
 

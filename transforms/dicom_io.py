@@ -545,6 +545,28 @@ class _DropFn(beam.DoFn):
             yield obj
 
 
+class ReadInstances(beam.PTransform):
+    """Input URIs → every DICOM candidate once, and the dead letters of getting there.
+
+    Match, read (archives streamed), and drop later copies of an instance found twice.
+
+    Returns:
+        ``(objects, dead_letters)``.
+    """
+
+    def __init__(self, uris: list[str], max_bytes: int = DEFAULT_MAX_OBJECT_BYTES):
+        super().__init__()
+        self._uris = uris
+        self._max_bytes = max_bytes
+
+    def expand(self, pbegin):
+        paths = pbegin | "MatchInputs" >> MatchInputs(self._uris)
+        objects, read_errors = paths | "ReadObjects" >> ReadObjects(self._max_bytes)
+        duplicates = paths | "FindDuplicates" >> FindDuplicates(self._max_bytes)
+        objects, duplicate_errors = objects | "DropDuplicates" >> DropDuplicates(duplicates)
+        return objects, (read_errors, duplicate_errors) | "ReadDeadLetters" >> beam.Flatten()
+
+
 # ---------------------------------------------------------------------------------------
 # Parsing
 
