@@ -7,7 +7,6 @@ key). Nothing is deleted: output written under another key stays until its owner
 it.
 """
 
-import json
 import re
 import sys
 from collections.abc import Sequence
@@ -22,6 +21,7 @@ from pipelines.options import (
     CommandOptions,
     UsageError,
     check_output_outside,
+    execute,
     new_pipeline,
     new_run_id,
     parse_options,
@@ -32,7 +32,7 @@ from transforms.deadletter import DEAD_LETTER, STAGE_WRITE, DeadLetter
 from transforms.deid import DeidConfig, Deidentify, DeidResult, Profile
 from transforms.keys import KeySource, KeySourceError, fingerprint
 from transforms.linkage import write_linkage
-from transforms.manifest import MANIFEST_NAME, WriteManifest, code_version, error_keys, utc_now
+from transforms.manifest import WriteManifest, code_version, error_keys, utc_now
 from transforms.parquet import WriteParquet, table_dir
 from transforms.storage import write_bytes
 
@@ -208,14 +208,8 @@ def build_pipeline(
 def run(argv: Sequence[str]) -> int:
     opts, beam_options = parse_options("dicomflow deidentify", argv, DeidentifyOptions)
     pipeline = build_pipeline(opts, beam_options)
-    try:
-        dicom_io.check_inputs([dicom_io.normalize_uri(u) for u in opts.input])
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    pipeline.run().wait_until_finish()
     output = dicom_io.normalize_uri(opts.output)
-    with FileSystems.open(FileSystems.join(output, MANIFEST_NAME)) as fh:
-        manifest = json.load(fh)
+    manifest = execute(pipeline, [dicom_io.normalize_uri(u) for u in opts.input], output)
     counts = manifest["counts"]
     print(
         f"deidentify: {counts.get('seen', 0)} objects seen, "

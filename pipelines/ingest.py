@@ -6,7 +6,6 @@ manifest. One Beam pipeline; the heavy steps fuse, so a dataset travels between 
 memory and nothing collects the corpus on one worker.
 """
 
-import json
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ from pipelines.options import (
     CommandOptions,
     UsageError,
     check_output_outside,
+    execute,
     new_pipeline,
     parse_options,
     require,
@@ -394,15 +394,9 @@ def transform_statistics(output: str) -> dict:
 def run(argv: Sequence[str]) -> int:
     opts, beam_options = parse_options("dicomflow ingest", argv, IngestOptions)
     pipeline = build_pipeline(opts, beam_options)
-    try:
-        dicom_io.check_inputs([dicom_io.normalize_uri(u) for u in opts.input])
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    pipeline.run().wait_until_finish()
     output = dicom_io.normalize_uri(opts.output)
+    manifest = execute(pipeline, [dicom_io.normalize_uri(u) for u in opts.input], output)
     manifest_uri = FileSystems.join(output, MANIFEST_NAME)
-    with FileSystems.open(manifest_uri) as fh:
-        manifest = json.load(fh)
     try:
         manifest["tf_transform"] = transform_statistics(output)
     except Exception as e:  # no train examples: nothing was analyzed

@@ -1,11 +1,9 @@
 """`dicomflow inventory`: what is in the bucket, one row per object or archive member."""
 
-import json
 import sys
 from collections.abc import Sequence
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from models import features as f
@@ -13,6 +11,7 @@ from pipelines.options import (
     CommandOptions,
     UsageError,
     check_output_outside,
+    execute,
     new_pipeline,
     new_run_id,
     parse_options,
@@ -20,7 +19,7 @@ from pipelines.options import (
 )
 from transforms import dicom_io
 from transforms.deadletter import DeadLetter
-from transforms.manifest import MANIFEST_NAME, WriteManifest, code_version, error_keys, utc_now
+from transforms.manifest import WriteManifest, code_version, error_keys, utc_now
 from transforms.parquet import WriteParquet, table_dir
 
 INVENTORY_TABLE = "inventory"
@@ -116,20 +115,11 @@ def run(argv: Sequence[str]) -> int:
     """Parses arguments, checks the inputs exist, runs the pipeline, prints the counts."""
     opts, beam_options = parse_options("dicomflow inventory", argv, InventoryOptions)
     inputs, output = validate(opts)
-    try:
-        dicom_io.check_inputs(inputs)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    result = build_pipeline(opts, beam_options).run()
-    result.wait_until_finish()
-    manifest_uri = FileSystems.join(output, MANIFEST_NAME)
-    if FileSystems.exists(manifest_uri):
-        with FileSystems.open(manifest_uri) as fh:
-            counts = json.load(fh)["counts"]
-        print(
-            f"inventory: {counts.get('seen', 0)} objects seen, "
-            f"{counts.get('inventoried', 0)} inventoried, "
-            f"{counts.get('dead_lettered', 0)} dead-lettered → {output}",
-            file=sys.stderr,
-        )
+    counts = execute(build_pipeline(opts, beam_options), inputs, output)["counts"]
+    print(
+        f"inventory: {counts.get('seen', 0)} objects seen, "
+        f"{counts.get('inventoried', 0)} inventoried, "
+        f"{counts.get('dead_lettered', 0)} dead-lettered → {output}",
+        file=sys.stderr,
+    )
     return 0

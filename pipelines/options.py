@@ -1,10 +1,12 @@
 """Command-line parsing shared by every pipeline command: our flags plus Beam's, untouched."""
 
 import argparse
+import json
 import uuid
 from collections.abc import Sequence
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import (
     PipelineOptions,
     StandardOptions,
@@ -99,6 +101,21 @@ def check_output_outside(output: str, inputs: Sequence[str]) -> None:
         root = uri.split("*", 1)[0].rstrip("/") + "/"
         if out.startswith(root):
             raise UsageError(f"--output {output} lies inside --input {uri}")
+
+
+def execute(pipeline: beam.Pipeline, inputs: Sequence[str], output: str) -> dict:
+    """Checks the inputs exist (one line if not, before any work), runs the pipeline to the
+    end and returns the manifest it wrote."""
+    from transforms import dicom_io
+    from transforms.manifest import MANIFEST_NAME
+
+    try:
+        dicom_io.check_inputs(list(inputs))
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    pipeline.run().wait_until_finish()
+    with FileSystems.open(FileSystems.join(output, MANIFEST_NAME)) as fh:
+        return json.load(fh)
 
 
 def new_run_id() -> str:
