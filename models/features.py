@@ -139,3 +139,11 @@ def raw_feature_spec() -> dict:
         MODALITY: tf.io.FixedLenFeature([], tf.string),
         FRAME: tf.io.FixedLenFeature([], tf.int64),
     }
+
+
+# --- ingest's output layout, as the trainer reads it -------------------------------------
+# (models/ cannot import pipelines/ or transforms/; these are the names they write.)
+TFRECORDS_DIR = "tfrecords"  # tfrecords/<split>/part-*.tfrecord.gz
+TRANSFORM_DIR = "transform"  # tft.TFTransformOutput
+INDEX_DIR = "index"  # index/part-*.parquet
+TRAIN, EVAL, TEST = "train", "eval", "test"

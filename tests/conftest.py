@@ -103,3 +103,30 @@ def read_table(uri: str) -> list[dict]:
 def phi_values(phi: dict[str, list[str]], min_len: int = 6) -> set[str]:
     """Planted values worth scanning for (short ones, like sex codes, match by chance)."""
     return {v for values in phi.values() for v in values if len(v) >= min_len}
+
+
+# A small, balanced ingest output for training tests: 60 patients, half of the studies
+# positive, 64 x 64 images, 60/20/20 split (about 130 train and 65 each eval and test).
+TRAIN_DATA_PATIENTS = 60
+TRAIN_DATA_SEED = 5
+TRAIN_DATA_KEY = "i" * 64  # the split follows the keyed patient pseudonyms
+
+
+@pytest.fixture(scope="session")
+def train_data(tmp_path_factory) -> Path:
+    """A real ingest output (synth → ingest, DirectRunner) to train on."""
+    import os
+
+    from pipelines import ingest
+
+    root = tmp_path_factory.mktemp("train-data")
+    corpus, out = root / "corpus", root / "ingest"
+    synth = ["--output", str(corpus), "--patients", str(TRAIN_DATA_PATIENTS)]
+    synth_pipeline.run([*synth, "--seed", str(TRAIN_DATA_SEED), "--positive-rate", "0.5"])
+    (root / "pixels.yaml").write_text("size: 64\n")
+    os.environ["DF_TRAIN_DATA_KEY"] = TRAIN_DATA_KEY
+    argv = ["--input", str(corpus / "export"), "--output", str(out)]
+    argv += ["--labels", str(corpus / "labels.csv"), "--key-env", "DF_TRAIN_DATA_KEY"]
+    argv += ["--pixel-config", str(root / "pixels.yaml"), "--split", "0.6,0.2,0.2"]
+    assert ingest.run(argv) == 0
+    return out
