@@ -23,6 +23,11 @@ INSTALL_REQUIRES = [
     "google-cloud-storage==3.17.1",
     "pyyaml==6.0.3",
     "cryptography==50.0.2",
+    # Training: Keras as TensorFlow 2.21 brings it (model.keras files are read by scoring
+    # with the same version), curve plots, and the Vertex AI launcher.
+    "keras==3.15.1",
+    "matplotlib==3.11.2",
+    "google-cloud-aiplatform==1.165.1",
 ]
 
 EXTRAS_REQUIRE = {

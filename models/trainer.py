@@ -1,0 +1,626 @@
+"""The training job: ingest TFRecords → a trained, evaluated, exported and gated model.
+
+Runs in-process (``train(config)``), as ``python -m models.trainer --data URI --model-dir
+URI [...]`` (the container entry point, and what the local launcher spawns), or on Vertex
+AI with the same arguments. Needs TensorFlow, tf.Transform and Keras; no DICOM stack.
+
+Checkpoints: ``<model-dir>/_work/<key>/`` (or ``--checkpoint-dir``), where ``key`` hashes
+every argument that changes the trained weights. Each epoch writes the full model (with
+optimizer state), the best weights so far and ``state.json``; a job restarted with the
+same arguments continues after the last finished epoch, and a finished job removes the
+folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from models import evaluation, export
+from models import features as f
+from models.inputs import Augment, DataInfo, class_weights, join, make_dataset, read_info
+from models.networks import CNN, NETWORKS, build_network, gradcam_layer
+
+OPTIMIZERS = ("adam", "sgd")
+MIXED_PRECISION = ("auto", "on", "off")
+DEFAULT_AUGMENT = "flip,rotate=10,crop=0.9,noise=0.05"
+STATE_JSON = "state.json"
+EXIT_USAGE = 2
+
+
+def _arg(default, help_: str, **kwargs):
+    return field(default=default, metadata={"help": help_, **kwargs})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every training argument; the command line, the container and Vertex use the same."""
+
+    data: str | None = _arg(None, "ingest output (local or gs://): tfrecords/, transform/")
+    model_dir: str | None = _arg(None, "model directory: versions, latest, checkpoints")
+    network: str = _arg(CNN, "classifier", choices=NETWORKS)
+    epochs: int = _arg(30, "most epochs (early stopping on eval AUC may end sooner)")
+    batch_size: int = _arg(32, "examples per step and replica")
+    optimizer: str = _arg("adam", "optimizer (sgd: with momentum)", choices=OPTIMIZERS)
+    learning_rate: float = _arg(1e-3, "learning rate")
+    momentum: float = _arg(0.9, "momentum of sgd")
+    weight_decay: float = _arg(1e-4, "L2 factor on every kernel")
+    dropout: float = _arg(0.25, "dropout before the output layer")
+    augment: str = _arg(
+        DEFAULT_AUGMENT, "train-split augmentation: flip,rotate=DEG,crop=F,noise=S or none"
+    )
+    class_weights: bool = _arg(True, "weight examples by inverse label frequency")
+    patience: int = _arg(5, "epochs without a better eval AUC before stopping")
+    min_auc: float = _arg(0.7, "promotion gate: the least test ROC AUC for latest")
+    seed: int = _arg(0, "seed for weights, shuffling and augmentation")
+    weights: str | None = _arg(None, "a Keras weights file for a backbone (never downloaded)")
+    checkpoint_dir: str | None = _arg(None, "checkpoints (default: <model-dir>/_work/<key>)")
+    mixed_precision: str = _arg(
+        "auto", "float16 compute (auto: when a GPU is present)", choices=MIXED_PRECISION
+    )
+    cache_mb: int = _arg(1024, "cache a split's transformed examples in memory up to this size")
+    run_id: str | None = _arg(None, "names this run's record in <model-dir>/_runs/")
+
+    def validate(self) -> None:
+        """Raises ValueError (one line) for a missing or out-of-range argument."""
+        for name in ("data", "model_dir"):
+            if not getattr(self, name):
+                raise ValueError(f"--{name.replace('_', '-')} is required")
+        if self.network not in NETWORKS:
+            raise ValueError(f"--network must be one of {', '.join(NETWORKS)}")
+        if self.optimizer not in OPTIMIZERS or self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError("--optimizer must be adam or sgd; --mixed-precision auto, on or off")
+        if self.epochs < 1 or self.batch_size < 1 or self.patience < 1 or self.cache_mb < 0:
+            raise ValueError("--epochs, --batch-size and --patience must be >= 1, --cache-mb >= 0")
+        if self.learning_rate <= 0 or not 0 <= self.dropout < 1 or self.weight_decay < 0:
+            raise ValueError(
+                "--learning-rate must be > 0, --dropout in [0, 1), --weight-decay >= 0"
+            )
+        if not 0 <= self.min_auc <= 1:
+            raise ValueError("--min-auc must be in [0, 1]")
+        Augment.parse(self.augment)
+
+    def to_argv(self) -> list[str]:
+        """The arguments that give back this config through ``add_arguments``."""
+        argv = []
+        for item in dataclasses.fields(self):
+            value, flag = getattr(self, item.name), "--" + item.name.replace("_", "-")
+            if isinstance(value, bool):
+                argv.append(flag if value else f"--no-{flag[2:]}")
+            elif value is not None:
+                argv += [flag, str(value)]
+        return argv
+
+    def key(self) -> str:
+        """Hash of the arguments that change the trained weights: names the checkpoints."""
+        kept = {k: v for k, v in dataclasses.asdict(self).items() if k not in _NOT_IN_KEY}
+        return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
+
+
+_NOT_IN_KEY = {"model_dir", "checkpoint_dir", "min_auc", "cache_mb", "run_id"}
+_TYPES = {"str": str, "str | None": str, "int": int, "float": float}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds one flag per ``TrainConfig`` field (``--batch-size``, ``--no-class-weights``...)."""
+    for item in dataclasses.fields(TrainConfig):
+        flag = "--" + item.name.replace("_", "-")
+        meta = dict(item.metadata)
+        if item.type == "bool":
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=item.default, **meta
+            )
+        else:
+            parser.add_argument(flag, type=_TYPES[item.type], default=item.default, **meta)
+
+
+def config_from_args(namespace: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(
+        **{k.name: getattr(namespace, k.name) for k in dataclasses.fields(TrainConfig)}
+    )
+
+
+def new_run_id() -> str:
+    """Sortable and unique; lower case, so it is also a valid Vertex AI label value."""
+    return f"train-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}"
+
+
+def device_plan(gpus: int, mixed_precision: str) -> tuple[str, str]:
+    """(distribution strategy, Keras dtype policy) for the GPUs TensorFlow sees.
+
+    Any GPU: MirroredStrategy over all of them (one replica per GPU). Mixed precision
+    (float16 compute, float32 weights and output) when asked, or on "auto" with a GPU.
+    """
+    strategy = "mirrored" if gpus else "default"
+    mixed = mixed_precision == "on" or (mixed_precision == "auto" and gpus > 0)
+    return strategy, "mixed_float16" if mixed else "float32"
+
+
+@dataclass
+class TrainOutcome:
+    run_id: str
+    version: str
+    version_dir: str
+    promoted: bool
+    reason: str
+    metrics: dict
+    resumed_from_epoch: int
+    epochs_trained: int
+
+
+@dataclass
+class _State:
+    epoch: int = 0  # epochs finished
+    best_auc: float = -math.inf
+    best_epoch: int = 0
+    wait: int = 0
+    stopped: bool = False
+    history: list = field(default_factory=list)
+
+
+class Checkpoints(keras.callbacks.Callback):
+    """After every epoch: the model with its optimizer, the best weights, the state.
+
+    Also early stopping on eval AUC, kept in the state so a resumed job stops where an
+    uninterrupted one would have. Files are written before ``state.json`` names them, so a
+    crash at any point leaves a consistent checkpoint.
+    """
+
+    def __init__(self, directory: str, patience: int, train_examples: int, log: Callable):
+        super().__init__()
+        self.directory = directory
+        self.patience = patience
+        self.train_examples = train_examples
+        self.log = log
+        self.state = _State()
+        uri = join(directory, STATE_JSON)
+        if tf.io.gfile.exists(uri):
+            saved = export.read_json(uri)
+            self.state = _State(**{**saved, "best_auc": saved["best_auc"] or -math.inf})
+
+    @property
+    def last_model(self) -> str:
+        return join(self.directory, f"epoch-{self.state.epoch:04d}.keras")
+
+    @property
+    def best_weights(self) -> str:
+        return join(self.directory, f"best-{self.state.best_epoch:04d}.weights.h5")
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        seconds = time.perf_counter() - self._started
+        logs = {k: float(v) for k, v in (logs or {}).items()}
+        state, previous = self.state, (self.last_model, self.best_weights)
+        state.epoch = epoch + 1
+        auc = logs.get("val_auc", math.nan)
+        improved = auc > state.best_auc  # NaN (one class in eval) never improves
+        if improved:
+            state.best_auc, state.best_epoch, state.wait = auc, state.epoch, 0
+            _save(self.model, self.best_weights, weights_only=True)
+        else:
+            state.wait += 1
+        state.stopped = state.wait >= self.patience
+        rate = self.train_examples / seconds if seconds else 0.0
+        state.history.append(
+            {"epoch": state.epoch, **logs, "seconds": seconds, "images_per_second": rate}
+        )
+        _save(self.model, self.last_model)
+        export.write_json(join(self.directory, STATE_JSON), dataclasses.asdict(state))
+        for old in previous:
+            if old not in (self.last_model, self.best_weights) and tf.io.gfile.exists(old):
+                tf.io.gfile.remove(old)
+        loss, train_auc = logs.get("loss", math.nan), logs.get("auc", math.nan)
+        self.log(
+            f"epoch {state.epoch}: loss {loss:.4f} auc {train_auc:.4f}"
+            f" | eval loss {logs.get('val_loss', math.nan):.4f} auc {auc:.4f}"
+            f"{' (best)' if improved else ''} | {seconds:.1f} s, {rate:.0f} images/s"
+        )
+        if state.stopped:
+            self.log(f"early stop: eval AUC has not improved for {self.patience} epochs")
+            self.model.stop_training = True
+
+
+def _save(model: keras.Model, uri: str, weights_only: bool = False) -> None:
+    """Keras writes local files; a gs:// checkpoint goes through a local copy."""
+    with tempfile.TemporaryDirectory() as tmp:
+        local = uri if export.is_local(uri) else os.path.join(tmp, os.path.basename(uri))
+        os.makedirs(os.path.dirname(local), exist_ok=True)
+        model.save_weights(local) if weights_only else model.save(local)
+        if local != uri:
+            tf.io.gfile.copy(local, uri, overwrite=True)
+
+
+def _local_copy(uri: str, tmp: str) -> str:
+    if export.is_local(uri):
+        return uri
+    local = os.path.join(tmp, os.path.basename(uri))
+    tf.io.gfile.copy(uri, local, overwrite=True)
+    return local
+
+
+def _optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
+    if config.optimizer == "sgd":
+        return keras.optimizers.SGD(config.learning_rate, momentum=config.momentum)
+    return keras.optimizers.Adam(config.learning_rate)
+
+
+def _print(message: str) -> None:
+    print(message, flush=True)
+
+
+def train(
+    config: TrainConfig,
+    *,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    log: Callable[[str], None] = _print,
+) -> TrainOutcome:
+    """Trains, evaluates on the test split, exports a new version and applies the gate.
+
+    Args:
+        config: the arguments.
+        callbacks: more Keras callbacks (after the checkpointing one).
+        log: where progress lines go.
+
+    Raises:
+        ValueError: a bad argument or an ingest output that cannot be trained on.
+    """
+    config.validate()
+    run_id = config.run_id or new_run_id()
+    started = time.time()
+    info = read_info(config.data)
+    if len(info.labels) < 2:
+        raise ValueError(f"the train split has {len(info.labels)} label(s); a classifier needs 2")
+    if not info.labelled(f.TEST):
+        raise ValueError(f"{config.data} has no labelled test examples to evaluate on")
+    keras.utils.set_random_seed(config.seed)
+    gpus = len(tf.config.list_physical_devices("GPU"))
+    strategy_name, policy = device_plan(gpus, config.mixed_precision)
+    keras.mixed_precision.set_global_policy(policy)
+    strategy = (
+        tf.distribute.MirroredStrategy()
+        if strategy_name == "mirrored"
+        else tf.distribute.get_strategy()
+    )
+    global_batch = config.batch_size * strategy.num_replicas_in_sync
+    log(
+        f"train {run_id}: {info.labelled(f.TRAIN)} train / {info.labelled(f.EVAL)} eval / "
+        f"{info.labelled(f.TEST)} test examples, labels {list(info.labels)}, images "
+        f"{'x'.join(map(str, info.image_shape))}; {gpus} GPU(s), {strategy_name} strategy, "
+        f"{policy}, batch {global_batch}"
+    )
+
+    import tensorflow_transform as tft
+
+    transform = tft.TFTransformOutput(info.transform_dir).transform_features_layer()
+    weights = class_weights(info) if config.class_weights else None
+    datasets = _datasets(config, info, transform, global_batch, weights)
+    work = config.checkpoint_dir or join(config.model_dir, export.WORK_DIR, config.key())
+    checkpoints = Checkpoints(work, config.patience, info.labelled(f.TRAIN), log)
+    resumed_from = checkpoints.state.epoch
+    with tempfile.TemporaryDirectory() as tmp, strategy.scope():
+        if resumed_from:
+            log(f"resuming after epoch {resumed_from} from {work}")
+            model = keras.models.load_model(_local_copy(checkpoints.last_model, tmp))
+        else:
+            model = build_network(
+                config.network,
+                info.image_shape,
+                len(info.labels),
+                dropout=config.dropout,
+                weight_decay=config.weight_decay,
+                weights=config.weights,
+            )
+            model.compile(
+                optimizer=_optimizer(config),
+                loss=keras.losses.CategoricalCrossentropy(),
+                metrics=[
+                    keras.metrics.AUC(name="auc", multi_label=True, num_labels=len(info.labels))
+                ],
+            )
+    if resumed_from < config.epochs and not checkpoints.state.stopped:
+        model.fit(
+            datasets[f.TRAIN],
+            validation_data=datasets[f.EVAL],
+            epochs=config.epochs,
+            initial_epoch=resumed_from,
+            callbacks=[checkpoints, *callbacks],
+            shuffle=False,  # tf.data shuffles; Keras cannot shuffle a dataset
+            verbose=0,
+        )
+    state = checkpoints.state
+    if state.best_epoch:
+        with tempfile.TemporaryDirectory() as tmp:
+            model.load_weights(_local_copy(checkpoints.best_weights, tmp))
+        log(f"best eval AUC {state.best_auc:.4f} after epoch {state.best_epoch}")
+
+    label_ids, probabilities = _predict(model, datasets[f.TEST])
+    labels = list(info.labels)
+    metrics = evaluation.evaluate(label_ids, probabilities, labels, export.positive_label(labels))
+    metrics.update(
+        {
+            "split": f.TEST,
+            "best_epoch": state.best_epoch,
+            "eval_auc": state.best_auc if state.best_epoch else None,
+            "counts": info.counts,
+        }
+    )
+    log(
+        f"test: ROC AUC {metrics['roc_auc']:.4f}, PR AUC {metrics['pr_auc']:.4f}, accuracy "
+        f"{metrics['accuracy']:.4f} on {metrics['examples']} examples"
+    )
+    run_config = {
+        **dataclasses.asdict(config),
+        "run_id": run_id,
+        "key": config.key(),
+        "image_shape": list(info.image_shape),
+        "labels": labels,
+        "class_weights": list(weights) if weights else None,
+        "device": {
+            "gpus": gpus,
+            "strategy": strategy_name,
+            "policy": policy,
+            "replicas": strategy.num_replicas_in_sync,
+        },
+        "global_batch_size": global_batch,
+        "seconds": time.time() - started,
+    }
+    version = _export(
+        config,
+        info,
+        float32_copy(model, config, info),
+        transform,
+        metrics,
+        run_config,
+        state.history,
+        label_ids,
+        probabilities,
+    )
+    version_dir = join(config.model_dir, version)
+    promotion = export.promote(config.model_dir, version, config.min_auc)
+    outcome = TrainOutcome(
+        run_id,
+        version,
+        version_dir,
+        promotion.promoted,
+        promotion.reason,
+        metrics,
+        resumed_from,
+        state.epoch - resumed_from,
+    )
+    export.write_json(
+        export.run_record_uri(config.model_dir, run_id),
+        {
+            "run_id": run_id,
+            "version": version,
+            "promoted": promotion.promoted,
+            "reason": promotion.reason,
+            "roc_auc": metrics["roc_auc"],
+            "finished_at": _now(),
+        },
+    )
+    if tf.io.gfile.exists(work):
+        tf.io.gfile.rmtree(work)
+    verdict = "promoted to latest" if promotion.promoted else "kept as a candidate, not promoted"
+    log(f"exported version {version} → {version_dir}; {verdict}: {promotion.reason}")
+    return outcome
+
+
+def float32_copy(model: keras.Model, config: TrainConfig, info: DataInfo) -> keras.Model:
+    """The network to export: computing in float32 whatever it trained in.
+
+    Mixed precision pays on a GPU; a scorer on CPUs would pay for float16 instead. The
+    weights are float32 either way (Keras keeps float32 variables under mixed precision).
+    """
+    if model.compute_dtype == "float32":
+        return model
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        copy = build_network(
+            config.network,
+            info.image_shape,
+            len(info.labels),
+            dropout=config.dropout,
+            weight_decay=config.weight_decay,
+        )
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def _datasets(config, info: DataInfo, transform, batch: int, weights) -> dict[str, tf.data.Dataset]:
+    example_bytes = math.prod(info.image_shape) * 4
+    budget = config.cache_mb * 2**20
+
+    def fits(split: str) -> bool:
+        return info.labelled(split) * example_bytes <= budget
+
+    return {
+        f.TRAIN: make_dataset(
+            info,
+            f.TRAIN,
+            transform,
+            batch,
+            training=True,
+            augment=Augment.parse(config.augment),
+            class_weights=weights,
+            seed=config.seed,
+            cache=fits(f.TRAIN),
+        ),
+        f.EVAL: make_dataset(info, f.EVAL, transform, batch, cache=fits(f.EVAL)),
+        f.TEST: make_dataset(info, f.TEST, transform, batch),
+    }
+
+
+def _predict(model: keras.Model, dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
+    ids, probabilities = [], []
+    for image, onehot in dataset:
+        probabilities.append(np.asarray(model(image, training=False), dtype=np.float32))
+        ids.append(np.argmax(onehot.numpy(), axis=1))
+    return np.concatenate(ids), np.concatenate(probabilities)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _export(
+    config, info, model, transform, metrics, run_config, history, label_ids, probabilities
+) -> str:
+    """Writes the version in a local staging folder, then publishes it; returns its name."""
+    labels = list(info.labels)
+    created = _now()
+    with tempfile.TemporaryDirectory(prefix="dicomflow-export-") as staging:
+        model.save(os.path.join(staging, export.MODEL_KERAS))
+        export.save_serving(
+            export.ServingModule(transform, model, info.image_shape),
+            os.path.join(staging, export.SAVED_MODEL),
+        )
+        with open(os.path.join(staging, "labels.txt"), "w") as fh:
+            fh.write("".join(f"{label}\n" for label in labels))
+        export.write_json(os.path.join(staging, export.METRICS_JSON), metrics)
+        export.write_json(os.path.join(staging, "config.json"), run_config)
+        export.write_json(os.path.join(staging, "history.json"), {"epochs": history})
+        evaluation.plot_curves(
+            label_ids,
+            probabilities,
+            labels,
+            export.positive_label(labels),
+            os.path.join(staging, "roc.png"),
+            os.path.join(staging, "pr.png"),
+        )
+
+        def finalize(folder: str, version: str) -> None:
+            model_json = export.model_info(
+                version,
+                labels,
+                info.image_shape,
+                config.network,
+                gradcam_layer(model),
+                created,
+                run_config["run_id"],
+            )
+            export.write_json(os.path.join(folder, export.MODEL_JSON), model_json)
+            with open(os.path.join(folder, "MODEL_CARD.md"), "w") as fh:
+                fh.write(model_card(model_json, metrics, info, run_config))
+
+        return export.publish(staging, config.model_dir, finalize)
+
+
+def model_card(model_json: dict, metrics: dict, info: DataInfo, run_config: dict) -> str:
+    """A short, human-readable card: what the model is, its data, its figures, its limits."""
+    height, width, channels = info.image_shape
+    lines = [
+        f"# Model card: {model_json['network']} version {model_json['version']}",
+        "",
+        f"Created {model_json['created_at']} by training run `{model_json['run_id']}` on "
+        f"`{info.data}`.",
+        "",
+        "## Intended use",
+        "",
+        "Research and pipeline validation: ranking images for review by image-level "
+        "classification. Not a medical device; not for diagnosis or treatment decisions. "
+        "Validate on data from the target site before any use.",
+        "",
+        "## Input and output",
+        "",
+        f"Input: `image`, the raw uint8 pixels ingest writes ({height}x{width}x{channels}, "
+        "row-major bytes). The tf.Transform graph from ingest is inside the model. Output: "
+        f"`probabilities` over {model_json['labels']}"
+        + (
+            f"; the score is the probability of `{model_json['positive_label']}`."
+            if model_json["positive_label"]
+            else "."
+        ),
+        "",
+        "## Data (examples per split and label)",
+        "",
+        "| split | " + " | ".join(model_json["labels"]) + " | other |",
+        "|---|" + "---|" * (len(model_json["labels"]) + 1),
+    ]
+    for split in (f.TRAIN, f.EVAL, f.TEST):
+        counts = info.counts.get(split, {})
+        other = sum(n for label, n in counts.items() if label not in model_json["labels"])
+        lines.append(
+            f"| {split} | "
+            + " | ".join(str(counts.get(k, 0)) for k in model_json["labels"])
+            + f" | {other} |"
+        )
+    lines += [
+        "",
+        "## Test-split metrics",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        *(
+            f"| {k} | {metrics[k]:.4f} |"
+            for k in ("roc_auc", "pr_auc", "accuracy", "precision", "recall", "f1")
+        ),
+        "",
+        f"Confusion matrix (rows true, columns predicted, order {model_json['labels']}): "
+        f"{metrics['confusion_matrix']}.",
+        "",
+        "## Training",
+        "",
+        f"{run_config['network']}, {run_config['optimizer']} (learning rate "
+        f"{run_config['learning_rate']}), batch {run_config['global_batch_size']}, at most "
+        f"{run_config['epochs']} epochs with early stopping on eval AUC (best epoch "
+        f"{metrics['best_epoch']}), augmentation `{run_config['augment']}`, class weights "
+        f"{_weights_text(run_config['class_weights'])}, seed {run_config['seed']}.",
+        "",
+        "## Limitations",
+        "",
+        "Figures come from one held-out split of one dataset; split by patient, but not by "
+        "site or scanner. Probabilities are not calibrated.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _weights_text(weights: list[float] | None) -> str:
+    return "off" if weights is None else "[" + ", ".join(f"{w:.3f}" for w in weights) + "]"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The container entry point: 0 exported (promoted or not), 2 bad arguments, 1 failure."""
+    parser = argparse.ArgumentParser(
+        prog="python -m models.trainer", description=__doc__.split("\n")[0]
+    )
+    add_arguments(parser)
+    config = config_from_args(parser.parse_args(argv))
+    try:
+        config.validate()
+        from models.inputs import check_data
+
+        check_data(config.data)
+    except ValueError as e:
+        print(f"trainer: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        train(config)
+    except Exception:
+        traceback.print_exc()
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
