@@ -13,6 +13,7 @@ COMMANDS = {
     "inventory": ("pipelines.inventory", "list every object and archive member, with status"),
     "deidentify": ("pipelines.deidentify", "write de-identified DICOM copies (PS3.15 Annex E)"),
     "ingest": ("pipelines.ingest", "de-identified, normalized TFRecords + tf.Transform + index"),
+    "train": ("pipelines.train", "train, evaluate, export and gate a model (local or Vertex AI)"),
 }
 
 
