@@ -131,7 +131,7 @@ class PrepareFn(beam.DoFn):
         (source, member), (ds, label) = element
         stage = STAGE_DEIDENTIFY
         try:
-            result, _ = deidentify_dataset(ds, self._engine)
+            result, _ = deidentify_dataset(ds, self._engine, encode=False)
             stage = STAGE_PIXELS
             images = normalize(ds, self._pixels)
         except StageError as e:

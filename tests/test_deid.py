@@ -1,6 +1,7 @@
 """The de-identification engine on tiny datasets built here, and on real files."""
 
 import copy
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -564,3 +565,14 @@ def test_marks_tell_the_truth_about_pixels():
     assert out.PatientIdentityRemoved == "YES"
     assert "113101" in [c.CodeValue for c in out.DeidentificationMethodCodeSequence]
     assert out.BurnedInAnnotation == "YES"  # only the configured boxes were blanked
+
+
+def test_encode_false_gives_the_same_identifiers_without_the_bytes():
+    config = deid.DeidConfig.from_yaml("pixels: {policy: mask, mask_regions: {US: [[0, 0, 1, 1]]}}")
+    data = _us_image()
+    encoded, _ = deid.deidentify_object(data, engine(config))
+    ds = pydicom.dcmread(io.BytesIO(data))
+    bare, _ = deid.deidentify_dataset(ds, engine(config), encode=False)
+    assert bare.data is None and encoded.data
+    assert bare == dataclasses.replace(encoded, data=None)
+    assert ds.SOPInstanceUID == bare.sop_instance_uid  # the dataset itself is de-identified

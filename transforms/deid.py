@@ -811,7 +811,7 @@ class DeidResult:
     study_instance_uid: str
     patient_id: str
     modality: str
-    data: bytes
+    data: bytes | None  # None when the caller did not ask for the encoded file
 
 
 def deidentify_object(data: bytes, engine: Deidentifier) -> tuple[DeidResult, dict[str, str]]:
@@ -824,8 +824,14 @@ def deidentify_object(data: bytes, engine: Deidentifier) -> tuple[DeidResult, di
     return deidentify_dataset(parse_dataset(data), engine)
 
 
-def deidentify_dataset(ds: Dataset, engine: Deidentifier) -> tuple[DeidResult, dict[str, str]]:
+def deidentify_dataset(
+    ds: Dataset, engine: Deidentifier, encode: bool = True
+) -> tuple[DeidResult, dict[str, str]]:
     """A parsed dataset (changed in place) → de-identified Part 10 bytes and the linkage row.
+
+    ``encode=False`` skips writing the Part 10 bytes (``data`` is None): ingest uses the
+    de-identified dataset in place and would throw the bytes away; encoding costs about
+    as much as the de-identification itself.
 
     Raises:
         StageError: ``not_an_instance`` (a DICOMDIR), ``unsupported_transfer_syntax``,
@@ -861,18 +867,22 @@ def deidentify_dataset(ds: Dataset, engine: Deidentifier) -> tuple[DeidResult, d
             ) from None
     link = engine.linkage(ds)
     engine.deidentify(ds, state)
-    buf = io.BytesIO()
-    try:
-        ds.save_as(buf, enforce_file_format=True)
-    except Exception as e:
-        raise StageError("write_failed", f"cannot encode the result ({type(e).__name__})") from None
+    data = None
+    if encode:
+        buf = io.BytesIO()
+        try:
+            ds.save_as(buf, enforce_file_format=True)
+        except Exception as e:
+            message = f"cannot encode the result ({type(e).__name__})"
+            raise StageError("write_failed", message) from None
+        data = buf.getvalue()
     result = DeidResult(
         sop_instance_uid=str(ds.get("SOPInstanceUID", "") or ""),
         series_instance_uid=str(ds.get("SeriesInstanceUID", "") or ""),
         study_instance_uid=str(ds.get("StudyInstanceUID", "") or ""),
         patient_id=str(ds.get("PatientID", "") or ""),
         modality=str(ds.get("Modality", "") or ""),
-        data=buf.getvalue(),
+        data=data,
     )
     return result, link
 
