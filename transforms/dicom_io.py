@@ -561,8 +561,14 @@ class ReadInstances(beam.PTransform):
 
     def expand(self, pbegin):
         paths = pbegin | "MatchInputs" >> MatchInputs(self._uris)
-        objects, read_errors = paths | "ReadObjects" >> ReadObjects(self._max_bytes)
         duplicates = paths | "FindDuplicates" >> FindDuplicates(self._max_bytes)
+        # The reshuffle spreads the paths over workers, and it starts a new fused stage
+        # with the read: without it the runner fuses the read into the match stage, which
+        # runs before the duplicate check is known, so every object's bytes would be held
+        # between the two stages.
+        objects, read_errors = (
+            paths | "Distribute" >> beam.Reshuffle() | "ReadObjects" >> ReadObjects(self._max_bytes)
+        )
         objects, duplicate_errors = objects | "DropDuplicates" >> DropDuplicates(duplicates)
         return objects, (read_errors, duplicate_errors) | "ReadDeadLetters" >> beam.Flatten()
 
