@@ -45,7 +45,7 @@ def read_json(uri: str) -> dict | None:
 
 def write_json(uri: str, data: dict) -> None:
     """Writes ``data`` whole (object stores replace objects atomically; locally, a rename)."""
-    payload = json.dumps(data, indent=2, sort_keys=True).encode()
+    payload = json.dumps(data, indent=2).encode()
     if uri.startswith("gs://"):
         with FileSystems.create(uri, mime_type="application/json") as fh:
             fh.write(payload)

@@ -1,0 +1,295 @@
+"""`dicomflow run --config run.yaml`: the scheduled, incremental ingest → train → score chain.
+
+One YAML names everything (see ``RunConfig``). A run takes the lock under the output
+root, plans what to do, and runs the stages it planned, recording each finished stage:
+
+- score: only the source objects that are new or changed since the last successful run
+  (``state.json``), with the latest promoted model;
+- ingest and train: on the first run, and again when the config says so (at least
+  ``ingest.min_new_objects`` new or changed objects since the last ingest, or a changed
+  label file).
+
+A run killed at any moment leaves its plan in ``runs/<run_id>/run.json``; the next run
+resumes it with the same run id and the same objects, so its outputs are replaced, not
+duplicated, and nothing is skipped. ``--from-stage`` re-runs a stage and those after it.
+
+Layout under the output root::
+
+    _lock  state.json
+    ingest/                     the training data (replaced by each ingest)
+    models/                     versions, latest (the trainer's model directory)
+    runs/<run_id>/run.json      plan and finished stages
+    runs/<run_id>/score/        scores/model_version=V/run_id=R/, errors/, manifest.json
+"""
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+
+from apache_beam.io.filesystems import FileSystems
+
+from pipelines import state as st
+from pipelines.options import UsageError, new_run_id
+from transforms import dicom_io
+from transforms.manifest import utc_now
+
+STAGES = ("ingest", "train", "score")
+INGEST_DIR = "ingest"
+MODELS_DIR = "models"
+SCORE_DIR = "score"
+
+
+@dataclass
+class RunConfig:
+    """run.yaml, checked. Unknown keys are refused (a typo must not be ignored)."""
+
+    inputs: list[str]
+    output: str
+    key_env: str | None = None
+    key_file: str | None = None
+    labels: str | None = None
+    deid_config: str | None = None
+    pixel_config: str | None = None
+    lock_stale_minutes: float = 360.0
+    ingest: dict = field(default_factory=dict)  # min_new_objects, beam_args
+    train: dict = field(default_factory=dict)  # launcher, vertex, TrainConfig fields
+    score: dict = field(default_factory=dict)  # beam_args, args
+
+    @classmethod
+    def from_mapping(cls, data: dict) -> "RunConfig":
+        if not isinstance(data, dict):
+            raise ValueError("the run config must be a YAML mapping")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown keys {unknown} (known: {sorted(known)})")
+        missing = [k for k in ("inputs", "output") if not data.get(k)]
+        if missing:
+            raise ValueError(f"missing {', '.join(missing)}")
+        if bool(data.get("key_env")) == bool(data.get("key_file")):
+            raise ValueError("give exactly one of key_env and key_file")
+        config = cls(**data)
+        if isinstance(config.inputs, str):
+            config.inputs = [config.inputs]
+        config.inputs = [dicom_io.normalize_uri(u) for u in config.inputs]
+        config.output = dicom_io.normalize_uri(config.output)
+        for name, allowed in (
+            ("ingest", {"min_new_objects", "beam_args"}),
+            ("score", {"beam_args", "args"}),
+        ):
+            extra = set(getattr(config, name)) - allowed
+            if extra:
+                raise ValueError(f"{name}: unknown keys {sorted(extra)}")
+        launcher = config.train.get("launcher", "local")
+        if launcher not in ("local", "vertex"):
+            raise ValueError(f"train.launcher must be local or vertex, not {launcher!r}")
+        if launcher == "vertex" and not config.train.get("vertex"):
+            raise ValueError("train.launcher vertex needs train.vertex (project, region, image)")
+        return config
+
+    def key_args(self) -> list[str]:
+        return ["--key-env", self.key_env] if self.key_env else ["--key-file", self.key_file]
+
+    def path(self, *parts: str) -> str:
+        return FileSystems.join(self.output, *parts)
+
+
+def load_config(uri: str) -> RunConfig:
+    import yaml
+
+    try:
+        with FileSystems.open(dicom_io.normalize_uri(uri)) as fh:
+            return RunConfig.from_mapping(yaml.safe_load(fh.read().decode()))
+    except (ValueError, TypeError, yaml.YAMLError) as e:
+        raise UsageError(f"--config {uri}: {e}") from None
+    except OSError as e:
+        raise UsageError(f"--config {uri} cannot be read ({type(e).__name__})") from None
+
+
+class StageFailed(Exception):
+    """A stage ended badly; the chain stops and earlier outputs stay."""
+
+
+def run_ingest(config: RunConfig, record: dict) -> dict:
+    from pipelines import ingest
+
+    argv = [a for uri in config.inputs for a in ("--input", uri)]
+    argv += ["--output", config.path(INGEST_DIR), *config.key_args()]
+    for flag, value in (
+        ("--labels", config.labels),
+        ("--deid-config", config.deid_config),
+        ("--pixel-config", config.pixel_config),
+    ):
+        if value:
+            argv += [flag, value]
+    argv += list(config.ingest.get("beam_args", []))
+    if ingest.run(argv) != 0:
+        raise StageFailed("ingest exited non-zero")
+    manifest = st.read_json(config.path(INGEST_DIR, "manifest.json")) or {}
+    return {"counts": manifest.get("counts", {})}
+
+
+def run_train(config: RunConfig, record: dict) -> dict:
+    from models import launchers
+    from models.trainer import TrainConfig
+
+    settings = {k: v for k, v in config.train.items() if k not in ("launcher", "vertex")}
+    try:
+        train_config = TrainConfig(
+            data=config.path(INGEST_DIR),
+            model_dir=config.path(MODELS_DIR),
+            run_id=record["run_id"],
+            **settings,
+        )
+        train_config.validate()
+    except (TypeError, ValueError) as e:
+        raise StageFailed(f"train settings: {e}") from None
+    if config.train.get("launcher", "local") == "vertex":
+        job = launchers.submit_vertex(
+            train_config, launchers.VertexConfig(**config.train["vertex"])
+        )
+    else:
+        job = launchers.start_local(train_config, output=sys.stderr)
+    result = job.wait()
+    if result.exit_status != 0:
+        raise StageFailed(f"training failed: {result.reason or f'exit {result.exit_status}'}")
+    return {"version": result.version, "promoted": result.promoted, "reason": result.reason}
+
+
+def run_score(config: RunConfig, record: dict) -> dict:
+    from models.export import resolve_model
+    from pipelines import score
+
+    objects = list(record["objects"])
+    if not objects:
+        return {"counts": {}, "note": "no new or changed objects"}
+    model = config.path(MODELS_DIR, "latest")
+    try:
+        resolve_model(model)
+    except ValueError as e:
+        raise StageFailed(f"nothing to score with: {e}") from None
+    argv = [a for uri in objects for a in ("--input", uri)]
+    argv += ["--model", model, "--output", config.path(st.RUNS_DIR, record["run_id"], SCORE_DIR)]
+    argv += ["--run-id", record["run_id"], *config.key_args()]
+    argv += list(config.score.get("args", [])) + list(config.score.get("beam_args", []))
+    if score.run(argv) != 0:
+        raise StageFailed("score exited non-zero")
+    manifest = st.read_json(config.path(st.RUNS_DIR, record["run_id"], SCORE_DIR, "manifest.json"))
+    return {"counts": (manifest or {}).get("counts", {})}
+
+
+RUNNERS: dict[str, Callable[[RunConfig, dict], dict]] = {
+    "ingest": run_ingest,
+    "train": run_train,
+    "score": run_score,
+}
+
+
+def plan(config: RunConfig, state: dict, from_stage: str | None) -> dict:
+    """A new run's record: which stages, which objects to score."""
+    current = st.list_objects(config.inputs)
+    changed = st.changed_objects(current, state.get("processed", {}))
+    labels_version = st.list_objects([config.labels]).get(config.labels) if config.labels else None
+    last = state.get("last_ingest")
+    threshold = config.ingest.get("min_new_objects")
+    since_ingest = st.changed_objects(current, (last or {}).get("objects", {}))
+    reasons = []
+    if last is None:
+        reasons.append("no ingest yet")
+    elif labels_version != last.get("labels_version"):
+        reasons.append("the label file changed")
+    elif threshold is not None and len(since_ingest) >= int(threshold):
+        reasons.append(f"{len(since_ingest)} new or changed objects since the last ingest")
+    stages = ["ingest", "train", "score"] if reasons else ["score"]
+    if from_stage:
+        stages = list(STAGES[STAGES.index(from_stage) :])
+    return {
+        "run_id": new_run_id(),
+        "started_at": utc_now(),
+        "stages": stages,
+        "retrain_because": reasons,
+        "objects": {uri: current[uri] for uri in changed},
+        "all_objects": current,
+        "labels_version": labels_version,
+        "done": {},
+    }
+
+
+def execute_run(config: RunConfig, from_stage: str | None = None, log=print) -> int:
+    """Runs (or resumes) one scheduled run under the lock; returns the exit status."""
+    with st.Lock(config.output, new_run_id(), config.lock_stale_minutes * 60):
+        state = st.read_json(config.path(st.STATE_NAME)) or {}
+        record = None
+        if state.get("current_run"):
+            record = st.read_json(config.path(st.RUNS_DIR, state["current_run"], st.RUN_RECORD))
+        if record is not None:
+            log(f"run {record['run_id']}: resuming (finished: {', '.join(record['done']) or '-'})")
+            if from_stage:
+                later = set(STAGES[STAGES.index(from_stage) :])
+                record["done"] = {k: v for k, v in record["done"].items() if k not in later}
+                record["stages"] = [s for s in STAGES if s in record["stages"] or s in later]
+        else:
+            record = plan(config, state, from_stage)
+            why = "; ".join(record["retrain_because"]) or "model kept"
+            log(
+                f"run {record['run_id']}: {len(record['objects'])} new or changed objects; "
+                f"stages {' → '.join(record['stages'])} ({why})"
+            )
+        record_uri = config.path(st.RUNS_DIR, record["run_id"], st.RUN_RECORD)
+        st.write_json(record_uri, record)
+        state["current_run"] = record["run_id"]
+        st.write_json(config.path(st.STATE_NAME), state)
+
+        for stage in record["stages"]:
+            if stage in record["done"]:
+                continue
+            log(f"run {record['run_id']}: {stage} ...")
+            start = time.monotonic()
+            try:
+                outcome = RUNNERS[stage](config, record)
+            except (StageFailed, UsageError) as e:
+                log(
+                    f"run {record['run_id']}: {stage} failed: {e}. Earlier outputs are intact; "
+                    "run again to resume, or use --from-stage."
+                )
+                return 1
+            outcome["seconds"] = round(time.monotonic() - start, 1)
+            record["done"][stage] = outcome
+            st.write_json(record_uri, record)
+            log(f"run {record['run_id']}: {stage} done in {outcome['seconds']} s")
+
+        processed = state.setdefault("processed", {})
+        processed.update(record["objects"])
+        if "ingest" in record["done"]:
+            state["last_ingest"] = {
+                "run_id": record["run_id"],
+                "objects": record["all_objects"],
+                "labels_version": record["labels_version"],
+            }
+        state["current_run"] = None
+        state.setdefault("runs", []).append(record["run_id"])
+        record["finished_at"] = utc_now()
+        st.write_json(record_uri, record)
+        st.write_json(config.path(st.STATE_NAME), state)
+        log(f"run {record['run_id']}: finished")
+        return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise UsageError(message)
+
+
+def run(argv: Sequence[str]) -> int:
+    parser = _Parser(prog="dicomflow run", allow_abbrev=False)
+    parser.add_argument("--config", required=True, help="run.yaml (local or gs://)")
+    parser.add_argument("--from-stage", choices=STAGES, help="re-run this stage and the later")
+    args = parser.parse_args(list(argv))
+    config = load_config(args.config)
+    try:
+        return execute_run(config, args.from_stage, log=lambda m: print(m, file=sys.stderr))
+    except st.LockHeld as e:
+        print(f"dicomflow run: {e}", file=sys.stderr)
+        return 3

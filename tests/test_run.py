@@ -1,0 +1,136 @@
+"""`dicomflow run`: planning, resuming and locking, with the stages recorded, then for real."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipelines import run as run_mod
+from pipelines import state as st
+from pipelines.options import UsageError
+
+
+@pytest.fixture
+def setup(tmp_path, monkeypatch):
+    """An input folder, a config, and stage runners that record what they were asked."""
+    (tmp_path / "in").mkdir()
+    for name in ("a.dcm", "b.dcm"):
+        (tmp_path / "in" / name).write_bytes(b"dicom " + name.encode())
+    (tmp_path / "labels.csv").write_text("SOPInstanceUID,label\n1,0\n")
+    config = run_mod.RunConfig.from_mapping(
+        {
+            "inputs": [str(tmp_path / "in")],
+            "output": str(tmp_path / "out"),
+            "labels": str(tmp_path / "labels.csv"),
+            "key_env": "K",
+            "ingest": {"min_new_objects": 2},
+        }
+    )
+    calls: list[tuple[str, str, list[str]]] = []
+
+    def fake(stage):
+        def runner(config, record):
+            calls.append((stage, record["run_id"], sorted(Path(p).name for p in record["objects"])))
+            if fail.get(stage):
+                raise run_mod.StageFailed(f"{stage} broke")
+            return {"ok": True}
+
+        return runner
+
+    fail: dict[str, bool] = {}
+    monkeypatch.setattr(run_mod, "RUNNERS", {s: fake(s) for s in run_mod.STAGES})
+    return tmp_path, config, calls, fail
+
+
+def quiet(config, **kw):
+    return run_mod.execute_run(config, log=lambda m: None, **kw)
+
+
+def test_first_run_ingests_trains_and_scores_everything(setup):
+    tmp, config, calls, _ = setup
+    assert quiet(config) == 0
+    run_id = calls[0][1]
+    assert calls == [(s, run_id, ["a.dcm", "b.dcm"]) for s in ("ingest", "train", "score")]
+    state = json.loads((tmp / "out" / st.STATE_NAME).read_text())
+    assert state["current_run"] is None and len(state["processed"]) == 2
+    record = json.loads((tmp / "out" / "runs" / run_id / "run.json").read_text())
+    assert list(record["done"]) == ["ingest", "train", "score"] and record["finished_at"]
+    assert not (tmp / "out" / st.LOCK_NAME).exists()
+
+
+def test_later_runs_score_only_new_or_changed_objects(setup):
+    tmp, config, calls, _ = setup
+    quiet(config)
+    calls.clear()
+    quiet(config)  # nothing new: score runs with no objects
+    assert [(c[0], c[2]) for c in calls] == [("score", [])]
+    calls.clear()
+    (tmp / "in" / "c.dcm").write_bytes(b"new")
+    quiet(config)
+    assert [(c[0], c[2]) for c in calls] == [("score", ["c.dcm"])]
+    calls.clear()
+    (tmp / "in" / "d.dcm").write_bytes(b"new")  # two new since the last ingest: retrain
+    quiet(config)
+    assert [(c[0], c[2]) for c in calls] == [(s, ["d.dcm"]) for s in ("ingest", "train", "score")]
+    calls.clear()
+    (tmp / "labels.csv").write_text("SOPInstanceUID,label\n1,1\n2,0\n")  # new labels: retrain
+    quiet(config)
+    assert [c[0] for c in calls] == ["ingest", "train", "score"]
+
+
+def test_a_failed_stage_stops_the_chain_and_the_next_run_resumes_it(setup):
+    tmp, config, calls, fail = setup
+    fail["train"] = True
+    assert quiet(config) == 1
+    assert [c[0] for c in calls] == ["ingest", "train"]
+    run_id = calls[0][1]
+    state = json.loads((tmp / "out" / st.STATE_NAME).read_text())
+    assert state["current_run"] == run_id and "processed" not in state  # nothing marked done
+    fail.clear()
+    calls.clear()
+    (tmp / "in" / "late.dcm").write_bytes(b"arrived meanwhile")
+    assert quiet(config) == 0
+    # Same run id, same objects; ingest is not repeated; the late object waits its turn.
+    assert calls == [(s, run_id, ["a.dcm", "b.dcm"]) for s in ("train", "score")]
+    calls.clear()
+    quiet(config)
+    assert [(c[0], c[2]) for c in calls] == [("score", ["late.dcm"])]
+
+
+def test_from_stage_reruns_that_stage_and_the_later(setup):
+    _, config, calls, _ = setup
+    quiet(config)
+    calls.clear()
+    quiet(config, from_stage="train")
+    assert [c[0] for c in calls] == ["train", "score"]
+
+
+def test_a_held_lock_refuses_the_run(setup, capsys):
+    tmp, config, calls, _ = setup
+    cfg = tmp / "run.yaml"
+    cfg.write_text(
+        yaml.safe_dump({"inputs": config.inputs, "output": config.output, "key_env": "K"})
+    )
+    with st.Lock(config.output, "someone-else"):
+        assert run_mod.run(["--config", str(cfg)]) == 3
+    assert "someone-else" in capsys.readouterr().err and calls == []
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"output": "/o", "key_env": "K"}, "missing inputs"),
+        ({"inputs": ["/i"], "output": "/o"}, "exactly one of key_env and key_file"),
+        ({"inputs": ["/i"], "output": "/o", "key_env": "K", "ouptut": 1}, "unknown keys"),
+        ({"inputs": "/i", "output": "/o", "key_env": "K", "train": {"launcher": "x"}}, "launcher"),
+        ({"inputs": "/i", "output": "/o", "key_env": "K", "score": {"beam": []}}, "score: unknown"),
+    ],
+)
+def test_bad_configs_are_one_line_errors(tmp_path, data, message):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump(data))
+    with pytest.raises(UsageError, match=message):
+        run_mod.run(["--config", str(cfg)])
+    with pytest.raises(UsageError, match="required"):
+        run_mod.run([])
