@@ -1,0 +1,186 @@
+"""`dicomflow demo [--workdir DIR]`: a synthetic PACS export through the whole chain.
+
+synth → run (ingest → train → score, as `dicomflow run` does, on DirectRunner) → a printed
+summary and ``report.html``. The only command allowed to make its own key: a throwaway
+one, held in this process's environment and said so, never written.
+"""
+
+import argparse
+import os
+import secrets
+import shutil
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+
+import yaml
+
+from pipelines.options import UsageError
+
+KEY_VAR = "DICOMFLOW_DEMO_KEY"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise UsageError(message)
+
+
+def _parse(argv: Sequence[str]) -> argparse.Namespace:
+    parser = _Parser(prog="dicomflow demo", allow_abbrev=False)
+    parser.add_argument("--workdir", default="demo-work", help="local folder for everything")
+    parser.add_argument("--patients", type=int, default=60, help="synthetic patients")
+    parser.add_argument("--seed", type=int, default=0, help="corpus seed")
+    parser.add_argument("--image-size", type=int, default=64, help="pixels per side")
+    parser.add_argument("--epochs", type=int, default=15, help="most training epochs")
+    args = parser.parse_args(list(argv))
+    if args.patients < 4 or args.image_size < 32 or args.epochs < 1:
+        raise UsageError("--patients >= 4, --image-size >= 32 and --epochs >= 1, please")
+    return args
+
+
+def write_config(args: argparse.Namespace, workdir: str) -> str:
+    """The demo's run.yaml (and pixel config): what a team would schedule, scaled down."""
+    pixels = os.path.join(workdir, "pixels.yaml")
+    with open(pixels, "w") as fh:
+        yaml.safe_dump({"size": args.image_size}, fh)
+    config = {
+        "inputs": [os.path.join(workdir, "bucket", "export")],
+        "output": os.path.join(workdir, "out"),
+        "labels": os.path.join(workdir, "bucket", "labels.csv"),
+        "key_env": KEY_VAR,
+        "pixel_config": pixels,
+        "train": {"launcher": "local", "epochs": args.epochs, "min_auc": 0.5, "seed": args.seed},
+        "score": {"args": ["--explain-top", "3"]},
+    }
+    path = os.path.join(workdir, "run.yaml")
+    with open(path, "w") as fh:
+        yaml.safe_dump(config, fh, sort_keys=False)
+    return path
+
+
+def _rows(folder: str) -> list[dict]:
+    from pipelines.report import read_rows
+
+    return read_rows(folder)
+
+
+def summary(workdir: str, record: dict) -> list[str]:
+    """What the demo did, in lines: counts, dead letters, AUC, top studies, where files are."""
+    from models import export
+    from models import features as f
+    from pipelines import state as st
+
+    out = os.path.join(workdir, "out")
+    ingest = st.read_json(os.path.join(out, "ingest", "manifest.json")) or {}
+    c = ingest.get("counts", {})
+    lines = [
+        f"ingest: {c.get('seen', 0)} objects seen, {c.get('converted', 0)} converted "
+        f"({c.get('examples', 0)} examples), {c.get('dead_lettered', 0)} dead-lettered",
+    ]
+    reasons = Counter(
+        f"{r[f.STAGE]}/{r[f.ERROR_TYPE]}" for r in _rows(os.path.join(out, "ingest", "errors"))
+    )
+    lines.append(
+        "dead letters by reason: " + ", ".join(f"{k} {v}" for k, v in reasons.most_common())
+    )
+    model_dir = os.path.join(out, "models")
+    version = export.latest_version(model_dir)
+    if version:
+        metrics = st.read_json(os.path.join(model_dir, version, "metrics.json")) or {}
+        lines.append(
+            f"model version {version}: test ROC AUC {metrics.get('roc_auc', float('nan')):.3f}, "
+            f"PR AUC {metrics.get('pr_auc', float('nan')):.3f}"
+        )
+    score_dir = os.path.join(out, "runs", record["run_id"], "score")
+    scores = _rows(os.path.join(score_dir, "scores"))
+    top: dict[str, float] = {}
+    for row in scores:
+        study = row[f.STUDY_INSTANCE_UID]
+        top[study] = max(top.get(study, 0.0), row["score"])
+    lines.append(f"score: {len(scores)} images scored; top studies:")
+    lines += [f"  {s}  {v:.3f}" for s, v in sorted(top.items(), key=lambda kv: -kv[1])[:5]]
+    lines.append(f"files: {out} (ingest/, models/, runs/{record['run_id']}/score/)")
+    return lines
+
+
+def run(argv: Sequence[str]) -> int:
+    from rich.console import Console
+
+    from pipelines import run as run_mod
+    from pipelines import state as st
+    from pipelines import synth
+    from pipelines.report import build_report
+
+    args = _parse(argv)
+    console = Console(stderr=True)
+    workdir = os.path.abspath(args.workdir)
+    for name in ("bucket", "out", "report.html"):  # a demo starts from nothing
+        path = os.path.join(workdir, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
+    os.makedirs(workdir, exist_ok=True)
+    started = time.monotonic()
+    console.rule("dicomflow demo")
+    with console.status("synth: writing a synthetic PACS export ..."):
+        synth.run(
+            [
+                "--output",
+                os.path.join(workdir, "bucket"),
+                "--patients",
+                str(args.patients),
+                "--seed",
+                str(args.seed),
+            ]
+        )
+    console.print(f"synth: {args.patients} patients → {workdir}/bucket")
+    console.print("demo: using a throwaway de-identification key (never written anywhere)")
+    os.environ[KEY_VAR] = secrets.token_hex(32)
+    config = run_mod.load_config(write_config(args, workdir))
+    status = console.status("run: planning ...")
+    status.start()
+
+    def log(message: str) -> None:
+        if message.endswith("..."):
+            status.update(message)
+        else:
+            console.print(message)
+
+    try:
+        code = run_mod.execute_run(config, log=log)
+    finally:
+        status.stop()
+    if code != 0:
+        console.print("[red]demo: the run failed; see the messages above[/red]")
+        return code
+    state = st.read_json(os.path.join(config.output, st.STATE_NAME))
+    record = st.read_json(
+        os.path.join(config.output, st.RUNS_DIR, state["runs"][-1], st.RUN_RECORD)
+    )
+    for stage, outcome in record["done"].items():
+        counts = outcome.get("counts", {})
+        done = counts.get("seen", counts.get("scored", 0))
+        rate = done / outcome["seconds"] if outcome.get("seconds") else 0
+        extra = f", {done} objects, {rate:.1f}/s" if counts else ""
+        console.print(f"  {stage}: {outcome['seconds']} s{extra}")
+    from models import export
+
+    out = config.output
+    version = export.latest_version(os.path.join(out, "models"))
+    html = build_report(
+        os.path.join(out, "ingest"),
+        os.path.join(out, "models", version) if version else None,
+        os.path.join(out, st.RUNS_DIR, record["run_id"], "score"),
+    )
+    report = os.path.join(workdir, "report.html")
+    with open(report, "w") as fh:
+        fh.write(html)
+    console.rule("summary")
+    for line in summary(workdir, record):
+        console.print(line, highlight=False)
+    console.print(f"report: {report}")
+    console.print(f"demo finished in {time.monotonic() - started:.0f} s")
+    print(report, file=sys.stdout)
+    return 0

@@ -1,0 +1,221 @@
+"""report.html for a run: one self-contained page (plots inlined as PNG data URIs).
+
+It reads only the run's outputs (manifests, tables, the model's files), never the source
+DICOM, so it shows nothing that the outputs do not already hold: pseudonymous ids and
+de-identified pixels.
+"""
+
+import base64
+import html
+import io
+import json
+import os
+from collections import Counter
+
+import matplotlib
+import numpy as np
+import pyarrow.parquet as pq
+
+from models import features as f
+
+matplotlib.use("Agg")  # before pyplot is imported: no display here
+import matplotlib.pyplot as plt
+
+SAMPLE_IMAGES = 8
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _img(data: str, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _json(path: str) -> dict:
+    with open(path) as fh:
+        return json.load(fh)
+
+
+def _file_img(path: str, alt: str) -> str:
+    with open(path, "rb") as fh:
+        return _img(base64.b64encode(fh.read()).decode(), alt)
+
+
+def read_rows(root: str) -> list[dict]:
+    rows: list[dict] = []
+    if not os.path.isdir(root):
+        return rows
+    for dirpath, _, names in sorted(os.walk(root)):
+        for name in sorted(names):
+            if name.startswith("part-") and name.endswith(".parquet"):
+                rows += pq.read_table(os.path.join(dirpath, name)).to_pylist()
+    return rows
+
+
+def _bar(counts: dict, title: str, xlabel: str = "") -> str:
+    fig, ax = plt.subplots(figsize=(6, 0.4 * max(len(counts), 2) + 1))
+    labels = [str(k) for k in counts]
+    ax.barh(labels, list(counts.values()), color="#4477aa")
+    for i, v in enumerate(counts.values()):
+        ax.text(v, i, f" {v}", va="center")
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.invert_yaxis()
+    return _png(fig)
+
+
+def _samples(ingest: str) -> str | None:
+    import tensorflow as tf
+
+    files = []
+    for split in ("train", "eval", "test", "unlabeled"):
+        folder = os.path.join(ingest, "tfrecords", split)
+        if os.path.isdir(folder):
+            files += sorted(os.path.join(folder, n) for n in os.listdir(folder))
+    images = []
+    for record in tf.data.TFRecordDataset(files, "GZIP").take(SAMPLE_IMAGES):
+        ex = tf.train.Example.FromString(record.numpy()).features.feature
+        h, w, c = (
+            ex[k].int64_list.value[0] for k in (f.IMAGE_HEIGHT, f.IMAGE_WIDTH, f.IMAGE_CHANNELS)
+        )
+        pixels = np.frombuffer(ex[f.IMAGE].bytes_list.value[0], np.uint8).reshape(h, w, c)
+        images.append((pixels, ex[f.MODALITY].bytes_list.value[0].decode()))
+    if not images:
+        return None
+    fig, axes = plt.subplots(1, len(images), figsize=(2 * len(images), 2.3))
+    for ax, (pixels, modality) in zip(np.atleast_1d(axes), images, strict=True):
+        ax.imshow(pixels[..., 0] if pixels.shape[2] == 1 else pixels, cmap="gray")
+        ax.set_title(modality)
+        ax.axis("off")
+    return _png(fig)
+
+
+def _curves(history: list[dict]) -> str:
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3))
+    epochs = [h["epoch"] for h in history]
+    for key, ax in (("loss", left), ("auc", right)):
+        ax.plot(epochs, [h.get(key, np.nan) for h in history], "o-", label="train")
+        ax.plot(epochs, [h.get(f"val_{key}", np.nan) for h in history], "s-", label="eval")
+        ax.set_title(key)
+        ax.set_xlabel("epoch")
+        ax.legend()
+    return _png(fig)
+
+
+def _score_histogram(scores: list[dict]) -> str:
+    by_modality: dict[str, list[float]] = {}
+    for row in scores:
+        by_modality.setdefault(row.get(f.MODALITY) or "?", []).append(row["score"])
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    bins = np.linspace(0, 1, 21)
+    for modality, values in sorted(by_modality.items()):
+        ax.hist(values, bins=bins, alpha=0.6, label=f"{modality} ({len(values)})")
+    ax.set_xlabel("score (positive-class probability)")
+    ax.set_ylabel("images")
+    ax.legend()
+    return _png(fig)
+
+
+def build_report(ingest: str, model_version_dir: str | None, score: str | None) -> str:
+    """The report as one HTML string.
+
+    Args:
+        ingest: the ingest output folder (local).
+        model_version_dir: the trained model version folder, if any.
+        score: the score output folder of the run, if any.
+    """
+    sections: list[tuple[str, str]] = []
+    manifest = _json(os.path.join(ingest, "manifest.json"))
+    counts = manifest.get("counts", {})
+    stage_counts = {
+        "ingest: objects seen": counts.get("seen", 0),
+        "ingest: converted": counts.get("converted", 0),
+        "ingest: dead-lettered": counts.get("dead_lettered", 0),
+    }
+    score_manifest = None
+    if score and os.path.exists(os.path.join(score, "manifest.json")):
+        score_manifest = _json(os.path.join(score, "manifest.json"))
+        for key, value in score_manifest.get("counts", {}).items():
+            if isinstance(value, int):
+                stage_counts[f"score: {key}"] = value
+    sections.append(("Counts per stage", _img(_bar(stage_counts, "objects"), "counts")))
+
+    reasons = Counter(
+        f"{r[f.STAGE]}: {r[f.ERROR_TYPE]}" for r in read_rows(os.path.join(ingest, "errors"))
+    )
+    if reasons:
+        sections.append(
+            ("Dead letters by reason (ingest)", _img(_bar(dict(reasons), "rows"), "reasons"))
+        )
+
+    index = read_rows(os.path.join(ingest, "index"))
+    balance = Counter(f"{r[f.SPLIT]} / label {r[f.LABEL]}" for r in index)
+    sections.append(
+        ("Label balance per split", _img(_bar(dict(sorted(balance.items())), "images"), "balance"))
+    )
+    samples = _samples(ingest)
+    if samples:
+        sections.append(("Sample de-identified images (as trained on)", _img(samples, "samples")))
+
+    if model_version_dir:
+        history = _json(os.path.join(model_version_dir, "history.json"))["epochs"]
+        metrics = _json(os.path.join(model_version_dir, "metrics.json"))
+        figures = _img(_curves(history), "training curves")
+        sections.append(("Training curves", figures))
+        curves = "".join(
+            _file_img(os.path.join(model_version_dir, name), name)
+            for name in ("roc.png", "pr.png")
+            if os.path.exists(os.path.join(model_version_dir, name))
+        )
+        summary = ", ".join(
+            f"{k} {metrics[k]:.3f}" for k in ("roc_auc", "pr_auc", "accuracy") if k in metrics
+        )
+        sections.append((f"Test split: {html.escape(summary)}", curves))
+
+    if score:
+        scores = read_rows(os.path.join(score, "scores"))
+        if scores:
+            sections.append(
+                ("Score histogram per modality", _img(_score_histogram(scores), "histogram"))
+            )
+            explained = [r for r in scores if r.get("explanation")]
+            if explained:
+                best = max(explained, key=lambda r: r["score"])
+                path = best["explanation"]
+                path = path if os.path.isabs(path) else os.path.join(score, path)
+                if os.path.exists(path):
+                    caption = f"Grad-CAM of the top-scored image (score {best['score']:.3f})"
+                    sections.append((caption, _file_img(path, "grad-cam")))
+        table = os.path.join(score, "scores", "**", "*.parquet")
+        queries = f"""-- top scores per study
+SELECT study_instance_uid, max(score) AS top, count(*) AS images
+FROM read_parquet('{table}', hive_partitioning = true)
+GROUP BY 1 ORDER BY top DESC LIMIT 10;
+
+-- score distribution per modality
+SELECT modality, count(*) AS n, avg(score) AS mean, quantile_cont(score, 0.9) AS p90
+FROM read_parquet('{table}', hive_partitioning = true) GROUP BY 1 ORDER BY 1;
+
+-- join with the ingest index (labels, splits)
+SELECT s.modality, i.label, avg(s.score) AS mean_score, count(*) AS n
+FROM read_parquet('{table}', hive_partitioning = true) s
+JOIN read_parquet('{os.path.join(ingest, "index", "*.parquet")}') i
+  USING (sop_instance_uid, frame)
+GROUP BY 1, 2 ORDER BY 1, 2;"""
+        sections.append(("DuckDB queries to try", f"<pre>{html.escape(queries)}</pre>"))
+
+    body = "\n".join(f"<h2>{title}</h2>\n<div>{content}</div>" for title, content in sections)
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>dicomflow report</title>
+<style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}
+img{{max-width:100%;margin:4px}} pre{{background:#f4f4f4;padding:1em;overflow:auto}}</style>
+</head><body><h1>dicomflow run report</h1>
+<p>Run {html.escape(str(manifest.get("run_id", "")))}: every identifier shown is a
+pseudonym; images are the de-identified, normalized pixels the model sees.</p>
+{body}
+</body></html>
+"""
