@@ -53,7 +53,7 @@ class RunConfig:
     deid_config: str | None = None
     pixel_config: str | None = None
     lock_stale_minutes: float = 360.0
-    ingest: dict = field(default_factory=dict)  # min_new_objects, beam_args
+    ingest: dict = field(default_factory=dict)  # min_new_objects, args, beam_args
     train: dict = field(default_factory=dict)  # launcher, vertex, TrainConfig fields
     score: dict = field(default_factory=dict)  # beam_args, args
 
@@ -76,7 +76,7 @@ class RunConfig:
         config.inputs = [dicom_io.normalize_uri(u) for u in config.inputs]
         config.output = dicom_io.normalize_uri(config.output)
         for name, allowed in (
-            ("ingest", {"min_new_objects", "beam_args"}),
+            ("ingest", {"min_new_objects", "args", "beam_args"}),
             ("score", {"beam_args", "args"}),
         ):
             extra = set(getattr(config, name)) - allowed
@@ -124,7 +124,7 @@ def run_ingest(config: RunConfig, record: dict) -> dict:
     ):
         if value:
             argv += [flag, value]
-    argv += list(config.ingest.get("beam_args", []))
+    argv += list(config.ingest.get("args", [])) + list(config.ingest.get("beam_args", []))
     if ingest.run(argv) != 0:
         raise StageFailed("ingest exited non-zero")
     manifest = st.read_json(config.path(INGEST_DIR, "manifest.json")) or {}

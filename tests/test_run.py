@@ -134,3 +134,95 @@ def test_bad_configs_are_one_line_errors(tmp_path, data, message):
         run_mod.run(["--config", str(cfg)])
     with pytest.raises(UsageError, match="required"):
         run_mod.run([])
+
+
+# --- for real: ingest → train → score on DirectRunner, killed and resumed -----------------
+
+
+@pytest.fixture(scope="module")
+def small_export(tmp_path_factory):
+    from pipelines import synth
+
+    root = tmp_path_factory.mktemp("run-corpus")
+    argv = ["--output", str(root), "--patients", "16", "--seed", "5", "--positive-rate", "0.5"]
+    assert synth.run(argv) == 0
+    return root
+
+
+def real_config(root: Path, export: Path, tmp: Path) -> Path:
+    (tmp / "pixels.yaml").write_text("size: 32\n")
+    config = {
+        "inputs": [str(export / "export")],
+        "output": str(root),
+        "labels": str(export / "labels.csv"),
+        "key_env": "DF_RUN_KEY",
+        "pixel_config": str(tmp / "pixels.yaml"),
+        "ingest": {"args": ["--split", "0.5,0.25,0.25"]},
+        "train": {"epochs": 1, "min_auc": 0.0, "batch_size": 16, "augment": "none"},
+        "score": {"args": ["--batch-size", "8"]},
+    }
+    path = tmp / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_the_chain_killed_mid_way_resumes_without_duplicates(small_export, tmp_path, monkeypatch):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import read_table
+
+    monkeypatch.setenv("DF_RUN_KEY", "r" * 64)
+    root = tmp_path / "out"
+    config = real_config(root, small_export, tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "run", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ},
+    )
+    deadline = time.monotonic() + 300
+    run_id = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        state = st.read_json(str(root / st.STATE_NAME)) or {}
+        run_id = state.get("current_run")
+        record = st.read_json(str(root / "runs" / run_id / "run.json")) if run_id else None
+        if record and "train" in record["done"]:
+            break  # killed as the score stage starts
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert run_id, "the run never got going"
+    assert (root / st.LOCK_NAME).exists()  # a killed run leaves its lock behind
+
+    config_obj = run_mod.load_config(str(config))
+    config_obj.lock_stale_minutes = 0  # the killed run's lock is stale at once
+    assert run_mod.execute_run(config_obj, log=lambda m: None) == 0
+    state = st.read_json(str(root / st.STATE_NAME))
+    assert state["runs"] == [run_id] and state["current_run"] is None  # the same run resumed
+    record = st.read_json(str(root / "runs" / run_id / "run.json"))
+    assert list(record["done"]) == ["ingest", "train", "score"]
+    score_out = root / "runs" / run_id / "score"
+    manifest = json.loads((score_out / "manifest.json").read_text())
+    rows = read_table(str(next((score_out / "scores").glob("model_version=*/run_id=*"))))
+    keys = [(r["sop_instance_uid"], r["frame"]) for r in rows]
+    assert rows and len(keys) == len(set(keys))  # no duplicates after the resume
+    errors = read_table(str(score_out / "errors"))
+    assert manifest["counts"]["seen"] >= len(record["objects"])
+    assert len(errors) == manifest["counts"]["dead_lettered"]
+
+    # A second run with one new file scores that file only, with the promoted model.
+    new = small_export / "export" / "late-arrival.bin"
+    new.write_bytes(b"not dicom at all")
+    try:
+        assert run_mod.execute_run(run_mod.load_config(str(config)), log=lambda m: None) == 0
+    finally:
+        new.unlink()
+    state = st.read_json(str(root / st.STATE_NAME))
+    second = st.read_json(str(root / "runs" / state["runs"][-1] / "run.json"))
+    assert list(second["objects"]) == [str(new)] and list(second["done"]) == ["score"]
+    errors = read_table(str(root / "runs" / state["runs"][-1] / "score" / "errors"))
+    assert [e["error_type"] for e in errors] == ["not_dicom"]
