@@ -131,6 +131,15 @@ def test_multi_processing_gives_the_same_rows(corpus, local_run, tmp_path):
     assert sorted(map(str, mp["errors"])) == sorted(map(str, local_run["errors"]))
 
 
+def test_portable_runner_gives_the_same_rows(corpus, local_run, tmp_path):
+    """Beam's portable path (job service + loopback SDK harness): no DirectRunner shortcuts."""
+    portable = ["--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=LOOPBACK"]
+    run = run_inventory([str(corpus / "export")], str(tmp_path), *portable)
+    assert sorted(map(str, run["rows"])) == sorted(map(str, local_run["rows"]))
+    assert sorted(map(str, run["errors"])) == sorted(map(str, local_run["errors"]))
+    assert run["manifest"]["counts"] == local_run["manifest"]["counts"]
+
+
 def test_rerun_replaces_the_tables(corpus, tmp_path, monkeypatch):
     root = str(corpus / "export")
     first = run_inventory([root], str(tmp_path))
