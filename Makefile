@@ -5,16 +5,28 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+# A separate virtualenv for Airflow: its dependencies conflict with Beam's. The DAG in
+# deploy/airflow/ is imported in it by tests/test_deploy.py.
+AIRFLOW_VENV ?= .venv-airflow
+AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed-stamp
 DEMO_DIR ?= demo-work
 DEMO_PATIENTS ?= 20
 
-.PHONY: demo test lint format clean
+.PHONY: demo test lint format clean airflow-venv
 
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
+
+$(AIRFLOW_STAMP): deploy/airflow/requirements.txt
+	$(PYTHON) -m venv $(AIRFLOW_VENV)
+	$(AIRFLOW_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(AIRFLOW_VENV)/bin/python -m pip install --quiet -r deploy/airflow/requirements.txt
+	touch $(AIRFLOW_STAMP)
+
+airflow-venv: $(AIRFLOW_STAMP)
 
 demo: $(STAMP)
 	rm -rf $(DEMO_DIR)
@@ -27,7 +39,7 @@ demo: $(STAMP)
 	  --labels $(DEMO_DIR)/bucket/labels.csv --key-env DICOMFLOW_DEMO_KEY
 	@echo "inventory: $(DEMO_DIR)/inventory   training data: $(DEMO_DIR)/ingest"
 
-test: $(STAMP)
+test: $(STAMP) $(AIRFLOW_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	@# pytest exits 5 when it collects nothing: a vanished suite fails, loudly.
