@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, TestOptions
 
 from models import features as f
@@ -28,16 +27,8 @@ from pipelines.options import (
     require,
 )
 from transforms import dicom_io
-from transforms.deadletter import (
-    DEAD_LETTER,
-    STAGE_DEIDENTIFY,
-    STAGE_PARSE,
-    DeadLetter,
-    StageError,
-    unexpected,
-)
-from transforms.deid import DeidConfig, Deidentifier, Profile, deidentify_dataset
-from transforms.keys import KeySource
+from transforms.convert import ConvertFn, Instance, ParseFn
+from transforms.deadletter import DEAD_LETTER, DeadLetter
 from transforms.labels import JoinLabels, ReadLabels, load_labels
 from transforms.manifest import (
     MANIFEST_NAME,
@@ -46,11 +37,10 @@ from transforms.manifest import (
     write_json,
 )
 from transforms.parquet import WriteParquet, delete_stale_shards, table_dir
-from transforms.pixels import PixelConfig, normalize
+from transforms.pixels import PixelConfig
 from transforms.split import SPLITS, UNLABELED, SplitConfig, assign_split
-from transforms.tfrecord import make_example
+from transforms.tfrecord import encode_example
 
-STAGE_PIXELS = "pixels"
 TFRECORDS = "tfrecords"
 TRANSFORM = "transform"
 INDEX_TABLE = "index"
@@ -90,94 +80,37 @@ class Converted:
     index_rows: tuple[dict, ...]
 
 
-class ParseFn(beam.DoFn):
-    """SourceObject → ((source, member), Dataset), or a parse dead letter."""
-
-    def process(self, obj: dicom_io.SourceObject):
-        try:
-            ds = dicom_io.parse_dataset(obj.data)
-        except StageError as e:
-            error = e
-        except Exception as e:
-            error = unexpected(e)
-        else:
-            yield (obj.source, obj.member), ds
-            return
-        letter = DeadLetter(obj.source, obj.member, STAGE_PARSE, error.error_type, error.message)
-        yield beam.pvalue.TaggedOutput(DEAD_LETTER, letter)
-
-
-class PrepareFn(beam.DoFn):
-    """A labelled, parsed dataset → a Converted instance: de-identified, normalized, split."""
-
-    def __init__(
-        self,
-        deid_config: DeidConfig,
-        key: KeySource,
-        pixels: PixelConfig,
-        split: SplitConfig,
-    ):
-        self._deid_config = deid_config
-        self._key = key
-        self._pixels = pixels
-        self._split = split
-
-    def setup(self):
-        self._engine = Deidentifier(Profile.load(), self._deid_config, self._key.resolve())
-        self._converted = Metrics.counter(dicom_io.METRICS_NAMESPACE, "ingest_converted")
-        self._failed = Metrics.counter(dicom_io.METRICS_NAMESPACE, "ingest_dead_letters")
-
-    def process(self, element):
-        (source, member), (ds, label) = element
-        stage = STAGE_DEIDENTIFY
-        try:
-            result, _ = deidentify_dataset(ds, self._engine, encode=False)
-            stage = STAGE_PIXELS
-            images = normalize(ds, self._pixels)
-        except StageError as e:
-            error = e
-        except Exception as e:
-            error = unexpected(e)
-        else:
-            split = assign_split(result.patient_id, label is not None, self._split)
-            ids = {
-                f.SOP_INSTANCE_UID: result.sop_instance_uid,
-                f.SERIES_INSTANCE_UID: result.series_instance_uid,
-                f.STUDY_INSTANCE_UID: result.study_instance_uid,
-                f.PATIENT_ID: result.patient_id,
-                f.MODALITY: result.modality,
+def to_converted(instance: Instance, split_config: SplitConfig) -> Converted:
+    """A converted instance → its split, one example and one index row per image."""
+    label = instance.label
+    ids = instance.ids
+    split = assign_split(ids[f.PATIENT_ID], label is not None, split_config)
+    examples, rows = [], []
+    for image in instance.images:
+        examples.append(encode_example(image.data, image.shape, ids, label or "", image.frame))
+        rows.append(
+            {
+                **ids,
+                f.SPLIT: split,
+                f.LABEL: label,
+                f.FRAME: image.frame,
+                f.ROWS: image.rows,
+                f.COLUMNS: image.columns,
+                f.PHOTOMETRIC_INTERPRETATION: image.photometric,
+                f.TRANSFER_SYNTAX_UID: instance.transfer_syntax_uid,
+                f.WINDOW_CENTER: image.window_center,
+                f.WINDOW_WIDTH: image.window_width,
             }
-            examples, rows = [], []
-            for image in images:
-                examples.append(make_example(image.pixels, ids, label or "", image.frame))
-                rows.append(
-                    {
-                        **ids,
-                        f.SPLIT: split,
-                        f.LABEL: label,
-                        f.FRAME: image.frame,
-                        f.ROWS: image.rows,
-                        f.COLUMNS: image.columns,
-                        f.PHOTOMETRIC_INTERPRETATION: image.photometric,
-                        f.TRANSFER_SYNTAX_UID: str(ds.file_meta.get("TransferSyntaxUID", "")),
-                        f.WINDOW_CENTER: image.window_center,
-                        f.WINDOW_WIDTH: image.window_width,
-                    }
-                )
-            self._converted.inc()
-            yield Converted(
-                source,
-                member,
-                result.sop_instance_uid,
-                split,
-                label,
-                tuple(examples),
-                tuple(rows),
-            )
-            return
-        self._failed.inc()
-        letter = DeadLetter(source, member, stage, error.error_type, error.message)
-        yield beam.pvalue.TaggedOutput(DEAD_LETTER, letter)
+        )
+    return Converted(
+        instance.source,
+        instance.member,
+        ids[f.SOP_INSTANCE_UID],
+        split,
+        label,
+        tuple(examples),
+        tuple(rows),
+    )
 
 
 def converted_keys(c: Converted) -> list:
@@ -291,12 +224,7 @@ def build_pipeline(
             raise UsageError(str(e)) from None
     header = {
         **deid_header("ingest", run_id, inputs, key, deid_config),
-        "pixels": {
-            "size": pixels.size,
-            "channels": pixels.channels,
-            "frame_policy": pixels.frame_policy,
-            "windows": {k: list(v) for k, v in pixels.windows.items()},
-        },
+        "pixels": pixels.describe(),
         "split": {"train": split.train, "eval": split.eval, "test": split.test},
         "labels": {"given": bool(labels_uri), "rows": label_rows},
     }
@@ -316,9 +244,9 @@ def build_pipeline(
         joined = parsed.ok | "NoLabels" >> beam.Map(lambda kv: (kv[0], (kv[1], None)))
         unmatched_keys = p | "NoUnmatched" >> beam.Create([])
     prepared = joined | "Prepare" >> beam.ParDo(
-        PrepareFn(deid_config, key, pixels, split)
+        ConvertFn(deid_config, key, pixels, prefix="ingest")
     ).with_outputs(DEAD_LETTER, main="converted")
-    instances = prepared.converted
+    instances = prepared.converted | "Split" >> beam.Map(to_converted, split)
     by_split = instances | "BySplit" >> beam.Partition(
         lambda c, n: ALL_SPLITS.index(c.split), len(ALL_SPLITS)
     )

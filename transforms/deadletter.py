@@ -9,6 +9,8 @@ DEAD_LETTER = "dead_letter"
 STAGE_READ = "read"
 STAGE_PARSE = "parse"
 STAGE_DEIDENTIFY = "deidentify"
+STAGE_PIXELS = "pixels"
+STAGE_SCORE = "score"
 STAGE_WRITE = "write"
 
 

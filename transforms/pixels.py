@@ -70,6 +70,16 @@ class PixelConfig:
             raise ValueError(f"unknown pixel config keys: {', '.join(map(str, unknown))}")
         return cls(**data)
 
+    def describe(self) -> dict:
+        """Plain JSON values, as manifests and ``model.json`` record them (and
+        ``from_mapping`` reads them back)."""
+        return {
+            "size": self.size,
+            "channels": self.channels,
+            "frame_policy": self.frame_policy,
+            "windows": {k: list(v) for k, v in self.windows.items()},
+        }
+
 
 @dataclass(frozen=True)
 class Window:

@@ -71,9 +71,16 @@ def make_example(pixels: np.ndarray, ids: dict[str, str], label: str, frame: int
         label: the label, or "" when unlabeled.
         frame: the source frame index.
     """
-    height, width, channels = pixels.shape
+    return encode_example(quantize(pixels).tobytes(), pixels.shape, ids, label, frame)
+
+
+def encode_example(
+    image: bytes, shape: tuple[int, int, int], ids: dict[str, str], label: str, frame: int
+) -> bytes:
+    """``make_example`` for an image already quantized: uint8 bytes of ``shape`` (H, W, C)."""
+    height, width, channels = shape
     feature = {
-        f.IMAGE: _bytes_feature(quantize(pixels).tobytes()),
+        f.IMAGE: _bytes_feature(image),
         f.IMAGE_HEIGHT: _int_feature(height),
         f.IMAGE_WIDTH: _int_feature(width),
         f.IMAGE_CHANNELS: _int_feature(channels),
