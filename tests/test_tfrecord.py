@@ -1,11 +1,21 @@
 """The hand-written Example encoder against TensorFlow's own serializer."""
 
+import io
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from models import features as f
-from transforms.tfrecord import _varint, make_example, quantize
+from transforms.tfrecord import (
+    ExampleError,
+    _varint,
+    encode_example,
+    iter_records,
+    make_example,
+    parse_example,
+    quantize,
+)
 
 IDS = {
     f.SOP_INSTANCE_UID: "2.25.1",
@@ -63,3 +73,39 @@ def test_bytes_equal_tensorflow(shape, label, frame, ids):
 def test_varint():
     assert _varint(0) == b"\x00" and _varint(127) == b"\x7f" and _varint(300) == b"\xac\x02"
     assert _varint(-1) == b"\xff" * 9 + b"\x01"
+
+
+def test_parse_example_reads_ours_and_tensorflows_alike():
+    pixels = np.random.default_rng(0).uniform(0, 1, (6, 4, 3)).astype(np.float32)
+    ours = make_example(pixels, IDS, "1", 300)
+    theirs = reference(pixels, IDS, "1", 300)
+    theirs.features.feature["score"].float_list.value.extend([0.5, 0.25])
+    for record in (ours, theirs.SerializeToString()):
+        parsed = parse_example(record)
+        assert parsed[f.IMAGE] == [quantize(pixels).tobytes()]
+        assert parsed[f.IMAGE_HEIGHT] == [6] and parsed[f.FRAME] == [300]
+        assert parsed[f.SOP_INSTANCE_UID] == [b"2.25.1"] and parsed[f.LABEL] == [b"1"]
+    assert parse_example(theirs.SerializeToString())["score"] == [0.5, 0.25]
+    assert encode_example(quantize(pixels).tobytes(), (6, 4, 3), IDS, "1", 300) == ours
+
+
+@pytest.mark.parametrize("junk", [b"\x0a\xff", b"\x0b\x01", b"\x0a\x02\x08\x01"])
+def test_parse_example_refuses_what_is_not_an_example(junk):
+    with pytest.raises(ExampleError):
+        parse_example(junk)
+
+
+def test_iter_records_reads_tensorflows_framing_and_notices_damage(tmp_path):
+    path = str(tmp_path / "part.tfrecord")
+    records = [b"", b"one", bytes(range(256)) * 100]
+    with tf.io.TFRecordWriter(path) as writer:
+        for record in records:
+            writer.write(record)
+    data = (tmp_path / "part.tfrecord").read_bytes()
+    assert list(iter_records(io.BytesIO(data))) == records
+    with pytest.raises(ExampleError, match="ends inside"):
+        list(iter_records(io.BytesIO(data[:-3])))
+    flipped = bytearray(data)
+    flipped[-10] ^= 1
+    with pytest.raises(ExampleError, match="checksum"):
+        list(iter_records(io.BytesIO(bytes(flipped))))

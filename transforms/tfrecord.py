@@ -1,11 +1,15 @@
-"""tf.train.Example records for ingest: built from a normalized image and its pseudonyms.
+"""tf.train.Example records: written by ingest from a normalized image and its pseudonyms,
+read back by scoring.
 
-The Example protobuf is written here by hand (it is four small messages), so the workers
-that convert DICOM never import TensorFlow, which costs seconds per worker process. The
+The Example protobuf is written and read here by hand (it is four small messages), so the
+workers that convert DICOM never import TensorFlow, which costs seconds per worker process. The
 encoding is protobuf's canonical one (map entries in byte order of their keys, int64
 lists packed), so the same input gives the same bytes in every run; tests check that
 TensorFlow parses it to the very Example its own API builds.
 """
+
+import struct
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -98,3 +102,156 @@ def encode_example(
         },
     }
     return serialize_example(feature)
+
+
+# --- Reading: the inverse, for any valid Example (not only ours) ---------------------------
+
+_VARINT, _FIXED64, _FIXED32 = 0, 1, 5
+_FEATURE_FLOAT_LIST = 2
+
+
+class ExampleError(ValueError):
+    """A record that is not a valid serialized tf.train.Example."""
+
+
+def _read_varint(buf: memoryview, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(buf) or shift > 63:
+            raise ExampleError("truncated or overlong varint")
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _fields(buf: memoryview):
+    """(field number, wire type, value) of one message: ints, or memoryviews of payloads."""
+    pos = 0
+    while pos < len(buf):
+        tag, pos = _read_varint(buf, pos)
+        number, wire = tag >> 3, tag & 7
+        if wire == _VARINT:
+            value, pos = _read_varint(buf, pos)
+        elif wire == _LENGTH_DELIMITED:
+            length, pos = _read_varint(buf, pos)
+            if pos + length > len(buf):
+                raise ExampleError("field runs past the end of its message")
+            value, pos = buf[pos : pos + length], pos + length
+        elif wire in (_FIXED64, _FIXED32):
+            size = 8 if wire == _FIXED64 else 4
+            if pos + size > len(buf):
+                raise ExampleError("field runs past the end of its message")
+            value, pos = buf[pos : pos + size], pos + size
+        else:
+            raise ExampleError(f"unsupported wire type {wire}")
+        yield number, wire, value
+
+
+def _payload(wire: int, value) -> memoryview:
+    """A length-delimited payload, or ExampleError: a message field must be one."""
+    if wire != _LENGTH_DELIMITED:
+        raise ExampleError(f"wire type {wire} where a message or bytes belongs")
+    return value
+
+
+def _signed(value: int) -> int:
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def _feature_values(feature: memoryview) -> list:
+    values: list = []
+    for kind, wire, payload in _fields(feature):
+        payload = _payload(wire, payload)
+        if kind == _FEATURE_BYTES_LIST:
+            for n, item_wire, v in _fields(payload):
+                if n == _LIST_VALUE:
+                    values.append(_payload(item_wire, v).tobytes())
+        elif kind == _FEATURE_INT64_LIST:
+            for n, item_wire, v in _fields(payload):
+                if n != _LIST_VALUE:
+                    continue
+                if item_wire == _VARINT:  # unpacked
+                    values.append(_signed(v))
+                else:  # packed
+                    pos = 0
+                    while pos < len(v):
+                        item, pos = _read_varint(v, pos)
+                        values.append(_signed(item))
+        elif kind == _FEATURE_FLOAT_LIST:
+            for n, _, v in _fields(payload):
+                if n == _LIST_VALUE:
+                    values += np.frombuffer(v, "<f4").tolist()
+    return values
+
+
+def parse_example(record: bytes) -> dict[str, list]:
+    """A serialized tf.train.Example → feature name → list of values (bytes, int or float).
+
+    Any valid encoding is read (fields in any order, packed or unpacked lists), so
+    examples written by TensorFlow itself parse the same as ours.
+
+    Raises:
+        ExampleError: the record is not a valid Example.
+    """
+    out: dict[str, list] = {}
+    try:
+        for number, wire, features in _fields(memoryview(record)):
+            if number != _EXAMPLE_FEATURES:
+                continue
+            for entry_number, entry_wire, entry in _fields(_payload(wire, features)):
+                if entry_number != _FEATURES_MAP:
+                    continue
+                name, value = "", memoryview(b"")
+                for n, field_wire, v in _fields(_payload(entry_wire, entry)):
+                    if n == _MAP_KEY:
+                        name = _payload(field_wire, v).tobytes().decode()
+                    elif n == _MAP_VALUE:
+                        value = _payload(field_wire, v)
+                out[name] = _feature_values(value)
+    except ExampleError:
+        raise
+    except (TypeError, ValueError) as e:  # UnicodeDecodeError, a float list of odd length
+        raise ExampleError(f"not an Example ({type(e).__name__})") from None
+    return out
+
+
+# --- TFRecord framing ----------------------------------------------------------------------
+
+_MASK_DELTA = 0xA282EAD8
+
+
+def _masked_crc(data: bytes | memoryview) -> int:
+    import google_crc32c
+
+    crc = google_crc32c.value(bytes(data))
+    return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
+
+
+def iter_records(stream) -> Iterator[bytes]:
+    """The records of a TFRecord stream (already decompressed), checksums verified.
+
+    Framing: uint64 length, uint32 masked CRC-32C of the length, the data, uint32 masked
+    CRC-32C of the data (all little endian).
+
+    Raises:
+        ExampleError: the stream ends inside a record or a checksum does not match.
+    """
+    while True:
+        header = stream.read(12)
+        if not header:
+            return
+        if len(header) < 12:
+            raise ExampleError("the file ends inside a record header")
+        length, length_crc = struct.unpack("<QI", header)
+        if _masked_crc(header[:8]) != length_crc:
+            raise ExampleError("a record length fails its checksum")
+        data = stream.read(length)
+        footer = stream.read(4)
+        if len(data) < length or len(footer) < 4:
+            raise ExampleError("the file ends inside a record")
+        if _masked_crc(data) != struct.unpack("<I", footer)[0]:
+            raise ExampleError("a record fails its checksum")
+        yield data
