@@ -281,8 +281,13 @@ def model_info(
     gradcam_layer: str,
     created_at: str,
     run_id: str,
+    pixels: dict | None = None,
 ) -> dict:
-    """``model.json``: what a scorer needs to use the version without reading anything else."""
+    """``model.json``: what a scorer needs to use the version without reading anything else.
+
+    ``pixels``: ingest's pixel settings (size, channels, frame_policy, windows), so that a
+    scorer normalizes raw DICOM exactly as the training images were.
+    """
     height, width, channels = image_shape
     return {
         "version": version,
@@ -297,6 +302,7 @@ def model_info(
         "run_id": run_id,
         "signature": {"name": SIGNATURE, "input": INPUT, "output": OUTPUT},
         "raw_image": f"{f.IMAGE}: uint8 bytes, height x width x channels, row-major",
+        "pixels": pixels,
     }
 
 

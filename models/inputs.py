@@ -6,6 +6,7 @@ the same way: ``raw_features`` → the ingest ``transform/`` graph → ``to_imag
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 
@@ -15,6 +16,7 @@ from models import features as f
 
 PARSE_BATCH = 256  # records parsed and transformed per call (vectorized)
 CYCLE_LENGTH = 8  # shards read at once
+INGEST_MANIFEST = "manifest.json"
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,7 @@ class DataInfo:
     image_shape: tuple[int, int, int]  # height, width, channels
     labels: tuple[str, ...]  # the vocabulary, in label-id (= probability column) order
     counts: dict[str, dict[str, int]]  # split -> label -> examples (from the index)
+    pixels: dict | None = None  # ingest's pixel settings (its manifest), None if not recorded
 
     @property
     def transform_dir(self) -> str:
@@ -77,7 +80,17 @@ def read_info(data: str) -> DataInfo:
             split = counts.setdefault(row[f.SPLIT], {})
             label = row[f.LABEL] or ""
             split[label] = split.get(label, 0) + 1
-    return DataInfo(data, shape, labels, counts)
+    return DataInfo(data, shape, labels, counts, ingest_pixels(data))
+
+
+def ingest_pixels(data: str) -> dict | None:
+    """The ``pixels`` block of ingest's ``manifest.json`` (size, channels, frame policy,
+    windows): how a raw image must be normalized to be what the model was trained on."""
+    uri = join(data, INGEST_MANIFEST)
+    if not tf.io.gfile.exists(uri):
+        return None
+    with tf.io.gfile.GFile(uri) as fh:
+        return json.load(fh).get("pixels")
 
 
 def raw_features(image: tf.Tensor, label: tf.Tensor | None = None) -> dict[str, tf.Tensor]:

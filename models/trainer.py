@@ -517,6 +517,7 @@ def _export(
                 gradcam_layer(model),
                 created,
                 run_config["run_id"],
+                info.pixels,
             )
             export.write_json(os.path.join(folder, export.MODEL_JSON), model_json)
             with open(os.path.join(folder, "MODEL_CARD.md"), "w") as fh:
