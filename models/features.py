@@ -147,3 +147,31 @@ TFRECORDS_DIR = "tfrecords"  # tfrecords/<split>/part-*.tfrecord.gz
 TRANSFORM_DIR = "transform"  # tft.TFTransformOutput
 INDEX_DIR = "index"  # index/part-*.parquet
 TRAIN, EVAL, TEST = "train", "eval", "test"
+
+# --- scores/ (score) ------------------------------------------------------------------------
+# One row per scored image (an instance, or one of its frames under frame_policy "all").
+SCORE = "score"  # binary: the positive label's probability; else the predicted label's
+SCORES = "scores"  # every label's probability, in model.json "labels" order
+PREDICTED_LABEL = "predicted_label"
+MODEL_VERSION = "model_version"
+RUN_ID = "run_id"
+SCORED_AT = "scored_at"
+EXPLANATION = "explanation"  # URI of the Grad-CAM PNG (--explain-top), else null
+
+SCORES_SCHEMA = pa.schema(
+    [
+        pa.field(SOP_INSTANCE_UID, pa.string(), nullable=False),
+        pa.field(SERIES_INSTANCE_UID, pa.string()),
+        pa.field(STUDY_INSTANCE_UID, pa.string()),
+        pa.field(PATIENT_ID, pa.string(), nullable=False),
+        pa.field(MODALITY, pa.string()),
+        pa.field(FRAME, pa.int32(), nullable=False),
+        pa.field(SCORE, pa.float32(), nullable=False),
+        pa.field(SCORES, pa.list_(pa.float32()), nullable=False),
+        pa.field(PREDICTED_LABEL, pa.string(), nullable=False),
+        pa.field(MODEL_VERSION, pa.string(), nullable=False),
+        pa.field(RUN_ID, pa.string(), nullable=False),
+        pa.field(SCORED_AT, pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field(EXPLANATION, pa.string()),
+    ]
+)

@@ -68,3 +68,33 @@ class WriteParquet(beam.PTransform):
 
 def _finish_table(_, directory: str, written: list[str]) -> list[str]:
     return delete_stale_shards(directory, written)
+
+
+class WriteArrowTables(beam.PTransform):
+    """Arrow tables → ``<directory>/part-*.parquet``, each table one row group at most.
+
+    For rows that are built column by column (``WriteParquet`` takes dicts, one per row).
+    The same temp-and-rename sink and stale-shard clean-up as ``WriteParquet``; the output
+    is the one-element list of shard names.
+    """
+
+    def __init__(self, directory: str, schema: pa.Schema, num_shards: int = 0):
+        super().__init__()
+        self._directory = directory
+        self._schema = schema
+        self._num_shards = num_shards
+
+    def expand(self, tables):
+        written = tables | "Write" >> beam.io.WriteToParquetBatched(
+            FileSystems.join(self._directory, SHARD_PREFIX),
+            self._schema,
+            codec="snappy",
+            file_name_suffix=SUFFIX,
+            num_shards=self._num_shards,
+        )
+        return (
+            tables.pipeline
+            | "Once" >> beam.Create([None])
+            | "DeleteStaleShards"
+            >> beam.Map(_finish_table, self._directory, beam.pvalue.AsList(written))
+        )

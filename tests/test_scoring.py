@@ -1,0 +1,121 @@
+"""Scoring's building blocks, called directly: model inputs, TFRecord shards, score rows."""
+
+import gzip
+import struct
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from apache_beam.ml.inference.base import PredictionResult
+
+from models import features as f
+from transforms import scoring as sc
+from transforms.convert import Image, Instance
+from transforms.deadletter import DEAD_LETTER
+from transforms.tfrecord import _masked_crc, encode_example
+
+SHAPE = (4, 4, 1)
+IDS = {
+    f.SOP_INSTANCE_UID: "2.25.1",
+    f.SERIES_INSTANCE_UID: "2.25.2",
+    f.STUDY_INSTANCE_UID: "2.25.3",
+    f.PATIENT_ID: "PATX",
+    f.MODALITY: "XA",
+}
+
+
+def image(frame: int, shape=SHAPE) -> Image:
+    return Image(bytes([frame]) * int(np.prod(shape)), shape, frame, 8, 8, 0.5, 1.0, "MONO")
+
+
+def framed(records: list[bytes]) -> bytes:
+    """TFRecord framing, as TensorFlow writes it."""
+    out = b""
+    for r in records:
+        length = struct.pack("<Q", len(r))
+        out += length + struct.pack("<I", _masked_crc(length)) + r
+        out += struct.pack("<I", _masked_crc(r))
+    return out
+
+
+def test_an_instance_becomes_one_input_with_all_its_frames():
+    fn = sc.FromInstanceFn(SHAPE)
+    instance = Instance("gs://b/Doe/x.dcm", None, IDS, "1.2", (image(0), image(5)), None)
+    ((key, blob),) = fn.process(instance)
+    assert key.frames == (0, 5) and key.sop_instance_uid == "2.25.1" and key.modality == "XA"
+    assert blob == image(0).data + image(5).data
+    other = Instance("s", "m", IDS, "1.2", (image(0, (8, 8, 1)),), None)
+    (letter,) = fn.process(other)
+    assert letter.tag == DEAD_LETTER
+    assert (letter.value.stage, letter.value.error_type) == ("score", "geometry_mismatch")
+    assert "8x8x1" in letter.value.message and "4x4x1" in letter.value.message
+
+
+def test_a_shard_gives_examples_and_dead_letters_for_what_it_cannot(tmp_path):
+    good = encode_example(bytes(16), SHAPE, IDS, "", 3)
+    wrong = encode_example(bytes(64), (8, 8, 1), IDS, "", 0)
+    path = tmp_path / "part-00000-of-00001.tfrecord.gz"
+    data = framed([good, b"\x0a\x02\x08\x01", wrong, good])
+    path.write_bytes(gzip.compress(data[:-5]))  # the last record is cut short
+    fn = sc.ReadExamplesFn(SHAPE)
+    fn.setup()
+    out = list(fn.process((str(path), path.stat().st_size)))
+    key, blob = out[0]
+    assert key.frames == (3,) and key.ids[0] == "2.25.1" and blob == bytes(16)
+    assert (key.source, key.member) == (str(path), "record 0")
+    letters = [(o.value.member, o.value.stage, o.value.error_type) for o in out[1:]]
+    assert letters == [
+        ("record 1", "parse", "invalid_example"),
+        ("record 2", "score", "geometry_mismatch"),
+        ("record 3", "read", "corrupt_tfrecord"),
+    ]
+
+
+def result(key: sc.ScoreKey, probabilities) -> tuple:
+    return key, PredictionResult(b"", np.asarray(probabilities, np.float32))
+
+
+def test_score_rows_are_arrow_tables_with_counts():
+    fn = sc.ScoreRowsFn(["0", "1"], "1", "3", "r1", rows_per_table=3)
+    fn.setup()
+    fn.start_bundle()
+    multi = sc.ScoreKey("s", None, tuple(IDS.values()), (0, 7))
+    single = sc.ScoreKey("s", None, ("2.25.9", "", "", "PATY", ""), (0,))
+    first = list(fn.process(result(multi, [[0.9, 0.1], [0.2, 0.8]]), {("2.25.1", 7): "x.png"}))
+    labels = [("by_predicted_label", "0"), ("by_predicted_label", "1")]
+    assert [o.value for o in first] == [
+        ["seen", "scored", ("by_modality", "XA"), "images", "images", *labels]
+    ]
+    second = list(fn.process(result(single, [[0.4, 0.6]])))
+    assert second[0].value[2] == ("by_modality", "none")
+    table = second[1]  # three rows: a full table
+    assert isinstance(table, pa.Table) and table.schema == f.SCORES_SCHEMA
+    rows = table.to_pylist()
+    assert [r[f.FRAME] for r in rows] == [0, 7, 0]
+    assert [round(r[f.SCORE], 6) for r in rows] == [0.1, 0.8, 0.6]
+    assert [r[f.PREDICTED_LABEL] for r in rows] == ["0", "1", "1"]
+    assert [r[f.EXPLANATION] for r in rows] == [None, "x.png", None]
+    assert {r[f.MODEL_VERSION] for r in rows} == {"3"} and rows[0][f.SCORED_AT].tzinfo
+    assert list(fn.finish_bundle()) == []  # nothing left
+
+
+def test_multi_class_score_is_the_predicted_labels_probability():
+    fn = sc.ScoreRowsFn(["a", "b", "c"], None, "1", "r", rows_per_table=10)
+    fn.setup()
+    fn.start_bundle()
+    key = sc.ScoreKey("s", None, tuple(IDS.values()), (0,))
+    list(fn.process(result(key, [[0.2, 0.5, 0.3]])))
+    (windowed,) = fn.finish_bundle()
+    (row,) = windowed.value.to_pylist()
+    assert row[f.PREDICTED_LABEL] == "b" and row[f.SCORE] == pytest.approx(0.5)
+    assert row[f.SCORES] == pytest.approx([0.2, 0.5, 0.3])
+
+
+def test_candidates_cut_each_image_out_for_grad_cam():
+    key = sc.ScoreKey("s", None, tuple(IDS.values()), (0, 7))
+    blob = bytes(16) + bytes([1]) * 16
+    found = sc.candidates((key, PredictionResult(blob, np.array([[0.9, 0.1], [0.2, 0.8]]))), 1, 16)
+    assert [(c.score, c.frame, c.class_index, c.image) for c in found] == [
+        (pytest.approx(0.1), 0, 1, bytes(16)),
+        (pytest.approx(0.8), 7, 1, bytes([1]) * 16),
+    ]

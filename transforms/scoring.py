@@ -1,0 +1,341 @@
+"""Scoring's building blocks: model inputs with their keys, and score rows as Arrow tables.
+
+An input is ``(ScoreKey, images)``: one instance's images as raw uint8 bytes (H x W x C
+each, concatenated) and what its score rows need. It comes from a converted DICOM
+instance (``from_instance``) or from an ingest TFRecord example (``ReadExamples``), and
+either way has the model's geometry or becomes a dead letter. After RunInference,
+``ScoreRowsFn`` turns the keyed predictions into ``SCORES_SCHEMA`` Arrow tables, column by
+column (never a dict per row).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindows
+
+from models import features as f
+from transforms import dicom_io
+from transforms.convert import Instance
+from transforms.deadletter import DEAD_LETTER, STAGE_PARSE, STAGE_READ, STAGE_SCORE, DeadLetter
+from transforms.tfrecord import ExampleError, iter_records, parse_example
+
+ROW_GROUP_ROWS = 65_536  # rows per Arrow table, hence per Parquet row group (at most)
+COUNTS = "counts"  # ScoreRowsFn's tagged output: manifest count keys per instance
+_SCORED_AT_TYPE = f.SCORES_SCHEMA.field(f.SCORED_AT).type
+_ID_COLUMNS = (
+    f.SOP_INSTANCE_UID,
+    f.SERIES_INSTANCE_UID,
+    f.STUDY_INSTANCE_UID,
+    f.PATIENT_ID,
+    f.MODALITY,
+)
+
+
+@dataclass(frozen=True)
+class ScoreKey:
+    """What travels with an instance's images through RunInference.
+
+    ``source``/``member`` name where it came from, for a dead letter only; they never
+    reach a score row (raw object names may carry patient names).
+    """
+
+    source: str
+    member: str | None
+    ids: tuple[str, str, str, str, str]  # in _ID_COLUMNS order, all pseudonyms
+    frames: tuple[int, ...]  # the source frame of each image, in order
+
+    @property
+    def sop_instance_uid(self) -> str:
+        return self.ids[0]
+
+    @property
+    def modality(self) -> str:
+        return self.ids[4]
+
+
+class GeometryError(ValueError):
+    """An image whose height, width or channels are not the model's."""
+
+    def __init__(self, shape: tuple[int, ...]):
+        super().__init__(f"image of shape {shape}")
+        self.shape = shape
+
+
+def _geometry_error(source: str, member: str | None, shape, expected) -> DeadLetter:
+    message = (
+        f"the image is {'x'.join(map(str, shape))} but the model takes "
+        f"{'x'.join(map(str, expected))} (pixel settings differ from the model's ingest)"
+    )
+    return DeadLetter(source, member, STAGE_SCORE, "geometry_mismatch", message)
+
+
+class FromInstanceFn(beam.DoFn):
+    """A converted DICOM instance → ``(ScoreKey, images)``, or a geometry dead letter."""
+
+    def __init__(self, shape: tuple[int, int, int]):
+        self._shape = tuple(shape)
+
+    def process(self, instance: Instance):
+        for image in instance.images:
+            if tuple(image.shape) != self._shape:
+                letter = _geometry_error(instance.source, instance.member, image.shape, self._shape)
+                yield beam.pvalue.TaggedOutput(DEAD_LETTER, letter)
+                return
+        key = ScoreKey(
+            instance.source,
+            instance.member,
+            tuple(instance.ids.get(name, "") for name in _ID_COLUMNS),
+            tuple(image.frame for image in instance.images),
+        )
+        yield key, b"".join(image.data for image in instance.images)
+
+
+def example_input(
+    source: str, member: str, record: bytes, shape: tuple[int, int, int]
+) -> tuple[ScoreKey, bytes]:
+    """An ingest TFRecord example → ``(ScoreKey, image)``.
+
+    Raises:
+        ExampleError: not an Example, or one without the features ingest writes.
+        GeometryError: the image does not have the model's geometry.
+    """
+    features = parse_example(record)
+    try:
+        image = features[f.IMAGE][0]
+        found = tuple(
+            int(features[k][0]) for k in (f.IMAGE_HEIGHT, f.IMAGE_WIDTH, f.IMAGE_CHANNELS)
+        )
+        ids = tuple(features[name][0].decode() for name in _ID_COLUMNS)
+        frame = int(features[f.FRAME][0])
+    except (KeyError, IndexError, AttributeError, TypeError, ValueError):
+        raise ExampleError("the example lacks a feature ingest writes, or mistypes one") from None
+    if found != tuple(shape) or len(image) != int(np.prod(shape)):
+        raise GeometryError(found)
+    return ScoreKey(source, member, ids, (frame,)), image
+
+
+class ReadExamplesFn(beam.DoFn):
+    """One TFRecord shard (gzip or not, by its name) → ``(ScoreKey, image)`` per example.
+
+    A record that is not a usable example is a ``parse`` dead letter; an image of another
+    geometry a ``score`` one; a shard that breaks (truncated, bad checksum) one ``read``
+    dead letter standing for the rest of the shard, since nothing after it can be found.
+    ``member`` is ``record N`` (0-based) within the shard.
+    """
+
+    def __init__(self, shape: tuple[int, int, int]):
+        self._shape = tuple(shape)
+
+    def setup(self):
+        self._read = Metrics.counter(dicom_io.METRICS_NAMESPACE, "score_examples_read")
+
+    def process(self, path_size: tuple[str, int]):
+        path, _ = path_size
+        count = 0
+        try:
+            with FileSystems.open(path) as stream:
+                for record in iter_records(stream):
+                    member = f"record {count}"
+                    count += 1
+                    self._read.inc()
+                    yield from self._example(path, member, record)
+            return
+        except Exception as e:  # truncated gzip, bad checksum, unreadable object
+            message = (
+                f"the shard cannot be read from this record on ({type(e).__name__}); "
+                "this row stands for it and any later records"
+            )
+            member = f"record {count}"
+            letter = DeadLetter(path, member, STAGE_READ, "corrupt_tfrecord", message)
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, letter)
+
+    def _example(self, path: str, member: str, record: bytes):
+        try:
+            yield example_input(path, member, record, self._shape)
+        except ExampleError as e:
+            letter = DeadLetter(path, member, STAGE_PARSE, "invalid_example", str(e))
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, letter)
+        except GeometryError as e:
+            yield beam.pvalue.TaggedOutput(
+                DEAD_LETTER, _geometry_error(path, member, e.shape, self._shape)
+            )
+
+
+class ReadExamples(beam.PTransform):
+    """TFRecord file patterns → ``(ScoreKey, image)`` and dead letters.
+
+    Shards are matched inside the pipeline (on a Dataflow worker), each once however many
+    patterns name it, and spread over workers; a gzip shard cannot be split, so it is read
+    whole by one worker.
+    """
+
+    def __init__(self, patterns: Sequence[str], shape: tuple[int, int, int]):
+        super().__init__()
+        self._patterns = list(patterns)
+        self._shape = tuple(shape)
+
+    def expand(self, pbegin):
+        return (
+            pbegin
+            | "MatchShards" >> dicom_io.MatchInputs(self._patterns)
+            | "Distribute" >> beam.Reshuffle()
+            | "ReadRecords"
+            >> beam.ParDo(ReadExamplesFn(self._shape)).with_outputs(DEAD_LETTER, main="inputs")
+        )
+
+
+def score_columns(
+    probabilities: np.ndarray, positive_index: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(score, predicted label index) per row of probabilities [N, classes].
+
+    The score is the positive label's probability for a binary model, else the predicted
+    label's.
+    """
+    predicted = np.argmax(probabilities, axis=1)
+    column = predicted if positive_index is None else np.full(len(predicted), positive_index)
+    return probabilities[np.arange(len(predicted)), column], predicted
+
+
+class ScoreRowsFn(beam.DoFn):
+    """``(ScoreKey, PredictionResult)`` → Arrow tables of ``SCORES_SCHEMA``, and count keys.
+
+    Columns are gathered per bundle and emitted as one table every ``ROW_GROUP_ROWS``
+    rows and at the end of the bundle, so each table is one Parquet row group. The tagged
+    output ``counts`` gives each instance's manifest count keys.
+
+    Args:
+        labels: the probability columns' labels (``model.json`` ``labels``).
+        positive_label: the binary score's label, or None for a multi-class model.
+        model_version, run_id: the partition, also written in every row.
+        rows_per_table: rows per table.
+    """
+
+    def __init__(
+        self,
+        labels: Sequence[str],
+        positive_label: str | None,
+        model_version: str,
+        run_id: str,
+        rows_per_table: int = ROW_GROUP_ROWS,
+    ):
+        self._labels = list(labels)
+        self._positive = None if positive_label is None else self._labels.index(positive_label)
+        self._version = model_version
+        self._run_id = run_id
+        self._rows_per_table = rows_per_table
+
+    def setup(self):
+        self._scored = Metrics.counter(dicom_io.METRICS_NAMESPACE, "score_rows")
+
+    def start_bundle(self):
+        self._reset()
+
+    def _reset(self):
+        self._ids: list[list[str]] = [[] for _ in _ID_COLUMNS]
+        self._frames: list[int] = []
+        self._probabilities: list[np.ndarray] = []
+        self._times: list[int] = []
+        self._explanations: list[str | None] = []
+
+    def process(self, element, explanations: dict | None = None):
+        key, result = element
+        probabilities = np.asarray(result.inference, dtype=np.float32)
+        now = time.time_ns() // 1000
+        for column, value in zip(self._ids, key.ids, strict=True):
+            column.extend([value] * len(key.frames))
+        self._frames.extend(key.frames)
+        self._probabilities.append(probabilities)
+        self._times.extend([now] * len(key.frames))
+        self._explanations.extend(
+            (explanations or {}).get((key.sop_instance_uid, frame)) for frame in key.frames
+        )
+        _, predicted = score_columns(probabilities, self._positive)
+        counts = ["seen", "scored", ("by_modality", key.modality or "none")]
+        counts += ["images"] * len(key.frames)
+        counts += [("by_predicted_label", self._labels[i]) for i in predicted]
+        yield beam.pvalue.TaggedOutput(COUNTS, counts)
+        self._scored.inc(len(key.frames))
+        if len(self._frames) >= self._rows_per_table:
+            yield self._table()
+
+    def finish_bundle(self):
+        if self._frames:
+            yield GlobalWindows.windowed_value(self._table())
+
+    def _table(self) -> pa.Table:
+        probabilities = np.concatenate(self._probabilities)
+        score, predicted = score_columns(probabilities, self._positive)
+        rows, classes = probabilities.shape
+        n = len(self._frames)
+        offsets = pa.array(np.arange(0, (rows + 1) * classes, classes, dtype=np.int32))
+        arrays = [
+            *(pa.array(column, pa.string()) for column in self._ids),
+            pa.array(np.asarray(self._frames, dtype=np.int32)),
+            pa.array(score.astype(np.float32)),
+            pa.ListArray.from_arrays(offsets, pa.array(probabilities.reshape(-1))),
+            pa.array(np.asarray(self._labels, dtype=object)[predicted], pa.string()),
+            pa.array([self._version] * n, pa.string()),
+            pa.array([self._run_id] * n, pa.string()),
+            pa.array(np.asarray(self._times, dtype=np.int64)).cast(_SCORED_AT_TYPE),
+            pa.array(self._explanations, pa.string()),
+        ]
+        self._reset()
+        batch = pa.RecordBatch.from_arrays(arrays, schema=f.SCORES_SCHEMA)
+        return pa.Table.from_batches([batch])
+
+
+def inference_dead_letters(failed) -> list[DeadLetter]:
+    """A batch RunInference could not score → one ``score`` dead letter per instance in it.
+
+    ``failed`` is ``(batch, (exception type, text, traceback))`` as Beam's exception
+    handling emits it; only the type is kept (the text could quote anything).
+    """
+    batch, (error_type, *_) = failed
+    name = getattr(error_type, "__name__", str(error_type))
+    message = f"the model failed on a batch of {len(batch)} instance(s) ({name})"
+    return [
+        DeadLetter(key.source, key.member, STAGE_SCORE, "inference_failed", message)
+        for key, _ in batch
+    ]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An image that may be among the run's top scores (for Grad-CAM)."""
+
+    score: float
+    sop_instance_uid: str
+    frame: int
+    class_index: int  # the probability column the score is
+    image: bytes
+
+    def rank(self) -> tuple[float, str, int]:
+        return self.score, self.sop_instance_uid, self.frame
+
+
+def candidates(element, positive_index: int | None, image_bytes: int) -> list[Candidate]:
+    """``(ScoreKey, PredictionResult)`` → one candidate per image."""
+    key, result = element
+    probabilities = np.asarray(result.inference, dtype=np.float32)
+    scores, predicted = score_columns(probabilities, positive_index)
+    column = predicted if positive_index is None else [positive_index] * len(predicted)
+    blob = result.example
+    return [
+        Candidate(
+            float(scores[j]),
+            key.sop_instance_uid,
+            frame,
+            int(column[j]),
+            blob[j * image_bytes : (j + 1) * image_bytes],
+        )
+        for j, frame in enumerate(key.frames)
+    ]
