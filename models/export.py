@@ -80,6 +80,18 @@ class ServingModel:
         """Probabilities [len(images), classes], columns in ``info["labels"]`` order."""
         return self.signature(**{INPUT: tf.convert_to_tensor(images, tf.string)})[OUTPUT].numpy()
 
+    def normalize(self, images: list[bytes]) -> np.ndarray:
+        """The network's input for raw images, float32 [len(images), H, W, C].
+
+        The ingest transform graph saved inside the model (the layer ``serve`` applies),
+        so ``model.keras`` on this input gives what ``predict`` gives.
+        """
+        layer = self._loaded.transform  # the restored tf.Transform layer of ServingModule
+        raw = raw_features(tf.convert_to_tensor(images, tf.string))
+        transformed, _ = layer.call_and_return_all_conditional_losses(raw)
+        shape = tuple(self.info[k] for k in ("image_height", "image_width", "image_channels"))
+        return to_image(transformed, shape).numpy()
+
 
 def load_serving(version_dir: str) -> ServingModel:
     """Loads ``<version>/saved_model`` with plain TensorFlow, and its ``model.json``."""

@@ -130,3 +130,22 @@ def train_data(tmp_path_factory) -> Path:
     argv += ["--pixel-config", str(root / "pixels.yaml"), "--split", "0.6,0.2,0.2"]
     assert ingest.run(argv) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def score_model(train_data, tmp_path_factory) -> Path:
+    """A model directory with one tiny exported version (64 px, one epoch on train_data):
+    scoring needs a real exported model, not a good one."""
+    from models import trainer
+
+    model_dir = tmp_path_factory.mktemp("score-model")
+    config = trainer.TrainConfig(
+        data=str(train_data),
+        model_dir=str(model_dir),
+        epochs=1,
+        batch_size=64,
+        augment="none",
+        min_auc=0.0,
+    )
+    trainer.train(config, log=lambda _: None)
+    return model_dir
