@@ -37,6 +37,8 @@ EXTRAS_REQUIRE = {
         "gcp-storage-emulator==2026.7.19",
         # Public DICOM test files that de-identification must survive.
         "deid-data==0.0.20",
+        # The score tables are queried with DuckDB in a test, as users query them.
+        "duckdb==2.0.0",
     ],
 }
 

@@ -14,6 +14,7 @@ COMMANDS = {
     "deidentify": ("pipelines.deidentify", "write de-identified DICOM copies (PS3.15 Annex E)"),
     "ingest": ("pipelines.ingest", "de-identified, normalized TFRecords + tf.Transform + index"),
     "train": ("pipelines.train", "train, evaluate, export and gate a model (local or Vertex AI)"),
+    "score": ("pipelines.score", "score raw DICOM or ingest TFRecords with a model → Parquet"),
 }
 
 
