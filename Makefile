@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-stamp
 AIRFLOW_VENV ?= .venv-airflow
 AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed-stamp
 DEMO_DIR ?= demo-work
-DEMO_PATIENTS ?= 20
+DEMO_PATIENTS ?= 60
 
 .PHONY: demo test lint format clean airflow-venv
 
@@ -29,15 +29,9 @@ $(AIRFLOW_STAMP): deploy/airflow/requirements.txt
 airflow-venv: $(AIRFLOW_STAMP)
 
 demo: $(STAMP)
-	rm -rf $(DEMO_DIR)
-	$(BIN)/dicomflow synth --output $(DEMO_DIR)/bucket --patients $(DEMO_PATIENTS) --seed 0
-	$(BIN)/dicomflow inventory --input $(DEMO_DIR)/bucket/export --output $(DEMO_DIR)/inventory
-	@# A throwaway key for the demo only: made here, held in the environment of one command.
-	@echo "demo: using a throwaway de-identification key (never written anywhere)"
-	DICOMFLOW_DEMO_KEY=$$($(BIN)/python -c 'import secrets; print(secrets.token_hex(32))') \
-	  $(BIN)/dicomflow ingest --input $(DEMO_DIR)/bucket/export --output $(DEMO_DIR)/ingest \
-	  --labels $(DEMO_DIR)/bucket/labels.csv --key-env DICOMFLOW_DEMO_KEY
-	@echo "inventory: $(DEMO_DIR)/inventory   training data: $(DEMO_DIR)/ingest"
+	@# synth → ingest → train → score on DirectRunner, then a summary and report.html.
+	@# The demo makes its own throwaway key (the only command that may) and says so.
+	$(BIN)/dicomflow demo --workdir $(DEMO_DIR) --patients $(DEMO_PATIENTS)
 
 test: $(STAMP) $(AIRFLOW_STAMP)
 	$(BIN)/ruff check .

@@ -28,6 +28,7 @@ INSTALL_REQUIRES = [
     "keras==3.15.1",
     "matplotlib==3.11.2",
     "google-cloud-aiplatform==1.165.1",
+    "rich==15.0.0",  # the demo's progress display
 ]
 
 EXTRAS_REQUIRE = {

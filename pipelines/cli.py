@@ -15,6 +15,8 @@ COMMANDS = {
     "ingest": ("pipelines.ingest", "de-identified, normalized TFRecords + tf.Transform + index"),
     "train": ("pipelines.train", "train, evaluate, export and gate a model (local or Vertex AI)"),
     "score": ("pipelines.score", "score raw DICOM or ingest TFRecords with a model → Parquet"),
+    "run": ("pipelines.run", "scheduled, incremental ingest → train → score under a lock"),
+    "demo": ("pipelines.demo", "synthetic corpus → ingest → train → score → report.html"),
 }
 
 
