@@ -1,0 +1,185 @@
+"""Times scoring against its limit and against a naive per-element DoFn, on this machine.
+
+One exported model, the same 2,000 preprocessed images (an ingest-like TFRecord folder),
+each rate a whole process timed from start to exit (imports, model load, reading included),
+the median of ``--repeat`` interleaved runs:
+(a) the limit: ``load_serving(...).predict`` over batches of the scoring batch size, in one
+    process, reading the same shards, writing nothing;
+(b) ``dicomflow score`` from the TFRecords on DirectRunner (in_memory, 1 worker), Parquet;
+(c) a naive Beam pipeline: the same shards, a DoFn that calls the model once per element,
+    rows written with ``WriteToParquet``.
+Targets: (b) >= 0.85 x (a) images/s; (b) >= 5 x (c).
+
+Run: ``.venv/bin/python benchmarks/score_speed.py [--workdir DIR] [--images 2000]``. The
+first run synthesizes a corpus, ingests it (224 x 224 x 1), trains one epoch and writes
+the image folder under DIR; later runs with the same DIR reuse them.
+"""
+
+import argparse
+import gzip
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+KEY_ENV = "DF_BENCH_KEY"
+SHARDS = 4
+
+
+def prepare(workdir: Path, patients: int, images: int) -> tuple[Path, Path]:
+    """(model dir, image folder): synth → ingest → train 1 epoch → N examples in shards."""
+    from models import trainer
+    from pipelines import ingest, synth
+    from transforms.tfrecord import encode_example, iter_records, parse_example
+
+    corpus, ingested, models = workdir / "corpus", workdir / "ingest", workdir / "models"
+    folder = workdir / f"images-{images}"
+    os.environ[KEY_ENV] = "b" * 64  # throwaway: benchmark data only
+    if not ingested.exists():
+        synth.run(["--output", str(corpus), "--patients", str(patients), "--seed", "0"])
+        argv = ["--input", f"{corpus}/export", "--output", str(ingested), "--key-env", KEY_ENV]
+        assert ingest.run([*argv, "--labels", f"{corpus}/labels.csv"]) == 0
+    if not models.exists():
+        config = trainer.TrainConfig(
+            data=str(ingested), model_dir=str(models), epochs=1, augment="none", min_auc=0.0
+        )
+        trainer.train(config)
+    if not folder.exists():
+        examples = []
+        for path in sorted(ingested.glob("tfrecords/*/part-*.tfrecord.gz")):
+            with gzip.open(path) as fh:
+                examples += [parse_example(r) for r in iter_records(fh)]
+        shard_dir = folder / "tfrecords" / "test"
+        shard_dir.mkdir(parents=True)
+        per_shard = -(-images // SHARDS)
+        for shard in range(SHARDS):
+            records = []
+            for i in range(shard * per_shard, min(images, (shard + 1) * per_shard)):
+                ex = examples[i % len(examples)]
+                shape = tuple(ex[k][0] for k in ("image_height", "image_width", "image_channels"))
+                ids = {
+                    k: ex[k][0].decode()
+                    for k in ("series_instance_uid", "study_instance_uid", "patient_id", "modality")
+                }
+                ids["sop_instance_uid"] = f"2.25.{10**20 + i}"  # every image its own instance
+                records.append(encode_example(ex["image"][0], shape, ids, "", 0))
+            _write_shard(shard_dir / f"part-{shard:05d}-of-{SHARDS:05d}.tfrecord.gz", records)
+    return models, folder
+
+
+def _write_shard(path: Path, records: list[bytes]) -> None:
+    import struct
+
+    from transforms.tfrecord import _masked_crc
+
+    with gzip.open(path, "wb") as fh:
+        for r in records:
+            length = struct.pack("<Q", len(r))
+            fh.write(length + struct.pack("<I", _masked_crc(length)) + r)
+            fh.write(struct.pack("<I", _masked_crc(r)))
+
+
+BARE = """
+import glob, gzip, sys
+from models.export import load_serving, resolve_model
+from transforms.tfrecord import iter_records, parse_example
+model = load_serving(resolve_model(sys.argv[1]))
+images = []
+for path in sorted(glob.glob(sys.argv[2] + "/tfrecords/*/part-*.tfrecord.gz")):
+    with gzip.open(path) as fh:
+        images += [parse_example(r)["image"][0] for r in iter_records(fh)]
+batch = int(sys.argv[3])
+scored = sum(len(model.predict(images[i : i + batch])) for i in range(0, len(images), batch))
+assert scored == len(images)
+"""
+
+NAIVE = """
+import glob, sys
+import apache_beam as beam
+import pyarrow as pa
+from apache_beam.options.pipeline_options import PipelineOptions
+
+class PredictEach(beam.DoFn):
+    def setup(self):
+        from models.export import load_serving, resolve_model
+        self.model = load_serving(resolve_model(sys.argv[1]))
+    def process(self, record):
+        from transforms.tfrecord import parse_example
+        ex = parse_example(record)
+        p = self.model.predict([ex["image"][0]])[0]
+        yield {"sop_instance_uid": ex["sop_instance_uid"][0].decode(), "score": float(p[-1])}
+
+schema = pa.schema([("sop_instance_uid", pa.string()), ("score", pa.float32())])
+options = PipelineOptions(["--direct_num_workers=1", "--direct_running_mode=in_memory"])
+with beam.Pipeline(options=options) as p:
+    _ = (
+        p
+        | beam.io.ReadFromTFRecord(sys.argv[2] + "/tfrecords/*/part-*.tfrecord.gz")
+        | beam.ParDo(PredictEach())
+        | beam.io.WriteToParquet(sys.argv[3] + "/part", schema, file_name_suffix=".parquet")
+    )
+"""
+
+
+def timed(argv: list[str]) -> float:
+    """Seconds from process start to exit."""
+    start = time.perf_counter()
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        sys.exit(f"{argv[:3]} failed:\n{done.stderr[-3000:]}")
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", help="keeps corpus, model and images between runs")
+    parser.add_argument("--patients", type=int, default=40)
+    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each; medians")
+    args = parser.parse_args()
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="score-speed-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    models, folder = prepare(workdir, args.patients, args.images)
+    n, python = args.images, sys.executable
+    seconds: dict[str, list[float]] = {"a": [], "b": [], "c": []}
+    with tempfile.TemporaryDirectory() as out:
+        for i in range(args.repeat):  # interleaved, so a slow spell of the VM hits all three
+            seconds["a"].append(
+                timed([python, "-c", textwrap.dedent(BARE), str(models), str(folder),
+                       str(args.batch_size)])
+            )  # fmt: skip
+            seconds["b"].append(timed([
+                python, "-m", "pipelines.cli", "score", "--input", str(folder), "--model",
+                str(models), "--output", f"{out}/b", "--run-id", "bench", "--batch-size",
+                str(args.batch_size), "--direct_num_workers=1", "--direct_running_mode=in_memory",
+            ]))  # fmt: skip
+            manifest = json.loads(Path(f"{out}/b/manifest.json").read_text())
+            assert manifest["counts"]["scored"] == n, manifest["counts"]
+            seconds["c"].append(
+                timed([python, "-c", textwrap.dedent(NAIVE), str(models), str(folder),
+                       f"{out}/c{i}"])
+            )  # fmt: skip
+    rates = {name: n / statistics.median(s) for name, s in seconds.items()}
+    print(f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    print(f"{n} images of {folder}, model {models}, batch {args.batch_size}")
+    print(f"whole processes, median of {args.repeat} (seconds of each run in brackets)")
+    for name, label in (("a", "bare predict"), ("b", "score pipeline"), ("c", "naive DoFn")):
+        runs = ", ".join(f"{s:.1f}" for s in seconds[name])
+        print(f"({name}) {label:<15} {rates[name]:7.1f} images/s ({runs} s)")
+    inside = manifest["timings"]["images_per_second"]
+    print(f"(b) inside its last pipeline run (no imports, no start-up): {inside:.1f} images/s")
+    print(f"(b)/(a) = {rates['b'] / rates['a']:.2f} (target >= 0.85)")
+    print(f"(b)/(c) = {rates['b'] / rates['c']:.2f} (target >= 5)")
+
+
+if __name__ == "__main__":
+    main()
