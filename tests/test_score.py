@@ -269,3 +269,32 @@ def test_bad_arguments_fail_before_any_work(
     with pytest.raises(UsageError, match=message):
         score.run(argv)
     assert not (tmp_path / "out").exists()
+
+
+def test_pixel_settings_come_from_the_model_or_fit_it():
+    geometry = {"image_height": 64, "image_width": 64, "image_channels": 1}
+    recorded = {**geometry, "pixels": {"size": 64, "channels": 1, "frame_policy": "all"}}
+    assert score.pixel_config(None, recorded).frame_policy == "all"
+    # A model exported before model.json recorded them: the defaults, if they fit.
+    old = {"image_height": 224, "image_width": 224, "image_channels": 1}
+    assert score.pixel_config(None, old) == score.PixelConfig()
+    with pytest.raises(UsageError, match=r"the defaults: model\.json records none"):
+        score.pixel_config(None, geometry)
+
+
+def test_every_frame_of_a_multi_frame_instance_gets_a_row(corpus, score_model, tmp_path):
+    (tmp_path / "frames.yaml").write_text("size: 64\nframe_policy: all\n")
+    manifest = run_score(
+        [corpus / "export"], score_model, tmp_path / "out", "--key-env", "DF_SCORE_KEY",
+        "--pixel-config", str(tmp_path / "frames.yaml"), "--run-id", "frames",
+    )  # fmt: skip
+    counts = manifest["counts"]
+    assert counts["seen"] == counts["scored"] + counts["dead_lettered"]
+    rows = scores(tmp_path / "out", "frames")
+    assert len(rows) == counts["images"] > counts["scored"]  # the XA cine run
+    frames: dict[str, list[int]] = {}
+    for r in rows:
+        frames.setdefault(r[f.SOP_INSTANCE_UID], []).append(r[f.FRAME])
+    assert len(frames) == counts["scored"]
+    assert all(sorted(v) == list(range(len(v))) for v in frames.values())
+    assert max(len(v) for v in frames.values()) > 1
