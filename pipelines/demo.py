@@ -31,11 +31,22 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--workdir", default="demo-work", help="local folder for everything")
     parser.add_argument("--patients", type=int, default=60, help="synthetic patients")
     parser.add_argument("--seed", type=int, default=0, help="corpus seed")
+    parser.add_argument(
+        "--positive-rate",
+        type=float,
+        default=0.4,
+        help="share of positive studies (high, so that a small corpus has both classes in test)",
+    )
     parser.add_argument("--image-size", type=int, default=64, help="pixels per side")
     parser.add_argument("--epochs", type=int, default=15, help="most training epochs")
+    parser.add_argument(
+        "--key-env", help="use the key in this variable (reproducible splits), not a throwaway"
+    )
     args = parser.parse_args(list(argv))
     if args.patients < 4 or args.image_size < 32 or args.epochs < 1:
         raise UsageError("--patients >= 4, --image-size >= 32 and --epochs >= 1, please")
+    if args.key_env and not os.environ.get(args.key_env):
+        raise UsageError(f"--key-env {args.key_env}: the variable is not set")
     return args
 
 
@@ -48,8 +59,10 @@ def write_config(args: argparse.Namespace, workdir: str) -> str:
         "inputs": [os.path.join(workdir, "bucket", "export")],
         "output": os.path.join(workdir, "out"),
         "labels": os.path.join(workdir, "bucket", "labels.csv"),
-        "key_env": KEY_VAR,
+        "key_env": args.key_env or KEY_VAR,
         "pixel_config": pixels,
+        # More of the few demo patients in eval and test than production's 80/10/10.
+        "ingest": {"args": ["--split", "0.6,0.2,0.2"]},
         "train": {"launcher": "local", "epochs": args.epochs, "min_auc": 0.5, "seed": args.seed},
         "score": {"args": ["--explain-top", "3"]},
     }
@@ -133,11 +146,16 @@ def run(argv: Sequence[str]) -> int:
                 str(args.patients),
                 "--seed",
                 str(args.seed),
+                "--positive-rate",
+                str(args.positive_rate),
             ]
         )
     console.print(f"synth: {args.patients} patients → {workdir}/bucket")
-    console.print("demo: using a throwaway de-identification key (never written anywhere)")
-    os.environ[KEY_VAR] = secrets.token_hex(32)
+    if args.key_env:
+        console.print(f"demo: using the key in ${args.key_env}")
+    else:
+        console.print("demo: using a throwaway de-identification key (never written anywhere)")
+        os.environ[KEY_VAR] = secrets.token_hex(32)
     config = run_mod.load_config(write_config(args, workdir))
     status = console.status("run: planning ...")
     status.start()

@@ -2,14 +2,20 @@
 
 import re
 
+import pytest
+
 from pipelines import demo
+from pipelines.options import UsageError
 
 
-def test_demo_runs_the_chain_and_renders_the_report(tmp_path, capsys):
-    argv = ["--workdir", str(tmp_path), "--patients", "12", "--image-size", "32", "--epochs", "2"]
-    assert demo.run(argv) == 0
+def test_demo_runs_the_chain_and_renders_the_report(tmp_path, capsys, monkeypatch):
+    # A fixed key makes the patient splits reproducible (a throwaway key changes them).
+    monkeypatch.setenv("DF_DEMO_KEY", "d" * 64)
+    argv = ["--workdir", str(tmp_path), "--patients", "24", "--image-size", "32"]
+    assert demo.run([*argv, "--epochs", "2", "--key-env", "DF_DEMO_KEY"]) == 0
     out = capsys.readouterr()
-    assert "throwaway" in out.err and "top studies" in out.err and "test ROC AUC" in out.err
+    assert "$DF_DEMO_KEY" in out.err and "d" * 16 not in out.err
+    assert "top studies" in out.err and "test ROC AUC" in out.err
     report = (tmp_path / "report.html").read_text()
     assert out.out.strip() == str(tmp_path / "report.html")
     images = re.findall(
@@ -21,5 +27,13 @@ def test_demo_runs_the_chain_and_renders_the_report(tmp_path, capsys):
     for title in ("Dead letters by reason", "Label balance per split", "DuckDB queries to try"):
         assert title in report
     assert "http" not in report.replace("http-equiv", "")  # self-contained: nothing fetched
-    key_line = [line for line in out.err.splitlines() if "key" in line.lower()]
-    assert all(len(token) < 32 for line in key_line for token in line.split())  # key unprinted
+
+
+def test_demo_makes_a_throwaway_key_and_never_prints_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv(demo.KEY_VAR, raising=False)
+    args = demo._parse(["--workdir", str(tmp_path)])
+    assert args.key_env is None and args.patients == 60  # the defaults make demo run its own key
+    with pytest.raises(UsageError, match="not set"):
+        demo._parse(["--key-env", "DF_UNSET_VARIABLE"])
+    with pytest.raises(UsageError, match="patients"):
+        demo._parse(["--patients", "1"])
