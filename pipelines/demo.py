@@ -16,18 +16,13 @@ from collections.abc import Sequence
 
 import yaml
 
-from pipelines.options import UsageError
+from pipelines.options import OneLineParser, UsageError
 
 KEY_VAR = "DICOMFLOW_DEMO_KEY"
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise UsageError(message)
-
-
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
-    parser = _Parser(prog="dicomflow demo", allow_abbrev=False)
+    parser = OneLineParser(prog="dicomflow demo", allow_abbrev=False)
     parser.add_argument("--workdir", default="demo-work", help="local folder for everything")
     parser.add_argument("--patients", type=int, default=60, help="synthetic patients")
     parser.add_argument("--seed", type=int, default=0, help="corpus seed")

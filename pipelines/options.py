@@ -29,7 +29,9 @@ class CommandOptions(PipelineOptions):
     """
 
 
-class _OneLineParser(_BeamArgumentParser):
+class OneLineParser(_BeamArgumentParser):
+    """An argument parser whose errors are one-line UsageErrors, for every command."""
+
     def error(self, message: str):
         raise UsageError(message)
 
@@ -55,10 +57,10 @@ def parse_options(
         command._add_argparse_args(helper)
         helper.print_help()
         raise SystemExit(0)
-    ours = _OneLineParser(prog=prog, allow_abbrev=False, add_help=False)
+    ours = OneLineParser(prog=prog, allow_abbrev=False, add_help=False)
     command._add_argparse_args(ours)
     _, beam_argv = ours.parse_known_args(argv)
-    beams = _OneLineParser(prog=prog, allow_abbrev=False, add_help=False)
+    beams = OneLineParser(prog=prog, allow_abbrev=False, add_help=False)
     for cls in PipelineOptions.__subclasses__():
         cls._add_argparse_args(beams)
     _, unknown = beams.parse_known_args(beam_argv)

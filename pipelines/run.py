@@ -22,7 +22,6 @@ Layout under the output root::
     runs/<run_id>/score/        scores/model_version=V/run_id=R/, errors/, manifest.json
 """
 
-import argparse
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -31,7 +30,7 @@ from dataclasses import dataclass, field, fields
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines import state as st
-from pipelines.options import UsageError, new_run_id
+from pipelines.options import OneLineParser, UsageError, new_run_id
 from transforms import dicom_io
 from transforms.manifest import utc_now
 
@@ -277,13 +276,8 @@ def execute_run(config: RunConfig, from_stage: str | None = None, log=print) -> 
         return 0
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise UsageError(message)
-
-
 def run(argv: Sequence[str]) -> int:
-    parser = _Parser(prog="dicomflow run", allow_abbrev=False)
+    parser = OneLineParser(prog="dicomflow run", allow_abbrev=False)
     parser.add_argument("--config", required=True, help="run.yaml (local or gs://)")
     parser.add_argument("--from-stage", choices=STAGES, help="re-run this stage and the later")
     args = parser.parse_args(list(argv))

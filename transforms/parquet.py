@@ -51,23 +51,29 @@ class WriteParquet(beam.PTransform):
         self._num_shards = num_shards
 
     def expand(self, rows):
-        written = rows | "Write" >> beam.io.WriteToParquet(
-            FileSystems.join(self._directory, SHARD_PREFIX),
-            self._schema,
-            codec="snappy",
-            file_name_suffix=SUFFIX,
-            num_shards=self._num_shards,
-        )
-        return (
-            rows.pipeline
-            | "Once" >> beam.Create([None])
-            | "DeleteStaleShards"
-            >> beam.Map(_finish_table, self._directory, beam.pvalue.AsList(written))
+        return _write_table(
+            rows, beam.io.WriteToParquet, self._directory, self._schema, self._num_shards
         )
 
 
 def _finish_table(_, directory: str, written: list[str]) -> list[str]:
     return delete_stale_shards(directory, written)
+
+
+def _write_table(pcoll, sink, directory: str, schema: pa.Schema, num_shards: int):
+    """``pcoll`` through Beam's Parquet ``sink``, then the stale-shard clean-up once it is done."""
+    written = pcoll | "Write" >> sink(
+        FileSystems.join(directory, SHARD_PREFIX),
+        schema,
+        codec="snappy",
+        file_name_suffix=SUFFIX,
+        num_shards=num_shards,
+    )
+    return (
+        pcoll.pipeline
+        | "Once" >> beam.Create([None])
+        | "DeleteStaleShards" >> beam.Map(_finish_table, directory, beam.pvalue.AsList(written))
+    )
 
 
 class WriteArrowTables(beam.PTransform):
@@ -85,16 +91,6 @@ class WriteArrowTables(beam.PTransform):
         self._num_shards = num_shards
 
     def expand(self, tables):
-        written = tables | "Write" >> beam.io.WriteToParquetBatched(
-            FileSystems.join(self._directory, SHARD_PREFIX),
-            self._schema,
-            codec="snappy",
-            file_name_suffix=SUFFIX,
-            num_shards=self._num_shards,
-        )
-        return (
-            tables.pipeline
-            | "Once" >> beam.Create([None])
-            | "DeleteStaleShards"
-            >> beam.Map(_finish_table, self._directory, beam.pvalue.AsList(written))
+        return _write_table(
+            tables, beam.io.WriteToParquetBatched, self._directory, self._schema, self._num_shards
         )
