@@ -111,7 +111,7 @@ class StageFailed(Exception):
     """A stage ended badly; the chain stops and earlier outputs stay."""
 
 
-def run_ingest(config: RunConfig, record: dict) -> dict:
+def run_ingest(config: RunConfig, record: dict, objects: list[str]) -> dict:
     from pipelines import ingest
 
     argv = [a for uri in config.inputs for a in ("--input", uri)]
@@ -130,7 +130,7 @@ def run_ingest(config: RunConfig, record: dict) -> dict:
     return {"counts": manifest.get("counts", {})}
 
 
-def run_train(config: RunConfig, record: dict) -> dict:
+def run_train(config: RunConfig, record: dict, objects: list[str]) -> dict:
     from models import launchers
     from models.trainer import TrainConfig
 
@@ -157,11 +157,10 @@ def run_train(config: RunConfig, record: dict) -> dict:
     return {"version": result.version, "promoted": result.promoted, "reason": result.reason}
 
 
-def run_score(config: RunConfig, record: dict) -> dict:
+def run_score(config: RunConfig, record: dict, objects: list[str]) -> dict:
     from models.export import resolve_model
     from pipelines import score
 
-    objects = list(record["objects"])
     if not objects:
         return {"counts": {}, "note": "no new or changed objects"}
     model = config.path(MODELS_DIR, "latest")
@@ -179,16 +178,19 @@ def run_score(config: RunConfig, record: dict) -> dict:
     return {"counts": (manifest or {}).get("counts", {})}
 
 
-RUNNERS: dict[str, Callable[[RunConfig, dict], dict]] = {
+RUNNERS: dict[str, Callable[[RunConfig, dict, list[str]], dict]] = {
     "ingest": run_ingest,
     "train": run_train,
     "score": run_score,
 }
 
 
-def plan(config: RunConfig, state: dict, from_stage: str | None) -> dict:
-    """A new run's record: which stages, which objects to score."""
-    current = st.list_objects(config.inputs)
+def plan(config: RunConfig, state: dict, from_stage: str | None, current: dict) -> dict:
+    """A new run's record: which stages, which objects to score (by digest, see state.py).
+
+    Args:
+        current: the objects under the inputs now, as ``{digest: version}``.
+    """
     changed = st.changed_objects(current, state.get("processed", {}))
     labels_version = st.list_objects([config.labels]).get(config.labels) if config.labels else None
     last = state.get("last_ingest")
@@ -209,7 +211,7 @@ def plan(config: RunConfig, state: dict, from_stage: str | None) -> dict:
         "started_at": utc_now(),
         "stages": stages,
         "retrain_because": reasons,
-        "objects": {uri: current[uri] for uri in changed},
+        "objects": {digest: current[digest] for digest in changed},
         "all_objects": current,
         "labels_version": labels_version,
         "done": {},
@@ -218,7 +220,16 @@ def plan(config: RunConfig, state: dict, from_stage: str | None) -> dict:
 
 def execute_run(config: RunConfig, from_stage: str | None = None, log=print) -> int:
     """Runs (or resumes) one scheduled run under the lock; returns the exit status."""
+    from transforms.keys import KeySource, KeySourceError
+
+    try:
+        key = KeySource(env=config.key_env, file=config.key_file).resolve()
+    except KeySourceError as e:
+        raise UsageError(str(e)) from None
     with st.Lock(config.output, new_run_id(), config.lock_stale_minutes * 60):
+        listed = st.list_objects(config.inputs)
+        by_digest = {st.object_digest(key, uri): uri for uri in listed}
+        current = st.digests(key, listed)
         state = st.read_json(config.path(st.STATE_NAME)) or {}
         record = None
         if state.get("current_run"):
@@ -230,7 +241,7 @@ def execute_run(config: RunConfig, from_stage: str | None = None, log=print) -> 
                 record["done"] = {k: v for k, v in record["done"].items() if k not in later}
                 record["stages"] = [s for s in STAGES if s in record["stages"] or s in later]
         else:
-            record = plan(config, state, from_stage)
+            record = plan(config, state, from_stage, current)
             why = "; ".join(record["retrain_because"]) or "model kept"
             log(
                 f"run {record['run_id']}: {len(record['objects'])} new or changed objects; "
@@ -241,13 +252,18 @@ def execute_run(config: RunConfig, from_stage: str | None = None, log=print) -> 
         state["current_run"] = record["run_id"]
         st.write_json(config.path(st.STATE_NAME), state)
 
+        # A resumed run scores the objects it planned; one deleted since cannot be scored.
+        objects = sorted(by_digest[d] for d in record["objects"] if d in by_digest)
+        gone = len(record["objects"]) - len(objects)
+        if gone:
+            log(f"run {record['run_id']}: {gone} planned objects are gone and are not scored")
         for stage in record["stages"]:
             if stage in record["done"]:
                 continue
             log(f"run {record['run_id']}: {stage} ...")
             start = time.monotonic()
             try:
-                outcome = RUNNERS[stage](config, record)
+                outcome = RUNNERS[stage](config, record, objects)
             except (StageFailed, UsageError) as e:
                 log(
                     f"run {record['run_id']}: {stage} failed: {e}. Earlier outputs are intact; "

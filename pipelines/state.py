@@ -6,15 +6,18 @@ Everything lives under the run's output root, local or ``gs://``:
   written with ``if_generation_match=0``), holding who took it and when. A lock older
   than the stale timeout is taken over; the takeover is itself a conditional operation,
   so two runners cannot both win it.
-- ``state.json``: every source object processed so far, with its version (GCS
-  generation-free: size and modification time, which Beam's file systems give for every
-  scheme), and the object count at the last ingest.
+- ``state.json``: every source object processed so far, with its version (size and
+  modification time, which Beam's file systems give for every scheme). Objects are named
+  by a keyed digest of their URI, never by the URI: object names often carry patient
+  names, and DESIGN.md allows raw locations only in errors/.
 - ``runs/<run_id>/run.json``: the plan of one run (the objects it scores) and the stages it
   has finished, so that a run killed at any moment resumes with the same run id and the
   same objects, and replaces rather than duplicates what it had written.
 """
 
 import contextlib
+import hashlib
+import hmac
 import json
 import os
 import socket
@@ -205,6 +208,16 @@ def list_objects(inputs: list[str]) -> dict[str, str]:
             mtime = getattr(meta, "last_updated_in_seconds", 0) or 0
             found[meta.path] = f"{meta.size_in_bytes}:{mtime:.6f}"
     return dict(sorted(found.items()))
+
+
+def object_digest(key: bytes, uri: str) -> str:
+    """How state files name a source object: HMAC-SHA256 of its URI under the run's key."""
+    return hmac.new(key, f"object\0{uri}".encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def digests(key: bytes, objects: dict[str, str]) -> dict[str, str]:
+    """``{uri: version}`` → ``{digest: version}``, the form written to state files."""
+    return {object_digest(key, uri): version for uri, version in objects.items()}
 
 
 def changed_objects(current: dict[str, str], processed: dict[str, str]) -> list[str]:

@@ -27,11 +27,12 @@ def setup(tmp_path, monkeypatch):
             "ingest": {"min_new_objects": 2},
         }
     )
+    monkeypatch.setenv("K", "k" * 64)
     calls: list[tuple[str, str, list[str]]] = []
 
     def fake(stage):
-        def runner(config, record):
-            calls.append((stage, record["run_id"], sorted(Path(p).name for p in record["objects"])))
+        def runner(config, record, objects):
+            calls.append((stage, record["run_id"], sorted(Path(p).name for p in objects)))
             if fail.get(stage):
                 raise run_mod.StageFailed(f"{stage} broke")
             return {"ok": True}
@@ -52,9 +53,13 @@ def test_first_run_ingests_trains_and_scores_everything(setup):
     assert quiet(config) == 0
     run_id = calls[0][1]
     assert calls == [(s, run_id, ["a.dcm", "b.dcm"]) for s in ("ingest", "train", "score")]
-    state = json.loads((tmp / "out" / st.STATE_NAME).read_text())
+    state_text = (tmp / "out" / st.STATE_NAME).read_text()
+    state = json.loads(state_text)
     assert state["current_run"] is None and len(state["processed"]) == 2
-    record = json.loads((tmp / "out" / "runs" / run_id / "run.json").read_text())
+    record_text = (tmp / "out" / "runs" / run_id / "run.json").read_text()
+    record = json.loads(record_text)
+    for text in (state_text, record_text):  # object names may carry patient names
+        assert "a.dcm" not in text and str(tmp / "in") not in text
     assert list(record["done"]) == ["ingest", "train", "score"] and record["finished_at"]
     assert not (tmp / "out" / st.LOCK_NAME).exists()
 
@@ -223,6 +228,16 @@ def test_the_chain_killed_mid_way_resumes_without_duplicates(small_export, tmp_p
         new.unlink()
     state = st.read_json(str(root / st.STATE_NAME))
     second = st.read_json(str(root / "runs" / state["runs"][-1] / "run.json"))
-    assert list(second["objects"]) == [str(new)] and list(second["done"]) == ["score"]
+    assert len(second["objects"]) == 1 and list(second["done"]) == ["score"]
+    for path in (root / st.STATE_NAME, *root.glob("runs/*/run.json")):
+        assert str(small_export) not in path.read_text()  # digests, never source paths
     errors = read_table(str(root / "runs" / state["runs"][-1] / "score" / "errors"))
     assert [e["error_type"] for e in errors] == ["not_dicom"]
+
+
+def test_a_missing_key_is_refused_before_the_lock(setup, monkeypatch):
+    tmp, config, calls, _ = setup
+    monkeypatch.delenv("K")
+    with pytest.raises(UsageError, match="K is not set"):
+        quiet(config)
+    assert calls == [] and not (tmp / "out").exists()
