@@ -39,7 +39,7 @@ from transforms.manifest import (
 from transforms.parquet import WriteParquet, delete_stale_shards, table_dir
 from transforms.pixels import PixelConfig
 from transforms.split import SPLITS, UNLABELED, SplitConfig, assign_split
-from transforms.tfrecord import encode_example
+from transforms.tfrecord import GzipTFRecordSink, encode_example
 
 TFRECORDS = "tfrecords"
 TRANSFORM = "transform"
@@ -129,11 +129,10 @@ class WriteTFRecords(beam.PTransform):
         self._num_shards = num_shards
 
     def expand(self, examples):
-        written = examples | "Write" >> beam.io.WriteToTFRecord(
-            FileSystems.join(self._directory, "part"),
-            file_name_suffix=".tfrecord.gz",
-            num_shards=self._num_shards,
-            compression_type=beam.io.filesystem.CompressionTypes.GZIP,
+        written = examples | "Write" >> beam.io.Write(
+            GzipTFRecordSink(
+                FileSystems.join(self._directory, "part"), ".tfrecord.gz", self._num_shards
+            )
         )
         return (
             examples.pipeline

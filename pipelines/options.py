@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.runners.direct.direct_runner import SwitchingDirectRunner
+from apache_beam.runners.runner import create_runner
 from apache_beam.options.pipeline_options import (
     PipelineOptions,
     StandardOptions,
@@ -86,14 +88,32 @@ def require(value, flag: str):
 
 
 def new_pipeline(beam_options: PipelineOptions) -> beam.Pipeline:
-    """A Pipeline for these options; an unknown --runner is a usage error, not a traceback."""
-    runner = beam_options.view_as(StandardOptions).runner
+    """A Pipeline for these options; an unknown --runner is a usage error, not a traceback.
+
+    DirectRunner means Beam's FnApiRunner here, always. Beam 2.77's DirectRunner tries the
+    Prism runner first, which it downloads from GitHub: offline that costs a failed fetch
+    per run before it falls back, and where the fetch works it runs the pipeline on Prism,
+    which ignores ``--direct_num_workers`` and ``--direct_running_mode``.
+    """
+    name = beam_options.view_as(StandardOptions).runner or "DirectRunner"
     try:
-        return beam.Pipeline(options=beam_options)
-    except ValueError as e:
-        if runner and "runner" in str(e).lower():
-            raise UsageError(f"unknown --runner {runner}") from None
-        raise
+        runner = create_runner(name)
+    except (ValueError, ImportError):
+        raise UsageError(f"unknown --runner {name}") from None
+    if isinstance(runner, SwitchingDirectRunner):
+        runner = local_runner(beam_options)
+    return beam.Pipeline(runner=runner, options=beam_options)
+
+
+def local_runner(beam_options: PipelineOptions):
+    """The FnApiRunner as DirectRunner builds it, with the options its workers are given."""
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle
+
+    encoded = JobServiceHandle.encode_pipeline_options(beam_options.get_all_options())
+    info = beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)
+    return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(info))
 
 
 def check_output_outside(output: str, inputs: Sequence[str]) -> None:

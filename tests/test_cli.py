@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pipelines import cli
-from pipelines.options import parse_options
+from pipelines.options import new_pipeline, parse_options
 from pipelines.synth import SynthOptions
 
 # The console script installed beside this interpreter (the venv may not be on PATH).
@@ -54,6 +54,20 @@ def test_beam_flags_pass_through_and_ours_stay_ours():
     assert all_beam["runner"] == "DirectRunner"
     assert all_beam["dry_run"] == "True"
     assert "patients" not in all_beam
+
+
+@pytest.mark.parametrize("runner", [[], ["--runner", "DirectRunner"], ["--runner", "direct"]])
+def test_direct_runner_is_the_fn_api_runner_with_our_worker_options(runner):
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiRunner
+
+    argv = [*runner, "--direct_num_workers=2", "--direct_running_mode=multi_processing"]
+    pipeline = new_pipeline(PipelineOptions(argv))
+    assert type(pipeline.runner) is FnApiRunner  # never Prism, which ignores these flags
+    # What the worker processes are told (they read the options from the provision info).
+    encoded = pipeline.runner._provision_info.provision_info.pipeline_options
+    assert encoded["beam:option:direct_num_workers:v1"] == "2"
+    assert encoded["beam:option:direct_running_mode:v1"] == "multi_processing"
 
 
 def test_synth_then_inventory_from_the_command_line(tmp_path):

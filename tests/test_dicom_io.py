@@ -1,6 +1,7 @@
 """The reading layer on real files: pydicom's own test files and generated archives."""
 
 import gzip
+import hashlib
 import io
 import os
 import subprocess
@@ -444,3 +445,23 @@ def test_duplicates_are_found_from_headers_and_the_first_place_wins(tmp_path):
         assert_that(found, equal_to([(str(tmp_path / "b.dcm"), "")]))
     assert dicom_io.instance_digest(CT.read_bytes()) != dicom_io.instance_digest(J2K.read_bytes())
     assert dicom_io.instance_digest(b"not dicom") is None
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "CT_small.dcm",
+        "MR_small_bigendian.dcm",
+        "MR_small_implicit.dcm",
+        "image_dfl.dcm",
+        "JPEG2000.dcm",
+        "rtplan.dcm",
+        "ExplVR_LitEndNoMeta.dcm",
+        "ExplVR_BigEnd.dcm",
+        "SC_rgb_rle.dcm",
+    ],
+)
+def test_instance_digest_reads_the_uid_a_full_parse_reads(name):
+    data = Path(get_testdata_file(name)).read_bytes()
+    uid = str(pydicom.dcmread(io.BytesIO(data), force=True).SOPInstanceUID)
+    assert dicom_io.instance_digest(data) == hashlib.sha256(uid.encode()).digest()[:16]

@@ -1,5 +1,5 @@
 """tf.train.Example records: written by ingest from a normalized image and its pseudonyms,
-read back by scoring.
+read back by scoring; and the gzipped TFRecord files that hold them.
 
 The Example protobuf is written and read here by hand (it is four small messages), so the
 workers that convert DICOM never import TensorFlow, which costs seconds per worker process. The
@@ -9,9 +9,13 @@ TensorFlow parses it to the very Example its own API builds.
 """
 
 import struct
+import zlib
 from collections.abc import Iterator
 
 import numpy as np
+from apache_beam.coders import BytesCoder
+from apache_beam.io.filebasedsink import FileBasedSink
+from apache_beam.io.filesystem import CompressionTypes
 
 from models import features as f
 
@@ -255,3 +259,58 @@ def iter_records(stream) -> Iterator[bytes]:
         if _masked_crc(data) != struct.unpack("<I", footer)[0]:
             raise ExampleError("a record fails its checksum")
         yield data
+
+
+def frame_record(data: bytes) -> bytes:
+    """One TFRecord: length, its masked CRC, the data, the data's masked CRC."""
+    header = struct.pack("<Q", len(data))
+    return b"".join(
+        (header, struct.pack("<I", _masked_crc(header)), data, struct.pack("<I", _masked_crc(data)))
+    )
+
+
+# --- Writing gzipped TFRecord files from Beam ------------------------------------------------
+
+# zlib level 1: image records compress to within a few percent of the default level 6 at a
+# third of its CPU (101 MB of 224² CT examples: 1.8 s and 61.7 MB against 5.5 s and
+# 59.4 MB). Gzip was half of ingest's per-file cost at level 6.
+GZIP_LEVEL = 1
+
+
+class _GzipStream:
+    """A write-only gzip stream over an open file, at ``GZIP_LEVEL``."""
+
+    def __init__(self, raw):
+        self._raw = raw
+        self._deflate = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+
+    def write(self, data: bytes) -> None:
+        chunk = self._deflate.compress(data)
+        if chunk:
+            self._raw.write(chunk)
+
+    def close(self) -> None:
+        self._raw.write(self._deflate.flush())
+        self._raw.close()
+
+
+class GzipTFRecordSink(FileBasedSink):
+    """Gzipped TFRecord files for ``beam.io.Write``, one record a value; TensorFlow reads
+    them with ``compression_type="GZIP"``."""
+
+    def __init__(self, file_path_prefix: str, file_name_suffix: str, num_shards: int = 0):
+        super().__init__(
+            file_path_prefix,
+            coder=BytesCoder(),
+            file_name_suffix=file_name_suffix,
+            num_shards=num_shards,
+            mime_type="application/octet-stream",
+            # The sink compresses itself, at its own level; Beam must not add a layer.
+            compression_type=CompressionTypes.UNCOMPRESSED,
+        )
+
+    def open(self, temp_path: str):
+        return _GzipStream(super().open(temp_path))
+
+    def write_encoded_record(self, file_handle, encoded_value: bytes) -> None:
+        file_handle.write(frame_record(encoded_value))
