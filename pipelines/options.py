@@ -7,13 +7,13 @@ from collections.abc import Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.runners.direct.direct_runner import SwitchingDirectRunner
-from apache_beam.runners.runner import create_runner
 from apache_beam.options.pipeline_options import (
     PipelineOptions,
     StandardOptions,
     _BeamArgumentParser,  # Beam's own parser: its options add value-provider arguments
 )
+from apache_beam.runners.direct.direct_runner import SwitchingDirectRunner
+from apache_beam.runners.runner import create_runner
 
 from transforms.manifest import utc_now
 
