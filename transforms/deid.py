@@ -521,7 +521,9 @@ class Deidentifier:
                 if t & 0xFFFF == 0:  # group lengths: retired, and wrong once we change things
                     del ds[tag]
                 elif t >> 16 & 1:
-                    self._private(ds, t, ctx, private_creators_kept)
+                    # The dataset's own key object: pydicom deletes it without building a
+                    # Tag or comparing in Python (most of a walk over many private tags).
+                    self._private(ds, tag, ctx, private_creators_kept)
                 elif 0x5000 <= t >> 16 <= 0x60FF and t >> 16 & 0xFF00 in (0x5000, 0x6000):
                     del ds[tag]  # curves and overlays: whole repeating groups go
                 else:
