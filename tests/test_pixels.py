@@ -28,6 +28,7 @@ from transforms.pixels import (
     invert_monochrome1,
     modality_lut,
     normalize,
+    percentiles,
     resize_pad,
     select_frames,
     to_channels,
@@ -189,6 +190,16 @@ def test_min_max_uses_robust_percentiles():
     assert (window.center, window.width) == pytest.approx(((lo + hi) / 2, hi - lo))
     out = voi_window(values, ds, PixelConfig())
     assert out.min() == 0 and out.max() == 1 and out[500] == pytest.approx(0.5, abs=0.01)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int16, np.uint16])
+@pytest.mark.parametrize("size", [1, 2, 7, 200, 16384])
+def test_percentiles_are_numpys(dtype, size):
+    rng = np.random.default_rng(size)
+    values = rng.normal(0, 1000, size) + (0 if dtype in (np.float32, np.float64) else 5000)
+    values = values.astype(dtype)
+    qs = (0.0, 0.5, 37.3, 99.5, 100.0)
+    np.testing.assert_array_equal(percentiles(values, qs), np.percentile(values, qs))
 
 
 def test_sparse_mask_keeps_its_foreground():
