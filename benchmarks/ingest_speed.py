@@ -4,7 +4,8 @@ On the same N synthetic CT-like files (copies of pydicom's CT_small.dcm with the
 patient, study and instance identifiers, so de-identification has real work):
 (a) a bare loop in one process: pydicom read + decode + resize + serialize a tf.Example
     to one TFRecord (no de-identification, no labels, no tf.Transform);
-(b) our ingest pipeline on DirectRunner, 1 worker (in memory);
+(b) our ingest pipeline on DirectRunner, 1 worker (in memory), with a label per patient
+    (half of them positive), so that tf.Transform analyzes a real train split;
 (c) the same with 2 worker processes (multi_processing).
 Each runs as its own process and is timed from start to exit, imports included, so all
 three pay the same interpreter and TensorFlow start-up. The loop-only rate of (a) is
@@ -22,6 +23,7 @@ Run: ``.venv/bin/python benchmarks/ingest_speed.py [--files 2000]``.
 """
 
 import argparse
+import json
 import os
 import platform
 import subprocess
@@ -40,9 +42,13 @@ KEY = "b" * 64
 
 
 def make_corpus(root: Path, count: int) -> None:
-    """``count`` CT files, a patient per 4 files, each with its own UIDs."""
+    """``count`` CT files, a patient per 4 files, each with its own UIDs; their labels in
+    ``<root>.labels.csv`` (beside the folder, not in it)."""
     template = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
     root.mkdir(parents=True, exist_ok=True)
+    patients = range(-(-count // 4))
+    rows = "".join(f"BENCH{p:06d},{'positive' if p % 2 else 'negative'}\n" for p in patients)
+    labels_path(root).write_text("PatientID,label\n" + rows)
     for i in range(count):
         ds = template.copy()
         ds.PatientID = f"BENCH{i // 4:06d}"
@@ -52,6 +58,10 @@ def make_corpus(root: Path, count: int) -> None:
         ds.SOPInstanceUID = generate_uid(entropy_srcs=["sop", str(i)])
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         ds.save_as(root / f"IMG{i:06d}.dcm")
+
+
+def labels_path(root: Path) -> Path:
+    return root.with_name(root.name + ".labels.csv")
 
 
 def bare_loop(root: Path, out: Path, size: int = 224) -> float:
@@ -104,9 +114,14 @@ def ingest(root: Path, out: Path, *beam_args: str) -> tuple[float, int]:
     code = (
         "import sys; from pipelines import ingest; "
         f"sys.exit(ingest.run(['--input', {str(root)!r}, '--output', {str(out)!r}, "
-        f"'--key-env', 'BENCH_KEY', *{list(beam_args)!r}]))"
+        f"'--labels', {str(labels_path(root))!r}, '--key-env', 'BENCH_KEY', "
+        f"*{list(beam_args)!r}]))"
     )
     seconds, rss, _ = timed_process(code)
+    manifest = json.loads((out / "manifest.json").read_text())
+    files = sum(1 for _ in root.iterdir())
+    assert manifest["counts"]["converted"] == files, manifest["counts"]  # a real, whole run
+    assert "pixel_mean" in manifest["tf_transform"], manifest["tf_transform"]
     return seconds, rss
 
 
