@@ -3,6 +3,7 @@
 import gzip
 import struct
 
+import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -119,3 +120,19 @@ def test_candidates_cut_each_image_out_for_grad_cam():
         (pytest.approx(0.1), 0, 1, bytes(16)),
         (pytest.approx(0.8), 7, 1, bytes([1]) * 16),
     ]
+
+
+@pytest.mark.parametrize("name", ["part.tfrecord.gz", "part.tfrecord"])
+def test_a_shard_cut_inside_its_compressed_stream_is_one_read_row(tmp_path, name):
+    good = encode_example(bytes(16), SHAPE, IDS, "", 0)
+    data = framed([good] * 50)
+    path = tmp_path / name
+    body = gzip.compress(data) if name.endswith(".gz") else data
+    path.write_bytes(body[: len(body) // 2 + 7])  # the file itself ends inside a record
+    fn = sc.ReadExamplesFn(SHAPE)
+    fn.setup()
+    out = list(fn.process((str(path), path.stat().st_size)))
+    read = [o for o in out if not isinstance(o, beam.pvalue.TaggedOutput)]
+    (letter,) = [o.value for o in out if isinstance(o, beam.pvalue.TaggedOutput)]
+    assert len(read) < 50 and letter.member == f"record {len(read)}"  # stands for the rest
+    assert (letter.stage, letter.error_type) == ("read", "corrupt_tfrecord")

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
@@ -25,7 +24,7 @@ from models import features as f
 from transforms import dicom_io
 from transforms.convert import Instance
 from transforms.deadletter import DEAD_LETTER, STAGE_PARSE, STAGE_READ, STAGE_SCORE, DeadLetter
-from transforms.tfrecord import ExampleError, iter_records, parse_example
+from transforms.tfrecord import ExampleError, iter_records, open_stream, parse_example
 
 ROW_GROUP_ROWS = 65_536  # rows per Arrow table, hence per Parquet row group (at most)
 COUNTS = "counts"  # ScoreRowsFn's tagged output: manifest count keys per instance
@@ -141,7 +140,7 @@ class ReadExamplesFn(beam.DoFn):
         path, _ = path_size
         count = 0
         try:
-            with FileSystems.open(path) as stream:
+            with open_stream(path) as stream:
                 for record in iter_records(stream):
                     member = f"record {count}"
                     count += 1
