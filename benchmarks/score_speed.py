@@ -79,15 +79,11 @@ def prepare(workdir: Path, patients: int, images: int) -> tuple[Path, Path]:
 
 
 def _write_shard(path: Path, records: list[bytes]) -> None:
-    import struct
-
-    from transforms.tfrecord import _masked_crc
+    from transforms.tfrecord import frame_record
 
     with gzip.open(path, "wb") as fh:
         for r in records:
-            length = struct.pack("<Q", len(r))
-            fh.write(length + struct.pack("<I", _masked_crc(length)) + r)
-            fh.write(struct.pack("<I", _masked_crc(r)))
+            fh.write(frame_record(r))
 
 
 BARE = """

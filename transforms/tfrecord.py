@@ -301,6 +301,7 @@ class _GzipStream:
 
     def __init__(self, raw):
         self._raw = raw
+        # wbits 16 + 15: a gzip header and trailer around a deflate stream of 32 KB window.
         self._deflate = isal_zlib.compressobj(GZIP_LEVEL, isal_zlib.DEFLATED, 16 + 15)
 
     def write(self, data: bytes) -> None:
