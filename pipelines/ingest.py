@@ -31,10 +31,8 @@ from transforms.convert import ConvertFn, Instance, ParseFn
 from transforms.deadletter import DEAD_LETTER, DeadLetter
 from transforms.labels import JoinLabels, ReadLabels, load_labels
 from transforms.manifest import (
-    MANIFEST_NAME,
     WriteManifest,
     error_keys,
-    write_json,
 )
 from transforms.parquet import WriteParquet, delete_stale_shards, table_dir
 from transforms.pixels import PixelConfig
@@ -233,15 +231,15 @@ def build_pipeline(
         inputs, opts.max_object_bytes
     )
     parsed = objects | "Parse" >> beam.ParDo(ParseFn()).with_outputs(DEAD_LETTER, main="ok")
+    sections = {}
     if labels_uri:
         table = p | "ReadLabels" >> ReadLabels(labels_uri)
         joined, unmatched = parsed.ok | "JoinLabels" >> JoinLabels(table)
-        unmatched_keys = unmatched | "UnmatchedKeys" >> beam.Map(
-            lambda n: [("labels", "unmatched_rows")] * n
+        sections["labels"] = unmatched | "LabelsSection" >> beam.Map(
+            lambda n, given: {**given, "unmatched_rows": n}, header["labels"]
         )
     else:
         joined = parsed.ok | "NoLabels" >> beam.Map(lambda kv: (kv[0], (kv[1], None)))
-        unmatched_keys = p | "NoUnmatched" >> beam.Create([])
     prepared = joined | "Prepare" >> beam.ParDo(
         ConvertFn(deid_config, key, pixels, prefix="ingest")
     ).with_outputs(DEAD_LETTER, main="converted")
@@ -264,8 +262,11 @@ def build_pipeline(
         # tf.Transform creates its scratch folder while the graph is built; a dry run
         # builds and never runs, so it must not reach for the bucket.
         scratch = tempfile.mkdtemp(prefix="dicomflow-dry-run-")
-    _ = train_examples | "TfTransform" >> AnalyzeTrain(
+    published = train_examples | "TfTransform" >> AnalyzeTrain(
         FileSystems.join(output, TRANSFORM), scratch, pixels
+    )
+    sections["tf_transform"] = published | "TransformStatistics" >> beam.Map(
+        _after_transform, output
     )
     index_rows = instances | "IndexRows" >> beam.FlatMap(lambda c: c.index_rows)
     tables[INDEX_TABLE] = index_rows | "WriteIndex" >> WriteParquet(
@@ -283,12 +284,25 @@ def build_pipeline(
         (
             instances | "ConvertedKeys" >> beam.Map(converted_keys),
             errors | "ErrorKeys" >> beam.Map(error_keys),
-            unmatched_keys,
         )
         | "AllKeys" >> beam.Flatten()
-        | "WriteManifest" >> WriteManifest(output, header, tables)
+        | "WriteManifest" >> WriteManifest(output, header, tables, sections=sections)
     )
     return p
+
+
+def _after_transform(_, output: str) -> dict:
+    """Once tf.Transform has published ``transform/``: its statistics for the manifest, and
+    its scratch folder (``tmp/``) removed. In the pipeline, so that every runner, and a
+    flex-template launch that never waits for its job, leaves a complete output."""
+    try:
+        statistics = transform_statistics(output)
+    except Exception as e:  # no train examples: nothing was analyzed
+        statistics = {"error": f"no statistics ({type(e).__name__})"}
+    scratch = FileSystems.join(output, "tmp")
+    if FileSystems.exists(scratch):
+        FileSystems.delete([scratch])
+    return statistics
 
 
 def transform_statistics(output: str) -> dict:
@@ -323,18 +337,6 @@ def run(argv: Sequence[str]) -> int:
     pipeline = build_pipeline(opts, beam_options)
     output = dicom_io.normalize_uri(opts.output)
     manifest = execute(pipeline, [dicom_io.normalize_uri(u) for u in opts.input], output)
-    manifest_uri = FileSystems.join(output, MANIFEST_NAME)
-    try:
-        manifest["tf_transform"] = transform_statistics(output)
-    except Exception as e:  # no train examples: nothing was analyzed
-        manifest["tf_transform"] = {"error": f"no statistics ({type(e).__name__})"}
-    if opts.labels:
-        unmatched = manifest["counts"].pop("labels", {}).get("unmatched_rows", 0)
-        manifest["labels"]["unmatched_rows"] = unmatched
-    write_json(manifest_uri, manifest)
-    scratch = FileSystems.join(output, "tmp")
-    if FileSystems.exists(scratch):
-        FileSystems.delete([scratch])  # tf.Transform's working files
     counts = manifest["counts"]
     print(
         f"ingest: {counts.get('seen', 0)} objects seen, {counts.get('converted', 0)} converted "

@@ -65,6 +65,20 @@ def test_every_object_is_converted_or_dead_lettered(corpus, ingest_run):
     assert stats["labels"] and set(stats["labels"]) <= {"0", "1"}  # what train holds
 
 
+def test_the_pipeline_itself_completes_the_manifest_and_clears_its_scratch(corpus, ingest_run):
+    # ingest.run only runs the pipeline: what a flex-template launch (which never waits
+    # for its job) gets is the same, statistics, label counts and clean-up included.
+    out, manifest = ingest_run
+    with open(corpus / "labels.csv") as fh:
+        rows = sum(1 for _ in csv.DictReader(fh))
+    labels = manifest["labels"]
+    assert labels["given"] and labels["rows"] == rows
+    assert isinstance(labels["unmatched_rows"], int) and 0 <= labels["unmatched_rows"] < rows
+    assert "labels" not in manifest["counts"]
+    assert "pixel_mean" in manifest["tf_transform"]
+    assert not (out / "tmp").exists() and (out / "transform" / "transform_fn").is_dir()
+
+
 def test_no_patient_in_two_splits_and_labels_joined_right(corpus, ingest_run):
     out, _ = ingest_run
     index = read_table(str(out / "index"))

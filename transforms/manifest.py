@@ -90,6 +90,9 @@ class WriteManifest(beam.PTransform):
         tables: table name → a one-element PCollection describing it: the shard names a
             Parquet writer returns, or a count of files.
         finish: turns the combined flat counts into the manifest's ``counts`` section.
+        sections: top-level name → a one-element PCollection of facts only the run itself
+            learns (a dict), which replaces the header's section of that name. The
+            manifest is complete on every runner, with no launcher left to finish it.
     """
 
     def __init__(
@@ -98,19 +101,29 @@ class WriteManifest(beam.PTransform):
         header: dict,
         tables: dict,
         finish: Callable[[dict[Key, int]], dict] = nest_counts,
+        sections: dict | None = None,
     ):
         super().__init__()
         self._output = output
         self._header = header
         self._tables = tables
         self._finish = finish
+        self._sections = sections or {}
 
     def expand(self, keys):
         names = sorted(self._tables)
+        sections = sorted(self._sections)
         counts = keys | "Count" >> beam.CombineGlobally(CountKeysFn())
         side_inputs = [beam.pvalue.AsSingleton(self._tables[n]) for n in names]
+        side_inputs += [beam.pvalue.AsSingleton(self._sections[n]) for n in sections]
         return counts | "Write" >> beam.Map(
-            _write_manifest, self._output, self._header, self._finish, names, *side_inputs
+            _write_manifest,
+            self._output,
+            self._header,
+            self._finish,
+            names,
+            sections,
+            *side_inputs,
         )
 
 
@@ -120,9 +133,12 @@ def _write_manifest(
     header: dict,
     finish: Callable[[dict[Key, int]], dict],
     names: list[str],
-    *shards: list[str] | int,
+    sections: list[str],
+    *values,
 ) -> dict:
+    shards, facts = values[: len(names)], values[len(names) :]
     manifest = dict(header)
+    manifest.update(zip(sections, facts, strict=True))
     manifest["finished_at"] = utc_now()
     manifest["counts"] = finish(flat_counts)
     manifest["tables"] = {
