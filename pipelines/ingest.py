@@ -37,6 +37,7 @@ from transforms.manifest import (
 from transforms.parquet import WriteParquet, delete_stale_shards, table_dir
 from transforms.pixels import PixelConfig
 from transforms.split import SPLITS, UNLABELED, SplitConfig, assign_split
+from transforms.storage import delete_tree
 from transforms.tfrecord import GzipTFRecordSink, encode_example
 
 TFRECORDS = "tfrecords"
@@ -299,9 +300,7 @@ def _after_transform(_, output: str) -> dict:
         statistics = transform_statistics(output)
     except Exception as e:  # no train examples: nothing was analyzed
         statistics = {"error": f"no statistics ({type(e).__name__})"}
-    scratch = FileSystems.join(output, "tmp")
-    if FileSystems.exists(scratch):
-        FileSystems.delete([scratch])
+    delete_tree(FileSystems.join(output, "tmp"))
     return statistics
 
 

@@ -14,3 +14,15 @@ def write_bytes(uri: str, data: bytes, mime_type: str = "application/octet-strea
         uri, mime_type=mime_type, compression_type=CompressionTypes.UNCOMPRESSED
     ) as fh:
         fh.write(data)
+
+
+def delete_tree(uri: str) -> None:
+    """Deletes a folder and everything below it, if it is there.
+
+    On GCS a folder is only a prefix: no object bears its name, so ``exists`` is false
+    for it; the trailing slash makes Beam delete everything under the prefix instead.
+    """
+    if uri.startswith("gs://"):
+        FileSystems.delete([uri.rstrip("/") + "/"])
+    elif FileSystems.exists(uri):
+        FileSystems.delete([uri])
