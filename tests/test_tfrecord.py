@@ -99,14 +99,21 @@ def test_parse_example_refuses_what_is_not_an_example(junk):
         parse_example(junk)
 
 
-def test_iter_records_reads_tensorflows_framing_and_notices_damage(tmp_path):
+RECORDS = [b"", b"one", bytes(range(256)) * 100]
+
+
+def tensorflows_file(tmp_path) -> bytes:
+    """RECORDS as TensorFlow's own writer frames them."""
     path = str(tmp_path / "part.tfrecord")
-    records = [b"", b"one", bytes(range(256)) * 100]
     with tf.io.TFRecordWriter(path) as writer:
-        for record in records:
+        for record in RECORDS:
             writer.write(record)
-    data = (tmp_path / "part.tfrecord").read_bytes()
-    assert list(iter_records(io.BytesIO(data))) == records
+    return (tmp_path / "part.tfrecord").read_bytes()
+
+
+def test_iter_records_reads_tensorflows_framing_and_notices_damage(tmp_path):
+    data = tensorflows_file(tmp_path)
+    assert list(iter_records(io.BytesIO(data))) == RECORDS
     with pytest.raises(ExampleError, match="ends inside"):
         list(iter_records(io.BytesIO(data[:-3])))
     flipped = bytearray(data)
@@ -116,12 +123,7 @@ def test_iter_records_reads_tensorflows_framing_and_notices_damage(tmp_path):
 
 
 def test_frame_record_is_tensorflows_framing(tmp_path):
-    path = str(tmp_path / "part.tfrecord")
-    records = [b"", b"one", bytes(range(256)) * 100]
-    with tf.io.TFRecordWriter(path) as writer:
-        for record in records:
-            writer.write(record)
-    assert b"".join(frame_record(r) for r in records) == (tmp_path / "part.tfrecord").read_bytes()
+    assert b"".join(frame_record(r) for r in RECORDS) == tensorflows_file(tmp_path)
 
 
 @pytest.mark.parametrize("num_shards", [0, 3])
