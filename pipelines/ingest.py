@@ -41,6 +41,7 @@ from transforms.storage import delete_tree
 from transforms.tfrecord import GzipTFRecordSink, encode_example
 
 TFRECORDS = "tfrecords"
+SCRATCH = "tmp/tft"  # tf.Transform's working files, removed once the graph is published
 TRANSFORM = "transform"
 INDEX_TABLE = "index"
 ERRORS_TABLE = "errors"
@@ -258,7 +259,7 @@ def build_pipeline(
         )
         if name == SPLITS[0]:
             train_examples = examples
-    scratch = FileSystems.join(output, "tmp", "tft")
+    scratch = FileSystems.join(output, SCRATCH)
     if beam_options.view_as(TestOptions).dry_run:
         # tf.Transform creates its scratch folder while the graph is built; a dry run
         # builds and never runs, so it must not reach for the bucket.
@@ -267,7 +268,7 @@ def build_pipeline(
         FileSystems.join(output, TRANSFORM), scratch, pixels
     )
     sections["tf_transform"] = published | "TransformStatistics" >> beam.Map(
-        _after_transform, output
+        _after_transform, output, scratch
     )
     index_rows = instances | "IndexRows" >> beam.FlatMap(lambda c: c.index_rows)
     tables[INDEX_TABLE] = index_rows | "WriteIndex" >> WriteParquet(
@@ -292,15 +293,22 @@ def build_pipeline(
     return p
 
 
-def _after_transform(_, output: str) -> dict:
+def _after_transform(_, output: str, scratch: str) -> dict:
     """Once tf.Transform has published ``transform/``: its statistics for the manifest, and
-    its scratch folder (``tmp/``) removed. In the pipeline, so that every runner, and a
-    flex-template launch that never waits for its job, leaves a complete output."""
+    its scratch folder removed. In the pipeline, so that every runner, and a flex-template
+    launch that never waits for its job, leaves a complete output.
+
+    Only our own scratch folder goes, then ``tmp/`` if that left it empty: a job's
+    ``--temp_location`` may lie under ``tmp/`` too, and is in use until the job ends.
+    """
     try:
         statistics = transform_statistics(output)
     except Exception as e:  # no train examples: nothing was analyzed
         statistics = {"error": f"no statistics ({type(e).__name__})"}
-    delete_tree(FileSystems.join(output, "tmp"))
+    delete_tree(scratch)
+    parent = FileSystems.split(scratch)[0]
+    if not FileSystems.match([f"{parent}/**"])[0].metadata_list:
+        delete_tree(parent)
     return statistics
 
 

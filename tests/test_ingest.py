@@ -189,3 +189,20 @@ def test_from_the_emulated_bucket(gcs, tmp_path):
     assert len(read_table(str(out / "index"))) == counts["examples"]
     assert list((out / "tfrecords").rglob("part-*.tfrecord.gz"))
     assert (out / "transform" / "transform_fn" / "saved_model.pb").exists()
+
+
+def test_only_our_scratch_goes_after_the_transform(tmp_path):
+    # A job's --temp_location may lie under tmp/ as well: it stays, and so does tmp/.
+    for name in ("tmp/tft/a/b", "tmp/dataflow-temp/c"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    out = str(tmp_path)
+    stats = ingest._after_transform(None, out, str(tmp_path / ingest.SCRATCH))
+    assert "error" in stats  # no transform/ here: named, not raised
+    assert not (tmp_path / "tmp" / "tft").exists()
+    assert (tmp_path / "tmp" / "dataflow-temp" / "c").exists()
+    (tmp_path / "tmp" / "dataflow-temp" / "c").unlink()
+    (tmp_path / "tmp" / "dataflow-temp").rmdir()
+    (tmp_path / "tmp" / "tft").mkdir()
+    ingest._after_transform(None, out, str(tmp_path / ingest.SCRATCH))
+    assert not (tmp_path / "tmp").exists()  # nothing else was there: the folder goes too
