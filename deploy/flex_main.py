@@ -5,8 +5,8 @@ parameters and Dataflow's own options, and expects the program to exit once the 
 submitted (Dataflow's docs: do not wait for the job in a launcher). So this parses the
 command's options, builds the pipeline with the command's ``build_pipeline`` and calls
 ``run()`` without waiting. ``pipelines.<command>.run`` cannot be used here: it waits for
-the job (score's then adds the job's timings to its manifest; ingest's pipeline completes
-its own output), which a launcher cannot do (README, Deploy).
+the job, which a launcher must not do (README, Deploy); both pipelines complete their own
+output, manifest included, so nothing is lost by not waiting.
 
 Parameter names are the options' snake_case names (``key_file``, ``tfrecord_shards``),
 spelled like Beam's own (``temp_location``) and never one of them (ingest's ``--labels`` is

@@ -8,6 +8,7 @@ written from Arrow tables, ``errors/``, optional Grad-CAM PNGs for the top score
 ``manifest.json``.
 """
 
+import functools
 import posixpath
 import re
 import sys
@@ -35,8 +36,7 @@ from pipelines.options import (
 from transforms import dicom_io
 from transforms.convert import ConvertFn, ParseFn
 from transforms.deadletter import DEAD_LETTER, DeadLetter
-from transforms.manifest import MANIFEST_NAME, WriteManifest, code_version, error_keys, utc_now
-from transforms.manifest import write_json as write_manifest
+from transforms.manifest import WriteManifest, code_version, error_keys, utc_now
 from transforms.parquet import WriteArrowTables, WriteParquet, table_dir
 from transforms.pixels import PixelConfig
 from transforms.scoring import (
@@ -360,9 +360,28 @@ def build_pipeline(
     _ = (
         (rows[COUNTS], errors | "ErrorKeys" >> beam.Map(error_keys))
         | "AllKeys" >> beam.Flatten()
-        | "WriteManifest" >> WriteManifest(output, header, tables)
+        | "WriteManifest"
+        >> WriteManifest(
+            output, header, tables, complete=functools.partial(add_timings, started=time.time())
+        )
     )
     return p
+
+
+def add_timings(manifest: dict, started: float) -> dict:
+    """The run's wall time, from building its graph to writing its manifest, and throughput.
+
+    Measured where the manifest is written (a worker, on Dataflow; clocks are NTP-synced),
+    so every launch has it, a flex-template one that never waits for its job included.
+    """
+    seconds = max(time.time() - started, 1e-3)
+    counts = manifest["counts"]
+    manifest["timings"] = {
+        "seconds": round(seconds, 3),
+        "images_per_second": round(counts.get("images", 0) / seconds, 2),
+        "instances_per_second": round(counts.get("scored", 0) / seconds, 2),
+    }
+    return manifest
 
 
 class _Scores:
@@ -378,17 +397,9 @@ def run(argv: Sequence[str]) -> int:
     opts, beam_options = parse_options("dicomflow score", argv, ScoreOptions)
     pipeline = build_pipeline(opts, beam_options)
     output = dicom_io.normalize_uri(opts.output)
-    started = time.perf_counter()
     manifest = execute(pipeline, [dicom_io.normalize_uri(u) for u in opts.input], output)
-    seconds = time.perf_counter() - started
     counts = manifest["counts"]
     images = counts.get("images", 0)
-    manifest["timings"] = {
-        "seconds": round(seconds, 3),
-        "images_per_second": round(images / seconds, 2) if seconds else None,
-        "instances_per_second": round(counts.get("scored", 0) / seconds, 2) if seconds else None,
-    }
-    write_manifest(FileSystems.join(output, MANIFEST_NAME), manifest)
     unit = "objects" if manifest["input_format"] == DICOM else "examples"
     print(
         f"score: {counts.get('seen', 0)} {unit} seen, {counts.get('scored', 0)} scored "

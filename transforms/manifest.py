@@ -93,6 +93,8 @@ class WriteManifest(beam.PTransform):
         sections: top-level name → a one-element PCollection of facts only the run itself
             learns (a dict), which replaces the header's section of that name. The
             manifest is complete on every runner, with no launcher left to finish it.
+        complete: a last change to the whole manifest before it is written (e.g. the
+            run's timings), made where it is written.
     """
 
     def __init__(
@@ -102,6 +104,7 @@ class WriteManifest(beam.PTransform):
         tables: dict,
         finish: Callable[[dict[Key, int]], dict] = nest_counts,
         sections: dict | None = None,
+        complete: Callable[[dict], dict] | None = None,
     ):
         super().__init__()
         self._output = output
@@ -109,6 +112,7 @@ class WriteManifest(beam.PTransform):
         self._tables = tables
         self._finish = finish
         self._sections = sections or {}
+        self._complete = complete
 
     def expand(self, keys):
         names = sorted(self._tables)
@@ -121,6 +125,7 @@ class WriteManifest(beam.PTransform):
             self._output,
             self._header,
             self._finish,
+            self._complete,
             names,
             sections,
             *side_inputs,
@@ -132,6 +137,7 @@ def _write_manifest(
     output: str,
     header: dict,
     finish: Callable[[dict[Key, int]], dict],
+    complete: Callable[[dict], dict] | None,
     names: list[str],
     sections: list[str],
     *values,
@@ -145,5 +151,7 @@ def _write_manifest(
         n: list(s) if isinstance(s, (list, tuple)) else s
         for n, s in zip(names, shards, strict=True)
     }
+    if complete is not None:
+        manifest = complete(manifest)
     write_json(FileSystems.join(output, MANIFEST_NAME), manifest)
     return manifest
