@@ -52,7 +52,7 @@ setup(
     packages=find_packages(
         include=["pipelines", "pipelines.*", "transforms", "transforms.*", "models", "models.*"]
     ),
-    package_data={"transforms": ["deid_profile.json"]},
+    package_data={"transforms.deid": ["deid_profile.json"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
     entry_points={"console_scripts": ["dicomflow = pipelines.cli:main"]},

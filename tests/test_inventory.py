@@ -11,7 +11,7 @@ from conftest import DATAFLOW_DRY_RUN, count_objects, dry_run_steps, phi_values,
 from models import features as f
 from pipelines import inventory, synth
 from pipelines.options import UsageError, parse_options
-from transforms import synth as corpus_gen
+from transforms import testing as corpus_gen
 
 MULTI_PROCESSING = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
 

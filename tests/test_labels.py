@@ -14,7 +14,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from pydicom.dataset import Dataset
 
 from pipelines.synth import LABELS_NAME, write_labels
-from transforms import synth
+from transforms import testing as synth
 from transforms.dicom_io import KIND_DICOM, parse_dataset, sniff
 from transforms.labels import (
     JoinLabels,

@@ -17,7 +17,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels import convert_color_space, get_decoder
 from pydicom.sequence import Sequence
 
-from transforms import synth
+from transforms import testing as synth
 from transforms.deadletter import StageError
 from transforms.pixels import (
     NormalizedImage,

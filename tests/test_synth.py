@@ -1,4 +1,4 @@
-"""Tests for transforms.synth: the synthetic PACS export."""
+"""Tests for transforms.testing: the synthetic PACS export."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import pytest
 from pydicom import uid
 from pydicom.errors import InvalidDicomError
 
-from transforms import synth
-from transforms.synth import (
+from transforms import testing as synth
+from transforms.testing import (
     CORRUPT_MEMBER,
     CORRUPT_ZIP,
     JUNK,
@@ -25,6 +25,9 @@ from transforms.synth import (
     CorpusPart,
     SynthFile,
     available_transfer_syntaxes,
+    datasets,
+    identities,
+    images,
     synth_extras,
     synth_patient,
 )
@@ -111,7 +114,7 @@ def test_negative_index_or_seed_is_refused() -> None:
 
 
 def test_names_are_unique_for_100k_patients() -> None:
-    names = {synth._name_parts(i, SEED) for i in range(100_000)}
+    names = {identities._name_parts(i, SEED) for i in range(100_000)}
     assert len(names) == 100_000
     parts = synth.FAMILY + synth.GIVEN + synth.MIDDLE
     assert len(set(parts)) == len(parts) and min(map(len, parts)) >= 5
@@ -140,9 +143,9 @@ def test_seven_patients_cover_every_kind(patients: list[CorpusPart]) -> None:
         assert ds.SOPClassUID == uid.SecondaryCaptureImageStorage
         assert ds.SamplesPerPixel == 3 and ds.PlanarConfiguration == 0
         assert ds.PhotometricInterpretation in ("RGB", "YBR_FULL_422")
-    for modality, datasets in seen.items():
+    for modality, kind_datasets in seen.items():
         kind = next(k for k in KINDS.values() if k.modality == modality)
-        assert {ds.SOPClassUID for ds in datasets} == {kind.sop_class}
+        assert {ds.SOPClassUID for ds in kind_datasets} == {kind.sop_class}
 
 
 @pytest.mark.parametrize("seed", [0, 1, SEED])
@@ -174,7 +177,7 @@ def test_every_image_is_valid_part10_and_decodes(
         expected = (ds.Rows, ds.Columns) + ((3,) if ds.SamplesPerPixel == 3 else ())
         assert arr.shape == ((frames,) if frames > 1 else ()) + expected, path
         if 0x60003000 in ds:  # the overlay bitmap draws the patient ID
-            mask = synth._text_mask((ds.Rows, ds.Columns), [ds.PatientID])
+            mask = images._text_mask((ds.Rows, ds.Columns), [ds.PatientID])
             assert np.array_equal(ds.overlay_array(0x6000), mask.astype(np.uint8)), path
         count += 1
     assert count > 30
@@ -194,24 +197,24 @@ def test_big_endian_pixel_bytes_are_swapped(patients: list[CorpusPart]) -> None:
 def _kind_array(kind: str, signed: bool = False) -> np.ndarray:
     rng = np.random.default_rng([1, len(kind), signed])
     rows, cols = (100, 180) if kind == "US" else (61, 77)
-    return synth._stored_pixels(kind, synth._phantom(rng, rows, cols, True), rng, signed)
+    return images._stored_pixels(kind, images._phantom(rng, rows, cols, True), rng, signed)
 
 
 ENCODE_CASES = [
     pytest.param(kind, signed, ts, id=f"{kind}{'-signed' * signed}-{uid.UID(ts).keyword}")
     for kind, signed in [*((k, False) for k in KINDS), ("CT", True)]
     for ts in synth.TRANSFER_SYNTAXES
-    if synth._fits(ts, KINDS[kind])
+    if images._fits(ts, KINDS[kind])
 ]
 
 
 @pytest.mark.parametrize("kind,signed,ts", ENCODE_CASES)
 def test_encode_round_trips_to_the_source_array(kind: str, signed: bool, ts: str) -> None:
     arr = _kind_array(kind, signed)
-    person = synth._person(np.random.default_rng(0), "ROUNDTRIP", "TESTER", "", "PID999")
-    study = synth._study(np.random.default_rng(0), kind, (0,), 0.0)
-    ds = synth._image_dataset(person, study, 1, 1, arr, np.random.default_rng(0))
-    out = pydicom.dcmread(io.BytesIO(synth._encode(ds, arr, ts))).pixel_array
+    person = identities._person(np.random.default_rng(0), "ROUNDTRIP", "TESTER", "", "PID999")
+    study = identities._study(np.random.default_rng(0), kind, (0,), 0.0)
+    ds = datasets._image_dataset(person, study, 1, 1, arr, np.random.default_rng(0))
+    out = pydicom.dcmread(io.BytesIO(images._encode(ds, arr, ts))).pixel_array
     assert out.shape == arr.shape and out.dtype.str[1:] == arr.dtype.str[1:]
     if ts in synth.LOSSY_SYNTAXES:
         assert np.abs(out.astype(int) - arr).mean() < 6
@@ -262,8 +265,8 @@ def test_positive_studies_differ_from_negative_only_by_a_local_blob() -> None:
 
 def test_lesion_is_a_bright_blob_inside_the_body() -> None:
     for seed in range(10):
-        with_blob = synth._phantom(np.random.default_rng(seed), 120, 140, True)
-        without = synth._phantom(np.random.default_rng(seed), 120, 140, False)
+        with_blob = images._phantom(np.random.default_rng(seed), 120, 140, True)
+        without = images._phantom(np.random.default_rng(seed), 120, 140, False)
         diff = with_blob - without
         peak = np.unravel_index(np.argmax(diff), diff.shape)
         assert diff.max() > 0.15 and diff.min() >= 0
@@ -316,12 +319,12 @@ def test_private_tags_hold_name_and_id(patients: list[CorpusPart]) -> None:
 
 def test_ultrasound_has_name_and_id_burned_in(patients: list[CorpusPart]) -> None:
     base = np.full((100, 180), 40, np.uint8)
-    assert not np.array_equal(synth._burn_in(base, ["SOMEONE^ELSE", "PID1"]), base)
+    assert not np.array_equal(images._burn_in(base, ["SOMEONE^ELSE", "PID1"]), base)
     checked = 0
     for _, ds in _images(patients):
         if ds.Modality != "US":
             continue
-        mask = synth._text_mask(ds.pixel_array.shape, [str(ds.PatientName), ds.PatientID])
+        mask = images._text_mask(ds.pixel_array.shape, [str(ds.PatientName), ds.PatientID])
         assert mask.sum() > 100
         if ds.file_meta.TransferSyntaxUID in synth.LOSSY_SYNTAXES:
             assert ds.pixel_array[mask].mean() > 180

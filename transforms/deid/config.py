@@ -1,0 +1,123 @@
+"""The de-identification configuration: which Annex E options apply, pixels, safe private."""
+
+from dataclasses import dataclass, field, fields
+
+import yaml
+
+from transforms.deid.profile import CID_7050
+
+
+@dataclass(frozen=True)
+class SafePrivate:
+    """A private element known to carry no identity: creator string and element byte."""
+
+    creator: str
+    element: int  # the low byte of the element number, e.g. 0x08 for (0029,xx08)
+
+
+@dataclass(frozen=True)
+class PixelPolicy:
+    policy: str = "exclude"  # exclude | mask | keep
+    # Always treated as risky: these modalities burn text into pixels as a rule.
+    risky_modalities: tuple[str, ...] = ("US", "SC", "OT", "XC", "ES")
+    # Risky only when BurnedInAnnotation is missing.
+    missing_annotation_modalities: tuple[str, ...] = ("RF", "XA", "MG", "DX", "CR", "PX", "IO")
+    # modality → boxes (x0, y0, x1, y1) as fractions of columns/rows, blanked on every frame.
+    mask_regions: dict[str, tuple[tuple[float, float, float, float], ...]] = field(
+        default_factory=dict
+    )
+
+
+@dataclass(frozen=True)
+class DeidConfig:
+    """The switchable parts of the profile. Defaults: modified (shifted) dates, nothing else
+    retained, structured content and graphics removed rather than cleaned."""
+
+    retain_long_full_dates: bool = False
+    retain_long_modified_dates: bool = True
+    retain_patient_characteristics: bool = False
+    retain_device_identity: bool = False
+    retain_institution_identity: bool = False
+    retain_uids: bool = False
+    retain_safe_private: bool = False
+    clean_descriptors: bool = False
+    clean_structured_content: bool = False
+    clean_graphics: bool = False
+    date_shift_days: tuple[int, int] = (-3650, -365)
+    patient_name: str = "pseudonym"  # pseudonym | empty
+    safe_private: tuple[SafePrivate, ...] = ()
+    pixels: PixelPolicy = field(default_factory=PixelPolicy)
+
+    def __post_init__(self):
+        if self.retain_long_full_dates and self.retain_long_modified_dates:
+            raise ValueError(
+                "retain_long_full_dates and retain_long_modified_dates exclude each other"
+            )
+        lo, hi = self.date_shift_days
+        if lo > hi:
+            raise ValueError("date_shift_days must be [low, high] with low <= high")
+        if self.patient_name not in ("pseudonym", "empty"):
+            raise ValueError("patient_name must be 'pseudonym' or 'empty'")
+        if self.pixels.policy not in ("exclude", "mask", "keep"):
+            raise ValueError("pixels.policy must be exclude, mask or keep")
+
+    def enabled_options(self) -> list[str]:
+        return [
+            n for n in CID_7050 if isinstance(getattr(self, n, None), bool) and getattr(self, n)
+        ]
+
+    @classmethod
+    def from_mapping(cls, data: dict | None) -> "DeidConfig":
+        """Builds a config from parsed YAML; unknown keys are errors, not silently ignored."""
+        data = dict(data or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown de-id config keys: {', '.join(unknown)}")
+        if "date_shift_days" in data:
+            data["date_shift_days"] = tuple(int(x) for x in data["date_shift_days"])
+        if "safe_private" in data:
+            data["safe_private"] = tuple(
+                SafePrivate(str(e["creator"]), int(str(e["element"]), 0))
+                for e in data["safe_private"]
+            )
+        if "pixels" in data:
+            pixels = dict(data["pixels"] or {})
+            unknown = sorted(set(pixels) - {f.name for f in fields(PixelPolicy)})
+            if unknown:
+                raise ValueError(f"unknown de-id config keys: pixels.{', pixels.'.join(unknown)}")
+            for key in ("risky_modalities", "missing_annotation_modalities"):
+                if key in pixels:
+                    pixels[key] = tuple(str(m).upper() for m in pixels[key])
+            if "mask_regions" in pixels:
+                pixels["mask_regions"] = {
+                    str(m).upper(): tuple(tuple(float(v) for v in box) for box in boxes)
+                    for m, boxes in (pixels["mask_regions"] or {}).items()
+                }
+            data["pixels"] = PixelPolicy(**pixels)
+        return cls(**data)
+
+    @classmethod
+    def from_yaml(cls, text: str) -> "DeidConfig":
+        return cls.from_mapping(yaml.safe_load(text))
+
+    def describe(self) -> dict:
+        """The config as recorded in manifests (no secrets live here)."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "pixels":
+                value = {
+                    "policy": value.policy,
+                    "risky_modalities": list(value.risky_modalities),
+                    "missing_annotation_modalities": list(value.missing_annotation_modalities),
+                    "mask_regions": {
+                        k: [list(b) for b in v] for k, v in value.mask_regions.items()
+                    },
+                }
+            elif f.name == "safe_private":
+                value = [{"creator": s.creator, "element": s.element} for s in value]
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        return out

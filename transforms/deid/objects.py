@@ -1,0 +1,102 @@
+"""Whole instances: parsed dataset in, de-identified result (and linkage row) out."""
+
+import io
+from dataclasses import dataclass
+
+from pydicom.dataset import Dataset
+
+from transforms.deadletter import (
+    StageError,
+)
+from transforms.deid.engine import Deidentifier
+from transforms.deid.pixels import burned_in_risk, mask_pixels
+from transforms.dicom_io import parse_dataset
+
+
+@dataclass(frozen=True)
+class DeidResult:
+    """A de-identified instance: pseudonymous identifiers and its Part 10 bytes."""
+
+    sop_instance_uid: str
+    series_instance_uid: str
+    study_instance_uid: str
+    patient_id: str
+    modality: str
+    data: bytes | None  # None when the caller did not ask for the encoded file
+
+
+def deidentify_object(data: bytes, engine: Deidentifier) -> tuple[DeidResult, dict[str, str]]:
+    """Bytes in, de-identified Part 10 bytes out, with the linkage row.
+
+    Raises:
+        StageError: from parsing (``truncated``, ``invalid_dicom``) or from
+            ``deidentify_dataset``.
+    """
+    return deidentify_dataset(parse_dataset(data), engine)
+
+
+def deidentify_dataset(
+    ds: Dataset, engine: Deidentifier, encode: bool = True
+) -> tuple[DeidResult, dict[str, str]]:
+    """A parsed dataset (changed in place) → de-identified Part 10 bytes and the linkage row.
+
+    ``encode=False`` skips writing the Part 10 bytes (``data`` is None): ingest uses the
+    de-identified dataset in place and would throw the bytes away; encoding costs about
+    as much as the de-identification itself.
+
+    Raises:
+        StageError: ``not_an_instance`` (a DICOMDIR), ``unsupported_transfer_syntax``,
+            ``burned_in_annotation`` (policy exclude, or mask without a region for the
+            modality), ``mask_failed``, ``deid_failed``, ``write_failed``.
+    """
+    if "SOPInstanceUID" not in ds or "DirectoryRecordSequence" in ds:
+        # A DICOMDIR (or other media file) indexes instances; it is not one.
+        raise StageError("not_an_instance", "no SOP instance (e.g. a DICOMDIR); not de-identified")
+    syntax = ds.file_meta.get("TransferSyntaxUID")
+    if syntax is not None and not syntax.is_transfer_syntax:
+        # pydicom can neither decode nor re-encode it (JPEG XL, say): refused, named.
+        message = f"transfer syntax {syntax} is not supported by this installation"
+        raise StageError("unsupported_transfer_syntax", message)
+    pixels = engine.config.pixels
+    risk = burned_in_risk(ds, pixels)
+    state = "kept" if risk else "clean"
+    if risk and pixels.policy != "keep":
+        modality = str(ds.get("Modality", "") or "").strip().upper()
+        boxes = pixels.mask_regions.get(modality)
+        if pixels.policy == "exclude":
+            raise StageError("burned_in_annotation", f"{risk}; pixel policy is exclude")
+        if not boxes:
+            raise StageError(
+                "burned_in_annotation", f"{risk}; no mask region configured for {modality}"
+            )
+        state = "masked"
+        try:
+            mask_pixels(ds, boxes)
+        except Exception as e:
+            raise StageError(
+                "mask_failed", f"pixels cannot be masked ({type(e).__name__})"
+            ) from None
+    link = engine.linkage(ds)
+    engine.deidentify(ds, state)
+    data = None
+    if encode:
+        buf = io.BytesIO()
+        try:
+            ds.save_as(buf, enforce_file_format=True)
+        except Exception as e:
+            message = f"cannot encode the result ({type(e).__name__})"
+            raise StageError("write_failed", message) from None
+        data = buf.getvalue()
+    result = DeidResult(
+        sop_instance_uid=str(ds.get("SOPInstanceUID", "") or ""),
+        series_instance_uid=str(ds.get("SeriesInstanceUID", "") or ""),
+        study_instance_uid=str(ds.get("StudyInstanceUID", "") or ""),
+        patient_id=str(ds.get("PatientID", "") or ""),
+        modality=str(ds.get("Modality", "") or ""),
+        data=data,
+    )
+    return result, link
+
+
+# ---------------------------------------------------------------------------------------
+# Beam

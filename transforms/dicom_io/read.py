@@ -1,0 +1,89 @@
+"""Reading as Beam transforms: objects from paths, and every DICOM candidate once."""
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from transforms.deadletter import (
+    DEAD_LETTER,
+    STAGE_READ,
+    DeadLetter,
+    unexpected,
+)
+from transforms.dicom_io.archives import iter_objects
+from transforms.dicom_io.dedupe import DropDuplicates, FindDuplicates
+from transforms.dicom_io.match import MatchInputs
+from transforms.dicom_io.objects import DEFAULT_MAX_OBJECT_BYTES, METRICS_NAMESPACE
+
+
+class ReadObjects(beam.PTransform):
+    """``(path, size)`` → SourceObjects, with a dead-letter output for what cannot be read."""
+
+    def __init__(self, max_bytes: int = DEFAULT_MAX_OBJECT_BYTES):
+        super().__init__()
+        self._max_bytes = max_bytes
+
+    def expand(self, paths):
+        results = paths | "Read" >> beam.ParDo(ReadObjectsFn(self._max_bytes)).with_outputs(
+            DEAD_LETTER, main="objects"
+        )
+        return results.objects, results[DEAD_LETTER]
+
+
+class ReadObjectsFn(beam.DoFn):
+    def __init__(self, max_bytes: int):
+        self._max_bytes = max_bytes
+        self._objects = Metrics.counter(METRICS_NAMESPACE, "read_objects")
+        self._failed = Metrics.counter(METRICS_NAMESPACE, "read_dead_letters")
+        self._bytes = Metrics.counter(METRICS_NAMESPACE, "read_bytes")
+
+    def process(self, path_size: tuple[str, int]):
+        path, size = path_size
+        yielded = 0
+        try:
+            for item in iter_objects(path, size, self._max_bytes):
+                yielded += 1
+                if isinstance(item, DeadLetter):
+                    self._failed.inc()
+                    yield beam.pvalue.TaggedOutput(DEAD_LETTER, item)
+                else:
+                    self._objects.inc()
+                    self._bytes.inc(len(item.data))
+                    yield item
+        except Exception as e:
+            if yielded:
+                # Part of this object is already out; a row now would count it twice. Let
+                # the runner retry the bundle (its outputs are discarded and redone).
+                raise
+            self._failed.inc()
+            message = unexpected(e).message
+            yield beam.pvalue.TaggedOutput(
+                DEAD_LETTER, DeadLetter(path, None, STAGE_READ, "read_failed", message)
+            )
+
+
+class ReadInstances(beam.PTransform):
+    """Input URIs → every DICOM candidate once, and the dead letters of getting there.
+
+    Match, read (archives streamed), and drop later copies of an instance found twice.
+
+    Returns:
+        ``(objects, dead_letters)``.
+    """
+
+    def __init__(self, uris: list[str], max_bytes: int = DEFAULT_MAX_OBJECT_BYTES):
+        super().__init__()
+        self._uris = uris
+        self._max_bytes = max_bytes
+
+    def expand(self, pbegin):
+        paths = pbegin | "MatchInputs" >> MatchInputs(self._uris)
+        duplicates = paths | "FindDuplicates" >> FindDuplicates(self._max_bytes)
+        # The reshuffle spreads the paths over workers, and it starts a new fused stage
+        # with the read: without it the runner fuses the read into the match stage, which
+        # runs before the duplicate check is known, so every object's bytes would be held
+        # between the two stages.
+        objects, read_errors = (
+            paths | "Distribute" >> beam.Reshuffle() | "ReadObjects" >> ReadObjects(self._max_bytes)
+        )
+        objects, duplicate_errors = objects | "DropDuplicates" >> DropDuplicates(duplicates)
+        return objects, (read_errors, duplicate_errors) | "ReadDeadLetters" >> beam.Flatten()

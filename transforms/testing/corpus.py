@@ -1,0 +1,296 @@
+"""Synthetic PACS export: DICOM studies with planted PHI, labels, archives and junk."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import struct
+import tarfile
+import tempfile
+import zipfile
+from dataclasses import dataclass
+
+import numpy as np
+from pydicom import dcmwrite, uid
+from pydicom.dataset import Dataset
+from pydicom.fileset import FileSet
+
+from transforms.testing.datasets import _image_dataset, available_transfer_syntaxes
+from transforms.testing.identities import (
+    _EXTRA_FAMILY,
+    _EXTRA_GIVEN,
+    _name_parts,
+    _Person,
+    _person,
+    _Phi,
+    _Study,
+    _study,
+    _uid,
+)
+from transforms.testing.images import (
+    CYCLE,
+    KINDS,
+    _burn_in,
+    _encode,
+    _fits,
+    _image_size,
+    _phantom,
+    _set_encapsulated,
+    _stored_pixels,
+)
+
+
+@dataclass(frozen=True)
+class SynthFile:
+    path: str  # relative POSIX path under the output root, no leading slash
+    data: bytes
+
+
+@dataclass
+class CorpusPart:
+    files: list[SynthFile]
+    phi: dict[str, list[str]]  # category -> planted values, exactly as written
+    labels: list[dict[str, str]]  # labels.csv rows: AccessionNumber, SOPInstanceUID, label
+
+
+UNSUPPORTED_TS = "1.2.840.10008.1.2.4.112"  # JPEG XL: no pydicom decoder exists
+JUNK = {
+    "README.txt": "not_dicom",
+    "empty.dcm": "empty",
+    "truncated.dcm": "truncated",
+    "no_pixels.dcm": "no_pixel_data",
+    "unsupported.dcm": "unsupported_transfer_syntax",
+    "Thumbs.db": "not_dicom",
+}
+CORRUPT_ZIP = "export/junk/broken_study.zip"
+CORRUPT_MEMBER = "broken_study/S1/IMG2.dcm"
+GOOD_ZIP_MEMBERS = ("broken_study/S1/IMG1.dcm", "broken_study/S1/IMG3.dcm")
+
+
+def _zip(members: list[tuple[str, bytes]]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in members:
+            info = zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0))  # fixed: stable bytes
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, data)
+    return buf.getvalue()
+
+
+def _tar_gz(members: list[tuple[str, bytes]]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            tf.addfile(info, io.BytesIO(data))
+    return gzip.compress(buf.getvalue(), mtime=0)
+
+
+def _deliver(
+    p: _Person, st: _Study, study_no: int, index: int, images: list[tuple[int, int, bytes]]
+) -> list[SynthFile]:
+    """Loose files in nested folders, or one zip / tar.gz per study, as PACS exports do."""
+    study_dir = f"{st.date}_{st.accession}"
+    mode = ("loose", "loose", "zip", "tar.gz")[(index + 3 * study_no) % 4]
+    members = []
+    for series_no, number, data in images:
+        ext = ".dcm" if (series_no + number + index) % 2 else ""
+        members.append((f"{study_dir}/S{series_no}/IMG{number}{ext}", data))
+    if mode == "loose":
+        return [SynthFile(f"export/{p.folder}/{name}", data) for name, data in members]
+    nested = [(f"{p.folder}/{name}", data) for name, data in members]
+    if mode == "zip":
+        return [SynthFile(f"export/{p.folder}/{p.folder}_{study_dir}.zip", _zip(nested))]
+    return [SynthFile(f"export/{p.folder}/{p.folder}_{study_dir}.tar.gz", _tar_gz(nested))]
+
+
+def _record_person(phi: _Phi, p: _Person) -> None:
+    phi.add("patient_name", p.name, p.name.replace("^", "_"), f"{p.family}, {p.given}")
+    phi.add("patient_name_parts", *(n for n in (p.family, p.given, p.middle) if len(n) >= 4))
+    phi.add("patient_id", p.pid)
+    phi.add("other_patient_id", p.other_id)
+    phi.add("birth_date", p.birth_date)
+    phi.add("address", p.address)
+    phi.add("phone", p.phone)
+    phi.add("private_value", p.private_key)
+    phi.add("uid", p.uid)
+
+
+def _record_study(phi: _Phi, st: _Study) -> None:
+    phi.add("accession_number", st.accession)
+    phi.add("institution_name", st.institution[0])
+    phi.add("institution_address", st.institution[1])
+    phi.add("physician_name", st.referring, st.performing)
+    phi.add("operator_name", st.operator)
+    phi.add("procedure_id", st.rp_id, st.sps_id)
+    phi.add("date", st.date)
+    phi.add("uid", st.uid)
+
+
+def _record_image(phi: _Phi, ds: Dataset) -> None:
+    phi.add("uid", ds.SeriesInstanceUID, ds.FrameOfReferenceUID, ds.SOPInstanceUID)
+
+
+def _study_images(
+    p: _Person, st: _Study, key: tuple[int, int, int], rng: np.random.Generator, counter: int
+) -> tuple[list[tuple[int, int, bytes]], list[Dataset]]:
+    """Encoded images (series, number, bytes) of one study, and their datasets."""
+    kind = KINDS[st.kind]
+    fits = [ts for ts in available_transfer_syntaxes() if _fits(ts, kind)]
+    images, datasets = [], []
+    for series_no in range(1, int(rng.integers(1, 3)) + 1):
+        for number in range(1, int(rng.integers(1, 4)) + 1):
+            img_rng = np.random.default_rng([*key, series_no, number])
+            img = _phantom(img_rng, *_image_size(st.kind, img_rng), st.positive)
+            arr = _stored_pixels(st.kind, img, img_rng, signed=bool(img_rng.integers(2)))
+            if st.kind == "US":
+                arr = _burn_in(arr, [p.name, p.pid])
+            ds = _image_dataset(p, st, series_no, number, arr, img_rng)
+            datasets.append(ds)
+            # Rotating through the syntaxes spreads them over kinds, series and patients.
+            ts = fits[(counter + len(datasets)) % len(fits)]
+            images.append((series_no, number, _encode(ds, arr, ts)))
+    return images, datasets
+
+
+# ---------------------------------------------------------------- public API
+
+
+def synth_patient(index: int, seed: int, positive_rate: float = 0.2) -> CorpusPart:
+    """One patient's studies as an export delivers them, with the PHI planted and the labels.
+
+    Args:
+        index: patient number in the corpus (0-based); names are unique for 100,800 indices.
+        seed: corpus seed; the same (index, seed) always gives byte-identical files.
+        positive_rate: probability that a study is positive (every image has a lesion).
+
+    Raises:
+        ValueError: if index or seed is negative.
+    """
+    if index < 0 or seed < 0:
+        raise ValueError(f"index and seed must be >= 0, got index={index} seed={seed}")
+    rng = np.random.default_rng([seed, index])
+    person = _person(rng, *_name_parts(index, seed), f"PID{index:06d}")
+    phi, labels, files = _Phi(), [], []
+    _record_person(phi, person)
+    counter = index * 3 - 1  # consecutive patients start 3 syntaxes apart
+    for study_no in range(int(rng.integers(1, 4))):
+        kind = CYCLE[(index + study_no) % len(CYCLE)]
+        st = _study(rng, kind, (seed, index, study_no), positive_rate)
+        _record_study(phi, st)
+        images, datasets = _study_images(person, st, (seed, index, study_no), rng, counter)
+        counter += len(datasets)
+        for ds in datasets:
+            _record_image(phi, ds)
+            row = {"AccessionNumber": st.accession, "SOPInstanceUID": str(ds.SOPInstanceUID)}
+            labels.append({**row, "label": str(int(st.positive))})
+        files += _deliver(person, st, study_no, index, images)
+    return CorpusPart(files=files, phi=dict(phi), labels=labels)
+
+
+def _extra_image(p: _Person, st: _Study, number: int, rng: np.random.Generator) -> tuple:
+    arr = _stored_pixels("CT", _phantom(rng, 48, 48, False), rng, signed=False)
+    return _image_dataset(p, st, 1, number, arr, rng), arr
+
+
+def _dicomdir_export(p: _Person, st: _Study, seed: int, phi: _Phi) -> list[SynthFile]:
+    """A CD-ROM style export: DICOMDIR plus files, written by pydicom's FileSet."""
+    fs = FileSet()
+    fs.ID, fs.UID = "CDROM", _uid(seed, "extra", "fileset")  # FileSet would pick a random UID
+    for number in (1, 2):
+        ds, arr = _extra_image(p, st, number, np.random.default_rng([seed, 0xCD, number]))
+        ds.PixelData = arr.tobytes()
+        _record_image(phi, ds)
+        fs.add(ds)
+    root = f"export/CDROM_{p.family}_{p.given}"
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        fs.write(tmp)
+        for folder, _, names in sorted(os.walk(tmp)):
+            for name in sorted(names):
+                path = os.path.join(folder, name)
+                rel = os.path.relpath(path, tmp).replace(os.sep, "/")
+                with open(path, "rb") as fh:
+                    out.append(SynthFile(f"{root}/{rel}", fh.read()))
+    return out
+
+
+def _corrupt_zip(members: list[tuple[str, bytes]]) -> bytes:
+    """A zip whose CORRUPT_MEMBER has damaged deflate data; the other members read fine."""
+    data = bytearray(_zip(members))
+    with zipfile.ZipFile(io.BytesIO(bytes(data))) as zf:
+        info = zf.getinfo(CORRUPT_MEMBER)
+    # Local header: 30 fixed bytes, then the name and the extra field (lengths at 26 and 28).
+    name_len, extra_len = struct.unpack_from("<HH", data, info.header_offset + 26)
+    start = info.header_offset + 30 + name_len + extra_len
+    middle = start + info.compress_size // 3
+    data[middle : middle + 64] = bytes(b ^ 0xA5 for b in data[middle : middle + 64])
+    return bytes(data)
+
+
+def _unsupported(ds: Dataset) -> bytes:
+    # pydicom refuses to write a syntax it does not know, so force the explicit LE encoding.
+    ds.file_meta.TransferSyntaxUID = UNSUPPORTED_TS
+    _set_encapsulated(ds, [b"\xff\x0a" + bytes(range(256)) * 4])
+    ds.preamble = b"\0" * 128
+    ds.file_meta.FileMetaInformationVersion = b"\0\1"
+    buf = io.BytesIO()
+    dcmwrite(buf, ds, implicit_vr=False, little_endian=True, force_encoding=True)
+    return buf.getvalue()
+
+
+def _junk(p: _Person, st: _Study, seed: int, phi: _Phi) -> list[SynthFile]:
+    def image(number: int, record: bool = True) -> tuple[Dataset, np.ndarray]:
+        ds, arr = _extra_image(p, st, number, np.random.default_rng([seed, 0x7A, number]))
+        if record:  # the damaged zip member cannot leak anything: its UIDs are not listed
+            _record_image(phi, ds)
+        return ds, arr
+
+    def encoded(number: int, record: bool = True) -> bytes:
+        return _encode(*image(number, record), uid.ExplicitVRLittleEndian)
+
+    whole = encoded(10)
+    cut = len(whole) - 48 * 48  # the uncompressed pixel bytes are the last 2 * 48 * 48
+    no_pixels = io.BytesIO()
+    image(11)[0].save_as(no_pixels, enforce_file_format=True)
+    zipped = [
+        (name, encoded(20 + i, record=name != CORRUPT_MEMBER))
+        for i, name in enumerate(sorted((CORRUPT_MEMBER, *GOOD_ZIP_MEMBERS)))
+    ]
+    thumbs = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + np.random.default_rng([seed, 0xDB]).bytes(3000)
+    readme = b"ACME PACS export. Burn date and contents listed in DICOMDIR.\r\n"
+    return [
+        SynthFile("export/junk/README.txt", readme),
+        SynthFile("export/junk/empty.dcm", b""),
+        SynthFile("export/junk/truncated.dcm", whole[:cut]),
+        SynthFile("export/junk/no_pixels.dcm", no_pixels.getvalue()),
+        SynthFile("export/junk/unsupported.dcm", _unsupported(image(12)[0])),
+        SynthFile("export/junk/Thumbs.db", thumbs),
+        SynthFile(CORRUPT_ZIP, _corrupt_zip(zipped)),
+    ]
+
+
+def synth_extras(seed: int) -> CorpusPart:
+    """The DICOMDIR export of one extra patient and the junk files, under export/.
+
+    The junk DICOMs (truncated, no pixels, unsupported syntax, the broken zip) belong to the
+    same extra patient, so their PHI is listed too.
+
+    Raises:
+        ValueError: if seed is negative.
+    """
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    rng = np.random.default_rng([seed, 0xE7, 0xA5])
+    family = _EXTRA_FAMILY[seed % len(_EXTRA_FAMILY)]
+    person = _person(rng, family, _EXTRA_GIVEN[seed % len(_EXTRA_GIVEN)], "", "XPID900001")
+    phi = _Phi()
+    _record_person(phi, person)
+    studies = [_study(rng, "CT", (seed, "extra", n), 0.0) for n in range(2)]
+    for st in studies:
+        _record_study(phi, st)
+    files = _dicomdir_export(person, studies[0], seed, phi) + _junk(person, studies[1], seed, phi)
+    return CorpusPart(files=files, phi=dict(phi), labels=[])
