@@ -4,12 +4,12 @@ Ingest and scoring share this code path, so an image scored straight from a buck
 the very uint8 bytes its TFRecord example holds: the same pseudonyms (under the same key),
 the same pixel chain, the same quantization. ``convert`` is the pure core; ``ParseFn`` and
 ``ConvertFn`` are the Beam shell (counters and dead letters with stage ``parse``,
-``deidentify`` or ``pixels``).
+``deidentify`` or ``pixels``), and ``PrepareInstances`` the composite both pipelines apply.
 """
 
-from __future__ import annotations
-
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -17,17 +17,20 @@ from pydicom.dataset import Dataset
 
 from models import features as f
 from transforms import dicom_io
+from transforms.composite import NamedOutputs
 from transforms.deadletter import (
     DEAD_LETTER,
     STAGE_DEIDENTIFY,
     STAGE_PARSE,
     STAGE_PIXELS,
     DeadLetter,
+    DeadLetterFn,
     StageError,
-    unexpected,
+    at_stage,
 )
 from transforms.deid import DeidConfig, Deidentifier, DeidResult, Profile, deidentify_dataset
 from transforms.keys import KeySource
+from transforms.labels import JoinLabels, LabelTable
 from transforms.pixels import NormalizedImage, PixelConfig, normalize
 from transforms.tfrecord import quantize
 
@@ -36,8 +39,7 @@ class ConvertError(StageError):
     """A conversion failure and the stage it happened in (``deidentify`` or ``pixels``)."""
 
     def __init__(self, stage: str, error: StageError):
-        super().__init__(error.error_type, error.message)
-        self.stage = stage
+        super().__init__(error.error_type, error.message, stage)
 
 
 def convert(
@@ -52,15 +54,13 @@ def convert(
         ConvertError: with ``stage`` ``deidentify`` or ``pixels``; an unforeseen exception
             becomes ``unexpected_error`` naming only its type.
     """
-    stage = STAGE_DEIDENTIFY
     try:
-        result, _ = deidentify_dataset(ds, engine, encode=False)
-        stage = STAGE_PIXELS
-        return result, normalize(ds, pixels)
+        with at_stage(STAGE_DEIDENTIFY):
+            result, _ = deidentify_dataset(ds, engine, encode=False)
+        with at_stage(STAGE_PIXELS):
+            return result, normalize(ds, pixels)
     except StageError as e:
-        raise ConvertError(stage, e) from None
-    except Exception as e:  # one odd file must not stop the run
-        raise ConvertError(stage, unexpected(e)) from None
+        raise ConvertError(e.stage or STAGE_DEIDENTIFY, e) from None
 
 
 @dataclass(frozen=True)
@@ -113,24 +113,23 @@ def instance_ids(result: DeidResult) -> dict[str, str]:
     }
 
 
-class ParseFn(beam.DoFn):
+class ParseFn(DeadLetterFn):
     """SourceObject → ((source, member), Dataset), or a parse dead letter."""
 
-    def process(self, obj: dicom_io.SourceObject):
-        try:
-            ds = dicom_io.parse_dataset(obj.data)
-        except StageError as e:
-            error = e
-        except Exception as e:
-            error = unexpected(e)
-        else:
-            yield (obj.source, obj.member), ds
-            return
-        letter = DeadLetter(obj.source, obj.member, STAGE_PARSE, error.error_type, error.message)
-        yield beam.pvalue.TaggedOutput(DEAD_LETTER, letter)
+    stage = STAGE_PARSE
+
+    def where(self, obj: dicom_io.SourceObject) -> tuple[str, str | None]:
+        return obj.source, obj.member
+
+    def work(self, obj: dicom_io.SourceObject) -> Iterator[tuple[tuple[str, str | None], Dataset]]:
+        yield (obj.source, obj.member), dicom_io.parse_dataset(obj.data)
 
 
-class ConvertFn(beam.DoFn):
+# ((source, member), (Dataset, label)): a parsed instance and its label, if any.
+Keyed = tuple[tuple[str, str | None], tuple[Dataset, str | None]]
+
+
+class ConvertFn(DeadLetterFn):
     """((source, member), (Dataset, label)) → an ``Instance``, or a dead letter.
 
     The de-identification engine (profile, options, key) is built once per worker in
@@ -138,27 +137,25 @@ class ConvertFn(beam.DoFn):
     Counters ``<prefix>_converted`` and ``<prefix>_dead_letters`` in namespace dicomflow.
     """
 
+    stage = STAGE_DEIDENTIFY  # convert() names deidentify or pixels itself
+
     def __init__(self, deid_config: DeidConfig, key: KeySource, pixels: PixelConfig, prefix: str):
         self._deid_config = deid_config
         self._key = key
         self._pixels = pixels
         self._prefix = prefix
+        self.failed_counter = f"{prefix}_dead_letters"
 
     def setup(self):
         self._engine = Deidentifier(Profile.load(), self._deid_config, self._key.resolve())
-        namespace = dicom_io.METRICS_NAMESPACE
-        self._converted = Metrics.counter(namespace, f"{self._prefix}_converted")
-        self._failed = Metrics.counter(namespace, f"{self._prefix}_dead_letters")
+        self._converted = Metrics.counter(dicom_io.METRICS_NAMESPACE, f"{self._prefix}_converted")
 
-    def process(self, element):
+    def where(self, element: Keyed) -> tuple[str, str | None]:
+        return element[0]
+
+    def work(self, element: Keyed) -> Iterator[Instance]:
         (source, member), (ds, label) = element
-        try:
-            result, images = convert(ds, self._engine, self._pixels)
-        except ConvertError as e:
-            self._failed.inc()
-            letter = DeadLetter(source, member, e.stage, e.error_type, e.message)
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER, letter)
-            return
+        result, images = convert(ds, self._engine, self._pixels)
         self._converted.inc()
         yield Instance(
             source,
@@ -168,3 +165,60 @@ class ConvertFn(beam.DoFn):
             tuple(to_image(image) for image in images),
             label,
         )
+
+
+class Prepared(NamedTuple):
+    """What ``PrepareInstances`` gives."""
+
+    instances: beam.PCollection[Instance]
+    dead_letters: beam.PCollection[DeadLetter]  # stages parse, deidentify and pixels
+    unmatched_labels: beam.PCollection[int] | None  # only when labels are joined
+
+
+class PrepareInstances(NamedOutputs):
+    """SourceObjects → converted ``Instance``s: parse → join labels → de-identify and
+    normalize pixels. The chain ingest and scoring share, under one key and config, so
+    both give the very same pseudonyms and pixel bytes.
+
+    Args:
+        deid_config, key, pixels: de-identification options, the key's source (resolved
+            on each worker) and pixel settings.
+        prefix: names the counters ``<prefix>_converted`` and ``<prefix>_dead_letters``.
+        labels: a one-element PCollection of ``LabelTable`` (``ReadLabels``) to join on
+            the original identifiers before they are replaced; None for no labels.
+
+    Returns:
+        ``Prepared(instances, dead_letters, unmatched_labels)``; ``unmatched_labels`` (the
+        number of label keys no instance matched, see ``JoinLabels``) is None without
+        labels.
+    """
+
+    def __init__(
+        self,
+        deid_config: DeidConfig,
+        key: KeySource,
+        pixels: PixelConfig,
+        prefix: str,
+        labels: beam.PCollection[LabelTable] | None = None,
+    ):
+        super().__init__()
+        self._deid_config = deid_config
+        self._key = key
+        self._pixels = pixels
+        self._prefix = prefix
+        self._labels = labels
+
+    def expand(self, objects: beam.PCollection[dicom_io.SourceObject]) -> Prepared:
+        parsed = objects | "Parse" >> beam.ParDo(ParseFn()).with_outputs(DEAD_LETTER, main="ok")
+        unmatched = None
+        if self._labels is not None:
+            joined, unmatched = parsed.ok | "JoinLabels" >> JoinLabels(self._labels)
+        else:
+            joined = parsed.ok | "NoLabels" >> beam.Map(lambda kv: (kv[0], (kv[1], None)))
+        converted = joined | "Convert" >> beam.ParDo(
+            ConvertFn(self._deid_config, self._key, self._pixels, self._prefix)
+        ).with_outputs(DEAD_LETTER, main="instances")
+        dead_letters = (parsed[DEAD_LETTER], converted[DEAD_LETTER]) | "DeadLetters" >> (
+            beam.Flatten()
+        )
+        return Prepared(converted.instances, dead_letters, unmatched)

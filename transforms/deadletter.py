@@ -1,9 +1,20 @@
-"""Dead letters: the row every object gets when a stage cannot take it further."""
+"""Dead letters: the row every object gets when a stage cannot take it further.
 
+``DeadLetterFn`` is the one place that turns a failure into a dead letter: a DoFn
+subclass writes only its work (``work``) and where an element came from (``where``).
+"""
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
 
 # The tagged output that every stage routes its dead letters to.
 DEAD_LETTER = "dead_letter"
+METRICS_NAMESPACE = "dicomflow"
 
 # Stages, as they appear in the errors table.
 STAGE_READ = "read"
@@ -21,10 +32,11 @@ class StageError(Exception):
     those can quote dataset values or file names.
     """
 
-    def __init__(self, error_type: str, message: str):
+    def __init__(self, error_type: str, message: str, stage: str | None = None):
         super().__init__(message)
         self.error_type = error_type
         self.message = message
+        self.stage = stage  # None: the stage of the DoFn that catches it
 
 
 @dataclass(frozen=True)
@@ -41,6 +53,58 @@ class DeadLetter:
         return asdict(self)
 
 
-def unexpected(exc: BaseException) -> StageError:
+def unexpected(exc: BaseException, stage: str | None = None) -> StageError:
     """Wraps an exception we did not foresee, keeping only its type name (never its text)."""
-    return StageError("unexpected_error", f"unexpected {type(exc).__name__}")
+    return StageError("unexpected_error", f"unexpected {type(exc).__name__}", stage)
+
+
+@contextmanager
+def at_stage(stage: str) -> Iterator[None]:
+    """Names the stage of what fails inside: a StageError gets ``stage`` unless it names
+    one already; any other exception becomes ``unexpected_error`` of that stage."""
+    try:
+        yield
+    except StageError as e:
+        if e.stage is None:
+            e.stage = stage
+        raise
+    except Exception as e:  # one odd file must not stop the run
+        raise unexpected(e, stage) from None
+
+
+class DeadLetterFn(beam.DoFn):
+    """A DoFn whose every failure becomes one dead letter on the ``DEAD_LETTER`` output.
+
+    Subclasses set ``stage`` (used when the error names none) and ``failed_counter`` (a
+    counter in namespace dicomflow, or None), and write ``where`` (source, member of an
+    element) and ``work`` (the outputs for one element; raises StageError). An element's
+    outputs are collected before any is emitted, so a failure half-way emits nothing but
+    its dead letter: every element ends in exactly one place.
+    """
+
+    stage: ClassVar[str]
+    failed_counter: str | None = None
+
+    def where(self, element: Any) -> tuple[str, str | None]:
+        raise NotImplementedError
+
+    def work(self, element: Any) -> Iterable[Any]:
+        raise NotImplementedError
+
+    def process(self, element: Any) -> Iterator[Any]:
+        try:
+            outputs = list(self.work(element))
+        except StageError as e:
+            error = e
+        except Exception as e:  # one odd file must not stop the run
+            error = unexpected(e)
+        else:
+            yield from outputs
+            return
+        if self.failed_counter:
+            Metrics.counter(METRICS_NAMESPACE, self.failed_counter).inc()
+        source, member = self.where(element)
+        letter = DeadLetter(
+            source, member, error.stage or self.stage, error.error_type, error.message
+        )
+        yield beam.pvalue.TaggedOutput(DEAD_LETTER, letter)

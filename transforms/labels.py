@@ -17,7 +17,7 @@ import io
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import apache_beam as beam
 import pyarrow as pa
@@ -26,6 +26,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from pydicom.dataset import Dataset
 
+from transforms.composite import NamedOutputs
 from transforms.dicom_io import METRICS_NAMESPACE, normalize_uri
 
 # Most specific first: with several present, the one that names the fewest instances wins.
@@ -236,11 +237,18 @@ class ReadLabels(beam.PTransform):
         super().__init__()
         self._uri = uri
 
-    def expand(self, pbegin):
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection[LabelTable]:
         return pbegin | "LabelUri" >> beam.Create([self._uri]) | "Load" >> beam.Map(load_labels)
 
 
-class JoinLabels(beam.PTransform):
+class Joined(NamedTuple):
+    """What ``JoinLabels`` gives: the joined pairs and the count of unmatched label keys."""
+
+    joined: beam.PCollection[tuple[Any, tuple[Any, str | None]]]
+    unmatched: beam.PCollection[int]
+
+
+class JoinLabels(NamedOutputs):
     """``(key, item)`` → ``(key, (item, label or None))``, plus the count of unmatched labels.
 
     ``item`` holds the original identifiers (a pydicom Dataset, or a mapping such as a
@@ -258,16 +266,16 @@ class JoinLabels(beam.PTransform):
         table: a one-element PCollection of ``LabelTable`` (from ``ReadLabels``).
 
     Returns:
-        ``(joined, unmatched)``: the joined pairs, and a one-element PCollection with the
+        ``Joined(joined, unmatched)``: the joined pairs, and a one-element PCollection with the
         number of label keys that no instance matched (conflicting duplicates, already
         dropped from the table, are reported by ``LabelTable.duplicates_conflicting``).
     """
 
-    def __init__(self, table: beam.PCollection):
+    def __init__(self, table: beam.PCollection[LabelTable]):
         super().__init__()
         self._table = table
 
-    def expand(self, pairs):
+    def expand(self, pairs: beam.PCollection[tuple[Any, Any]]) -> Joined:
         table = beam.pvalue.AsSingleton(self._table)
         outputs = pairs | "Lookup" >> beam.ParDo(JoinLabelsFn(), table).with_outputs(
             MATCHED, main="joined"
@@ -278,7 +286,7 @@ class JoinLabels(beam.PTransform):
             | "CountMatches" >> beam.combiners.Count.Globally()
             | "Unmatched" >> beam.Map(_unmatched, table)
         )
-        return outputs.joined, unmatched
+        return Joined(outputs.joined, unmatched)
 
 
 class JoinLabelsFn(beam.DoFn):

@@ -8,8 +8,6 @@ either way has the model's geometry or becomes a dead letter. After RunInference
 column (never a dict per row).
 """
 
-from __future__ import annotations
-
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass

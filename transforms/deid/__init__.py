@@ -17,7 +17,7 @@ patient IDs, accession numbers and per-patient date shift in every run and on ev
 worker, and nobody without the key can recompute them.
 """
 
-from transforms.deid.beam import LINKAGE, Deidentify, DeidentifyFn
+from transforms.deid.beam import LINKAGE, Deidentified, Deidentify, DeidentifyFn
 from transforms.deid.config import DeidConfig, PixelPolicy, SafePrivate
 from transforms.deid.engine import IMPLEMENTATION_CLASS_UID, Deidentifier
 from transforms.deid.objects import DeidResult, deidentify_dataset, deidentify_object
@@ -34,6 +34,7 @@ __all__ = [
     "UID_ROOT",
     "DeidConfig",
     "DeidResult",
+    "Deidentified",
     "Deidentifier",
     "Deidentify",
     "DeidentifyFn",

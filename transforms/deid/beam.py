@@ -1,19 +1,23 @@
 """The thin Beam shell around de-identification: a composite and its DoFn."""
 
+from collections.abc import Iterator
+from typing import NamedTuple
+
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+from transforms.composite import NamedOutputs
 from transforms.deadletter import (
     DEAD_LETTER,
     STAGE_DEIDENTIFY,
     STAGE_PARSE,
     DeadLetter,
-    StageError,
-    unexpected,
+    DeadLetterFn,
+    at_stage,
 )
 from transforms.deid.config import DeidConfig
 from transforms.deid.engine import Deidentifier
-from transforms.deid.objects import deidentify_dataset
+from transforms.deid.objects import DeidResult, deidentify_dataset
 from transforms.deid.profile import Profile
 from transforms.dicom_io import METRICS_NAMESPACE, SourceObject, parse_dataset
 from transforms.keys import KeySource
@@ -21,13 +25,21 @@ from transforms.keys import KeySource
 LINKAGE = "linkage"
 
 
-class Deidentify(beam.PTransform):
+class Deidentified(NamedTuple):
+    """What ``Deidentify`` gives: results, dead letters, and (if asked for) linkage rows."""
+
+    results: beam.PCollection[tuple[str, str | None, DeidResult]]
+    dead_letters: beam.PCollection[DeadLetter]
+    linkage: beam.PCollection[tuple[tuple[str, str], ...]] | None
+
+
+class Deidentify(NamedOutputs):
     """SourceObjects → DeidResults, with dead-letter and (optional) linkage outputs.
 
     The key is resolved on each worker from ``key_source``; it never travels in the graph.
 
     Returns:
-        ``(results, dead_letters, linkage_rows)``; ``linkage_rows`` is None unless asked for.
+        ``Deidentified(results, dead_letters, linkage)``; ``linkage`` is None unless asked for.
     """
 
     def __init__(self, config: DeidConfig, key_source: KeySource, linkage: bool = False):
@@ -36,14 +48,21 @@ class Deidentify(beam.PTransform):
         self._key_source = key_source
         self._linkage = linkage
 
-    def expand(self, objects):
+    def expand(self, objects: beam.PCollection[SourceObject]) -> Deidentified:
         outputs = objects | "Deidentify" >> beam.ParDo(
             DeidentifyFn(self._config, self._key_source, self._linkage)
         ).with_outputs(DEAD_LETTER, LINKAGE, main="results")
-        return outputs.results, outputs[DEAD_LETTER], outputs[LINKAGE] if self._linkage else None
+        linkage = outputs[LINKAGE] if self._linkage else None
+        return Deidentified(outputs.results, outputs[DEAD_LETTER], linkage)
 
 
-class DeidentifyFn(beam.DoFn):
+class DeidentifyFn(DeadLetterFn):
+    """SourceObject → ``(source, member, DeidResult)`` (and its linkage row, if asked for),
+    or a ``parse`` or ``deidentify`` dead letter."""
+
+    stage = STAGE_PARSE
+    failed_counter = "deid_dead_letters"
+
     def __init__(self, config: DeidConfig, key_source: KeySource, linkage: bool):
         self._config = config
         self._key_source = key_source
@@ -53,24 +72,16 @@ class DeidentifyFn(beam.DoFn):
         # Built once per worker: the table, the resolved options and the key.
         self._engine = Deidentifier(Profile.load(), self._config, self._key_source.resolve())
         self._done = Metrics.counter(METRICS_NAMESPACE, "deidentified")
-        self._failed = Metrics.counter(METRICS_NAMESPACE, "deid_dead_letters")
 
-    def process(self, obj: SourceObject):
-        stage = STAGE_PARSE
-        try:
+    def where(self, obj: SourceObject) -> tuple[str, str | None]:
+        return obj.source, obj.member
+
+    def work(self, obj: SourceObject) -> Iterator:
+        with at_stage(STAGE_PARSE):
             ds = parse_dataset(obj.data)
-            stage = STAGE_DEIDENTIFY
+        with at_stage(STAGE_DEIDENTIFY):
             result, link = deidentify_dataset(ds, self._engine)
-        except StageError as e:
-            error = e
-        except Exception as e:  # one odd file must not stop the run
-            error = unexpected(e)
-        else:
-            self._done.inc()
-            yield (obj.source, obj.member, result)
-            if self._linkage:
-                yield beam.pvalue.TaggedOutput(LINKAGE, tuple(sorted(link.items())))
-            return
-        self._failed.inc()
-        letter = DeadLetter(obj.source, obj.member, stage, error.error_type, error.message)
-        yield beam.pvalue.TaggedOutput(DEAD_LETTER, letter)
+        self._done.inc()
+        yield (obj.source, obj.member, result)
+        if self._linkage:
+            yield beam.pvalue.TaggedOutput(LINKAGE, tuple(sorted(link.items())))

@@ -9,7 +9,7 @@ time through the central directory, tar (optionally gzip/bz2/xz compressed) as a
 
 from transforms.dicom_io.archives import iter_objects, sniff
 from transforms.dicom_io.dedupe import DropDuplicates, FindDuplicates, instance_digest
-from transforms.dicom_io.inventory import InspectDicom, InspectFn, describe
+from transforms.dicom_io.inventory import InspectDicom, Inspected, InspectFn, describe
 from transforms.dicom_io.match import (
     MatchInputs,
     check_inputs,
@@ -30,6 +30,7 @@ from transforms.dicom_io.objects import (
     METRICS_NAMESPACE,
     MODALITIES,
     PHOTOMETRIC_INTERPRETATIONS,
+    ReadOutputs,
     SourceObject,
 )
 from transforms.dicom_io.parse import parse_dataset
@@ -51,10 +52,12 @@ __all__ = [
     "FindDuplicates",
     "InspectDicom",
     "InspectFn",
+    "Inspected",
     "MatchInputs",
     "ReadInstances",
     "ReadObjects",
     "ReadObjectsFn",
+    "ReadOutputs",
     "SourceObject",
     "check_inputs",
     "describe",

@@ -6,13 +6,14 @@ import io
 import apache_beam as beam
 from pydicom.filereader import read_partial
 
+from transforms.composite import NamedOutputs
 from transforms.deadletter import (
     DEAD_LETTER,
     STAGE_READ,
     DeadLetter,
 )
 from transforms.dicom_io.archives import iter_objects
-from transforms.dicom_io.objects import DEFAULT_MAX_OBJECT_BYTES, SourceObject
+from transforms.dicom_io.objects import DEFAULT_MAX_OBJECT_BYTES, ReadOutputs, SourceObject
 
 
 def _past_sop_instance_uid(tag, vr, length) -> bool:
@@ -69,7 +70,7 @@ class FindDuplicates(beam.PTransform):
         super().__init__()
         self._max_bytes = max_bytes
 
-    def expand(self, paths):
+    def expand(self, paths: beam.PCollection[tuple[str, int]]) -> beam.PCollection[tuple[str, str]]:
         return (
             paths
             | "ReadHeaders" >> beam.FlatMap(_places, self._max_bytes)
@@ -78,19 +79,19 @@ class FindDuplicates(beam.PTransform):
         )
 
 
-class DropDuplicates(beam.PTransform):
+class DropDuplicates(NamedOutputs):
     """SourceObjects → (the first copy of each instance, ``duplicate_instance`` rows)."""
 
-    def __init__(self, duplicates):
+    def __init__(self, duplicates: beam.PCollection[tuple[str, str]]):
         super().__init__()
         self._duplicates = duplicates
 
-    def expand(self, objects):
+    def expand(self, objects: beam.PCollection[SourceObject]) -> ReadOutputs:
         places = beam.pvalue.AsDict(self._duplicates | "AsKeys" >> beam.Map(lambda p: (p, True)))
         results = objects | "Drop" >> beam.ParDo(_DropFn(), places).with_outputs(
             DEAD_LETTER, main="objects"
         )
-        return results.objects, results[DEAD_LETTER]
+        return ReadOutputs(results.objects, results[DEAD_LETTER])
 
 
 class _DropFn(beam.DoFn):

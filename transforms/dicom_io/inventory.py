@@ -1,6 +1,8 @@
 """Inventory rows: what each object is, described without PHI, and its Beam transform."""
 
 import functools
+from collections.abc import Iterator
+from typing import NamedTuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -9,12 +11,12 @@ from pydicom.pixels import get_decoder
 from pydicom.uid import UID, UID_dictionary
 
 from models import features as f
+from transforms.composite import NamedOutputs
 from transforms.deadletter import (
     DEAD_LETTER,
     STAGE_PARSE,
     DeadLetter,
-    StageError,
-    unexpected,
+    DeadLetterFn,
 )
 from transforms.dicom_io.objects import (
     _DICOMDIR_SOP_CLASS,
@@ -118,39 +120,39 @@ def _uid_name(uid: str | None) -> str | None:
     return name if name != uid else None  # unknown (private) classes have no name
 
 
-class InspectDicom(beam.PTransform):
+class Inspected(NamedTuple):
+    """What ``InspectDicom`` gives: inventory rows and parse dead letters."""
+
+    rows: beam.PCollection[dict]
+    dead_letters: beam.PCollection[DeadLetter]
+
+
+class InspectDicom(NamedOutputs):
     """SourceObjects → inventory rows, with a dead-letter output for what does not parse."""
 
-    def expand(self, objects):
+    def expand(self, objects: beam.PCollection[SourceObject]) -> Inspected:
         results = objects | "Inspect" >> beam.ParDo(InspectFn()).with_outputs(
             DEAD_LETTER, main="rows"
         )
-        return results.rows, results[DEAD_LETTER]
+        return Inspected(results.rows, results[DEAD_LETTER])
 
 
-class InspectFn(beam.DoFn):
+class InspectFn(DeadLetterFn):
+    stage = STAGE_PARSE
+    failed_counter = "parse_dead_letters"
+
     def setup(self):
         self._counters = {}
-        self._failed = Metrics.counter(METRICS_NAMESPACE, "parse_dead_letters")
 
     def _count(self, status: str) -> None:
         if status not in self._counters:
             self._counters[status] = Metrics.counter(METRICS_NAMESPACE, f"inventoried_{status}")
         self._counters[status].inc()
 
-    def process(self, obj: SourceObject):
-        try:
-            row = describe(obj, parse_dataset(obj.data))
-        except StageError as e:
-            error = e
-        except Exception as e:  # one odd file must not stop the run
-            error = unexpected(e)
-        else:
-            self._count(row[f.PARSE_STATUS])
-            yield row
-            return
-        self._failed.inc()
-        yield beam.pvalue.TaggedOutput(
-            DEAD_LETTER,
-            DeadLetter(obj.source, obj.member, STAGE_PARSE, error.error_type, error.message),
-        )
+    def where(self, obj: SourceObject) -> tuple[str, str | None]:
+        return obj.source, obj.member
+
+    def work(self, obj: SourceObject) -> Iterator[dict]:
+        row = describe(obj, parse_dataset(obj.data))
+        self._count(row[f.PARSE_STATUS])
+        yield row

@@ -67,7 +67,7 @@ class MatchInputs(beam.PTransform):
         super().__init__()
         self._uris = [normalize_uri(u) for u in uris]
 
-    def expand(self, pbegin):
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection[tuple[str, int]]:
         return (
             pbegin
             | "InputUris" >> beam.Create(self._uris)

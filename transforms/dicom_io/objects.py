@@ -3,8 +3,12 @@
 import logging
 import warnings
 from dataclasses import dataclass
+from typing import NamedTuple
 
+import apache_beam as beam
 import pydicom
+
+from transforms.deadletter import METRICS_NAMESPACE, DeadLetter  # noqa: F401  (re-exported)
 
 # pydicom reports odd values through warnings and its logger, quoting the values; those
 # are PHI, so neither may reach a worker's log. Not validating on read means the messages
@@ -16,7 +20,6 @@ warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
 
 DEFAULT_MAX_OBJECT_BYTES = 1 << 30  # 1 GiB: larger objects get a too_large error row
 MAX_ARCHIVE_DEPTH = 2  # an archive inside an archive is expanded; deeper nesting is refused
-METRICS_NAMESPACE = "dicomflow"
 
 _HEAD_BYTES = 512
 _GLOB_CHARS = frozenset("*?[")
@@ -62,3 +65,10 @@ class SourceObject:
     source: str
     member: str | None
     data: bytes
+
+
+class ReadOutputs(NamedTuple):
+    """What a reading composite gives: the objects, and the dead letters of getting them."""
+
+    objects: beam.PCollection[SourceObject]
+    dead_letters: beam.PCollection[DeadLetter]

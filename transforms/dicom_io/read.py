@@ -3,6 +3,7 @@
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+from transforms.composite import NamedOutputs
 from transforms.deadletter import (
     DEAD_LETTER,
     STAGE_READ,
@@ -12,21 +13,25 @@ from transforms.deadletter import (
 from transforms.dicom_io.archives import iter_objects
 from transforms.dicom_io.dedupe import DropDuplicates, FindDuplicates
 from transforms.dicom_io.match import MatchInputs
-from transforms.dicom_io.objects import DEFAULT_MAX_OBJECT_BYTES, METRICS_NAMESPACE
+from transforms.dicom_io.objects import (
+    DEFAULT_MAX_OBJECT_BYTES,
+    METRICS_NAMESPACE,
+    ReadOutputs,
+)
 
 
-class ReadObjects(beam.PTransform):
+class ReadObjects(NamedOutputs):
     """``(path, size)`` → SourceObjects, with a dead-letter output for what cannot be read."""
 
     def __init__(self, max_bytes: int = DEFAULT_MAX_OBJECT_BYTES):
         super().__init__()
         self._max_bytes = max_bytes
 
-    def expand(self, paths):
+    def expand(self, paths: beam.PCollection[tuple[str, int]]) -> ReadOutputs:
         results = paths | "Read" >> beam.ParDo(ReadObjectsFn(self._max_bytes)).with_outputs(
             DEAD_LETTER, main="objects"
         )
-        return results.objects, results[DEAD_LETTER]
+        return ReadOutputs(results.objects, results[DEAD_LETTER])
 
 
 class ReadObjectsFn(beam.DoFn):
@@ -61,13 +66,13 @@ class ReadObjectsFn(beam.DoFn):
             )
 
 
-class ReadInstances(beam.PTransform):
+class ReadInstances(NamedOutputs):
     """Input URIs → every DICOM candidate once, and the dead letters of getting there.
 
     Match, read (archives streamed), and drop later copies of an instance found twice.
 
     Returns:
-        ``(objects, dead_letters)``.
+        ``ReadOutputs(objects, dead_letters)``.
     """
 
     def __init__(self, uris: list[str], max_bytes: int = DEFAULT_MAX_OBJECT_BYTES):
@@ -75,7 +80,7 @@ class ReadInstances(beam.PTransform):
         self._uris = uris
         self._max_bytes = max_bytes
 
-    def expand(self, pbegin):
+    def expand(self, pbegin: beam.pvalue.PBegin) -> ReadOutputs:
         paths = pbegin | "MatchInputs" >> MatchInputs(self._uris)
         duplicates = paths | "FindDuplicates" >> FindDuplicates(self._max_bytes)
         # The reshuffle spreads the paths over workers, and it starts a new fused stage
@@ -86,4 +91,5 @@ class ReadInstances(beam.PTransform):
             paths | "Distribute" >> beam.Reshuffle() | "ReadObjects" >> ReadObjects(self._max_bytes)
         )
         objects, duplicate_errors = objects | "DropDuplicates" >> DropDuplicates(duplicates)
-        return objects, (read_errors, duplicate_errors) | "ReadDeadLetters" >> beam.Flatten()
+        dead_letters = (read_errors, duplicate_errors) | "ReadDeadLetters" >> beam.Flatten()
+        return ReadOutputs(objects, dead_letters)
