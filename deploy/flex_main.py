@@ -3,10 +3,11 @@
 The template launcher runs ``python flex_main.py --name=value ...`` with the template's
 parameters and Dataflow's own options, and expects the program to exit once the job is
 submitted (Dataflow's docs: do not wait for the job in a launcher). So this parses the
-command's options, builds the pipeline with the command's ``build_pipeline`` and calls
-``run()`` without waiting. ``pipelines.<command>.run`` cannot be used here: it waits for
-the job, which a launcher must not do (README, Deploy); both pipelines complete their own
-output, manifest included, so nothing is lost by not waiting.
+command's options, checks them with the command's ``configure``, builds the pipeline with
+its ``build_pipeline`` and calls ``run()`` without waiting. ``pipelines.<command>.run``
+cannot be used here: it waits for the job, which a launcher must not do (README, Deploy);
+both pipelines complete their own output, manifest included, so nothing is lost by not
+waiting.
 
 Parameter names are the options' snake_case names (``key_file``, ``tfrecord_shards``),
 spelled like Beam's own (``temp_location``) and never one of them (ingest's ``--labels`` is
@@ -22,7 +23,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-# Template name → (module, options class). Each module has build_pipeline(opts, beam_options).
+# Template name → (module, options class). Each module has configure(opts, beam_options) and
+# build_pipeline(pipeline, config).
 TEMPLATES = {
     "ingest": ("pipelines.ingest", "IngestOptions"),
     "score": ("pipelines.score", "ScoreOptions"),
@@ -78,15 +80,17 @@ def submit(template: str, argv: Sequence[str]):
     Raises:
         UsageError: a missing or wrong parameter, or inputs that match nothing.
     """
-    from pipelines.options import UsageError, parse_options
+    from pipelines.options import UsageError, new_pipeline, parse_options
     from transforms import dicom_io
 
     options = options_class(template)
     argv = command_argv(argv, parameter_flags(options))
     opts, beam_options = parse_options(f"dicomflow {template}", argv, options)
-    pipeline = importlib.import_module(TEMPLATES[template][0]).build_pipeline(opts, beam_options)
+    module = importlib.import_module(TEMPLATES[template][0])
+    config = module.configure(opts, beam_options)
+    pipeline = module.build_pipeline(new_pipeline(beam_options), config)
     try:
-        dicom_io.check_inputs([dicom_io.normalize_uri(u) for u in opts.input])
+        dicom_io.check_inputs(list(config.inputs))
     except ValueError as e:
         raise UsageError(str(e)) from None
     return pipeline.run()  # no wait_until_finish: the launcher must exit for the job to start

@@ -22,7 +22,6 @@ import contextlib
 import hashlib
 import logging
 import math
-import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -34,6 +33,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult
 
 from models.export import ServingModel, load_serving
+from models.uids import is_valid_uid
 
 DEFAULT_BATCH_SIZE = 64
 DEFAULT_MAX_BATCH_BYTES = 64 << 20  # 64 MiB of input pixels per batch
@@ -156,13 +156,10 @@ def _gpu_memory_growth() -> None:
             tf.config.experimental.set_memory_growth(gpu, True)
 
 
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
-
-
 def explanation_name(sop_instance_uid: str, frame: int) -> str:
     """``<SOPInstanceUID>-<frame>.png``; a UID that is not one (a path, text) is hashed."""
     name = sop_instance_uid
-    if not (_UID.match(name) and len(name) <= 64):
+    if not is_valid_uid(name):
         name = hashlib.sha256(name.encode()).hexdigest()[:32]
     return f"{name}-{frame}.png"
 

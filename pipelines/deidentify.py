@@ -7,16 +7,18 @@ key). Nothing is deleted: output written under another key stays until its owner
 it.
 """
 
-import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions
 
 from models import features as f
+from models.uids import is_valid_uid
+from pipelines import flags
 from pipelines.options import (
     CommandOptions,
     UsageError,
@@ -25,12 +27,11 @@ from pipelines.options import (
     new_pipeline,
     new_run_id,
     parse_options,
-    require,
 )
 from transforms import dicom_io
-from transforms.deadletter import DEAD_LETTER, STAGE_WRITE, DeadLetter
+from transforms.deadletter import DEAD_LETTER, STAGE_WRITE, DeadLetter, DeadLetterFn, StageError
 from transforms.deid import DeidConfig, Deidentify, DeidResult, Profile
-from transforms.keys import KeySource, KeySourceError, fingerprint
+from transforms.keys import KeySource, fingerprint
 from transforms.linkage import write_linkage
 from transforms.manifest import WriteManifest, code_version, error_keys, utc_now
 from transforms.parquet import WriteParquet, table_dir
@@ -43,35 +44,60 @@ ERRORS_TABLE = "errors"
 class DeidentifyOptions(CommandOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
-        parser.add_argument("--input", action="append", help="file, folder, prefix or glob")
-        parser.add_argument("--output", help="output root (local path or gs://)")
-        parser.add_argument("--key-env", help="environment variable holding the secret key")
-        parser.add_argument("--key-file", help="file (local or gs://) holding the secret key")
-        parser.add_argument("--deid-config", help="YAML with profile options (see README)")
-        parser.add_argument(
-            "--max-object-bytes", type=int, default=dicom_io.DEFAULT_MAX_OBJECT_BYTES
-        )
+        flags.add_inputs(parser)
+        flags.add_output(parser)
+        flags.add_key(parser)
+        flags.add_deid_config(parser)
+        flags.add_max_object_bytes(parser)
         parser.add_argument(
             "--linkage-output", help="write the encrypted original→pseudonym table here"
         )
-        parser.add_argument("--linkage-key-env", help="variable holding the linkage key")
-        parser.add_argument("--linkage-key-file", help="file holding the linkage key")
+        flags.add_key(parser, "linkage-key", "linkage key")
 
 
-def key_source(env: str | None, file: str | None, what: str, dataflow: bool) -> KeySource:
-    """A validated key source; the key is read once here to fail before any work."""
-    if env is None and file is None:
-        raise UsageError(f"{what} is required: --{what}-env VAR or --{what}-file PATH")
-    if env is not None and file is not None:
-        raise UsageError(f"give only one of --{what}-env and --{what}-file")
-    if dataflow and (env is not None or not str(file).startswith("gs://")):
-        raise UsageError(f"Dataflow workers read the {what} from --{what}-file gs://... only")
-    source = KeySource(env=env, file=dicom_io.normalize_uri(file) if file else None)
-    try:
-        source.resolve()
-    except KeySourceError as e:
-        raise UsageError(str(e)) from None
-    return source
+@dataclass(frozen=True)
+class DeidentifyConfig:
+    """Everything a deidentify pipeline is built from, checked (``configure``)."""
+
+    inputs: tuple[str, ...]
+    output: str
+    key: KeySource
+    deid: DeidConfig = field(default_factory=DeidConfig)
+    max_object_bytes: int = dicom_io.DEFAULT_MAX_OBJECT_BYTES
+    linkage_output: str | None = None
+    linkage_key: KeySource | None = None  # given exactly when linkage_output is
+    run_id: str = ""
+
+
+def configure(opts: DeidentifyOptions, beam_options: PipelineOptions) -> DeidentifyConfig:
+    """Checks the flags and both keys; returns the config or raises UsageError."""
+    inputs, output = flags.inputs_and_output(opts.input, opts.output)
+    check_output_outside(output, inputs)
+    if opts.max_object_bytes <= 0:
+        raise UsageError("--max-object-bytes must be positive")
+    dataflow = flags.on_dataflow(beam_options)
+    key = flags.key_source(opts.key_env, opts.key_file, "key", dataflow)
+    deid = flags.load_deid_config(opts.deid_config)
+    linkage_key = None
+    if opts.linkage_output:
+        linkage_key = flags.key_source(
+            opts.linkage_key_env, opts.linkage_key_file, "linkage-key", dataflow
+        )
+        if fingerprint(linkage_key.resolve()) == fingerprint(key.resolve()):
+            raise UsageError("the linkage key must differ from the pseudonymization key")
+    elif opts.linkage_key_env or opts.linkage_key_file:
+        raise UsageError("--linkage-key-* needs --linkage-output")
+    linkage_output = dicom_io.normalize_uri(opts.linkage_output) if opts.linkage_output else None
+    return DeidentifyConfig(
+        tuple(inputs),
+        output,
+        key,
+        deid,
+        opts.max_object_bytes,
+        linkage_output,
+        linkage_key,
+        new_run_id(),
+    )
 
 
 def deid_header(
@@ -90,86 +116,54 @@ def deid_header(
     }
 
 
-def load_config(uri: str | None) -> DeidConfig:
-    if uri is None:
-        return DeidConfig()
-    try:
-        with FileSystems.open(dicom_io.normalize_uri(uri)) as fh:
-            text = fh.read().decode()
-    except Exception as e:
-        raise UsageError(f"--deid-config {uri} cannot be read ({type(e).__name__})") from None
-    try:
-        return DeidConfig.from_yaml(text)
-    except (ValueError, TypeError) as e:
-        raise UsageError(f"--deid-config {uri}: {e}") from None
-
-
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
-
-
-class WriteDeidFn(beam.DoFn):
+class WriteDeidFn(DeadLetterFn):
     """Writes one de-identified instance, named by its new SOPInstanceUID.
 
     Names are checked: with retain_uids the UID is the source's own, and a malformed one
     ("../x") must not choose where the file goes.
     """
 
+    stage = STAGE_WRITE
+
     def __init__(self, directory: str):
         self._directory = directory
         self._written = Metrics.counter(dicom_io.METRICS_NAMESPACE, "deid_files_written")
 
-    def process(self, element: tuple[str, str | None, DeidResult]):
-        source, member, result = element
+    def where(self, element: tuple[str, str | None, DeidResult]) -> tuple[str, str | None]:
+        return element[0], element[1]
+
+    def work(self, element: tuple[str, str | None, DeidResult]) -> Iterator[str]:
+        result = element[2]
         uid = result.sop_instance_uid
-        if not (_UID.match(uid) and len(uid) <= 64):
-            message = "the SOPInstanceUID is not a valid UID; no file name can be made from it"
-            letter = DeadLetter(source, member, STAGE_WRITE, "invalid_uid", message)
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER, letter)
-            return
+        if not is_valid_uid(uid):
+            raise StageError(
+                "invalid_uid",
+                "the SOPInstanceUID is not a valid UID; no file name can be made from it",
+            )
         try:
             path = FileSystems.join(self._directory, f"{uid}.dcm")
             write_bytes(path, result.data, "application/dicom")
         except Exception as e:
             message = f"cannot write the de-identified file ({type(e).__name__})"
-            letter = DeadLetter(source, member, STAGE_WRITE, "write_failed", message)
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER, letter)
-            return
+            raise StageError("write_failed", message) from None
         self._written.inc()
         yield result.modality
 
 
-def build_pipeline(
-    opts: DeidentifyOptions, beam_options: PipelineOptions, run_id: str | None = None
-) -> beam.Pipeline:
-    """Builds (does not run) the deidentify pipeline; checks arguments and keys first."""
-    inputs = [dicom_io.normalize_uri(u) for u in require(opts.input, "--input")]
-    output = dicom_io.normalize_uri(require(opts.output, "--output"))
-    check_output_outside(output, inputs)
-    if opts.max_object_bytes <= 0:
-        raise UsageError("--max-object-bytes must be positive")
-    dataflow = "Dataflow" in str(beam_options.view_as(StandardOptions).runner or "")
-    key = key_source(opts.key_env, opts.key_file, "key", dataflow)
-    config = load_config(opts.deid_config)
-    linkage_key = None
-    if opts.linkage_output:
-        linkage_key = key_source(
-            opts.linkage_key_env, opts.linkage_key_file, "linkage-key", dataflow
-        )
-        if fingerprint(linkage_key.resolve()) == fingerprint(key.resolve()):
-            raise UsageError("the linkage key must differ from the pseudonymization key")
-    elif opts.linkage_key_env or opts.linkage_key_file:
-        raise UsageError("--linkage-key-* needs --linkage-output")
+def build_pipeline(pipeline: beam.Pipeline, config: DeidentifyConfig) -> beam.Pipeline:
+    """Adds the deidentify graph to ``pipeline`` (not run) and returns it."""
+    inputs, output = list(config.inputs), config.output
     header = {
-        **deid_header("deidentify", run_id, inputs, key, config),
-        "linkage": bool(opts.linkage_output),
+        **deid_header("deidentify", config.run_id, inputs, config.key, config.deid),
+        "linkage": bool(config.linkage_output),
     }
 
-    p = new_pipeline(beam_options)
+    p = pipeline
     objects, read_errors = p | "ReadInstances" >> dicom_io.ReadInstances(
-        inputs, opts.max_object_bytes
+        inputs, config.max_object_bytes
     )
     results, deid_errors, linkage = objects | "Deidentify" >> Deidentify(
-        config, key, linkage=bool(opts.linkage_output)
+        config.deid, config.key, linkage=bool(config.linkage_output)
     )
     written = results | "WriteDeidDicom" >> beam.ParDo(
         WriteDeidFn(FileSystems.join(output, DEID_DIR))
@@ -188,8 +182,7 @@ def build_pipeline(
             linkage
             | "DistinctLinks" >> beam.Distinct()
             | "CollectLinks" >> beam.combiners.ToList()
-            | "WriteLinkage"
-            >> beam.Map(write_linkage, dicom_io.normalize_uri(opts.linkage_output), linkage_key)
+            | "WriteLinkage" >> beam.Map(write_linkage, config.linkage_output, config.linkage_key)
         )
     _ = (
         (
@@ -205,11 +198,17 @@ def build_pipeline(
     return p
 
 
+def deidentify(config: DeidentifyConfig, beam_options: PipelineOptions) -> dict:
+    """Runs a deidentify job to the end (inputs checked first); returns its manifest."""
+    pipeline = build_pipeline(new_pipeline(beam_options), config)
+    return execute(pipeline, config.inputs, config.output)
+
+
 def run(argv: Sequence[str]) -> int:
     opts, beam_options = parse_options("dicomflow deidentify", argv, DeidentifyOptions)
-    pipeline = build_pipeline(opts, beam_options)
-    output = dicom_io.normalize_uri(opts.output)
-    manifest = execute(pipeline, [dicom_io.normalize_uri(u) for u in opts.input], output)
+    config = configure(opts, beam_options)
+    manifest = deidentify(config, beam_options)
+    output = config.output
     counts = manifest["counts"]
     print(
         f"deidentify: {counts.get('seen', 0)} objects seen, "

@@ -113,6 +113,7 @@ def summary(workdir: str, record: dict) -> list[str]:
 
 
 def run(argv: Sequence[str]) -> int:
+    from apache_beam.options.pipeline_options import PipelineOptions
     from rich.console import Console
 
     from pipelines import run as run_mod
@@ -132,19 +133,12 @@ def run(argv: Sequence[str]) -> int:
     os.makedirs(workdir, exist_ok=True)
     started = time.monotonic()
     console.rule("dicomflow demo")
+    corpus = synth.SynthConfig(
+        os.path.join(workdir, "bucket"), args.patients, args.seed, args.positive_rate
+    )
     with console.status("synth: writing a synthetic PACS export ..."):
-        synth.run(
-            [
-                "--output",
-                os.path.join(workdir, "bucket"),
-                "--patients",
-                str(args.patients),
-                "--seed",
-                str(args.seed),
-                "--positive-rate",
-                str(args.positive_rate),
-            ]
-        )
+        synth.synthesize(corpus, PipelineOptions([]))
+        print(synth.summary(corpus), file=sys.stderr)
     console.print(f"synth: {args.patients} patients → {workdir}/bucket")
     if args.key_env:
         console.print(f"demo: using the key in ${args.key_env}")

@@ -9,27 +9,30 @@ memory and nothing collects the corpus on one worker.
 import sys
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, TestOptions
+from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 
 from models import features as f
-from pipelines.deidentify import deid_header, key_source, load_config
+from pipelines import flags
+from pipelines.deidentify import deid_header
 from pipelines.options import (
     CommandOptions,
     UsageError,
     check_output_outside,
     execute,
     new_pipeline,
+    new_run_id,
     parse_options,
-    require,
 )
 from transforms import dicom_io
-from transforms.convert import ConvertFn, Instance, ParseFn
-from transforms.deadletter import DEAD_LETTER, DeadLetter
-from transforms.labels import JoinLabels, ReadLabels, load_labels
+from transforms.convert import Instance, PrepareInstances
+from transforms.deadletter import DeadLetter
+from transforms.deid import DeidConfig
+from transforms.keys import KeySource
+from transforms.labels import ReadLabels, load_labels
 from transforms.manifest import (
     WriteManifest,
     error_keys,
@@ -51,20 +54,67 @@ ALL_SPLITS = (*SPLITS, UNLABELED)
 class IngestOptions(CommandOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
-        parser.add_argument("--input", action="append", help="file, folder, prefix or glob")
-        parser.add_argument("--output", help="output root (local path or gs://)")
+        flags.add_inputs(parser)
+        flags.add_output(parser)
         parser.add_argument("--labels", help="CSV or Parquet label export (original keys)")
-        parser.add_argument("--key-env", help="environment variable holding the secret key")
-        parser.add_argument("--key-file", help="file (local or gs://) holding the secret key")
-        parser.add_argument("--deid-config", help="YAML with de-identification options")
-        parser.add_argument("--pixel-config", help="YAML: size, channels, frame_policy, windows")
+        flags.add_key(parser)
+        flags.add_deid_config(parser)
+        flags.add_pixel_config(parser, "YAML: size, channels, frame_policy, windows")
         parser.add_argument("--split", help="train,eval,test fractions, e.g. 0.8,0.1,0.1")
         parser.add_argument(
             "--tfrecord-shards", type=int, default=0, help="shards per split (0: the runner's)"
         )
-        parser.add_argument(
-            "--max-object-bytes", type=int, default=dicom_io.DEFAULT_MAX_OBJECT_BYTES
-        )
+        flags.add_max_object_bytes(parser)
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """Everything an ingest pipeline is built from, checked (``configure``)."""
+
+    inputs: tuple[str, ...]
+    output: str
+    key: KeySource
+    deid: DeidConfig = field(default_factory=DeidConfig)
+    pixels: PixelConfig = field(default_factory=PixelConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    labels: str | None = None  # label export URI
+    label_rows: int | None = None  # its rows, checked in the launcher
+    tfrecord_shards: int = 0
+    max_object_bytes: int = dicom_io.DEFAULT_MAX_OBJECT_BYTES
+    run_id: str = ""
+
+
+def configure(opts: IngestOptions, beam_options: PipelineOptions) -> IngestConfig:
+    """Checks the flags, the key and the label file (read here, to refuse a bad one before
+    any work) and returns the config; raises UsageError."""
+    inputs, output = flags.inputs_and_output(opts.input, opts.output)
+    check_output_outside(output, inputs)
+    if opts.max_object_bytes <= 0 or opts.tfrecord_shards < 0:
+        raise UsageError("--max-object-bytes must be positive and --tfrecord-shards >= 0")
+    key = flags.key_source(opts.key_env, opts.key_file, "key", flags.on_dataflow(beam_options))
+    deid = flags.load_deid_config(opts.deid_config)
+    pixels = flags.load_pixel_config(opts.pixel_config)
+    split = parse_split(opts.split)
+    labels = dicom_io.normalize_uri(opts.labels) if opts.labels else None
+    label_rows = None
+    if labels:
+        try:
+            label_rows = load_labels(labels).rows
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+    return IngestConfig(
+        tuple(inputs),
+        output,
+        key,
+        deid,
+        pixels,
+        split,
+        labels,
+        label_rows,
+        opts.tfrecord_shards,
+        opts.max_object_bytes,
+        new_run_id(),
+    )
 
 
 @dataclass(frozen=True)
@@ -186,66 +236,30 @@ def parse_split(text: str | None) -> SplitConfig:
         raise UsageError(f"--split must be three fractions summing to 1 ({e})") from None
 
 
-def load_pixel_config(uri: str | None) -> PixelConfig:
-    if uri is None:
-        return PixelConfig()
-    import yaml
-
-    try:
-        with FileSystems.open(dicom_io.normalize_uri(uri)) as fh:
-            return PixelConfig.from_mapping(yaml.safe_load(fh.read().decode()))
-    except (ValueError, TypeError) as e:
-        raise UsageError(f"--pixel-config {uri}: {e}") from None
-    except Exception as e:
-        raise UsageError(f"--pixel-config {uri} cannot be read ({type(e).__name__})") from None
-
-
-def build_pipeline(
-    opts: IngestOptions, beam_options: PipelineOptions, run_id: str | None = None
-) -> beam.Pipeline:
-    """Builds (does not run) the ingest pipeline; checks arguments, keys and labels first."""
-    inputs = [dicom_io.normalize_uri(u) for u in require(opts.input, "--input")]
-    output = dicom_io.normalize_uri(require(opts.output, "--output"))
-    check_output_outside(output, inputs)
-    if opts.max_object_bytes <= 0 or opts.tfrecord_shards < 0:
-        raise UsageError("--max-object-bytes must be positive and --tfrecord-shards >= 0")
-    dataflow = "Dataflow" in str(beam_options.view_as(StandardOptions).runner or "")
-    key = key_source(opts.key_env, opts.key_file, "key", dataflow)
-    deid_config = load_config(opts.deid_config)
-    pixels = load_pixel_config(opts.pixel_config)
-    split = parse_split(opts.split)
-    labels_uri = dicom_io.normalize_uri(opts.labels) if opts.labels else None
-    label_rows = None
-    if labels_uri:
-        try:
-            label_rows = load_labels(labels_uri).rows  # refuse a bad file before any work
-        except ValueError as e:
-            raise UsageError(str(e)) from None
+def build_pipeline(pipeline: beam.Pipeline, config: IngestConfig) -> beam.Pipeline:
+    """Adds the ingest graph to ``pipeline`` (not run) and returns it."""
+    split = config.split
     header = {
-        **deid_header("ingest", run_id, inputs, key, deid_config),
-        "pixels": pixels.describe(),
+        **deid_header("ingest", config.run_id, list(config.inputs), config.key, config.deid),
+        "pixels": config.pixels.describe(),
         "split": {"train": split.train, "eval": split.eval, "test": split.test},
-        "labels": {"given": bool(labels_uri), "rows": label_rows},
+        "labels": {"given": bool(config.labels), "rows": config.label_rows},
     }
-
-    p = new_pipeline(beam_options)
-    objects, read_errors = p | "ReadInstances" >> dicom_io.ReadInstances(
-        inputs, opts.max_object_bytes
+    output = config.output
+    p = pipeline
+    read = p | "ReadInstances" >> dicom_io.ReadInstances(
+        list(config.inputs), config.max_object_bytes
     )
-    parsed = objects | "Parse" >> beam.ParDo(ParseFn()).with_outputs(DEAD_LETTER, main="ok")
+    table = p | "ReadLabels" >> ReadLabels(config.labels) if config.labels else None
+    prepared = read.objects | "PrepareInstances" >> PrepareInstances(
+        config.deid, config.key, config.pixels, prefix="ingest", labels=table
+    )
     sections = {}
-    if labels_uri:
-        table = p | "ReadLabels" >> ReadLabels(labels_uri)
-        joined, unmatched = parsed.ok | "JoinLabels" >> JoinLabels(table)
-        sections["labels"] = unmatched | "LabelsSection" >> beam.Map(
+    if prepared.unmatched_labels is not None:
+        sections["labels"] = prepared.unmatched_labels | "LabelsSection" >> beam.Map(
             lambda n, given: {**given, "unmatched_rows": n}, header["labels"]
         )
-    else:
-        joined = parsed.ok | "NoLabels" >> beam.Map(lambda kv: (kv[0], (kv[1], None)))
-    prepared = joined | "Prepare" >> beam.ParDo(
-        ConvertFn(deid_config, key, pixels, prefix="ingest")
-    ).with_outputs(DEAD_LETTER, main="converted")
-    instances = prepared.converted | "Split" >> beam.Map(to_converted, split)
+    instances = prepared.instances | "Split" >> beam.Map(to_converted, config.split)
     by_split = instances | "BySplit" >> beam.Partition(
         lambda c, n: ALL_SPLITS.index(c.split), len(ALL_SPLITS)
     )
@@ -255,17 +269,17 @@ def build_pipeline(
         examples = part | f"{name}Examples" >> beam.FlatMap(lambda c: c.examples)
         directory = FileSystems.join(output, TFRECORDS, name)
         tables[f"{TFRECORDS}/{name}"] = examples | f"Write{name.title()}" >> WriteTFRecords(
-            directory, opts.tfrecord_shards
+            directory, config.tfrecord_shards
         )
         if name == SPLITS[0]:
             train_examples = examples
     scratch = FileSystems.join(output, SCRATCH)
-    if beam_options.view_as(TestOptions).dry_run:
+    if p.options.view_as(TestOptions).dry_run:
         # tf.Transform creates its scratch folder while the graph is built; a dry run
         # builds and never runs, so it must not reach for the bucket.
         scratch = tempfile.mkdtemp(prefix="dicomflow-dry-run-")
     published = train_examples | "TfTransform" >> AnalyzeTrain(
-        FileSystems.join(output, TRANSFORM), scratch, pixels
+        FileSystems.join(output, TRANSFORM), scratch, config.pixels
     )
     sections["tf_transform"] = published | "TransformStatistics" >> beam.Map(
         _after_transform, output, scratch
@@ -275,7 +289,7 @@ def build_pipeline(
         table_dir(output, INDEX_TABLE), f.INDEX_SCHEMA
     )
     errors = (
-        (read_errors, parsed[DEAD_LETTER], prepared[DEAD_LETTER])
+        (read.dead_letters, prepared.dead_letters)
         | "AllDeadLetters" >> beam.Flatten()
         | "ErrorRows" >> beam.Map(DeadLetter.to_row)
     )
@@ -339,16 +353,24 @@ def transform_statistics(output: str) -> dict:
     return {"pixel_mean": float(-z[0] * std), "pixel_std": float(std), "labels": vocabulary}
 
 
-def run(argv: Sequence[str]) -> int:
-    opts, beam_options = parse_options("dicomflow ingest", argv, IngestOptions)
-    pipeline = build_pipeline(opts, beam_options)
-    output = dicom_io.normalize_uri(opts.output)
-    manifest = execute(pipeline, [dicom_io.normalize_uri(u) for u in opts.input], output)
+def ingest(config: IngestConfig, beam_options: PipelineOptions) -> dict:
+    """Runs an ingest to the end (inputs checked first); returns its manifest."""
+    pipeline = build_pipeline(new_pipeline(beam_options), config)
+    return execute(pipeline, config.inputs, config.output)
+
+
+def summary(manifest: dict, output: str) -> str:
+    """The one line a finished ingest prints."""
     counts = manifest["counts"]
-    print(
+    return (
         f"ingest: {counts.get('seen', 0)} objects seen, {counts.get('converted', 0)} converted "
         f"({counts.get('examples', 0)} examples), {counts.get('dead_lettered', 0)} dead-lettered"
-        f" → {output}",
-        file=sys.stderr,
+        f" → {output}"
     )
+
+
+def run(argv: Sequence[str]) -> int:
+    opts, beam_options = parse_options("dicomflow ingest", argv, IngestOptions)
+    config = configure(opts, beam_options)
+    print(summary(ingest(config, beam_options), config.output), file=sys.stderr)
     return 0

@@ -2,11 +2,13 @@
 
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from models import features as f
+from pipelines import flags
 from pipelines.options import (
     CommandOptions,
     UsageError,
@@ -15,7 +17,6 @@ from pipelines.options import (
     new_pipeline,
     new_run_id,
     parse_options,
-    require,
 )
 from transforms import dicom_io
 from transforms.deadletter import DeadLetter
@@ -29,18 +30,19 @@ ERRORS_TABLE = "errors"
 class InventoryOptions(CommandOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
-        parser.add_argument(
-            "--input",
-            action="append",
-            help="file, folder, gs:// prefix or glob; repeat for several",
-        )
-        parser.add_argument("--output", help="output root (local path or gs://)")
-        parser.add_argument(
-            "--max-object-bytes",
-            type=int,
-            default=dicom_io.DEFAULT_MAX_OBJECT_BYTES,
-            help="objects and archive members above this size get a too_large error row",
-        )
+        flags.add_inputs(parser, "file, folder, gs:// prefix or glob; repeat for several")
+        flags.add_output(parser)
+        flags.add_max_object_bytes(parser)
+
+
+@dataclass(frozen=True)
+class InventoryConfig:
+    """Everything an inventory pipeline is built from, checked (``configure``)."""
+
+    inputs: tuple[str, ...]
+    output: str
+    max_object_bytes: int = dicom_io.DEFAULT_MAX_OBJECT_BYTES
+    run_id: str = ""
 
 
 def inventory_keys(row: dict) -> list:
@@ -56,33 +58,30 @@ def inventory_keys(row: dict) -> list:
     return keys
 
 
-def validate(opts: InventoryOptions) -> tuple[list[str], str]:
-    """Checks the arguments (no I/O); returns the normalised inputs and output."""
-    inputs = [dicom_io.normalize_uri(u) for u in require(opts.input, "--input")]
-    output = dicom_io.normalize_uri(require(opts.output, "--output"))
+def configure(opts: InventoryOptions, beam_options: PipelineOptions) -> InventoryConfig:
+    """Checks the flags (no I/O); returns the config or raises UsageError."""
+    inputs, output = flags.inputs_and_output(opts.input, opts.output)
     if opts.max_object_bytes <= 0:
         raise UsageError("--max-object-bytes must be positive")
     check_output_outside(output, inputs)
-    return inputs, output
+    return InventoryConfig(tuple(inputs), output, opts.max_object_bytes, new_run_id())
 
 
-def build_pipeline(
-    opts: InventoryOptions, beam_options: PipelineOptions, run_id: str | None = None
-) -> beam.Pipeline:
-    """Builds (does not run) the inventory pipeline."""
-    inputs, output = validate(opts)
+def build_pipeline(pipeline: beam.Pipeline, config: InventoryConfig) -> beam.Pipeline:
+    """Adds the inventory graph to ``pipeline`` (not run) and returns it."""
+    output = config.output
     header = {
         "pipeline": "inventory",
-        "run_id": run_id or new_run_id(),
+        "run_id": config.run_id or new_run_id(),
         "code_version": code_version(),
         "started_at": utc_now(),
-        "inputs": list(inputs),
-        "options": {"max_object_bytes": opts.max_object_bytes},
+        "inputs": list(config.inputs),
+        "options": {"max_object_bytes": config.max_object_bytes},
     }
 
-    p = new_pipeline(beam_options)
-    paths = p | "MatchInputs" >> dicom_io.MatchInputs(inputs)
-    objects, read_errors = paths | "ReadObjects" >> dicom_io.ReadObjects(opts.max_object_bytes)
+    p = pipeline
+    paths = p | "MatchInputs" >> dicom_io.MatchInputs(list(config.inputs))
+    objects, read_errors = paths | "ReadObjects" >> dicom_io.ReadObjects(config.max_object_bytes)
     rows, parse_errors = objects | "InspectDicom" >> dicom_io.InspectDicom()
     errors = (
         (read_errors, parse_errors)
@@ -111,11 +110,18 @@ def build_pipeline(
     return p
 
 
+def inventory(config: InventoryConfig, beam_options: PipelineOptions) -> dict:
+    """Runs an inventory to the end (inputs checked first); returns its manifest."""
+    pipeline = build_pipeline(new_pipeline(beam_options), config)
+    return execute(pipeline, config.inputs, config.output)
+
+
 def run(argv: Sequence[str]) -> int:
     """Parses arguments, checks the inputs exist, runs the pipeline, prints the counts."""
     opts, beam_options = parse_options("dicomflow inventory", argv, InventoryOptions)
-    inputs, output = validate(opts)
-    counts = execute(build_pipeline(opts, beam_options), inputs, output)["counts"]
+    config = configure(opts, beam_options)
+    output = config.output
+    counts = inventory(config, beam_options)["counts"]
     print(
         f"inventory: {counts.get('seen', 0)} objects seen, "
         f"{counts.get('inventoried', 0)} inventoried, "

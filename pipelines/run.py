@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, fields
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines import state as st
-from pipelines.options import OneLineParser, UsageError, new_run_id
+from pipelines.options import OneLineParser, UsageError, command_options, new_run_id
 from transforms import dicom_io
 from transforms.manifest import utc_now
 
@@ -88,8 +88,8 @@ class RunConfig:
             raise ValueError("train.launcher vertex needs train.vertex (project, region, image)")
         return config
 
-    def key_args(self) -> list[str]:
-        return ["--key-env", self.key_env] if self.key_env else ["--key-file", self.key_file]
+    def key_options(self) -> dict[str, str | None]:
+        return {"key_env": self.key_env, "key_file": self.key_file}
 
     def path(self, *parts: str) -> str:
         return FileSystems.join(self.output, *parts)
@@ -111,22 +111,28 @@ class StageFailed(Exception):
     """A stage ended badly; the chain stops and earlier outputs stay."""
 
 
+def stage_flags(settings: dict) -> list[str]:
+    """A stage's own flags from run.yaml (``args``, then ``beam_args``), as given there."""
+    return [*settings.get("args", []), *settings.get("beam_args", [])]
+
+
 def run_ingest(config: RunConfig, record: dict, objects: list[str]) -> dict:
     from pipelines import ingest
 
-    argv = [a for uri in config.inputs for a in ("--input", uri)]
-    argv += ["--output", config.path(INGEST_DIR), *config.key_args()]
-    for flag, value in (
-        ("--labels", config.labels),
-        ("--deid-config", config.deid_config),
-        ("--pixel-config", config.pixel_config),
-    ):
-        if value:
-            argv += [flag, value]
-    argv += list(config.ingest.get("args", [])) + list(config.ingest.get("beam_args", []))
-    if ingest.run(argv) != 0:
-        raise StageFailed("ingest exited non-zero")
-    manifest = st.read_json(config.path(INGEST_DIR, "manifest.json")) or {}
+    given = {
+        "input": list(config.inputs),
+        "output": config.path(INGEST_DIR),
+        **config.key_options(),
+        "labels": config.labels,
+        "deid_config": config.deid_config,
+        "pixel_config": config.pixel_config,
+    }
+    opts, beam_options = command_options(
+        "dicomflow ingest", ingest.IngestOptions, given, stage_flags(config.ingest)
+    )
+    ingest_config = ingest.configure(opts, beam_options)
+    manifest = ingest.ingest(ingest_config, beam_options)
+    print(ingest.summary(manifest, ingest_config.output), file=sys.stderr)
     return {"counts": manifest.get("counts", {})}
 
 
@@ -168,14 +174,19 @@ def run_score(config: RunConfig, record: dict, objects: list[str]) -> dict:
         resolve_model(model)
     except ValueError as e:
         raise StageFailed(f"nothing to score with: {e}") from None
-    argv = [a for uri in objects for a in ("--input", uri)]
-    argv += ["--model", model, "--output", config.path(st.RUNS_DIR, record["run_id"], SCORE_DIR)]
-    argv += ["--run-id", record["run_id"], *config.key_args()]
-    argv += list(config.score.get("args", [])) + list(config.score.get("beam_args", []))
-    if score.run(argv) != 0:
-        raise StageFailed("score exited non-zero")
-    manifest = st.read_json(config.path(st.RUNS_DIR, record["run_id"], SCORE_DIR, "manifest.json"))
-    return {"counts": (manifest or {}).get("counts", {})}
+    given = {
+        "input": list(objects),
+        "model": model,
+        "output": config.path(st.RUNS_DIR, record["run_id"], SCORE_DIR),
+        "run_id": record["run_id"],
+        **config.key_options(),
+    }
+    opts, beam_options = command_options(
+        "dicomflow score", score.ScoreOptions, given, stage_flags(config.score)
+    )
+    manifest = score.score(score.configure(opts, beam_options), beam_options)
+    print(score.summary(manifest), file=sys.stderr)
+    return {"counts": manifest.get("counts", {})}
 
 
 RUNNERS: dict[str, Callable[[RunConfig, dict, list[str]], dict]] = {

@@ -9,12 +9,14 @@ import io
 import json
 import sys
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from pipelines import flags
 from pipelines.options import CommandOptions, UsageError, new_pipeline, parse_options, require
 from transforms import testing as synth
 from transforms.dicom_io import METRICS_NAMESPACE, normalize_uri
@@ -30,7 +32,7 @@ _LABELS = "labels"
 class SynthOptions(CommandOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
-        parser.add_argument("--output", help="corpus root (local path or gs://)")
+        flags.add_output(parser, "corpus root (local path or gs://)")
         parser.add_argument("--patients", type=int, help="number of patients")
         parser.add_argument("--seed", type=int, default=0, help="same seed, same bytes")
         parser.add_argument(
@@ -81,22 +83,38 @@ def write_labels(rows: list[dict[str, str]], output: str) -> None:
     write_bytes(FileSystems.join(output, LABELS_NAME), text.getvalue().encode(), "text/csv")
 
 
-def build_pipeline(opts: SynthOptions, beam_options: PipelineOptions) -> beam.Pipeline:
-    """Builds (does not run) the synth pipeline."""
+@dataclass(frozen=True)
+class SynthConfig:
+    """A synthetic corpus: where, how many patients, its seed and share of positives."""
+
+    output: str
+    patients: int
+    seed: int = 0
+    positive_rate: float = 0.2
+
+    def __post_init__(self):
+        if self.patients < 1:
+            raise UsageError("--patients must be at least 1")
+        if not 0.0 <= self.positive_rate <= 1.0:
+            raise UsageError("--positive-rate must be between 0 and 1")
+        if self.seed < 0:
+            raise UsageError("--seed must be 0 or more")
+
+
+def configure(opts: SynthOptions, beam_options: PipelineOptions) -> SynthConfig:
+    """Checks the flags (no I/O); returns the config or raises UsageError."""
     output = normalize_uri(require(opts.output, "--output"))
     patients = require(opts.patients, "--patients")
-    if patients < 1:
-        raise UsageError("--patients must be at least 1")
-    if not 0.0 <= opts.positive_rate <= 1.0:
-        raise UsageError("--positive-rate must be between 0 and 1")
-    if opts.seed < 0:
-        raise UsageError("--seed must be 0 or more")
-    seed, rate = opts.seed, opts.positive_rate
+    return SynthConfig(output, patients, opts.seed, opts.positive_rate)
 
-    p = new_pipeline(beam_options)
+
+def build_pipeline(pipeline: beam.Pipeline, config: SynthConfig) -> beam.Pipeline:
+    """Adds the synth graph to ``pipeline`` (not run) and returns it."""
+    output, seed, rate = config.output, config.seed, config.positive_rate
+    p = pipeline
     patient_parts = (
         p
-        | "PatientIndices" >> beam.Create(range(patients))
+        | "PatientIndices" >> beam.Create(range(config.patients))
         | "Spread" >> beam.Reshuffle()
         | "SynthPatients" >> beam.Map(synth.synth_patient, seed, rate)
     )
@@ -119,20 +137,29 @@ def build_pipeline(opts: SynthOptions, beam_options: PipelineOptions) -> beam.Pi
     return p
 
 
-def run(argv: Sequence[str]) -> int:
-    opts, beam_options = parse_options("dicomflow synth", argv, SynthOptions)
-    pipeline = build_pipeline(opts, beam_options)
-    existing = FileSystems.join(normalize_uri(opts.output), "export", "**")
+def synthesize(config: SynthConfig, beam_options: PipelineOptions) -> None:
+    """Writes the corpus (an output that already holds one is refused)."""
+    pipeline = build_pipeline(new_pipeline(beam_options), config)
+    existing = FileSystems.join(config.output, "export", "**")
     found = FileSystems.match([existing], limits=[100])[0].metadata_list
     if any(not m.path.endswith("/") for m in found):  # folder placeholders do not count
         # Mixing two corpora would make phi.json and labels.csv describe only one of them.
-        raise UsageError(f"--output {opts.output} already holds a corpus; choose an empty one")
-    result = pipeline.run()
-    result.wait_until_finish()
-    output = normalize_uri(opts.output)
-    print(
-        f"synth: {opts.patients} patients (seed {opts.seed}) → {output}/export, "
-        f"{output}/{LABELS_NAME}, {output}/{PHI_NAME}",
-        file=sys.stderr,
+        raise UsageError(f"--output {config.output} already holds a corpus; choose an empty one")
+    pipeline.run().wait_until_finish()
+
+
+def summary(config: SynthConfig) -> str:
+    """The one line a finished synth prints."""
+    output = config.output
+    return (
+        f"synth: {config.patients} patients (seed {config.seed}) → {output}/export, "
+        f"{output}/{LABELS_NAME}, {output}/{PHI_NAME}"
     )
+
+
+def run(argv: Sequence[str]) -> int:
+    opts, beam_options = parse_options("dicomflow synth", argv, SynthOptions)
+    config = configure(opts, beam_options)
+    synthesize(config, beam_options)
+    print(summary(config), file=sys.stderr)
     return 0

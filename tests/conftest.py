@@ -74,6 +74,14 @@ DATAFLOW_DRY_RUN = [
 ]
 
 
+def build(module, options: type, argv: list[str]):
+    """A command's pipeline as its ``run`` builds it: flags → config → graph (not run)."""
+    from pipelines.options import new_pipeline, parse_options
+
+    opts, beam_options = parse_options("test", argv, options)
+    return module.build_pipeline(new_pipeline(beam_options), module.configure(opts, beam_options))
+
+
 def dry_run_steps(result) -> set[str]:
     """The step names of a job a dry run built."""
     return {t.unique_name for t in result.job.proto_pipeline.components.transforms.values()}

@@ -12,6 +12,7 @@ import pytest
 from apache_beam.io.filesystems import FileSystems
 from conftest import (
     DATAFLOW_DRY_RUN,
+    build,
     count_objects,
     dry_run_steps,
     phi_values,
@@ -21,7 +22,7 @@ from pydicom.data import get_testdata_file
 
 from models import features as f
 from pipelines import deidentify
-from pipelines.options import UsageError, parse_options
+from pipelines.options import UsageError
 from transforms import dicom_io
 from transforms.keys import fingerprint
 from transforms.linkage import decrypt_rows
@@ -247,8 +248,7 @@ def test_dataflow_dry_run_reads_the_key_from_the_bucket(gcs, tmp_path):
         f"--key-file={key_uri}",
         *DATAFLOW_DRY_RUN,
     ]
-    opts, beam_options = parse_options("dicomflow deidentify", argv, deidentify.DeidentifyOptions)
-    result = deidentify.build_pipeline(opts, beam_options).run()
+    result = build(deidentify, deidentify.DeidentifyOptions, argv).run()
     names = dry_run_steps(result)
     assert {"Deidentify", "WriteDeidDicom", "WriteErrors", "WriteManifest"} <= names
     # The key never travels: the graph holds its location, and the DoFn only a KeySource.

@@ -415,7 +415,8 @@ def test_flex_launcher_submits_the_ingest_job_without_waiting(gcs, monkeypatch):
     ]
     launcher = flex_main()
     result = launcher.submit("ingest", [*params, *DATAFLOW_DRY_RUN])
-    assert {"ReadInstances", "Prepare", "TfTransform", "WriteIndex"} <= dry_run_steps(result)
+    steps = {"ReadInstances", "PrepareInstances", "TfTransform", "WriteIndex"}
+    assert steps <= dry_run_steps(result)
 
     # The image names its template; bad parameters are one line and exit 2, before any job.
     monkeypatch.setenv(launcher.TEMPLATE_ENV, "ingest")

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import tensorflow as tf
-from conftest import DATAFLOW_DRY_RUN, count_objects, dry_run_steps, phi_values, read_table
+from conftest import DATAFLOW_DRY_RUN, build, count_objects, dry_run_steps, phi_values, read_table
 
 from models import features as f
 from pipelines import ingest
-from pipelines.options import UsageError, parse_options
+from pipelines.options import UsageError
 from transforms import deid
 
 KEY = "i" * 64
@@ -145,9 +145,9 @@ def test_dataflow_dry_run_builds_the_job(gcs):
         "--tfrecord-shards=16",
         *DATAFLOW_DRY_RUN,
     ]
-    opts, beam_options = parse_options("dicomflow ingest", argv, ingest.IngestOptions)
-    names = dry_run_steps(ingest.build_pipeline(opts, beam_options).run())
-    for step in ("ReadInstances", "Parse", "Prepare", "WriteTrain", "TfTransform", "WriteIndex"):
+    names = dry_run_steps(build(ingest, ingest.IngestOptions, argv).run())
+    prepare = ("PrepareInstances/Parse", "PrepareInstances/Convert")
+    for step in ("ReadInstances", *prepare, "WriteTrain", "TfTransform", "WriteIndex"):
         assert step in names
 
 

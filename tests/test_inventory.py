@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
-from conftest import DATAFLOW_DRY_RUN, count_objects, dry_run_steps, phi_values, read_table
+from conftest import DATAFLOW_DRY_RUN, build, count_objects, dry_run_steps, phi_values, read_table
 
 from models import features as f
 from pipelines import inventory, synth
@@ -105,12 +105,8 @@ def test_no_phi_outside_the_location_columns(phi, local_run):
 
 
 def test_counters_match_rows(corpus, tmp_path):
-    opts, beam_options = parse_options(
-        "t",
-        ["--input", str(corpus / "export"), "--output", str(tmp_path)],
-        inventory.InventoryOptions,
-    )
-    result = inventory.build_pipeline(opts, beam_options).run()
+    argv = ["--input", str(corpus / "export"), "--output", str(tmp_path)]
+    result = build(inventory, inventory.InventoryOptions, argv).run()
     result.wait_until_finish()
     counters = {
         c.key.metric.name: c.committed
@@ -194,15 +190,16 @@ def test_dataflow_dry_run_builds_the_job(tmp_path):
         "--setup_file=./setup.py",
         *DATAFLOW_DRY_RUN,
     ]
-    opts, beam_options = parse_options("dicomflow inventory", argv, inventory.InventoryOptions)
-    names = dry_run_steps(inventory.build_pipeline(opts, beam_options).run())
+    pipeline = build(inventory, inventory.InventoryOptions, argv)
+    names = dry_run_steps(pipeline.run())
     for step in ("MatchInputs", "ReadObjects", "InspectDicom", "WriteInventory", "WriteErrors"):
         assert step in names
     # Our flags are not shipped to the service as Beam options (Dataflow sends unknown
     # options along too, so look with retain_unknown_options).
-    shipped = beam_options.get_all_options(retain_unknown_options=True)
+    shipped = pipeline.options.get_all_options(retain_unknown_options=True)
     assert not {"input", "output", "max_object_bytes"} & set(shipped)
-    assert opts.max_object_bytes == 1000000
+    opts, beam_options = parse_options("dicomflow inventory", argv, inventory.InventoryOptions)
+    assert inventory.configure(opts, beam_options).max_object_bytes == 1000000
 
 
 @pytest.mark.parametrize(

@@ -8,11 +8,11 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 from apache_beam.io.filesystems import FileSystems
-from conftest import DATAFLOW_DRY_RUN, count_objects, dry_run_steps, phi_values, read_table
+from conftest import DATAFLOW_DRY_RUN, build, count_objects, dry_run_steps, phi_values, read_table
 
 from models import features as f
-from pipelines import ingest, score
-from pipelines.options import UsageError, parse_options
+from pipelines import ingest, score, score_config
+from pipelines.options import UsageError
 from transforms.storage import write_bytes
 
 KEY = "s" * 64
@@ -219,18 +219,18 @@ def test_dataflow_dry_run_builds_the_job(gcs, score_model, monkeypatch):
     key_uri = f"{gcs}/keys/score.key"
     with FileSystems.create(key_uri) as fh:
         fh.write(KEY.encode())
-    local = score.resolve_model_info(str(score_model))
+    local = score_config.resolve_model_info(str(score_model))
     # TensorFlow's GCS client cannot reach the emulator: the model is looked up locally.
-    monkeypatch.setattr(score, "resolve_model_info", lambda uri: ("gs://b/models/1", local[1]))
+    found = ("gs://b/models/1", local[1])
+    monkeypatch.setattr(score_config, "resolve_model_info", lambda uri: found)
     common = ["--model=gs://b/models", "--output=gs://b/scores", *DATAFLOW_DRY_RUN]
     argv = [f"--input={gcs}/dry-run/export", f"--key-file={key_uri}", "--explain-top=5"]
-    opts, beam_options = parse_options("dicomflow score", [*argv, *common], score.ScoreOptions)
-    names = dry_run_steps(score.build_pipeline(opts, beam_options).run())
-    for step in ("ReadInstances", "Parse", "Convert", "RunInference", "GradCam", "WriteScores"):
+    names = dry_run_steps(build(score, score.ScoreOptions, [*argv, *common]).run())
+    prepare = ("PrepareInstances/Parse", "PrepareInstances/Convert")
+    for step in ("ReadInstances", *prepare, "RunInference", "GradCam", "WriteScores"):
         assert step in names
     argv = ["--input=gs://b/ingest/tfrecords/*/part-*.tfrecord.gz", "--batch-size=256"]
-    opts, beam_options = parse_options("dicomflow score", [*argv, *common], score.ScoreOptions)
-    names = dry_run_steps(score.build_pipeline(opts, beam_options).run())
+    names = dry_run_steps(build(score, score.ScoreOptions, [*argv, *common]).run())
     assert {"ReadExamples", "RunInference", "WriteScores", "WriteErrors"} <= names
 
 
@@ -274,12 +274,12 @@ def test_bad_arguments_fail_before_any_work(
 def test_pixel_settings_come_from_the_model_or_fit_it():
     geometry = {"image_height": 64, "image_width": 64, "image_channels": 1}
     recorded = {**geometry, "pixels": {"size": 64, "channels": 1, "frame_policy": "all"}}
-    assert score.pixel_config(None, recorded).frame_policy == "all"
+    assert score_config.pixel_config(None, recorded).frame_policy == "all"
     # A model exported before model.json recorded them: the defaults, if they fit.
     old = {"image_height": 224, "image_width": 224, "image_channels": 1}
-    assert score.pixel_config(None, old) == score.PixelConfig()
+    assert score_config.pixel_config(None, old) == score_config.PixelConfig()
     with pytest.raises(UsageError, match=r"the defaults: model\.json records none"):
-        score.pixel_config(None, geometry)
+        score_config.pixel_config(None, geometry)
 
 
 def test_every_frame_of_a_multi_frame_instance_gets_a_row(corpus, score_model, tmp_path):

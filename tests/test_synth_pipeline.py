@@ -7,10 +7,10 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import DATAFLOW_DRY_RUN, dry_run_steps
+from conftest import DATAFLOW_DRY_RUN, build, dry_run_steps
 
 from pipelines import synth
-from pipelines.options import UsageError, parse_options
+from pipelines.options import UsageError
 
 
 def tree_digest(root: Path) -> dict[str, str]:
@@ -70,8 +70,7 @@ def test_archives_keep_their_own_bytes(corpus):
 
 def test_dataflow_dry_run_builds_the_job():
     argv = ["--output=gs://bucket/corpus", "--patients=100000", *DATAFLOW_DRY_RUN]
-    opts, beam_options = parse_options("dicomflow synth", argv, synth.SynthOptions)
-    names = dry_run_steps(synth.build_pipeline(opts, beam_options).run())
+    names = dry_run_steps(build(synth, synth.SynthOptions, argv).run())
     assert {"SynthPatients", "WriteFiles", "WritePhi", "WriteLabels"} <= names
 
 

@@ -50,7 +50,6 @@ _DUMMY = {
     **{vr: 0 for vr in ("FL", "FD", "SL", "SS", "UL", "US", "SV", "UV")},
 }
 
-_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 # Unlisted UIDs are replaced unless they name a class, syntax or scheme rather than a thing.
 _CLASS_UID_KEYWORDS = (
     "ClassUID",

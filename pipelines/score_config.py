@@ -1,0 +1,256 @@
+"""`dicomflow score`'s flags and config: what to score, with which model, how batched.
+
+``configure`` checks the flags, resolves the model (pinned for the run) and, for raw DICOM,
+the key and pixel settings, before any work starts.
+"""
+
+import posixpath
+import re
+from dataclasses import dataclass, field
+
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipelines import flags
+from pipelines.ingest import ALL_SPLITS, TFRECORDS
+from pipelines.options import (
+    CommandOptions,
+    UsageError,
+    check_output_outside,
+    new_run_id,
+    require,
+)
+from transforms import dicom_io
+from transforms.deid import DeidConfig
+from transforms.keys import KeySource
+from transforms.pixels import PixelConfig
+
+DICOM, TFRECORD_FORMAT, AUTO = "dicom", "tfrecords", "auto"
+INPUT_FORMATS = (AUTO, DICOM, TFRECORD_FORMAT)
+TFRECORD_SUFFIXES = (".tfrecord.gz", ".tfrecord")
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class ScoreOptions(CommandOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        from models.inference import DEFAULT_BATCH_SIZE, DEFAULT_MAX_BATCH_BYTES
+
+        parser.add_argument(
+            "--input", action="append", help="DICOM (files, folders, archives, globs), an "
+            "ingest output root, or TFRecord files; may be repeated"
+        )  # fmt: skip
+        parser.add_argument(
+            "--input-format", default=AUTO, choices=INPUT_FORMATS,
+            help="auto: TFRecords for an ingest root or *.tfrecord.gz, else DICOM",
+        )  # fmt: skip
+        parser.add_argument(
+            "--splits", help=f"splits of an ingest root, comma-separated (default all: "
+            f"{','.join(ALL_SPLITS)})"
+        )  # fmt: skip
+        parser.add_argument("--model", help="model dir, its latest pointer, or a version")
+        flags.add_output(parser)
+        parser.add_argument("--run-id", help="names the scores partition (default: new)")
+        flags.add_key(parser)
+        flags.add_deid_config(parser)
+        flags.add_pixel_config(
+            parser, "YAML pixel settings (default: the model's, from model.json)"
+        )
+        parser.add_argument(
+            "--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="images per batch"
+        )
+        parser.add_argument(
+            "--max-batch-bytes", type=int, default=DEFAULT_MAX_BATCH_BYTES,
+            help="input bytes per batch (bounds accelerator memory)",
+        )  # fmt: skip
+        parser.add_argument(
+            "--share-model-across-processes", action="store_true",
+            help="one model per machine instead of one per worker process",
+        )  # fmt: skip
+        parser.add_argument(
+            "--explain-top", type=int, default=0, help="Grad-CAM PNGs for the K top scores"
+        )
+        flags.add_max_object_bytes(parser)
+
+
+def is_ingest_root(uri: str) -> bool:
+    """Whether ``uri`` is an ingest output: ``tfrecords/<split>/part-*.tfrecord.gz`` below."""
+    if dicom_io.has_glob(uri):
+        return False
+    pattern = FileSystems.join(uri.rstrip("/"), TFRECORDS, "*", "part-*.tfrecord.gz")
+    try:
+        return bool(FileSystems.match([pattern], limits=[1])[0].metadata_list)
+    except Exception as e:
+        raise UsageError(f"--input {uri} cannot be listed ({type(e).__name__})") from None
+
+
+def is_tfrecord_uri(uri: str) -> bool:
+    return uri.rstrip("/").endswith(TFRECORD_SUFFIXES)
+
+
+def resolve_format(inputs: list[str], given: str) -> str:
+    """The input format: as given, or (auto) from what the inputs are; never mixed."""
+    if given != AUTO:
+        return given
+    kinds = {TFRECORD_FORMAT if is_tfrecord_uri(u) or is_ingest_root(u) else DICOM for u in inputs}
+    if len(kinds) > 1:
+        raise UsageError(
+            "--input mixes TFRecords and DICOM; score them in separate runs (or set --input-format)"
+        )
+    return kinds.pop()
+
+
+def tfrecord_patterns(inputs: list[str], splits: list[str]) -> list[str]:
+    """Shard patterns: the chosen splits of each ingest root, other inputs as given."""
+    patterns = []
+    for uri in inputs:
+        if is_ingest_root(uri):
+            root = uri.rstrip("/")
+            patterns += [FileSystems.join(root, TFRECORDS, s, "part-*.tfrecord.gz") for s in splits]
+        else:
+            patterns.append(uri)
+    return patterns
+
+
+def parse_splits(text: str | None) -> list[str]:
+    if not text:
+        return list(ALL_SPLITS)
+    splits = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = sorted(set(splits) - set(ALL_SPLITS))
+    if unknown or not splits:
+        raise UsageError(f"--splits takes {', '.join(ALL_SPLITS)}; got {text!r}")
+    return splits
+
+
+def resolve_model_info(uri: str) -> tuple[str, dict]:
+    """``--model`` → (the version folder, its ``model.json``), pinned for the whole run."""
+    from models import export
+
+    try:
+        version_dir = export.resolve_model(uri)
+        return version_dir, export.read_json(FileSystems.join(version_dir, export.MODEL_JSON))
+    except ValueError as e:
+        raise UsageError(f"--model: {e}") from None
+    except Exception as e:
+        raise UsageError(f"--model {uri} cannot be read ({type(e).__name__})") from None
+
+
+def model_shape(info: dict) -> tuple[int, int, int]:
+    return info["image_height"], info["image_width"], info["image_channels"]
+
+
+def pixel_config(uri: str | None, info: dict) -> PixelConfig:
+    """The pixel settings for raw DICOM: ``--pixel-config``, else the model's own (ingest's
+    settings recorded in ``model.json``), else the defaults; checked against the model."""
+    if uri is not None:
+        pixels, origin = flags.load_pixel_config(uri), f"from --pixel-config {uri}"
+    elif info.get("pixels"):
+        pixels, origin = PixelConfig.from_mapping(info["pixels"]), "from model.json"
+    else:
+        pixels, origin = PixelConfig(), "the defaults: model.json records none"
+    height, width, channels = model_shape(info)
+    if (pixels.size, pixels.size, pixels.channels) != (height, width, channels):
+        raise UsageError(
+            f"the pixel settings ({origin}) make {pixels.size}x{pixels.size}x{pixels.channels}"
+            f" images but the model takes {height}x{width}x{channels}; give --pixel-config"
+        )
+    return pixels
+
+
+@dataclass(frozen=True)
+class RawDicom:
+    """Scoring raw DICOM: the key, de-identification options and pixel settings (ingest's)."""
+
+    key: KeySource
+    deid: DeidConfig = field(default_factory=DeidConfig)
+    pixels: PixelConfig = field(default_factory=PixelConfig)
+    max_object_bytes: int = dicom_io.DEFAULT_MAX_OBJECT_BYTES
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """Everything a score pipeline is built from, checked (``configure``).
+
+    ``dicom`` is given for raw DICOM input, and ``patterns`` (TFRecord shards) and
+    ``splits`` for TFRecord input; never both.
+    """
+
+    inputs: tuple[str, ...]
+    output: str
+    model_uri: str
+    version_dir: str
+    model_info: dict  # the version's model.json
+    run_id: str
+    batch_size: int  # images per batch
+    max_batch_bytes: int  # input bytes per batch
+    dicom: RawDicom | None = None
+    patterns: tuple[str, ...] = ()
+    splits: tuple[str, ...] = ()
+    share_model_across_processes: bool = False
+    explain_top: int = 0
+
+    @property
+    def version(self) -> str:
+        return posixpath.basename(self.version_dir.rstrip("/"))
+
+    @property
+    def input_format(self) -> str:
+        return DICOM if self.dicom is not None else TFRECORD_FORMAT
+
+
+def configure(opts: ScoreOptions, beam_options: PipelineOptions) -> ScoreConfig:
+    """Checks the flags, the model and (raw DICOM) the key; returns the config or raises
+    UsageError."""
+    inputs, output = flags.inputs_and_output(opts.input, opts.output)
+    model_uri = dicom_io.normalize_uri(require(opts.model, "--model"))
+    check_output_outside(output, inputs)
+    run_id = opts.run_id or new_run_id()
+    if not _RUN_ID.match(run_id):
+        raise UsageError("--run-id takes letters, digits, '.', '_' and '-' (128 at most)")
+    if opts.batch_size < 1 or opts.explain_top < 0 or opts.max_object_bytes <= 0:
+        raise UsageError(
+            "--batch-size must be >= 1, --explain-top >= 0, --max-object-bytes positive"
+        )
+    dataflow = flags.on_dataflow(beam_options)
+    if dataflow and not model_uri.startswith("gs://"):
+        raise UsageError("Dataflow workers read the model from --model gs://... only")
+    fmt = resolve_format(inputs, opts.input_format)
+    if fmt == TFRECORD_FORMAT:
+        given = [name for name in ("key_env", "key_file", "deid_config", "pixel_config")
+                 if getattr(opts, name)]  # fmt: skip
+        if given:
+            names = ", ".join("--" + g.replace("_", "-") for g in given)
+            raise UsageError(f"{names}: for raw DICOM input only (these inputs are TFRecords)")
+    elif opts.splits:
+        raise UsageError("--splits selects splits of an ingest output; these inputs are DICOM")
+    version_dir, info = resolve_model_info(model_uri)
+    shape = model_shape(info)
+    image_bytes = shape[0] * shape[1] * shape[2]
+    if opts.max_batch_bytes < image_bytes:
+        raise UsageError(f"--max-batch-bytes must hold one image ({image_bytes} bytes)")
+    dicom, patterns, splits = None, [], []
+    if fmt == DICOM:
+        dicom = RawDicom(
+            flags.key_source(opts.key_env, opts.key_file, "key", dataflow),
+            flags.load_deid_config(opts.deid_config),
+            pixel_config(opts.pixel_config, info),
+            opts.max_object_bytes,
+        )
+    else:
+        splits = parse_splits(opts.splits)
+        patterns = tfrecord_patterns(inputs, splits)
+    return ScoreConfig(
+        tuple(inputs),
+        output,
+        model_uri,
+        version_dir,
+        info,
+        run_id,
+        opts.batch_size,
+        opts.max_batch_bytes,
+        dicom,
+        tuple(patterns),
+        tuple(splits),
+        opts.share_model_across_processes,
+        opts.explain_top,
+    )
