@@ -178,7 +178,7 @@ class WriteTFRecords(beam.PTransform):
         self._directory = directory
         self._num_shards = num_shards
 
-    def expand(self, examples):
+    def expand(self, examples: beam.PCollection[bytes]) -> beam.PCollection[list[str]]:
         written = examples | "Write" >> beam.io.Write(
             GzipTFRecordSink(
                 FileSystems.join(self._directory, "part"), ".tfrecord.gz", self._num_shards
@@ -205,7 +205,7 @@ class AnalyzeTrain(beam.PTransform):
         self._temp_dir = temp_dir
         self._pixels = pixels
 
-    def expand(self, examples):
+    def expand(self, examples: beam.PCollection[bytes]) -> beam.PCollection:
         import tensorflow_transform.beam as tft_beam
         from tensorflow_transform.tf_metadata import schema_utils
         from tfx_bsl.public import tfxio

@@ -1,7 +1,6 @@
 """Command-line parsing shared by every pipeline command: our flags plus Beam's, untouched."""
 
 import argparse
-import json
 import uuid
 from collections.abc import Sequence
 
@@ -157,9 +156,13 @@ def execute(pipeline: beam.Pipeline, inputs: Sequence[str], output: str) -> dict
         dicom_io.check_inputs(list(inputs))
     except ValueError as e:
         raise UsageError(str(e)) from None
+    from transforms.storage import read_json
+
     pipeline.run().wait_until_finish()
-    with FileSystems.open(FileSystems.join(output, MANIFEST_NAME)) as fh:
-        return json.load(fh)
+    manifest = read_json(FileSystems.join(output, MANIFEST_NAME))
+    if manifest is None:
+        raise RuntimeError("the pipeline finished without writing its manifest")
+    return manifest
 
 
 def new_run_id() -> str:

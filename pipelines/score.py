@@ -39,6 +39,7 @@ from transforms.parquet import WriteArrowTables, WriteParquet, table_dir
 from transforms.scoring import (
     COUNTS,
     FromInstanceFn,
+    ModelInputs,
     ReadExamples,
     ScoreRowsFn,
     candidates,
@@ -121,13 +122,15 @@ def build_pipeline(pipeline: beam.Pipeline, config: ScoreConfig) -> beam.Pipelin
         prepared = read.objects | "PrepareInstances" >> PrepareInstances(
             dicom.deid, dicom.key, dicom.pixels, prefix="score"
         )
-        model_inputs = prepared.instances | "ModelInputs" >> beam.ParDo(
-            FromInstanceFn(shape)
-        ).with_outputs(DEAD_LETTER, main="inputs")
-        dead_letters = [read.dead_letters, prepared.dead_letters, model_inputs[DEAD_LETTER]]
+        made = prepared.instances | "ModelInputs" >> beam.ParDo(FromInstanceFn(shape)).with_outputs(
+            DEAD_LETTER, main="inputs"
+        )
+        model_inputs = ModelInputs(made.inputs, made[DEAD_LETTER])
+        dead_letters = [read.dead_letters, prepared.dead_letters]
     else:
         model_inputs = p | "ReadExamples" >> ReadExamples(list(config.patterns), shape)
-        dead_letters = [model_inputs[DEAD_LETTER]]
+        dead_letters = []
+    dead_letters.append(model_inputs.dead_letters)
 
     handler = keyed_handler(
         version_dir,

@@ -26,7 +26,9 @@ from dataclasses import dataclass, field
 
 from apache_beam.io.filesystems import FileSystems
 
+from transforms import storage
 from transforms.manifest import utc_now
+from transforms.storage import read_json
 
 LOCK_NAME = "_lock"
 STATE_NAME = "state.json"
@@ -38,26 +40,9 @@ class LockHeld(Exception):
     """Another run holds the lock and it is not stale."""
 
 
-def read_json(uri: str) -> dict | None:
-    """The JSON object at ``uri``, or None when there is none."""
-    if not FileSystems.exists(uri):
-        return None
-    with FileSystems.open(uri) as fh:
-        return json.loads(fh.read().decode())
-
-
 def write_json(uri: str, data: dict) -> None:
-    """Writes ``data`` whole (object stores replace objects atomically; locally, a rename)."""
-    payload = json.dumps(data, indent=2).encode()
-    if uri.startswith("gs://"):
-        with FileSystems.create(uri, mime_type="application/json") as fh:
-            fh.write(payload)
-        return
-    os.makedirs(os.path.dirname(uri) or ".", exist_ok=True)
-    tmp = f"{uri}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as fh:
-        fh.write(payload)
-    os.replace(tmp, uri)
+    """Writes a state file or run record whole, its keys in the order they were made."""
+    storage.write_json(uri, data, sort_keys=False)
 
 
 def _split_gs(uri: str) -> tuple[str, str]:

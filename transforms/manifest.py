@@ -2,7 +2,6 @@
 
 import datetime
 import importlib.metadata
-import json
 from collections import Counter
 from collections.abc import Callable, Iterable
 
@@ -10,7 +9,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from models import features
-from transforms.storage import write_bytes
+from transforms.storage import write_json
 
 MANIFEST_NAME = "manifest.json"
 
@@ -54,11 +53,6 @@ def error_keys(row: dict) -> list[Key]:
         ("by_error_type", row[features.ERROR_TYPE]),
         ("by_stage", row[features.STAGE]),
     ]
-
-
-def write_json(uri: str, payload: dict) -> None:
-    data = json.dumps(payload, indent=2, sort_keys=True).encode() + b"\n"
-    write_bytes(uri, data, "application/json")
 
 
 class CountKeysFn(beam.CombineFn):
@@ -114,7 +108,7 @@ class WriteManifest(beam.PTransform):
         self._sections = sections or {}
         self._complete = complete
 
-    def expand(self, keys):
+    def expand(self, keys: beam.PCollection[list]) -> beam.PCollection[dict]:
         names = sorted(self._tables)
         sections = sorted(self._sections)
         counts = keys | "Count" >> beam.CombineGlobally(CountKeysFn())

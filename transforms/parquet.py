@@ -50,7 +50,7 @@ class WriteParquet(beam.PTransform):
         self._schema = schema
         self._num_shards = num_shards
 
-    def expand(self, rows):
+    def expand(self, rows: beam.PCollection[dict]) -> beam.PCollection[list[str]]:
         return _write_table(
             rows, beam.io.WriteToParquet, self._directory, self._schema, self._num_shards
         )
@@ -90,7 +90,7 @@ class WriteArrowTables(beam.PTransform):
         self._schema = schema
         self._num_shards = num_shards
 
-    def expand(self, tables):
+    def expand(self, tables: beam.PCollection[pa.Table]) -> beam.PCollection[list[str]]:
         return _write_table(
             tables, beam.io.WriteToParquetBatched, self._directory, self._schema, self._num_shards
         )

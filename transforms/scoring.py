@@ -11,6 +11,7 @@ column (never a dict per row).
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import apache_beam as beam
 import numpy as np
@@ -20,6 +21,7 @@ from apache_beam.transforms.window import GlobalWindows
 
 from models import features as f
 from transforms import dicom_io
+from transforms.composite import NamedOutputs
 from transforms.convert import Instance
 from transforms.deadletter import DEAD_LETTER, STAGE_PARSE, STAGE_READ, STAGE_SCORE, DeadLetter
 from transforms.tfrecord import ExampleError, iter_records, open_stream, parse_example
@@ -166,7 +168,14 @@ class ReadExamplesFn(beam.DoFn):
             )
 
 
-class ReadExamples(beam.PTransform):
+class ModelInputs(NamedTuple):
+    """Model inputs, ``(ScoreKey, images)``, and the dead letters of making them."""
+
+    inputs: beam.PCollection[tuple[ScoreKey, bytes]]
+    dead_letters: beam.PCollection[DeadLetter]
+
+
+class ReadExamples(NamedOutputs):
     """TFRecord file patterns → ``(ScoreKey, image)`` and dead letters.
 
     Shards are matched inside the pipeline (on a Dataflow worker), each once however many
@@ -179,14 +188,15 @@ class ReadExamples(beam.PTransform):
         self._patterns = list(patterns)
         self._shape = tuple(shape)
 
-    def expand(self, pbegin):
-        return (
+    def expand(self, pbegin: beam.pvalue.PBegin) -> ModelInputs:
+        outputs = (
             pbegin
             | "MatchShards" >> dicom_io.MatchInputs(self._patterns)
             | "Distribute" >> beam.Reshuffle()
             | "ReadRecords"
             >> beam.ParDo(ReadExamplesFn(self._shape)).with_outputs(DEAD_LETTER, main="inputs")
         )
+        return ModelInputs(outputs.inputs, outputs[DEAD_LETTER])
 
 
 def score_columns(

@@ -1,4 +1,7 @@
-"""Writing whole objects through Beam's FileSystems (local paths and gs:// alike)."""
+"""Whole objects through Beam's FileSystems (local paths and gs:// alike): bytes and JSON."""
+
+import json
+import os
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -14,6 +17,33 @@ def write_bytes(uri: str, data: bytes, mime_type: str = "application/octet-strea
         uri, mime_type=mime_type, compression_type=CompressionTypes.UNCOMPRESSED
     ) as fh:
         fh.write(data)
+
+
+def read_json(uri: str) -> dict | None:
+    """The JSON object at ``uri``, or None when there is none."""
+    if not FileSystems.exists(uri):
+        return None
+    with FileSystems.open(uri) as fh:
+        return json.loads(fh.read().decode())
+
+
+def write_json(uri: str, data: dict, sort_keys: bool = True) -> None:
+    """Writes ``data`` whole, indented, one object per file.
+
+    Object stores replace objects atomically; a local file is written beside and renamed,
+    so a reader never sees half a file. ``sort_keys=False`` keeps the mapping's order
+    (a run record's finished stages, in the order they ran).
+    """
+    payload = json.dumps(data, indent=2, sort_keys=sort_keys).encode() + b"\n"
+    if uri.startswith("gs://"):
+        write_bytes(uri, payload, "application/json")
+        return
+    local = uri.removeprefix("file://")
+    os.makedirs(os.path.dirname(local) or ".", exist_ok=True)
+    tmp = f"{local}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as fh:
+        fh.write(payload)
+    os.replace(tmp, local)
 
 
 def delete_tree(uri: str) -> None:
