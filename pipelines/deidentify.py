@@ -16,7 +16,6 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from models import features as f
 from models.uids import is_valid_uid
 from pipelines import flags
 from pipelines.options import (
@@ -29,16 +28,21 @@ from pipelines.options import (
     parse_options,
 )
 from transforms import dicom_io
-from transforms.deadletter import DEAD_LETTER, STAGE_WRITE, DeadLetter, DeadLetterFn, StageError
+from transforms.deadletter import (
+    DEAD_LETTER,
+    ERRORS_TABLE,
+    STAGE_WRITE,
+    DeadLetterFn,
+    StageError,
+    WriteErrors,
+)
 from transforms.deid import DeidConfig, Deidentify, DeidResult, Profile
 from transforms.keys import KeySource, fingerprint
 from transforms.linkage import write_linkage
-from transforms.manifest import WriteManifest, code_version, error_keys, utc_now
-from transforms.parquet import WriteParquet, table_dir
+from transforms.manifest import WriteManifest, code_version, utc_now
 from transforms.storage import write_bytes
 
 DEID_DIR = "deid_dicom"
-ERRORS_TABLE = "errors"
 
 
 class DeidentifyOptions(CommandOptions):
@@ -172,10 +176,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: DeidentifyConfig) -> beam.Pi
     errors = (
         (read_errors, deid_errors, written[DEAD_LETTER])
         | "AllDeadLetters" >> beam.Flatten()
-        | "ErrorRows" >> beam.Map(DeadLetter.to_row)
-    )
-    error_files = errors | "WriteErrors" >> WriteParquet(
-        table_dir(output, ERRORS_TABLE), f.ERRORS_SCHEMA
+        | "WriteErrors" >> WriteErrors(output)
     )
     if linkage is not None:
         _ = (
@@ -189,11 +190,11 @@ def build_pipeline(pipeline: beam.Pipeline, config: DeidentifyConfig) -> beam.Pi
             written.files
             | "DeidKeys"
             >> beam.Map(lambda m: ["seen", "deidentified", ("by_modality", m or "none")]),
-            errors | "ErrorKeys" >> beam.Map(error_keys),
+            errors.keys,
         )
         | "AllKeys" >> beam.Flatten()
         | "WriteManifest"
-        >> WriteManifest(output, header, {DEID_DIR: files, ERRORS_TABLE: error_files})
+        >> WriteManifest(output, header, {DEID_DIR: files, ERRORS_TABLE: errors.files})
     )
     return p
 

@@ -29,13 +29,12 @@ from pipelines.options import (
 )
 from transforms import dicom_io
 from transforms.convert import Instance, PrepareInstances
-from transforms.deadletter import DeadLetter
+from transforms.deadletter import ERRORS_TABLE, WriteErrors
 from transforms.deid import DeidConfig
 from transforms.keys import KeySource
 from transforms.labels import ReadLabels, load_labels
 from transforms.manifest import (
     WriteManifest,
-    error_keys,
 )
 from transforms.parquet import WriteParquet, delete_stale_shards, table_dir
 from transforms.pixels import PixelConfig
@@ -47,7 +46,6 @@ TFRECORDS = "tfrecords"
 SCRATCH = "tmp/tft"  # tf.Transform's working files, removed once the graph is published
 TRANSFORM = "transform"
 INDEX_TABLE = "index"
-ERRORS_TABLE = "errors"
 ALL_SPLITS = (*SPLITS, UNLABELED)
 
 
@@ -291,15 +289,13 @@ def build_pipeline(pipeline: beam.Pipeline, config: IngestConfig) -> beam.Pipeli
     errors = (
         (read.dead_letters, prepared.dead_letters)
         | "AllDeadLetters" >> beam.Flatten()
-        | "ErrorRows" >> beam.Map(DeadLetter.to_row)
+        | "WriteErrors" >> WriteErrors(output)
     )
-    tables[ERRORS_TABLE] = errors | "WriteErrors" >> WriteParquet(
-        table_dir(output, ERRORS_TABLE), f.ERRORS_SCHEMA
-    )
+    tables[ERRORS_TABLE] = errors.files
     _ = (
         (
             instances | "ConvertedKeys" >> beam.Map(converted_keys),
-            errors | "ErrorKeys" >> beam.Map(error_keys),
+            errors.keys,
         )
         | "AllKeys" >> beam.Flatten()
         | "WriteManifest" >> WriteManifest(output, header, tables, sections=sections)

@@ -19,12 +19,11 @@ from pipelines.options import (
     parse_options,
 )
 from transforms import dicom_io
-from transforms.deadletter import DeadLetter
-from transforms.manifest import WriteManifest, code_version, error_keys, utc_now
+from transforms.deadletter import ERRORS_TABLE, WriteErrors
+from transforms.manifest import WriteManifest, code_version, utc_now
 from transforms.parquet import WriteParquet, table_dir
 
 INVENTORY_TABLE = "inventory"
-ERRORS_TABLE = "errors"
 
 
 class InventoryOptions(CommandOptions):
@@ -86,25 +85,22 @@ def build_pipeline(pipeline: beam.Pipeline, config: InventoryConfig) -> beam.Pip
     errors = (
         (read_errors, parse_errors)
         | "AllDeadLetters" >> beam.Flatten()
-        | "ErrorRows" >> beam.Map(DeadLetter.to_row)
+        | "WriteErrors" >> WriteErrors(output)
     )
     inventory_files = rows | "WriteInventory" >> WriteParquet(
         table_dir(output, INVENTORY_TABLE), f.INVENTORY_SCHEMA
     )
-    error_files = errors | "WriteErrors" >> WriteParquet(
-        table_dir(output, ERRORS_TABLE), f.ERRORS_SCHEMA
-    )
     _ = (
         (
             rows | "InventoryKeys" >> beam.Map(inventory_keys),
-            errors | "ErrorKeys" >> beam.Map(error_keys),
+            errors.keys,
         )
         | "AllKeys" >> beam.Flatten()
         | "WriteManifest"
         >> WriteManifest(
             output,
             header,
-            {INVENTORY_TABLE: inventory_files, ERRORS_TABLE: error_files},
+            {INVENTORY_TABLE: inventory_files, ERRORS_TABLE: errors.files},
         )
     )
     return p

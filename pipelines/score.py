@@ -21,7 +21,6 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from models import features as f
 from pipelines.deidentify import deid_header
-from pipelines.ingest import ERRORS_TABLE
 from pipelines.options import execute, new_pipeline, parse_options
 from pipelines.score_config import (  # noqa: F401  (ScoreOptions, configure: the command's API)
     DICOM,
@@ -33,9 +32,9 @@ from pipelines.score_config import (  # noqa: F401  (ScoreOptions, configure: th
 )
 from transforms import dicom_io
 from transforms.convert import PrepareInstances
-from transforms.deadletter import DEAD_LETTER, DeadLetter
-from transforms.manifest import WriteManifest, code_version, error_keys, utc_now
-from transforms.parquet import WriteArrowTables, WriteParquet, table_dir
+from transforms.deadletter import DEAD_LETTER, ERRORS_TABLE, WriteErrors
+from transforms.manifest import WriteManifest, code_version, utc_now
+from transforms.parquet import WriteArrowTables
 from transforms.scoring import (
     COUNTS,
     FromInstanceFn,
@@ -172,16 +171,11 @@ def build_pipeline(pipeline: beam.Pipeline, config: ScoreConfig) -> beam.Pipelin
     tables[SCORES_TABLE] = rows.tables | "WriteScores" >> WriteArrowTables(
         partition_dir(output, version, run_id), f.SCORES_SCHEMA
     )
-    errors = (
-        dead_letters
-        | "AllDeadLetters" >> beam.Flatten()
-        | "ErrorRows" >> beam.Map(DeadLetter.to_row)
-    )
-    tables[ERRORS_TABLE] = errors | "WriteErrors" >> WriteParquet(
-        table_dir(output, ERRORS_TABLE), f.ERRORS_SCHEMA
-    )
+    letters = dead_letters | "AllDeadLetters" >> beam.Flatten()
+    errors = letters | "WriteErrors" >> WriteErrors(output)
+    tables[ERRORS_TABLE] = errors.files
     _ = (
-        (rows[COUNTS], errors | "ErrorKeys" >> beam.Map(error_keys))
+        (rows[COUNTS], errors.keys)
         | "AllKeys" >> beam.Flatten()
         | "WriteManifest"
         >> WriteManifest(

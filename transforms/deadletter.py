@@ -7,14 +7,20 @@ subclass writes only its work (``work``) and where an element came from (``where
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+from models import features as f
+from transforms.composite import NamedOutputs
+from transforms.manifest import error_keys
+from transforms.parquet import WriteParquet, table_dir
+
 # The tagged output that every stage routes its dead letters to.
 DEAD_LETTER = "dead_letter"
 METRICS_NAMESPACE = "dicomflow"
+ERRORS_TABLE = "errors"  # <output>/errors/: one row per dead letter, every pipeline
 
 # Stages, as they appear in the errors table.
 STAGE_READ = "read"
@@ -108,3 +114,27 @@ class DeadLetterFn(beam.DoFn):
             source, member, error.stage or self.stage, error.error_type, error.message
         )
         yield beam.pvalue.TaggedOutput(DEAD_LETTER, letter)
+
+
+class Errors(NamedTuple):
+    """What ``WriteErrors`` gives: the errors table's shard names, once it is complete, and
+    each row's manifest count keys."""
+
+    files: beam.PCollection[list[str]]
+    keys: beam.PCollection[list]
+
+
+class WriteErrors(NamedOutputs):
+    """Every dead letter of a run → ``<output>/errors/`` (``ERRORS_SCHEMA``) and the keys the
+    manifest counts them under (``error_keys``)."""
+
+    def __init__(self, output: str):
+        super().__init__()
+        self._output = output
+
+    def expand(self, dead_letters: beam.PCollection[DeadLetter]) -> Errors:
+        rows = dead_letters | "ErrorRows" >> beam.Map(DeadLetter.to_row)
+        files = rows | "Write" >> WriteParquet(
+            table_dir(self._output, ERRORS_TABLE), f.ERRORS_SCHEMA
+        )
+        return Errors(files, rows | "ErrorKeys" >> beam.Map(error_keys))
