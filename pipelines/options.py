@@ -151,13 +151,12 @@ def execute(pipeline: beam.Pipeline, inputs: Sequence[str], output: str) -> dict
     end and returns the manifest it wrote."""
     from transforms import dicom_io
     from transforms.manifest import MANIFEST_NAME
+    from transforms.storage import read_json
 
     try:
         dicom_io.check_inputs(list(inputs))
     except ValueError as e:
         raise UsageError(str(e)) from None
-    from transforms.storage import read_json
-
     pipeline.run().wait_until_finish()
     manifest = read_json(FileSystems.join(output, MANIFEST_NAME))
     if manifest is None:

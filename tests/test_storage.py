@@ -2,7 +2,7 @@
 
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.storage import delete_tree, write_bytes
+from transforms.storage import delete_tree, read_json, write_bytes, write_json
 
 
 def listing(root: str) -> list[str]:
@@ -27,3 +27,26 @@ def test_delete_tree_on_the_bucket(gcs):
     # On GCS no object is named like the folder, so exists() is false for it; the objects
     # under it must go all the same.
     check_delete_tree(f"{gcs}/t")
+
+
+def check_json(root: str) -> None:
+    uri = f"{root}/runs/r1/run.json"
+    assert read_json(uri) is None  # nothing there yet
+    write_json(uri, {"done": {"ingest": 1, "train": 2}, "b": [1]})
+    assert read_json(uri) == {"b": [1], "done": {"ingest": 1, "train": 2}}
+    with FileSystems.open(uri) as fh:
+        assert fh.read() == b'{\n  "b": [\n    1\n  ],\n  "done": {\n    "ingest": 1,\n' + (
+            b'    "train": 2\n  }\n}\n'
+        )
+    # A run record keeps its stages in the order they ran.
+    write_json(uri, {"done": {"train": 2, "ingest": 1}}, sort_keys=False)
+    assert list(read_json(uri)["done"]) == ["train", "ingest"]
+    assert listing(root) == ["runs/r1/run.json"]  # no temporary file left beside it
+
+
+def test_json_on_local_disk(tmp_path):
+    check_json(str(tmp_path))
+
+
+def test_json_on_the_bucket(gcs):
+    check_json(f"{gcs}/json")
