@@ -221,3 +221,23 @@ def test_bad_arguments_fail_before_any_work(argv, message, tmp_path, monkeypatch
     with pytest.raises(UsageError, match=message):
         inventory.run(argv)
     assert not (tmp_path / "x").exists()
+
+
+def test_build_pipeline_takes_a_test_pipeline_and_a_config(tmp_path):
+    """The graph is built on the Pipeline it is given, from a config made in code."""
+    import shutil
+
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from pydicom.data import get_testdata_file
+
+    export = tmp_path / "export"
+    export.mkdir()
+    shutil.copy(get_testdata_file("CT_small.dcm"), export / "ct.dcm")
+    (export / "junk.bin").write_bytes(b"not DICOM")
+    config = inventory.InventoryConfig((str(export),), str(tmp_path / "out"), run_id="r1")
+    pipeline = TestPipeline()
+    assert inventory.build_pipeline(pipeline, config) is pipeline
+    pipeline.run().wait_until_finish()
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["run_id"] == "r1"
+    assert (manifest["counts"]["inventoried"], manifest["counts"]["dead_lettered"]) == (1, 1)
