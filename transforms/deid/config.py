@@ -31,7 +31,8 @@ class PixelPolicy:
 @dataclass(frozen=True)
 class DeidConfig:
     """The switchable parts of the profile. Defaults: modified (shifted) dates, nothing else
-    retained, structured content and graphics removed rather than cleaned."""
+    retained, structured content and graphics removed rather than cleaned, and the allowlist
+    safety net behind the table."""
 
     retain_long_full_dates: bool = False
     retain_long_modified_dates: bool = True
@@ -45,6 +46,9 @@ class DeidConfig:
     clean_graphics: bool = False
     date_shift_days: tuple[int, int] = (-3650, -365)
     patient_name: str = "pseudonym"  # pseudonym | empty
+    # allowlist: what the table does not name goes unless the keep-list vouches for it, and
+    # every kept text is searched for the patient's own identifiers. table_only: the table.
+    safety_net: str = "allowlist"
     safe_private: tuple[SafePrivate, ...] = ()
     pixels: PixelPolicy = field(default_factory=PixelPolicy)
 
@@ -58,6 +62,8 @@ class DeidConfig:
             raise ValueError("date_shift_days must be [low, high] with low <= high")
         if self.patient_name not in ("pseudonym", "empty"):
             raise ValueError("patient_name must be 'pseudonym' or 'empty'")
+        if self.safety_net not in ("allowlist", "table_only"):
+            raise ValueError("safety_net must be 'allowlist' or 'table_only'")
         if self.pixels.policy not in ("exclude", "mask", "keep"):
             raise ValueError("pixels.policy must be exclude, mask or keep")
 

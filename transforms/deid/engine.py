@@ -1,9 +1,10 @@
 """The table walk: applies the profile, as configured, to a Dataset in place."""
 
 import re
+from collections import Counter
 from dataclasses import dataclass, field, replace
 
-from pydicom.datadict import dictionary_VR
+from pydicom.datadict import dictionary_VR, get_entry
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.tag import Tag
@@ -12,6 +13,17 @@ from transforms.deadletter import (
     StageError,
 )
 from transforms.deid.config import DeidConfig
+from transforms.deid.net import (
+    NET_BYTES_VRS,
+    NET_TEXT_VRS,
+    IdentifierScan,
+    KeepList,
+    code_meanings,
+    date_spellings,
+    keyword,
+    name_parts,
+    valid_value,
+)
 from transforms.deid.profile import CID_7050, Profile, _mask, effective_action
 from transforms.deid.pseudonyms import Pseudonymizer, shift_date
 from transforms.deid.values import (
@@ -59,12 +71,28 @@ _CLASS_UID_KEYWORDS = (
     "MappingResourceUID",
     "ContextGroupExtensionCreatorUID",
 )
-# Nested attributes kept as they are: the parts of a code, which name concepts, not people.
-_CODE_KEYWORDS = frozenset(
-    """CodeValue CodingSchemeDesignator CodingSchemeVersion CodeMeaning LongCodeValue
-    URNCodeValue MappingResource ContextIdentifier ContextGroupVersion
-    ContextGroupLocalVersion ValueType RelationshipType ContinuityOfContent""".split()
-)
+_MODALITY = 0x00080060
+_CODE_MEANING = 0x00080104
+_TEXT_VALUE = 0x0040A160
+_ENCAPSULATED_DOCUMENT = 0x00420011
+_CHARSET = 0x00080005
+_NO_MEANING = "no standard meaning"
+# What the last net never searches: the pseudonyms and marks this engine wrote itself.
+_WRITTEN = frozenset({_PATIENT_ID, _PATIENT_NAME, _ACCESSION_NUMBER, 0x00120063, 0x00120064})
+_DUMMIES = frozenset({"ANONYMIZED", "ANONYMOUS", "REMOVED", _NO_MEANING, "OT"})
+# Where a PS3.3 type 1 document must stay a document: the smallest valid one per type.
+_MINIMAL_DOCUMENTS = {
+    "application/pdf": (
+        b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n"
+        b"2 0 obj<</Type/Pages/Kids[]/Count 0>>endobj\n"
+        b"trailer<</Root 1 0 R>>\n%%EOF\n"
+    ),
+    "text/xml": b'<?xml version="1.0"?><removed/>\n',
+    "text/plain": b"REMOVED\n",
+}
+# The patient's own identifiers in the original header, searched for in every kept text.
+_OWN_NAMES = (0x00100010, 0x00101001, 0x00101005, 0x00101060)  # name, other, birth, mother
+_OWN_IDS = (_PATIENT_ID, 0x00101000, _ACCESSION_NUMBER)  # (OtherPatientIDs retired)
 
 
 @dataclass
@@ -77,6 +105,32 @@ class _Context:
     depth: int = 0  # 0 for the dataset, n inside n sequences
     # The identifiers of the dataset or item being walked, read before anything changed.
     originals: dict[int, str] = field(default_factory=dict)
+    # What the allowlist net removed, by keyword (shared by every item of the dataset).
+    counts: Counter = field(default_factory=Counter)
+    scan: IdentifierScan | None = None  # the patient's own identifiers
+    clean_scan: IdentifierScan | None = None  # and every person name (cleaning options)
+    item: Dataset | None = None  # the dataset or item being walked
+
+
+_SEARCHED_VRS = NET_TEXT_VRS | {"CS", "UN"}
+_DCM_MEANINGS = {value: meaning for value, meaning in CID_7050.values()}
+
+
+def _known(t: int) -> bool:
+    try:
+        get_entry(t)
+    except KeyError:
+        return False
+    return True
+
+
+def _items_of(ds: Dataset, t: int) -> list[Dataset]:
+    elem = ds.get(t)
+    return list(elem.value or []) if elem is not None and elem.VR == "SQ" else []
+
+
+def _encodings_of(item: Dataset, inherited: tuple[str, ...]) -> tuple[str, ...]:
+    return _encodings(item) if _CHARSET in item else inherited
 
 
 class Deidentifier:
@@ -97,6 +151,10 @@ class Deidentifier:
             else:
                 self._exact[int(rule.tag, 16)] = action
         self._safe_private = {(s.creator, s.element) for s in config.safe_private}
+        self._net = config.safety_net == "allowlist"
+        self._keep = KeepList.load()
+        self._meanings = code_meanings() if self._net else {}
+        self._cleaning = config.clean_descriptors or config.clean_structured_content
 
     def action_for(self, tag: int) -> str | None:
         action = self._exact.get(tag)
@@ -116,11 +174,19 @@ class Deidentifier:
             StageError: ``deid_failed`` naming the attribute (by tag) that could not be
                 processed; the message carries no value.
         """
+        self.deidentify_counted(ds, pixels)
+        return ds
+
+    def deidentify_counted(self, ds: Dataset, pixels: str = "clean") -> Counter:
+        """As ``deidentify``; returns what the allowlist net removed, by keyword (and
+        ``invalid_modality`` when Modality was replaced by OT)."""
         ctx = self._context(ds)
         self._walk(ds, ctx)
+        if ctx.scan:
+            self._last_net(ds, ctx)
         self._mark(ds, pixels)
         self._file_meta(ds)
-        return ds
+        return ctx.counts
 
     def linkage(self, ds: Dataset) -> dict[str, str]:
         """Original → pseudonym for patient, study and accession (call before deidentify)."""
@@ -158,16 +224,58 @@ class Deidentifier:
         shift = 0
         if self.config.retain_long_modified_dates:
             shift = self.pseudonyms.date_shift(patient)
-        return _Context(shift, tuple(t for t in tokens if t), encodings)
+        ctx = _Context(shift, tuple(t for t in tokens if t), encodings)
+        if self._net or self._cleaning:
+            own = self._own_identifiers(ds, encodings)
+            ctx.scan = IdentifierScan(own)
+            if self._cleaning:
+                ctx.clean_scan = IdentifierScan(own + self._all_names(ds, encodings))
+        return ctx
+
+    def _own_identifiers(self, ds: Dataset, encodings: tuple[str, ...]) -> list[str]:
+        """Name components, IDs, accession and birth date (in every notation) of the patient,
+        from the original header."""
+        out: list[str] = []
+        for tag in _OWN_NAMES:
+            for name in _values(ds, tag, encodings):
+                out += name_parts(name)
+        for tag in _OWN_IDS:
+            out += _values(ds, tag, encodings)
+        for item in _items_of(ds, 0x00101002):  # OtherPatientIDsSequence
+            out += _values(item, _PATIENT_ID, _encodings_of(item, encodings))
+        for birth in _values(ds, 0x00100030, encodings):
+            out += date_spellings(birth)
+        return out
+
+    def _all_names(self, ds: Dataset, encodings: tuple[str, ...]) -> list[str]:
+        """Every person name anywhere in the dataset (for the cleaning options)."""
+        out: list[str] = []
+        for tag in list(ds.keys()):
+            t = int(tag)
+            if t >> 16 & 1:
+                continue
+            vr = self._vr(ds, t)
+            if vr == "PN":
+                for name in _values(ds, t, encodings):
+                    out += name_parts(name)
+            elif vr == "SQ":
+                for item in ds[t].value or []:
+                    out += self._all_names(item, _encodings_of(item, encodings))
+        return out
 
     def _walk(self, ds: Dataset, ctx: _Context, depth: int = 0) -> None:
         private_creators_kept: set[int] = set()
+        if depth and _CHARSET in ds:  # an item with its own character set is read in it
+            ctx = replace(ctx, encodings=_encodings(ds))
         patient = (
             patient_key(ds, ctx.encodings) if depth == 0 else _text(ds, _PATIENT_ID, ctx.encodings)
         )
         accession = _text(ds, _ACCESSION_NUMBER, ctx.encodings)
         ctx = replace(
-            ctx, depth=depth, originals={_PATIENT_ID: patient, _ACCESSION_NUMBER: accession}
+            ctx,
+            depth=depth,
+            originals={_PATIENT_ID: patient, _ACCESSION_NUMBER: accession},
+            item=ds,
         )
         for tag in list(ds.keys()):
             t = int(tag)
@@ -214,7 +322,11 @@ class Deidentifier:
             self._identity(ds, t, ctx)
             return
         if action == "X":
-            del ds[t]
+            if t == _TEXT_VALUE and _text(ds, 0x0040A040) == "TEXT":
+                # A TEXT content item needs its TextValue (type 1C): a placeholder, not a gap.
+                _set(ds, t, "UT", "REMOVED")
+            else:
+                del ds[t]
             return
         vr = self._vr(ds, t)
         if action == "K":
@@ -255,8 +367,14 @@ class Deidentifier:
             self._uids(ds, t, vr)
         elif vr in ("DA", "DT") and self.config.retain_long_modified_dates:
             self._dates(ds, t, vr, ctx)
+        elif t == _ENCAPSULATED_DOCUMENT:
+            mime = _text(ds, 0x00420012).lower()  # MIMETypeOfEncapsulatedDocument
+            document = _MINIMAL_DOCUMENTS.get(mime, _MINIMAL_DOCUMENTS["text/plain"])
+            _set(ds, t, "OB", document)
+            if 0x00420015 in ds:  # EncapsulatedDocumentLength: the length it now has
+                _set(ds, 0x00420015, "UL", len(document))
         elif vr in _BYTES_VRS:
-            _set(ds, t, vr, b"")
+            _set(ds, t, vr, b"\x00\x00")  # a value, not an empty one (type 1 stays valid)
         else:
             _set(ds, t, vr, _DUMMY.get(vr, ""))
 
@@ -270,7 +388,7 @@ class Deidentifier:
         values = _values(ds, t, ctx.encodings)
         if not values:
             return
-        shifted = [shift_date(v, ctx.date_shift) for v in values]
+        shifted = [shift_date(v, ctx.date_shift, vr) for v in values]
         if any(s is None for s in shifted):
             del ds[t]  # an invalid date cannot be shifted; it is removed, never kept
             return
@@ -287,20 +405,55 @@ class Deidentifier:
         elif vr == "UI":
             self._uids(ds, t, vr)
         elif vr in _TEXT_VRS:
-            values = [clean_text(v, ctx.tokens) for v in _values(ds, t, ctx.encodings)]
-            _set(ds, t, vr, values if len(values) > 1 else (values[0] if values else None))
+            values = [
+                clean_text(v, ctx.tokens, ctx.clean_scan) for v in _values(ds, t, ctx.encodings)
+            ]
+            values = [v for v in values if v]
+            if not values:  # nothing safe is left: removed
+                del ds[t]
+                return
+            _set(ds, t, vr, values if len(values) > 1 else values[0])
         elif vr == "PN" or vr in _BYTES_VRS:
             _set(ds, t, vr, None)  # names and opaque bytes cannot be cleaned
         # Codes, numbers and times carry no identity: kept.
 
     def _unlisted(self, ds: Dataset, t: int, ctx: _Context) -> None:
-        """Attributes the table does not name are kept, with safety nets for what identifies."""
+        """Attributes the table does not name. Under the allowlist net (the default) a
+        text- or byte-capable one stays only when the keep-list vouches for it; values of
+        CS, DS, IS, AS, TM and dates stay only when valid. ``table_only`` keeps the rest."""
         if t == _PIXEL_DATA:
             return
         vr = self._vr(ds, t)
+        if not self._net:
+            self._unlisted_table_only(ds, t, vr, ctx)
+            return
+        if not _known(t):  # a public tag the dictionary does not know: nobody vouches for it
+            self._drop(ds, t, ctx)
+        elif vr == "SQ":
+            self._items(ds, t, ctx)
+        elif t == _CODE_MEANING:
+            self._code_meaning(ds, t)
+        elif vr in ("DA", "DT"):
+            self._clean(ds, t, vr, ctx)
+        elif vr == "UI":
+            if not self.config.retain_uids and not _keyword(t).endswith(_CLASS_UID_KEYWORDS):
+                self._uids(ds, t, vr)
+        elif vr == "CS":
+            self._code_string(ds, t, ctx)
+        elif vr in ("DS", "IS", "AS", "TM") or (vr == "UR" and t == 0x00080120):
+            values = _values(ds, t, ctx.encodings)  # URNCodeValue: a URN, or removed
+            if not all(valid_value(vr, v) for v in values):
+                self._drop(ds, t, ctx)
+        elif vr in NET_TEXT_VRS or vr in NET_BYTES_VRS:
+            if t not in self._keep.keep:
+                self._drop(ds, t, ctx)
+        # Binary numbers (US, FL, AT, ...) carry no text: kept.
+
+    def _unlisted_table_only(self, ds: Dataset, t: int, vr: str, ctx: _Context) -> None:
+        """``safety_net: table_only``: the table alone, with the old narrow nets."""
         if vr == "SQ":
             self._items(ds, t, ctx)
-        elif vr == "UN":  # unknown to the dictionary and opaque: nothing can vouch for it
+        elif vr == "UN":
             del ds[t]
         elif vr == "PN":
             _set(ds, t, vr, None)
@@ -309,14 +462,55 @@ class Deidentifier:
         elif vr == "UI" and not self.config.retain_uids:
             if not _keyword(t).endswith(_CLASS_UID_KEYWORDS):
                 self._uids(ds, t, vr)
-        elif vr in _TEXT_VRS and ctx.depth > 0 and _keyword(t) not in _CODE_KEYWORDS:
-            # Free text inside sequences (SR TextValue, request comments, ...): the table
-            # lists what sits at the top level; nested text is cleaned only when the
-            # structured-content or descriptor option asks for it, and removed otherwise.
-            if self.config.clean_structured_content or self.config.clean_descriptors:
-                self._clean(ds, t, vr, ctx)
-            else:
-                del ds[t]
+
+    def _drop(self, ds: Dataset, t: int, ctx: _Context) -> None:
+        del ds[t]
+        ctx.counts[keyword(t)] += 1
+
+    def _code_string(self, ds: Dataset, t: int, ctx: _Context) -> None:
+        """CS values: kept when on the keep-list, of CS syntax and (where the standard lists
+        them) a defined term; an invalid Modality becomes OT."""
+        values = _values(ds, t, ctx.encodings)
+        terms = self._keep.terms.get(t)
+        valid = [
+            v for v in values if valid_value("CS", v) and (terms is None or not v or v in terms)
+        ]
+        if t == _MODALITY:
+            if values != valid or len(values) > 1:
+                _set(ds, t, "CS", "OT")
+                ctx.counts["invalid_modality"] += 1
+        elif t not in self._keep.keep or not valid:
+            if values or t not in self._keep.keep:
+                self._drop(ds, t, ctx)
+        elif valid != values:
+            _set(ds, t, "CS", valid if len(valid) > 1 else valid[0])
+            ctx.counts[keyword(t)] += 1
+
+    def _code_meaning(self, ds: Dataset, t: int) -> None:
+        """A code's meaning is the standard one for its scheme and value, never as typed."""
+        scheme = _text(ds, 0x00080102)
+        value = _text(ds, 0x00080100)
+        meaning = self._meanings.get((scheme, value))
+        if meaning is None and scheme == "DCM":
+            meaning = _DCM_MEANINGS.get(value)
+        _set(ds, t, "LO", meaning or _NO_MEANING)
+
+    def _last_net(self, ds: Dataset, ctx: _Context, depth: int = 0) -> None:
+        """Every text value left anywhere is searched for the patient's own identifiers."""
+        encodings = _encodings_of(ds, ctx.encodings) if depth else ctx.encodings
+        for tag in list(ds.keys()):
+            t = int(tag)
+            if depth == 0 and t in _WRITTEN or t == _PIXEL_DATA:
+                continue
+            vr = self._vr(ds, t)
+            if vr == "SQ":
+                for item in ds[t].value or []:
+                    self._last_net(item, replace(ctx, encodings=encodings), depth + 1)
+            elif vr in _SEARCHED_VRS:
+                values = _values(ds, t, encodings)
+                if any(v not in _DUMMIES and ctx.scan.found(v) for v in values):
+                    del ds[t]
+                    ctx.counts[f"patient_identifier:{keyword(t)}"] += 1
 
     def _items(self, ds: Dataset, t: int, ctx: _Context) -> None:
         for item in ds[t].value or []:

@@ -8,7 +8,6 @@ import re
 
 UID_ROOT = "2.25."
 
-_DATE_RE = re.compile(r"^(\d{4})(\d{2})(\d{2})")
 
 # ---------------------------------------------------------------------------------------
 # Pseudonyms
@@ -43,28 +42,61 @@ class Pseudonymizer:
         return lo + int.from_bytes(self._digest("date-shift", patient_id)[:8], "big") % span
 
 
-def shift_date(value: str, days: int) -> str | None:
-    """Shifts a DA, a DA range (``A-B``) or the date part of a DT by ``days``.
+_DT_PART = (
+    r"(?P<Y>\d{4})(?:(?P<M>\d{2})(?:(?P<D>\d{2})"
+    r"(?P<time>(?:[01]\d|2[0-3])(?:[0-5]\d(?:(?:[0-5]\d|60)(?:\.\d{1,6})?)?)?)?)?)?"
+    r"(?P<tz>[+-](?:0\d|1[0-4])[0-5]\d)?"
+)
+_DT_RE = re.compile(rf"^{_DT_PART}$")
+_DA_RE = re.compile(r"^(?P<Y>\d{4})(?P<M>\d{2})(?P<D>\d{2})$")
 
-    A DT given to the year or month only is shifted at that precision. Returns None for
-    anything that is not a valid date (it is then removed, never kept).
-    """
-    text = value.strip()
-    if "-" in text[:9] and len(text) in (9, 17) and text.count("-") == 1:  # a DA range
-        parts = [shift_date(p, days) if p else "" for p in text.split("-")]
-        return None if None in parts else "-".join(parts)
-    match = _DATE_RE.match(text)
+
+def _shift_one(text: str, days: int, vr: str) -> str | None:
+    match = (_DA_RE if vr == "DA" else _DT_RE).match(text)
+    if not match:
+        return None
+    g = match.groupdict()
+    year = int(g["Y"])
     try:
-        if match:
-            day = datetime.date(*(int(g) for g in match.groups()))
-            return (day + datetime.timedelta(days=days)).strftime("%Y%m%d") + text[8:]
-        if re.fullmatch(r"\d{6}", text[:6]) and not text[6:7].isdigit():  # YYYYMM
-            months = int(text[:4]) * 12 + int(text[4:6]) - 1 + round(days / 30.44)
-            if not 1 <= int(text[4:6]) <= 12:
+        if g.get("D"):
+            day = datetime.date(year, int(g["M"]), int(g["D"])) + datetime.timedelta(days=days)
+            out = f"{day.year:04d}{day.month:02d}{day.day:02d}"
+        elif g.get("M"):
+            if not 1 <= int(g["M"]) <= 12:
                 return None
-            return f"{months // 12:04d}{months % 12 + 1:02d}" + text[6:]
-        if re.fullmatch(r"\d{4}", text[:4]) and not text[4:5].isdigit():  # YYYY
-            return f"{int(text[:4]) + round(days / 365.25):04d}" + text[4:]
+            months = year * 12 + int(g["M"]) - 1 + round(days / 30.44)
+            out = f"{months // 12:04d}{months % 12 + 1:02d}"
+        else:
+            out = f"{year + round(days / 365.25):04d}"
     except (ValueError, OverflowError):  # e.g. the placeholder 00010101
         return None
+    if not 1 <= int(out[:4]) <= 9999:
+        return None
+    return out + (g.get("time") or "") + (g.get("tz") or "")
+
+
+def shift_date(value: str, days: int, vr: str = "DT") -> str | None:
+    """Shifts a DA or DT value, or a range of them, by ``days``, in every form PS3.5 allows.
+
+    A DA is ``YYYYMMDD``; a DT is ``YYYY[MM[DD[HH[MM[SS[.F]]]]]][&ZZXX]``, shifted at its own
+    precision (a year or month alone by whole years or months); times of day and offsets
+    stay. A range ``A-B``, ``-B`` or ``A-`` is shifted at both ends. Anything else (dotted or
+    dashed notations, trailing text, impossible dates) gives None: the caller removes it,
+    never keeping or partly shifting it.
+    """
+    text = value.strip()
+    if not text:
+        return None
+    single = _shift_one(text, days, vr)
+    if single is not None or "-" not in text:
+        return single
+    # A range: try every split at a dash (a DT offset may hold one too) for two valid ends.
+    for i, c in enumerate(text):
+        if c != "-":
+            continue
+        left, right = text[:i], text[i + 1 :]
+        a = _shift_one(left, days, vr) if left else ""
+        b = _shift_one(right, days, vr) if right else ""
+        if a is not None and b is not None and (left or right):
+            return f"{a}-{b}"
     return None

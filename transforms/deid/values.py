@@ -19,15 +19,55 @@ _TEXT_VRS = frozenset({"LO", "LT", "SH", "ST", "UC", "UT"})
 _BYTES_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 _STRING_VRS = frozenset("AE AS CS DA DS DT IS LO LT PN SH ST TM UC UI UR UT".split())
 _LONG_NUMBER_RE = re.compile(r"\d{5,}")
+_EMAIL_RE = re.compile(r"[\w.+%-]+\s*(?:@|\(at\)|\[at\])\s*[\w-]+(?:\s*\.\s*[\w-]+)+", re.I)
+_URL_RE = re.compile(r"(?:https?|ftp|file)://\S+|www\.\S+", re.I)
+_PHONE_RE = re.compile(r"(?<![\w.])\+?\(?\d[\d\s()./-]{5,}\d(?![\w.])")
+_MONTH = (
+    r"(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-zäéû]*\.?"
+    r"|(?:januar|februar|märz|mai|juni|juli|oktober|dezember|janvier|février|mars|avril"
+    r"|juin|juillet|août|septembre|octobre|novembre|décembre)"
+)
+_DATE_RES = (
+    re.compile(r"\d{1,4}\s*[./-]\s*\d{1,2}\s*[./-]\s*\d{1,4}"),
+    re.compile(rf"\d{{1,2}}\.?\s*(?:{_MONTH})\s*,?\s*\d{{2,4}}", re.I),
+    re.compile(rf"(?:{_MONTH})\s*\d{{1,2}}(?:st|nd|rd|th)?\s*,?\s*\d{{2,4}}", re.I),
+    re.compile(r"\d{4}\s*年\s*\d{1,2}\s*月(?:\s*\d{1,2}\s*日)?"),
+)
+_STREET_WORDS = (
+    r"street|str|st|road|rd|avenue|ave|av|boulevard|blvd|lane|ln|drive|dr|way|court|ct|place"
+    r"|pl|square|sq|terrace|close|crescent|highway|hwy|parkway|pkwy|alley|row"
+)
+_STREET_RES = (
+    re.compile(rf"\b\d{{1,5}}[a-z]?,?\s+(?:[^\W\d_][\w.'-]*\s+){{0,4}}(?:{_STREET_WORDS})\b\.?", re.I),
+    re.compile(
+        r"[^\W\d_]*(?:stra(?:ss|ß)e|str\.|weg|gasse|platz|allee|ring|damm|ufer|steig)\s*\d{1,5}[a-z]?",
+        re.I,
+    ),
+    re.compile(
+        r"\b(?:rue|avenue|boulevard|chemin|place|via|viale|piazza|calle|avenida|plaza|rua)"
+        r"\s+(?:[^\W\d_][\w'-]*\s+){0,4}[^\W\d_][\w'-]*(?:\s*,?\s*\d{1,5})?",
+        re.I,
+    ),
+    re.compile(r"\b(?:p\.?\s?o\.?\s*box|postfach)\s*\d+", re.I),
+)
 
 
-def clean_text(text: str, tokens: Iterable[str]) -> str:
-    """Clean Descriptors: removes the patient's own identifiers and any long number."""
+def clean_text(text: str, tokens: Iterable[str], scan=None) -> str:
+    """Clean Descriptors / Clean Structured Content: removes the given identifiers (the
+    patient's own, and every person name in the dataset, case- and accent-insensitively via
+    ``scan``), e-mail addresses, URLs, phone numbers, street addresses, dates in any
+    notation and long digit runs. Returns "" when nothing safe is left."""
     out = text
-    for token in sorted({t for t in tokens if len(t) >= 3}, key=len, reverse=True):
-        out = re.sub(re.escape(token), "", out, flags=re.IGNORECASE)
-    out = _LONG_NUMBER_RE.sub("", out)
-    return re.sub(r"\s{2,}", " ", out).strip(" ,;:-^")
+    for token in sorted({t for t in tokens if len(t) >= 2}, key=len, reverse=True):
+        out = re.sub(re.escape(token), " ", out, flags=re.IGNORECASE)
+    if scan is not None:
+        out = scan.remove(out)
+    for pattern in (_EMAIL_RE, _URL_RE, *_STREET_RES, *_DATE_RES, _PHONE_RE, _LONG_NUMBER_RE):
+        out = pattern.sub(" ", out)
+    out = re.sub(r"\s{2,}", " ", out).strip(" ,;:-^/.")
+    if scan is not None and scan.found(out):
+        return ""
+    return out if sum(c.isalnum() for c in out) >= 2 else ""
 
 
 # ---------------------------------------------------------------------------------------
