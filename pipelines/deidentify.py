@@ -36,7 +36,7 @@ from transforms.deadletter import (
     StageError,
     WriteErrors,
 )
-from transforms.deid import DeidConfig, Deidentify, DeidResult, Profile
+from transforms.deid import DeidConfig, Deidentify, DeidResult, Profile, count_keys
 from transforms.keys import KeySource, fingerprint
 from transforms.linkage import write_linkage
 from transforms.manifest import WriteManifest, code_version, utc_now
@@ -136,7 +136,7 @@ class WriteDeidFn(DeadLetterFn):
     def where(self, element: tuple[str, str | None, DeidResult]) -> tuple[str, str | None]:
         return element[0], element[1]
 
-    def work(self, element: tuple[str, str | None, DeidResult]) -> Iterator[str]:
+    def work(self, element: tuple[str, str | None, DeidResult]) -> Iterator[tuple]:
         result = element[2]
         uid = result.sop_instance_uid
         if not is_valid_uid(uid):
@@ -151,7 +151,7 @@ class WriteDeidFn(DeadLetterFn):
             message = f"cannot write the de-identified file ({type(e).__name__})"
             raise StageError("write_failed", message) from None
         self._written.inc()
-        yield result.modality
+        yield result.modality, result.net_counts
 
 
 def build_pipeline(pipeline: beam.Pipeline, config: DeidentifyConfig) -> beam.Pipeline:
@@ -189,7 +189,10 @@ def build_pipeline(pipeline: beam.Pipeline, config: DeidentifyConfig) -> beam.Pi
         (
             written.files
             | "DeidKeys"
-            >> beam.Map(lambda m: ["seen", "deidentified", ("by_modality", m or "none")]),
+            >> beam.Map(
+                lambda mc: ["seen", "deidentified", ("by_modality", mc[0] or "none")]
+                + count_keys(mc[1])
+            ),
             errors.keys,
         )
         | "AllKeys" >> beam.Flatten()

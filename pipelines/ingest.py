@@ -30,7 +30,7 @@ from pipelines.options import (
 from transforms import dicom_io
 from transforms.convert import Instance, PrepareInstances
 from transforms.deadletter import ERRORS_TABLE, WriteErrors
-from transforms.deid import DeidConfig
+from transforms.deid import DeidConfig, count_keys
 from transforms.keys import KeySource
 from transforms.labels import ReadLabels, load_labels
 from transforms.manifest import (
@@ -126,6 +126,7 @@ class Converted:
     label: str | None
     examples: tuple[bytes, ...]
     index_rows: tuple[dict, ...]
+    deid_counts: tuple[tuple[str, int], ...] = ()
 
 
 def to_converted(instance: Instance, split_config: SplitConfig) -> Converted:
@@ -158,6 +159,7 @@ def to_converted(instance: Instance, split_config: SplitConfig) -> Converted:
         label,
         tuple(examples),
         tuple(rows),
+        instance.deid_counts,
     )
 
 
@@ -165,7 +167,7 @@ def converted_keys(c: Converted) -> list:
     keys: list = ["seen", "converted", ("by_split", c.split), ("by_label", c.label or "none")]
     keys += ["examples"] * len(c.examples)
     keys += [("examples_by_split", c.split)] * len(c.examples)
-    return keys
+    return keys + count_keys(c.deid_counts)
 
 
 class WriteTFRecords(beam.PTransform):

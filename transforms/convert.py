@@ -87,6 +87,7 @@ class Instance:
     transfer_syntax_uid: str
     images: tuple[Image, ...]
     label: str | None = None  # ingest's label, carried through untouched
+    deid_counts: tuple[tuple[str, int], ...] = ()  # what the de-id net removed, by keyword
 
 
 def to_image(image: NormalizedImage) -> Image:
@@ -164,6 +165,7 @@ class ConvertFn(DeadLetterFn):
             str(ds.file_meta.get("TransferSyntaxUID", "")),
             tuple(to_image(image) for image in images),
             label,
+            result.net_counts,
         )
 
 

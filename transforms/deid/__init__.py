@@ -20,8 +20,14 @@ worker, and nobody without the key can recompute them.
 from transforms.deid.beam import LINKAGE, Deidentified, Deidentify, DeidentifyFn
 from transforms.deid.config import DeidConfig, PixelPolicy, SafePrivate
 from transforms.deid.engine import IMPLEMENTATION_CLASS_UID, Deidentifier
-from transforms.deid.objects import DeidResult, deidentify_dataset, deidentify_object
+from transforms.deid.objects import (
+    DeidResult,
+    count_keys,
+    deidentify_dataset,
+    deidentify_object,
+)
 from transforms.deid.pixels import burned_in_risk, mask_pixels
+from transforms.deid.net import KEEPLIST_PATH, KeepList
 from transforms.deid.profile import CID_7050, PROFILE_PATH, Profile, Rule, effective_action
 from transforms.deid.pseudonyms import UID_ROOT, Pseudonymizer, shift_date
 from transforms.deid.values import clean_text, patient_key
@@ -29,6 +35,8 @@ from transforms.deid.values import clean_text, patient_key
 __all__ = [
     "CID_7050",
     "IMPLEMENTATION_CLASS_UID",
+    "KEEPLIST_PATH",
+    "KeepList",
     "LINKAGE",
     "PROFILE_PATH",
     "UID_ROOT",
@@ -45,6 +53,7 @@ __all__ = [
     "SafePrivate",
     "burned_in_risk",
     "clean_text",
+    "count_keys",
     "deidentify_dataset",
     "deidentify_object",
     "effective_action",

@@ -322,11 +322,7 @@ class Deidentifier:
             self._identity(ds, t, ctx)
             return
         if action == "X":
-            if t == _TEXT_VALUE and _text(ds, 0x0040A040) == "TEXT":
-                # A TEXT content item needs its TextValue (type 1C): a placeholder, not a gap.
-                _set(ds, t, "UT", "REMOVED")
-            else:
-                del ds[t]
+            del ds[t]
             return
         vr = self._vr(ds, t)
         if action == "K":
@@ -433,6 +429,8 @@ class Deidentifier:
             self._items(ds, t, ctx)
         elif t == _CODE_MEANING:
             self._code_meaning(ds, t)
+        elif t == _TEXT_VALUE:
+            self._text_value(ds, t, vr, ctx)
         elif vr in ("DA", "DT"):
             self._clean(ds, t, vr, ctx)
         elif vr == "UI":
@@ -462,6 +460,17 @@ class Deidentifier:
         elif vr == "UI" and not self.config.retain_uids:
             if not _keyword(t).endswith(_CLASS_UID_KEYWORDS):
                 self._uids(ds, t, vr)
+
+    def _text_value(self, ds: Dataset, t: int, vr: str, ctx: _Context) -> None:
+        """SR free text: cleaned under Clean Structured Content / Descriptors, else replaced;
+        a TEXT content item keeps a placeholder (its TextValue is type 1C)."""
+        if self._cleaning:
+            self._clean(ds, t, vr, ctx)
+        elif t in ds:
+            del ds[t]
+            ctx.counts[keyword(t)] += 1
+        if t not in ds and _text(ds, 0x0040A040) == "TEXT":
+            _set(ds, t, "UT", "REMOVED")
 
     def _drop(self, ds: Dataset, t: int, ctx: _Context) -> None:
         del ds[t]

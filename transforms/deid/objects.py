@@ -23,6 +23,8 @@ class DeidResult:
     patient_id: str
     modality: str
     data: bytes | None  # None when the caller did not ask for the encoded file
+    # What the allowlist net removed: ((keyword or "invalid_modality", count), ...).
+    net_counts: tuple[tuple[str, int], ...] = ()
 
 
 def deidentify_object(data: bytes, engine: Deidentifier) -> tuple[DeidResult, dict[str, str]]:
@@ -77,7 +79,7 @@ def deidentify_dataset(
                 "mask_failed", f"pixels cannot be masked ({type(e).__name__})"
             ) from None
     link = engine.linkage(ds)
-    engine.deidentify(ds, state)
+    counts = engine.deidentify_counted(ds, state)
     data = None
     if encode:
         buf = io.BytesIO()
@@ -94,8 +96,22 @@ def deidentify_dataset(
         patient_id=str(ds.get("PatientID", "") or ""),
         modality=str(ds.get("Modality", "") or ""),
         data=data,
+        net_counts=tuple(sorted(counts.items())),
     )
     return result, link
+
+
+def count_keys(net_counts: tuple[tuple[str, int], ...]) -> list:
+    """Manifest keys for what the net removed: keywords and counts only, never values."""
+    keys: list = []
+    for name, n in net_counts:
+        if name == "invalid_modality":
+            keys += ["invalid_modality"] * n
+        elif name.startswith("patient_identifier:"):
+            keys += [("deid_identifiers_removed", name.split(":", 1)[1])] * n
+        else:
+            keys += [("deid_net_removed", name)] * n
+    return keys
 
 
 # ---------------------------------------------------------------------------------------
