@@ -39,6 +39,7 @@ EXTRAS_REQUIRE = {
         "gcp-storage-emulator==2026.7.19",
         # Public DICOM test files that de-identification must survive.
         "deid-data==0.0.20",
+        "pydicom-data==1.0.0",  # the wheel holds its files: the leak scan reads them offline
         # The score tables are queried with DuckDB in a test, as users query them.
         "duckdb==2.0.0",
     ],

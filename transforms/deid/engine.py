@@ -53,7 +53,7 @@ _DUMMY = {
     "DS": "0",
     "IS": "0",
     "PN": "ANONYMIZED",
-    "UR": "",
+    "UR": "http://removed.invalid/",
     "DA": "19000101",
     "DT": "19000101000000",
     "TM": "000000",
@@ -386,7 +386,7 @@ class Deidentifier:
             return
         shifted = [shift_date(v, ctx.date_shift, vr) for v in values]
         if any(s is None for s in shifted):
-            del ds[t]  # an invalid date cannot be shifted; it is removed, never kept
+            self._drop(ds, t, ctx, vr)  # an invalid date cannot be shifted: never kept
             return
         _set(ds, t, vr, shifted if len(shifted) > 1 else shifted[0])
 
@@ -406,7 +406,7 @@ class Deidentifier:
             ]
             values = [v for v in values if v]
             if not values:  # nothing safe is left: removed
-                del ds[t]
+                self._drop(ds, t, ctx, vr)
                 return
             _set(ds, t, vr, values if len(values) > 1 else values[0])
         elif vr == "PN" or vr in _BYTES_VRS:
@@ -472,9 +472,24 @@ class Deidentifier:
         if t not in ds and _text(ds, 0x0040A040) == "TEXT":
             _set(ds, t, "UT", "REMOVED")
 
-    def _drop(self, ds: Dataset, t: int, ctx: _Context) -> None:
-        del ds[t]
-        ctx.counts[keyword(t)] += 1
+    def _drop(
+        self, ds: Dataset, t: int, ctx: _Context, vr: str | None = None, counter: str = ""
+    ) -> None:
+        """Takes the value away. An attribute that PS3.3 makes type 1 somewhere gets a dummy
+        (bytes: zeros of the same length), type 2 an empty value; others are removed."""
+        kind = self._keep.types.get(t)
+        vr = vr or self._vr(ds, t)
+        if kind == "1" and vr != "SQ":
+            if vr in _BYTES_VRS:
+                old = ds.get_item(t).value or b""
+                _set(ds, t, vr, b"\x00" * max(2, len(old) + len(old) % 2))
+            else:
+                _set(ds, t, vr, _DUMMY.get(vr) or "ANONYMIZED")
+        elif kind == "2" and vr != "SQ":
+            _set(ds, t, vr, None)
+        else:
+            del ds[t]
+        ctx.counts[counter or keyword(t)] += 1
 
     def _code_string(self, ds: Dataset, t: int, ctx: _Context) -> None:
         """CS values: kept when on the keep-list, of CS syntax and (where the standard lists
@@ -517,9 +532,11 @@ class Deidentifier:
                     self._last_net(item, replace(ctx, encodings=encodings), depth + 1)
             elif vr in _SEARCHED_VRS:
                 values = _values(ds, t, encodings)
+                terms = self._keep.terms.get(t)
+                if terms and all(v in terms for v in values):
+                    continue  # the standard's own terms, whoever shares a word with them
                 if any(v not in _DUMMIES and ctx.scan.found(v) for v in values):
-                    del ds[t]
-                    ctx.counts[f"patient_identifier:{keyword(t)}"] += 1
+                    self._drop(ds, t, ctx, vr, f"patient_identifier:{keyword(t)}")
 
     def _items(self, ds: Dataset, t: int, ctx: _Context) -> None:
         for item in ds[t].value or []:

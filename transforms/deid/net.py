@@ -32,6 +32,7 @@ class KeepList:
 
     keep: frozenset[int]
     terms: dict[int, frozenset[str]]
+    types: dict[int, str]  # "1" or "2": the strictest PS3.3 type anywhere
 
     @classmethod
     def load(cls, path: Path = KEEPLIST_PATH) -> "KeepList":
@@ -42,7 +43,12 @@ class KeepList:
             tag = tag_for_keyword(keyword)
             if tag is not None:
                 terms[tag] = frozenset(values)
-        return cls(keep, terms)
+        types = {}
+        for keyword, kind in data["types"].items():
+            tag = tag_for_keyword(keyword)
+            if tag is not None:
+                types[tag] = kind
+        return cls(keep, terms, types)
 
 
 def valid_value(vr: str, value: str) -> bool:
@@ -134,7 +140,7 @@ class IdentifierScan:
             escaped = re.escape(folded)
             if folded.isdigit():
                 alternatives.add(rf"(?<!\d){escaped}(?!\d)")
-            elif folded.isascii() and len(folded) <= 3:
+            elif folded.isascii() and len(folded) <= 4:  # "Name" is not in "PNAME"
                 alternatives.add(rf"(?<![a-z0-9]){escaped}(?![a-z0-9])")
             else:
                 alternatives.add(escaped)
