@@ -310,12 +310,13 @@ class Deidentifier:
         """The element's VR; for implicit or UN encoding, the dictionary's (pydicom converts
         UN values of known tags to that VR when they are read)."""
         vr = ds.get_item(t).VR
-        if vr and vr != "UN":
-            return vr
-        try:
-            return dictionary_VR(t)
-        except KeyError:
-            return "UN"
+        if not vr or vr == "UN":
+            try:
+                vr = dictionary_VR(t)
+            except KeyError:
+                return "UN"
+        # An undecided "OB or OW" (or "US or SS or OW"): its widest reading, the last.
+        return vr.rsplit(" or ", 1)[-1] if " or " in vr else vr
 
     def _apply(self, ds: Dataset, t: int, action: str, ctx: _Context) -> None:
         if t in (_PATIENT_ID, _PATIENT_NAME, _ACCESSION_NUMBER) and action != "X":
