@@ -190,8 +190,9 @@ def build_pipeline(pipeline: beam.Pipeline, config: DeidentifyConfig) -> beam.Pi
             written.files
             | "DeidKeys"
             >> beam.Map(
-                lambda mc: ["seen", "deidentified", ("by_modality", mc[0] or "none")]
-                + count_keys(mc[1])
+                lambda mc: (
+                    ["seen", "deidentified", ("by_modality", mc[0] or "none"), *count_keys(mc[1])]
+                )
             ),
             errors.keys,
         )

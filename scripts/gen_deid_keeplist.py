@@ -301,7 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         data = build(standard_dir(args.standard_dir, Path(tmp)))
     Path(args.out).write_text(json.dumps(data, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
-    print(f"kept {len(data['keep'])} attributes, term lists for {len(data['terms'])}", file=sys.stderr)
+    print(
+        f"kept {len(data['keep'])} attributes, term lists for {len(data['terms'])}", file=sys.stderr
+    )
     return 0
 
 

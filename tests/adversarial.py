@@ -5,6 +5,7 @@ Each planted value is distinctive (no real word or technical term contains it) a
 recorded with its category, so a leak names what leaked and where it was planted.
 """
 
+import contextlib
 import gzip
 import json
 import unicodedata
@@ -96,7 +97,7 @@ def _raw(ds: Dataset, tag: int, vr: str, value) -> None:
 
 
 def instance(n: int, rng: np.random.Generator) -> Dataset:
-    """One CT-like instance (16×16) with the identity planted everywhere."""
+    """One CT-like instance (16 x 16) with the identity planted everywhere."""
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 192"
     ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
@@ -202,10 +203,8 @@ def byte_forms(value: str) -> set[bytes]:
     out = set()
     for text in {value, value.upper(), value.lower()}:
         for codec in ("utf-8", "latin-1", "utf-16-le", "utf-16-be"):
-            try:
+            with contextlib.suppress(UnicodeEncodeError):
                 out.add(text.encode(codec))
-            except UnicodeEncodeError:
-                pass
         out.add(text.encode("utf-8").decode("latin-1").encode("utf-8"))
     return out
 

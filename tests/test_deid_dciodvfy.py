@@ -25,9 +25,7 @@ _VALUE = re.compile(r"\[\d+\] = <[^>]*>|\b\d+(?:\.\d+){2,}\b|(?<=UID )\S+")  # v
 
 
 def dciodvfy_errors(path: Path) -> set[str]:
-    result = subprocess.run(
-        ["dciodvfy", str(path)], capture_output=True, text=True, timeout=60
-    )
+    result = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
     lines = (result.stdout + result.stderr).splitlines()
     return {_VALUE.sub("<v>", line) for line in lines if line.startswith("Error")}
 

@@ -130,9 +130,7 @@ def test_public_files_keep_none_of_their_identifiers():
         except Exception:  # unreadable or refused files are the parser tests' business
             continue
         text = result.data.decode("latin-1")
-        decoded = " ".join(
-            str(e.value) for e in pydicom.dcmread(io.BytesIO(result.data)).iterall()
-        )
+        decoded = " ".join(str(e.value) for e in pydicom.dcmread(io.BytesIO(result.data)).iterall())
         checked += 1
         leaked += [(path.name, v) for v in values if v in text or v in decoded]
     assert checked >= 140

@@ -186,7 +186,11 @@ def test_code_meanings_are_the_standard_ones_or_a_dummy():
         ("20200301120000.5+0100", "DT", "20200229120000.5+0100"),
         ("20200301120000-0500", "DT", "20200229120000-0500"),
         ("20200301083000-20200305", "DT", "20200229083000-20200304"),
-        ("20200301083000-0500-20200305120000-0500", "DT", "20200229083000-0500-20200304120000-0500"),
+        (
+            "20200301083000-0500-20200305120000-0500",
+            "DT",
+            "20200229083000-0500-20200304120000-0500",
+        ),
         ("2020", "DT", "2020"),  # one day moves no year
         ("202003", "DT", "202003"),
         ("2020030112", "DT", "2020022912"),
@@ -284,8 +288,17 @@ def test_clean_descriptors_remove_every_kind_of_identifier():
     ds.PatientBirthName = "山田"
     ds, _ = run(ds, clean_descriptors=True)
     text = ds.StudyDescription
-    for gone in ("Adaeze", "OKONKWO", "7946", "example.org", "Veltmore", "2021", "Ede",
-                 "88231044", "山田"):
+    for gone in (
+        "Adaeze",
+        "OKONKWO",
+        "7946",
+        "example.org",
+        "Veltmore",
+        "2021",
+        "Ede",
+        "88231044",
+        "山田",
+    ):
         assert gone not in text, gone
     assert text.startswith("CT chest")
 

@@ -20,6 +20,7 @@ worker, and nobody without the key can recompute them.
 from transforms.deid.beam import LINKAGE, Deidentified, Deidentify, DeidentifyFn
 from transforms.deid.config import DeidConfig, PixelPolicy, SafePrivate
 from transforms.deid.engine import IMPLEMENTATION_CLASS_UID, Deidentifier
+from transforms.deid.net import KEEPLIST_PATH, KeepList
 from transforms.deid.objects import (
     DeidResult,
     count_keys,
@@ -27,7 +28,6 @@ from transforms.deid.objects import (
     deidentify_object,
 )
 from transforms.deid.pixels import burned_in_risk, mask_pixels
-from transforms.deid.net import KEEPLIST_PATH, KeepList
 from transforms.deid.profile import CID_7050, PROFILE_PATH, Profile, Rule, effective_action
 from transforms.deid.pseudonyms import UID_ROOT, Pseudonymizer, shift_date
 from transforms.deid.values import clean_text, patient_key
@@ -36,7 +36,6 @@ __all__ = [
     "CID_7050",
     "IMPLEMENTATION_CLASS_UID",
     "KEEPLIST_PATH",
-    "KeepList",
     "LINKAGE",
     "PROFILE_PATH",
     "UID_ROOT",
@@ -46,6 +45,7 @@ __all__ = [
     "Deidentifier",
     "Deidentify",
     "DeidentifyFn",
+    "KeepList",
     "PixelPolicy",
     "Profile",
     "Pseudonymizer",

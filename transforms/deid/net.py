@@ -87,6 +87,8 @@ def code_meanings() -> dict[tuple[str, str], str]:
 
 def fold(text: str) -> str:
     """Case- and accent-free form for matching: ``Müller`` and ``MULLER`` fold alike."""
+    if text.isascii():
+        return text.lower()  # the common case, at a fraction of the cost
     decomposed = unicodedata.normalize("NFKD", text)
     return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
 
@@ -97,12 +99,13 @@ _MONTH_NAMES = (
 ).split()
 
 
-def date_spellings(value: str) -> list[str]:
+@functools.lru_cache(maxsize=4096)
+def date_spellings(value: str) -> tuple[str, ...]:
     """A DA ``YYYYMMDD`` in the notations people type it in."""
     try:
         d = datetime.date(int(value[:4]), int(value[4:6]), int(value[6:8]))
     except (ValueError, IndexError):
-        return [value] if len(value) >= 6 else []
+        return (value,) if len(value) >= 6 else ()
     y, m, dd = f"{d.year:04d}", f"{d.month:02d}", f"{d.day:02d}"
     out = [y + m + dd, dd + m + y, m + dd + y]
     for sep in "-./ ":
@@ -113,7 +116,7 @@ def date_spellings(value: str) -> list[str]:
         for day in (dd, str(d.day)):
             out += [f"{day} {month} {y}", f"{day}-{month}-{y}", f"{month} {day}, {y}"]
             out += [f"{month} {day} {y}", f"{day}{month}{y}"]
-    return out
+    return tuple(out)
 
 
 def name_parts(name: str) -> list[str]:
@@ -128,24 +131,30 @@ def name_parts(name: str) -> list[str]:
     return parts
 
 
+@functools.lru_cache(maxsize=1024)
+def _pattern(tokens: tuple[str, ...]) -> re.Pattern | None:
+    """One compiled alternation per set of identifiers: a series' instances share it."""
+    alternatives = set()
+    for token in tokens:
+        folded = fold(token.strip())
+        if len(folded) < 2:
+            continue
+        escaped = re.escape(folded)
+        if folded.isdigit():
+            alternatives.add(rf"(?<!\d){escaped}(?!\d)")
+        elif folded.isascii() and len(folded) <= 4:  # "Name" is not in "PNAME"
+            alternatives.add(rf"(?<![a-z0-9]){escaped}(?![a-z0-9])")
+        else:
+            alternatives.add(escaped)
+    ordered = sorted(alternatives, key=len, reverse=True)
+    return re.compile("|".join(ordered)) if ordered else None
+
+
 class IdentifierScan:
     """Finds the patient's own identifiers in a text, whatever case, accent or notation."""
 
-    def __init__(self, tokens: list[str]):
-        alternatives = set()
-        for token in tokens:
-            folded = fold(token.strip())
-            if len(folded) < 2:
-                continue
-            escaped = re.escape(folded)
-            if folded.isdigit():
-                alternatives.add(rf"(?<!\d){escaped}(?!\d)")
-            elif folded.isascii() and len(folded) <= 4:  # "Name" is not in "PNAME"
-                alternatives.add(rf"(?<![a-z0-9]){escaped}(?![a-z0-9])")
-            else:
-                alternatives.add(escaped)
-        ordered = sorted(alternatives, key=len, reverse=True)
-        self._re = re.compile("|".join(ordered)) if ordered else None
+    def __init__(self, tokens: list[str] | tuple[str, ...]):
+        self._re = _pattern(tuple(tokens))
 
     def __bool__(self) -> bool:
         return self._re is not None

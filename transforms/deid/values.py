@@ -38,7 +38,9 @@ _STREET_WORDS = (
     r"|pl|square|sq|terrace|close|crescent|highway|hwy|parkway|pkwy|alley|row"
 )
 _STREET_RES = (
-    re.compile(rf"\b\d{{1,5}}[a-z]?,?\s+(?:[^\W\d_][\w.'-]*\s+){{0,4}}(?:{_STREET_WORDS})\b\.?", re.I),
+    re.compile(
+        rf"\b\d{{1,5}}[a-z]?,?\s+(?:[^\W\d_][\w.'-]*\s+){{0,4}}(?:{_STREET_WORDS})\b\.?", re.I
+    ),
     re.compile(
         r"[^\W\d_]*(?:stra(?:ss|ß)e|str\.|weg|gasse|platz|allee|ring|damm|ufer|steig)\s*\d{1,5}[a-z]?",
         re.I,
