@@ -347,3 +347,37 @@ def test_manifest_keys_name_keywords_never_values():
         "invalid_modality",
         ("deid_identifiers_removed", "Manufacturer"),
     ]
+
+
+def _generator():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "gen_deid_keeplist.py"
+    spec = importlib.util.spec_from_file_location("gen_deid_keeplist", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_committed_keeplist_is_what_the_script_rules_give():
+    """The JSON is the script's output: regenerating the keep part from pydicom's dictionary
+    gives the same set (the terms and types need the dicom-standard wheel; not fetched here)."""
+    gen = _generator()
+    from pydicom.datadict import DicomDictionary
+
+    table = {r["tag"] for r in json.loads(deid.PROFILE_PATH.read_text())["rows"]}
+    expected = {
+        kw
+        for tag, (vr, _vm, _name, retired, kw) in DicomDictionary.items()
+        if kw
+        and tag >> 16 != 0x0002
+        and f"{tag:08x}" not in table
+        and gen.decide(kw, vr, bool(retired))
+    }
+    assert set(json.loads(net.KEEPLIST_PATH.read_text())["keep"]) == expected
+    assert gen.decide("PatientComments", "LT", False) is None
+    assert gen.decide("SeriesDescriptionCodeSequence", "SQ", False) is None
+    assert gen.decide("ConvolutionKernel", "SH", False)
+    assert gen.decide("WindowCenterWidthExplanation", "LO", False) is None
+    assert gen.decide("ReceiveCoilType", "CS", True) is None  # retired: never kept
