@@ -36,6 +36,10 @@ demo: $(STAMP)
 test: $(STAMP) $(AIRFLOW_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	@# Types (config in pyproject.toml [tool.mypy]) and the one-way import rule
+	@# pipelines → transforms → models (pyproject.toml [tool.importlinter]).
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 	@# pytest exits 5 when it collects nothing: a vanished suite fails, loudly.
 	$(BIN)/pytest; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests"; exit 1; fi; \
@@ -48,4 +52,4 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf $(DEMO_DIR) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(DEMO_DIR) .pytest_cache .ruff_cache .mypy_cache .import_linter_cache *.egg-info

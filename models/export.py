@@ -54,7 +54,8 @@ class ServingModule(tf.Module):
         super().__init__()
         self.transform = transform_layer
         self.network = network
-        self._image_shape = tuple(image_shape)
+        height, width, channels = image_shape  # a tuple, never a tracked list, on the module
+        self._image_shape = (height, width, channels)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=INPUT)])
     def serve(self, image: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -192,8 +193,8 @@ def publish(staging: str, model_dir: str, finalize: Callable[[str, str], None]) 
 
 def _claim_gcs(uri: str) -> bool:
     """Creates the object only if it does not exist; False if another run has it."""
+    import google.cloud.storage as storage  # mypy: google.cloud is a partly typed namespace
     from google.api_core.exceptions import PreconditionFailed
-    from google.cloud import storage
 
     bucket, _, name = uri.removeprefix("gs://").partition("/")
     blob = storage.Client().bucket(bucket).blob(name)

@@ -65,7 +65,10 @@ def read_info(data: str) -> DataInfo:
     check_data(data)
     first = next(iter(tf.data.TFRecordDataset(shard_files(data, f.TRAIN)[:1], "GZIP")))
     example = tf.io.parse_single_example(first, f.raw_feature_spec())
-    shape = tuple(int(example[k]) for k in (f.IMAGE_HEIGHT, f.IMAGE_WIDTH, f.IMAGE_CHANNELS))
+    height, width, channels = (
+        int(example[k]) for k in (f.IMAGE_HEIGHT, f.IMAGE_WIDTH, f.IMAGE_CHANNELS)
+    )
+    shape = (height, width, channels)
     output = tft.TFTransformOutput(join(data, f.TRANSFORM_DIR))
     pixels = output.transformed_feature_spec()[f.IMAGE_NORMALIZED].shape[0]
     if math.prod(shape) != pixels:

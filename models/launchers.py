@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import TextIO
+from typing import Any, TextIO
 
 from models import export
 from models.trainer import TrainConfig, new_run_id
@@ -49,6 +49,7 @@ def _with_run_id(config: TrainConfig) -> TrainConfig:
 
 
 def _result(config: TrainConfig, exit_status: int, failure: str) -> TrainingResult:
+    assert config.model_dir and config.run_id  # validated, and _with_run_id set the run id
     record = export.read_run_record(config.model_dir, config.run_id) if exit_status == 0 else None
     if record is None:
         reason = failure if exit_status else "the trainer finished without a run record"
@@ -81,9 +82,11 @@ class LocalJob:
 
     @property
     def run_id(self) -> str:
+        assert self.config.run_id  # _with_run_id set it
         return self.config.run_id
 
     def _stream(self) -> None:
+        assert self.process.stdout is not None  # stdout=PIPE
         for line in self.process.stdout:
             self._output.write(line)
             self._output.flush()
@@ -137,7 +140,7 @@ def vertex_request(config: TrainConfig, vertex: VertexConfig):
             raise ValueError(
                 f"unknown accelerator type {vertex.accelerator_type!r} (one of {', '.join(names)})"
             )
-        machine.accelerator_type = aip.AcceleratorType[vertex.accelerator_type]
+        machine.accelerator_type = aip.AcceleratorType.__members__[vertex.accelerator_type]
         machine.accelerator_count = vertex.accelerator_count
     job = aip.CustomJob(
         display_name=f"dicomflow-{config.run_id}",
@@ -188,10 +191,11 @@ class VertexJob:
         self.config = config
         self.name = name
         self._client = client
-        self._job = None
+        self._job: Any = None  # the last CustomJob read by state()
 
     @property
     def run_id(self) -> str:
+        assert self.config.run_id  # _with_run_id set it
         return self.config.run_id
 
     def state(self) -> str:

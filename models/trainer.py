@@ -126,7 +126,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                 flag, action=argparse.BooleanOptionalAction, default=item.default, **meta
             )
         else:
-            parser.add_argument(flag, type=_TYPES[item.type], default=item.default, **meta)
+            parser.add_argument(flag, type=_TYPES[str(item.type)], default=item.default, **meta)
 
 
 def config_from_args(namespace: argparse.Namespace) -> TrainConfig:
@@ -282,6 +282,7 @@ def train(
         ValueError: a bad argument or an ingest output that cannot be trained on.
     """
     config.validate()
+    assert config.data and config.model_dir  # validate() refused them missing; narrows the type
     run_id = config.run_id or new_run_id()
     started = time.time()
     info = read_info(config.data)
@@ -609,6 +610,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = config_from_args(parser.parse_args(argv))
     try:
         config.validate()
+        assert config.data  # validate() refused it missing; narrows the type
         from models.inputs import check_data
 
         check_data(config.data)

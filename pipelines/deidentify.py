@@ -146,6 +146,7 @@ class WriteDeidFn(DeadLetterFn):
             )
         try:
             path = FileSystems.join(self._directory, f"{uid}.dcm")
+            assert result.data is not None  # DeidentifyFn encodes the file for this writer
             write_bytes(path, result.data, "application/dicom")
         except Exception as e:
             message = f"cannot write the de-identified file ({type(e).__name__})"

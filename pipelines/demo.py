@@ -163,9 +163,11 @@ def run(argv: Sequence[str]) -> int:
         console.print("[red]demo: the run failed; see the messages above[/red]")
         return code
     state = st.read_json(os.path.join(config.output, st.STATE_NAME))
+    assert state is not None  # a run that succeeded wrote it
     record = st.read_json(
         os.path.join(config.output, st.RUNS_DIR, state["runs"][-1], st.RUN_RECORD)
     )
+    assert record is not None
     for stage, outcome in record["done"].items():
         counts = outcome.get("counts", {})
         done = counts.get("seen", counts.get("scored", 0))

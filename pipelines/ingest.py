@@ -261,7 +261,8 @@ def build_pipeline(pipeline: beam.Pipeline, config: IngestConfig) -> beam.Pipeli
         )
     instances = prepared.instances | "Split" >> beam.Map(to_converted, config.split)
     by_split = instances | "BySplit" >> beam.Partition(
-        lambda c, n: ALL_SPLITS.index(c.split), len(ALL_SPLITS)
+        lambda c, n: ALL_SPLITS.index(c.split),  # type: ignore[arg-type]  # Beam wraps it
+        len(ALL_SPLITS),
     )
     tables = {}
     train_examples = None

@@ -1,8 +1,8 @@
 """Command-line parsing shared by every pipeline command: our flags plus Beam's, untouched."""
 
-import argparse
 import uuid
 from collections.abc import Sequence
+from typing import TypeVar
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -37,9 +37,12 @@ class OneLineParser(_BeamArgumentParser):
         raise UsageError(message)
 
 
+Options = TypeVar("Options", bound=CommandOptions)
+
+
 def parse_options(
-    prog: str, argv: Sequence[str], command: type[CommandOptions]
-) -> tuple[CommandOptions, PipelineOptions]:
+    prog: str, argv: Sequence[str], command: type[Options]
+) -> tuple[Options, PipelineOptions]:
     """Splits ``argv`` into the command's own options and Beam's.
 
     Returns:
@@ -52,7 +55,7 @@ def parse_options(
     """
     argv = _bare_dry_run(list(argv))
     if "-h" in argv or "--help" in argv:
-        helper = argparse.ArgumentParser(
+        helper = _BeamArgumentParser(
             prog=prog, epilog="Beam's pipeline options (--runner, --project, ...) pass through."
         )
         command._add_argparse_args(helper)

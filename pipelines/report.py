@@ -111,7 +111,7 @@ def _score_histogram(scores: list[dict]) -> str:
     for row in scores:
         by_modality.setdefault(row.get(f.MODALITY) or "?", []).append(row["score"])
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    bins = np.linspace(0, 1, 21)
+    bins = np.linspace(0, 1, 21).tolist()
     for modality, values in sorted(by_modality.items()):
         ax.hist(values, bins=bins, alpha=0.6, label=f"{modality} ({len(values)})")
     ax.set_xlabel("score (positive-class probability)")

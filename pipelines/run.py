@@ -151,6 +151,7 @@ def run_train(config: RunConfig, record: dict, objects: list[str]) -> dict:
         train_config.validate()
     except (TypeError, ValueError) as e:
         raise StageFailed(f"train settings: {e}") from None
+    job: launchers.VertexJob | launchers.LocalJob
     if config.train.get("launcher", "local") == "vertex":
         job = launchers.submit_vertex(
             train_config, launchers.VertexConfig(**config.train["vertex"])

@@ -51,7 +51,7 @@ def _split_gs(uri: str) -> tuple[str, str]:
 
 
 def _gcs_blob(uri: str):
-    from google.cloud import storage
+    import google.cloud.storage as storage  # mypy: google.cloud is a partly typed namespace
 
     bucket, name = _split_gs(uri)
     project = os.environ.get("GOOGLE_CLOUD_PROJECT") or "dicomflow"

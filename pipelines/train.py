@@ -116,6 +116,7 @@ def run(argv: Sequence[str]) -> int:
     else:
         if opts.dry_run or opts.wait or opts.image:
             raise UsageError("--dry-run, --wait and --image are for --launcher vertex")
+        assert config.data  # _config validated it; narrows the type
         try:
             check_data(config.data)
         except ValueError as e:
@@ -123,5 +124,6 @@ def run(argv: Sequence[str]) -> int:
         if config.weights and not tf.io.gfile.exists(config.weights):
             raise UsageError(f"--weights {config.weights} does not exist")
         result = launchers.start_local(config).wait()
+    assert config.model_dir  # _config validated it; narrows the type
     report(result, config.model_dir)
     return result.exit_status

@@ -66,7 +66,7 @@ class CountKeysFn(beam.CombineFn):
         return acc
 
     def merge_accumulators(self, accs: Iterable[Counter]) -> Counter:
-        merged = Counter()
+        merged: Counter = Counter()
         for acc in accs:
             merged.update(acc)
         return merged

@@ -129,7 +129,8 @@ def _decode(ds: Dataset, index: int | None = None) -> tuple[np.ndarray, str]:
     try:
         # Every installed plugin is tried in turn (pylibjpeg, gdcm, pillow, ...);
         # as_rgb converts YBR_FULL(_422) to RGB, J2K decoders undo YBR_RCT/ICT themselves.
-        arr, meta = decoder.as_array(ds, index=index, as_rgb=True)
+        # (pydicom types each keyword argument as the whole DecodeOptions dict.)
+        arr, meta = decoder.as_array(ds, index=index, as_rgb=True)  # type: ignore[arg-type]
     except Exception as e:
         # Never chain: decoder messages may quote dataset values.
         raise _undecodable(ts, f"decoding failed ({type(e).__name__})") from None
@@ -172,7 +173,7 @@ def _first(value: object) -> float | None:
     """First value of a possibly multi-valued DS/IS; None when absent or empty."""
     if isinstance(value, MultiValue | list | tuple):
         value = value[0] if len(value) else None
-    return None if value is None or value == "" else float(value)
+    return None if value is None or value == "" else float(value)  # type: ignore[arg-type]
 
 
 def modality_lut(arr: np.ndarray, ds: Dataset, frame: int = 0) -> np.ndarray:
@@ -246,6 +247,8 @@ def choose_window(arr: np.ndarray, ds: Dataset, config: PixelConfig, frame: int 
 def apply_window(arr: np.ndarray, window: Window, ds: Dataset | None = None) -> np.ndarray:
     """Modality values to [0, 1] float32; zero width gives zeros; a LUT window needs ``ds``."""
     if window.function == "LUT":
+        if ds is None:
+            raise ValueError("a LUT window needs the dataset")
         # pydicom indexes the LUT with integers; its output depth is the descriptor's third value.
         depth = int(ds.VOILUTSequence[0].LUTDescriptor[2])
         out = apply_voi(np.rint(arr).astype(np.int64), ds) / np.float32(2**depth - 1)

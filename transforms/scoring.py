@@ -48,7 +48,7 @@ class ScoreKey:
 
     source: str
     member: str | None
-    ids: tuple[str, str, str, str, str]  # in _ID_COLUMNS order, all pseudonyms
+    ids: tuple[str, ...]  # the five _ID_COLUMNS in order, all pseudonyms
     frames: tuple[int, ...]  # the source frame of each image, in order
 
     @property
@@ -131,7 +131,8 @@ class ReadExamplesFn(beam.DoFn):
     """
 
     def __init__(self, shape: tuple[int, int, int]):
-        self._shape = tuple(shape)
+        height, width, channels = shape  # a list from JSON is welcome too
+        self._shape = (height, width, channels)
 
     def setup(self):
         self._read = Metrics.counter(dicom_io.METRICS_NAMESPACE, "score_examples_read")
@@ -186,7 +187,7 @@ class ReadExamples(NamedOutputs):
     def __init__(self, patterns: Sequence[str], shape: tuple[int, int, int]):
         super().__init__()
         self._patterns = list(patterns)
-        self._shape = tuple(shape)
+        self._shape = shape
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> ModelInputs:
         outputs = (

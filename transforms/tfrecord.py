@@ -139,6 +139,7 @@ def _fields(buf: memoryview):
     while pos < len(buf):
         tag, pos = _read_varint(buf, pos)
         number, wire = tag >> 3, tag & 7
+        value: int | memoryview
         if wire == _VARINT:
             value, pos = _read_varint(buf, pos)
         elif wire == _LENGTH_DELIMITED:

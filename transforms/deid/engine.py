@@ -8,6 +8,7 @@ from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.tag import Tag
+from pydicom.uid import UID
 
 from transforms.deadletter import (
     StageError,
@@ -386,10 +387,10 @@ class Deidentifier(AllowlistNet):
             meta.TransferSyntaxUID = syntax
         sop_class = _text(ds, 0x00080016) or str(old.get("MediaStorageSOPClassUID", "") or "")
         if sop_class:
-            meta.MediaStorageSOPClassUID = sop_class
+            meta.MediaStorageSOPClassUID = UID(sop_class)
         sop_instance = _text(ds, 0x00080018)
         if sop_instance:
-            meta.MediaStorageSOPInstanceUID = sop_instance
-        meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+            meta.MediaStorageSOPInstanceUID = UID(sop_instance)
+        meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
         meta.ImplementationVersionName = IMPLEMENTATION_VERSION
         ds.file_meta = meta

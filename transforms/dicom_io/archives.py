@@ -8,7 +8,7 @@ import tarfile
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -103,8 +103,14 @@ class _Nested:
     data: bytes
 
 
+class _Readable(Protocol):
+    """What a member is read from: a file, a zip or tar member stream, a gzip stream."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
 def _leaf(
-    stream: BinaryIO,
+    stream: _Readable,
     head: bytes,
     kind: str,
     size: int | None,
@@ -125,7 +131,7 @@ def _leaf(
 
 
 def _read_member(
-    stream: BinaryIO, size: int | None, source: str, member: str, max_bytes: int, depth: int
+    stream: _Readable, size: int | None, source: str, member: str, max_bytes: int, depth: int
 ) -> SourceObject | DeadLetter | _Nested:
     """Reads one archive member. Errors of the stream itself propagate to the caller."""
     head = stream.read(_HEAD_BYTES)
@@ -151,7 +157,7 @@ def _expand(
         yield item
 
 
-def _read_capped(stream: BinaryIO, head: bytes, size: int | None, max_bytes: int) -> bytes:
+def _read_capped(stream: _Readable, head: bytes, size: int | None, max_bytes: int) -> bytes:
     if size is not None and size > max_bytes:
         raise StageError("too_large", f"object is {size} bytes, over the cap of {max_bytes}")
     rest = stream.read(max_bytes + 1 - len(head))
@@ -231,8 +237,8 @@ def _iter_tar(
         archive.seek(0)
         inner = _join_member(outer, os.path.basename(outer or source).removesuffix(".gz"))
         try:
-            with gzip.GzipFile(fileobj=archive) as stream:
-                item = _read_member(stream, None, source, inner, max_bytes, depth)
+            with gzip.GzipFile(fileobj=archive) as gz:
+                item = _read_member(gz, None, source, inner, max_bytes, depth)
         except Exception as e:
             message = f"gzip stream is corrupt ({type(e).__name__})"
             item = DeadLetter(source, inner, STAGE_READ, "corrupt_archive", message)
@@ -257,6 +263,7 @@ def _iter_tar(
                     item = DeadLetter(source, member, STAGE_READ, KIND_EMPTY, "member is empty")
                 else:
                     stream = tar.extractfile(info)
+                    assert stream is not None  # None only for a member that is not a file
                     item = _read_member(stream, info.size, source, member, max_bytes, depth)
             except Exception as e:
                 # A broken stream hides whatever follows it: one row stands for the rest.

@@ -52,7 +52,8 @@ def _check_complete(ds: Dataset, data: bytes) -> None:
             raise StageError("truncated", "deflated dataset is cut short") from None
     fp = io.BytesIO(body)
     try:
-        for elem in data_element_generator(fp, implicit, little, defer_size=256):
+        # ds.original_encoding is known here: the dataset was read from these bytes.
+        for elem in data_element_generator(fp, bool(implicit), bool(little), defer_size=256):
             # Sequences come back parsed (DataElement); raw ones keep the declared length.
             length = getattr(elem, "length", 0xFFFFFFFF)
             if length != 0xFFFFFFFF and elem.value is not None and len(elem.value) < length:
@@ -75,7 +76,7 @@ def _ends_at_end_of_file(ds: Dataset, data: bytes) -> bool:
     """
     if ds.file_meta.get("TransferSyntaxUID") == pydicom.uid.DeflatedExplicitVRLittleEndian:
         return False  # offsets refer to the inflated stream
-    last = next(reversed(ds.keys()), None)
+    last = next(reversed(ds.keys()), None)  # type: ignore[call-overload]  # dict_keys
     raw = ds.get_item(last) if last is not None else None
     if not isinstance(raw, RawDataElement) or raw.value is None:
         return False

@@ -199,7 +199,8 @@ def _extra_image(p: _Person, st: _Study, number: int, rng: np.random.Generator) 
 def _dicomdir_export(p: _Person, st: _Study, seed: int, phi: _Phi) -> list[SynthFile]:
     """A CD-ROM style export: DICOMDIR plus files, written by pydicom's FileSet."""
     fs = FileSet()
-    fs.ID, fs.UID = "CDROM", _uid(seed, "extra", "fileset")  # FileSet would pick a random UID
+    # FileSet would pick a random UID
+    fs.ID, fs.UID = "CDROM", uid.UID(_uid(seed, "extra", "fileset"))
     for number in (1, 2):
         ds, arr = _extra_image(p, st, number, np.random.default_rng([seed, 0xCD, number]))
         ds.PixelData = arr.tobytes()
@@ -233,7 +234,7 @@ def _corrupt_zip(members: list[tuple[str, bytes]]) -> bytes:
 
 def _unsupported(ds: Dataset) -> bytes:
     # pydicom refuses to write a syntax it does not know, so force the explicit LE encoding.
-    ds.file_meta.TransferSyntaxUID = UNSUPPORTED_TS
+    ds.file_meta.TransferSyntaxUID = uid.UID(UNSUPPORTED_TS)
     _set_encapsulated(ds, [b"\xff\x0a" + bytes(range(256)) * 4])
     ds.preamble = b"\0" * 128
     ds.file_meta.FileMetaInformationVersion = b"\0\1"

@@ -27,10 +27,10 @@ PRIVATE_CREATOR = "ACME_PACS 1.0"
 
 def _file_meta(sop_class: str, sop_uid: str) -> FileMetaDataset:
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.MediaStorageSOPClassUID = uid.UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = uid.UID(sop_uid)
     meta.TransferSyntaxUID = uid.ExplicitVRLittleEndian
-    meta.ImplementationClassUID = _IMPLEMENTATION_UID
+    meta.ImplementationClassUID = uid.UID(_IMPLEMENTATION_UID)
     meta.ImplementationVersionName = "DICOMFLOW_SYNTH"
     return meta
 

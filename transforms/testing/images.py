@@ -163,7 +163,7 @@ def _set_encapsulated(ds: Dataset, fragments: list[bytes]) -> None:
 
 def _encode(ds: Dataset, arr: np.ndarray, ts: str) -> bytes:
     """Part 10 bytes of the dataset with the array as Pixel Data in the transfer syntax."""
-    ds.file_meta.TransferSyntaxUID = ts
+    ds.file_meta.TransferSyntaxUID = uid.UID(ts)
     if ts == uid.JPEGBaseline8Bit:
         _jpeg_baseline(ds, arr)
     elif ts in _ENCAPSULATED_BY_PYDICOM:
