@@ -87,6 +87,31 @@ def dry_run_steps(result) -> set[str]:
     return {t.unique_name for t in result.job.proto_pipeline.components.transforms.values()}
 
 
+def shipped_fns(result) -> list:
+    """Every DoFn of a job a dry run built, unpickled as a Dataflow worker would get it."""
+    from apache_beam.internal import pickler
+    from apache_beam.portability.api import beam_runner_api_pb2
+
+    fns = []
+    for transform in result.job.proto_pipeline.components.transforms.values():
+        if transform.spec.urn == "beam:transform:pardo:v1":
+            payload = beam_runner_api_pb2.ParDoPayload.FromString(transform.spec.payload)
+            if payload.do_fn.payload:
+                fns.append(pickler.loads(payload.do_fn.payload)[0])
+    return fns
+
+
+def assert_key_stays_home(result, key: str, key_uri: str) -> None:
+    """The secret key is nowhere in the job a dry run built: the DoFns that need it hold a
+    KeySource naming where it lives, and read it on the worker (setup())."""
+    from transforms.keys import KeySource
+
+    fns = shipped_fns(result)
+    sources = [v for fn in fns for v in vars(fn).values() if isinstance(v, KeySource)]
+    assert sources and {(s.env, s.file) for s in sources} == {(None, key_uri)}
+    assert not [fn for fn in fns if key in repr(vars(fn))]
+
+
 def corpus_objects(root: Path):
     """Every readable DICOM candidate under ``root``, archives expanded (the reading layer)."""
     from transforms import dicom_io

@@ -4,11 +4,15 @@ import copy
 import dataclasses
 import io
 import json
+from collections import Counter
 from pathlib import Path
 
+import apache_beam as beam
 import numpy as np
 import pydicom
 import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
 from conftest import corpus_objects
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -17,6 +21,8 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from transforms import deid
 from transforms.deadletter import StageError
+from transforms.dicom_io import SourceObject
+from transforms.keys import KeySource
 
 KEY = b"k" * 32
 OTHER_KEY = b"o" * 32
@@ -87,44 +93,75 @@ def test_every_row_of_the_table_is_handled(options):
         )
     eng = engine(config)
     enabled = {n for n in PROFILE.option_names if getattr(config, n)}
-    checked = 0
+    vrs = {r["tag"]: r["vr"] for r in json.loads(deid.PROFILE_PATH.read_text())["rows"]}
+    actions: Counter[str] = Counter()
     for rule in PROFILE.rules:
         if "x" in rule.tag:
             continue  # repeating groups: test_overlays_and_curves_go
         tag = int(rule.tag, 16)
-        vr = next((r for r in [_row_vr(rule)] if r), None)
-        if vr is None:
-            vr = "LO"  # a tag newer than pydicom's dictionary
+        vr = vrs.get(rule.tag) or "LO"  # LO: a tag newer than pydicom's dictionary
         ds = Dataset()
+        if tag not in _IDENTITY_TAGS:
+            ds.PatientName = "SMITH^JOHN"  # what Clean must take out of a text
         ds.add_new(tag, vr, _value_for(vr))
         before = ds[tag].value
         eng.deidentify(ds)
         action = deid.effective_action(rule, enabled)
+        actions[action] += 1
         after = ds.get(tag)
-        if tag in (0x00100020, 0x00100010, 0x00080050):
+        if tag in _IDENTITY_TAGS:
             assert after is not None and after.value != before, rule.name
         elif action == "X":
             assert after is None, rule.name
         elif action == "Z":
-            empty = after is not None and (
-                after.VM == 0 or after.value in ("", b"", None) or (vr == "SQ" and not after.value)
-            )
-            assert empty, rule.name
-        elif action == "U" or (action == "D" and vr == "UI"):
-            assert str(after.value).startswith("2.25."), rule.name
-        elif action == "D" and vr == "SQ":
+            assert after is not None and _empty(after), rule.name
+        elif action == "U" or (action in ("D", "C") and vr == "UI"):
+            assert after is not None and str(after.value).startswith("2.25."), rule.name
+            assert after.value != before, rule.name
+        elif action in ("D", "C", "K") and vr == "SQ":
+            # The sequence stays, with its one item walked by the same table.
             assert after is not None and len(after.value) == 1, rule.name
-        elif (action == "D" and vr in ("DA", "DT")) or action == "D":
-            assert after is not None and after.value != before, rule.name
-        elif action == "K" and vr not in ("PN",):
-            assert after is not None, rule.name
-        checked += 1
-    assert checked == len(PROFILE.rules) - 3
+        elif action == "D" and vr in _BYTES_VRS:
+            assert after is not None and after.value == b"", rule.name  # opaque: no dummy
+        elif action in ("D", "C") and vr in ("DA", "DT") and config.retain_long_modified_dates:
+            # Shifted by the patient's offset.
+            assert after is not None and not _empty(after) and after.value != before, rule.name
+        elif action == "C" and vr in ("DA", "DT"):
+            # Full dates are kept as they are; without either date option a date goes.
+            kept = after is not None and after.value == before
+            assert kept if config.retain_long_full_dates else after is None, rule.name
+        elif action == "D":
+            assert after is not None and after.value != before, rule.name  # a dummy value
+        elif action == "C" and vr in _TEXT_VRS:
+            assert after is not None and str(after.value) == "", (rule.name, after.value)
+        elif action == "C" and vr in ("PN", *_BYTES_VRS):
+            assert after is not None and _empty(after), rule.name
+        elif action in ("C", "K"):
+            # Kept as it was: K; and C of codes, numbers and times (they carry no identity).
+            assert after is not None and after.value == before, rule.name
+        else:
+            pytest.fail(f"{rule.name}: action {action!r} has no expected outcome here")
+    assert actions.total() == len(PROFILE.rules) - 3
+    # Each action occurs, so that no branch above is vacuous (C: 49 date rows by default).
+    expected = (
+        {"X", "Z", "D", "U", "K", "C"} if options == "all_retained" else {"X", "Z", "D", "U", "C"}
+    )
+    assert expected <= set(actions), actions
+    if options == "default":
+        assert actions["C"] >= 40
 
 
-def _row_vr(rule: deid.Rule) -> str | None:
-    data = json.loads(deid.PROFILE_PATH.read_text())
-    return {r["tag"]: r["vr"] for r in data["rows"]}.get(rule.tag)
+_IDENTITY_TAGS = (0x00100020, 0x00100010, 0x00080050)  # PatientID, PatientName, Accession
+_TEXT_VRS = ("LO", "LT", "SH", "ST", "UC", "UT")
+_BYTES_VRS = ("OB", "OD", "OF", "OL", "OV", "OW", "UN")
+
+
+def _empty(element) -> bool:
+    return (
+        element.VM == 0
+        or element.value in ("", b"", None)
+        or (element.VR == "SQ" and not element.value)
+    )
 
 
 def test_resolution_of_type_dependent_actions():
@@ -148,7 +185,6 @@ def test_identifiers_become_keyed_pseudonyms():
     assert str(ds.PatientName) == ds.PatientID
     assert ds.AccessionNumber.startswith("ACC") and ds.AccessionNumber != "ACC-778"
     assert ds.StudyInstanceUID.startswith("2.25.") and len(ds.StudyInstanceUID) <= 64
-    pydicom.uid.UID(ds.StudyInstanceUID).is_valid  # noqa: B018 - must not raise
     assert pydicom.uid.UID(ds.StudyInstanceUID).is_valid
 
 
@@ -578,3 +614,62 @@ def test_encode_false_gives_the_same_identifiers_without_the_bytes():
     assert bare.data is None and encoded.data
     assert bare == dataclasses.replace(encoded, data=None)
     assert ds.SOPInstanceUID == bare.sop_instance_uid  # the dataset itself is de-identified
+
+
+# --- the Beam composite ----------------------------------------------------------------------
+
+
+def test_deidentify_composite_in_a_pipeline(monkeypatch):
+    """SourceObjects → (source, member, DeidResult) keyed by pseudonyms, a parse dead letter
+    for what cannot be read, and one linkage row per instance when asked for."""
+    monkeypatch.setenv("DF_DEID_TEST_KEY", KEY.decode())
+    original = pydicom.dcmread(CT)
+    pseudonyms = engine().pseudonyms
+    expected = (
+        "gs://b/ct.dcm",
+        None,
+        pseudonyms.uid(original.SOPInstanceUID),
+        pseudonyms.uid(original.StudyInstanceUID),
+        pseudonyms.patient_id(original.PatientID),
+        "CT",
+    )
+    cut = SourceObject("gs://b/a.zip", "cut.dcm", CT.read_bytes()[:1000])
+    with TestPipeline() as p:
+        objects = p | beam.Create([SourceObject("gs://b/ct.dcm", None, CT.read_bytes()), cut])
+        results, errors, linkage = objects | deid.Deidentify(
+            deid.DeidConfig(), KeySource(env="DF_DEID_TEST_KEY"), linkage=True
+        )
+        summary = results | "Summary" >> beam.Map(
+            lambda r: (
+                r[0],
+                r[1],
+                r[2].sop_instance_uid,
+                r[2].study_instance_uid,
+                r[2].patient_id,
+                r[2].modality,
+            )
+        )
+        assert_that(summary, equal_to([expected]), label="CheckResults")
+        assert_that(
+            errors | "Where" >> beam.Map(lambda e: (e.source, e.member, e.stage, e.error_type)),
+            equal_to([("gs://b/a.zip", "cut.dcm", "parse", "truncated")]),
+            label="CheckErrors",
+        )
+        link = linkage | "AsDict" >> beam.Map(dict)
+        assert_that(
+            link | "Patient" >> beam.Map(lambda r: (r["patient_id"], r["patient_pseudonym"])),
+            equal_to([(original.PatientID, expected[4])]),
+            label="CheckLinkage",
+        )
+
+
+def test_deidentify_composite_without_linkage_has_no_linkage_output(monkeypatch):
+    monkeypatch.setenv("DF_DEID_TEST_KEY", KEY.decode())
+    with TestPipeline() as p:
+        objects = p | beam.Create([SourceObject("gs://b/ct.dcm", None, CT.read_bytes())])
+        results, errors, linkage = objects | deid.Deidentify(
+            deid.DeidConfig(), KeySource(env="DF_DEID_TEST_KEY")
+        )
+        assert linkage is None
+        assert_that(results | beam.Map(lambda r: r[2].modality), equal_to(["CT"]))
+        assert_that(errors, equal_to([]), label="NoErrors")

@@ -1,5 +1,6 @@
 """`dicomflow deidentify` end to end: zero leaks, every object accounted for, run-stable."""
 
+import csv
 import io
 import json
 import os
@@ -18,6 +19,7 @@ from conftest import (
     phi_values,
     read_table,
 )
+from cryptography.exceptions import InvalidTag
 from pydicom.data import get_testdata_file
 
 from models import features as f
@@ -63,12 +65,15 @@ def deid_run(corpus, tmp_path_factory):
     return out, manifest
 
 
-def test_leak_scan_finds_no_planted_phi(deid_run, phi):
+def test_leak_scan_finds_no_planted_phi(corpus, deid_run, phi):
     """Every output byte (deflated datasets inflated) against every planted value."""
     out, manifest = deid_run
     planted = phi_values({k: v for k, v in phi.items() if k != "date"})
     files = list((out / "deid_dicom").iterdir())
     assert len(files) == manifest["counts"]["deidentified"]
+    # Not vacuous: hundreds of values are looked for, in a file for every labelled image.
+    assert len(planted) >= 100
+    assert labelled_file_names(corpus) <= {p.name for p in files}
     for path in files:
         blob = dataset_bytes(path.read_bytes()) + path.name.encode()
         leaks = [v for v in planted if v.encode() in blob]
@@ -160,15 +165,36 @@ def test_linkage_table_is_encrypted_and_complete(corpus, tmp_path):
     )
     data = link.read_bytes()
     rows = decrypt_rows(data, LINK_KEY.encode())
-    patients = {r["patient_pseudonym"] for r in rows}
-    out_patients = {
-        pydicom.dcmread(p, stop_before_pixels=True).PatientID
+    written = [
+        pydicom.dcmread(p, stop_before_pixels=True)
         for p in (tmp_path / "out" / "deid_dicom").iterdir()
-    }
-    assert out_patients <= patients
+    ]
+    # Complete: every patient and study written has its row, and no row names anyone else.
+    assert {r["patient_pseudonym"] for r in rows} == {ds.PatientID for ds in written}
+    assert {r["study_pseudonym"] for r in rows} == {ds.StudyInstanceUID for ds in written}
     assert {r["patient_id"] for r in rows} <= set(phi_ids(corpus))
-    with pytest.raises(Exception):  # noqa: B017 - cryptography's InvalidTag
+    # Each row pairs an original with the pseudonym the pipeline made from it.
+    pseudonyms = keyed_engine().pseudonyms
+    assert all(pseudonyms.patient_id(r["patient_id"]) == r["patient_pseudonym"] for r in rows)
+    assert all(pseudonyms.uid(r["study_instance_uid"]) == r["study_pseudonym"] for r in rows)
+    with pytest.raises(InvalidTag):
         decrypt_rows(data, KEY.encode())
+
+
+def keyed_engine():
+    """The de-identification the deid_run made (default options, KEY)."""
+    from transforms import deid
+
+    return deid.Deidentifier(deid.Profile.load(), deid.DeidConfig(), KEY.encode())
+
+
+def labelled_file_names(corpus: Path) -> set[str]:
+    """The names the labelled images of the corpus have once de-identified with KEY."""
+    engine = keyed_engine()
+    with open(corpus / "labels.csv") as fh:
+        uids = {row["SOPInstanceUID"] for row in csv.DictReader(fh)}
+    assert len(uids) >= 10
+    return {f"{engine.pseudonyms.uid(uid)}.dcm" for uid in uids}
 
 
 def phi_ids(corpus: Path) -> list[str]:

@@ -10,8 +10,11 @@ import tarfile
 import zipfile
 from pathlib import Path
 
+import apache_beam as beam
 import pydicom
 import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
 from pydicom.data import get_testdata_file
 
 from models import features as f
@@ -431,10 +434,6 @@ def test_input_uris_become_patterns(tmp_path):
 
 
 def test_duplicates_are_found_from_headers_and_the_first_place_wins(tmp_path):
-    import apache_beam as beam
-    from apache_beam.testing.test_pipeline import TestPipeline
-    from apache_beam.testing.util import assert_that, equal_to
-
     (tmp_path / "b.dcm").write_bytes(CT.read_bytes())
     with zipfile.ZipFile(tmp_path / "a.zip", "w") as zf:
         zf.write(CT, "copy.dcm")
@@ -465,3 +464,133 @@ def test_instance_digest_reads_the_uid_a_full_parse_reads(name):
     data = Path(get_testdata_file(name)).read_bytes()
     uid = str(pydicom.dcmread(io.BytesIO(data), force=True).SOPInstanceUID)
     assert dicom_io.instance_digest(data) == hashlib.sha256(uid.encode()).digest()[:16]
+
+
+# --- the composites, each in a TestPipeline on a few small objects ------------------------
+
+
+def _places(pcoll, label: str):
+    """SourceObjects and dead letters as comparable tuples (the bytes by their length)."""
+    return pcoll | label >> beam.Map(
+        lambda o: (
+            (o.source, o.member, o.error_type)
+            if isinstance(o, DeadLetter)
+            else (o.source, o.member, len(o.data))
+        )
+    )
+
+
+@pytest.fixture
+def export(tmp_path) -> Path:
+    """b.dcm (CT), a.zip (a copy of the CT, a J2K image, a README), empty.dcm."""
+    (tmp_path / "b.dcm").write_bytes(CT.read_bytes())
+    with zipfile.ZipFile(tmp_path / "a.zip", "w") as zf:
+        zf.write(CT, "copy.dcm")
+        zf.write(J2K, "other.dcm")
+        zf.writestr("README.txt", "exported by the PACS")
+    (tmp_path / "empty.dcm").write_bytes(b"")
+    return tmp_path
+
+
+def test_match_inputs_gives_each_path_once_however_many_inputs_name_it(export):
+    inputs = [str(export), f"file://{export}/b.dcm", f"{export}/*.zip"]
+    expected = [(str(p), p.stat().st_size) for p in export.iterdir()]
+    with TestPipeline() as p:
+        assert_that(p | dicom_io.MatchInputs(inputs), equal_to(expected))
+
+
+def test_read_objects_streams_archives_and_dead_letters_the_rest(export):
+    paths = [(str(p), p.stat().st_size) for p in export.iterdir()]
+    zip_path, loose, empty = str(export / "a.zip"), str(export / "b.dcm"), str(export / "empty.dcm")
+    with TestPipeline() as p:
+        objects, errors = p | beam.Create(paths) | dicom_io.ReadObjects()
+        assert_that(
+            _places(objects, "Objects"),
+            equal_to(
+                [
+                    (loose, None, CT.stat().st_size),
+                    (zip_path, "copy.dcm", CT.stat().st_size),
+                    (zip_path, "other.dcm", J2K.stat().st_size),
+                ]
+            ),
+            label="CheckObjects",
+        )
+        assert_that(
+            _places(errors, "Errors"),
+            equal_to([(zip_path, "README.txt", "not_dicom"), (empty, None, "empty")]),
+            label="CheckErrors",
+        )
+
+
+def test_read_objects_caps_the_size_before_reading(export):
+    paths = [(str(export / "b.dcm"), CT.stat().st_size)]
+    with TestPipeline() as p:
+        objects, errors = p | beam.Create(paths) | dicom_io.ReadObjects(max_bytes=1000)
+        assert_that(objects, equal_to([]), label="CheckObjects")
+        assert_that(
+            _places(errors, "Errors"),
+            equal_to([(str(export / "b.dcm"), None, "too_large")]),
+            label="CheckErrors",
+        )
+
+
+def test_drop_duplicates_routes_the_later_copies_to_dead_letters():
+    first, later = SourceObject("gs://b/1.dcm", None, b"x"), SourceObject("gs://b/a.zip", "2", b"x")
+    with TestPipeline() as p:
+        duplicates = p | "Duplicates" >> beam.Create([("gs://b/a.zip", "2")])
+        objects, errors = (
+            p | "Objects" >> beam.Create([first, later]) | dicom_io.DropDuplicates(duplicates)
+        )
+        assert_that(objects, equal_to([first]), label="CheckObjects")
+        assert_that(
+            _places(errors, "Errors"),
+            equal_to([("gs://b/a.zip", "2", "duplicate_instance")]),
+            label="CheckErrors",
+        )
+
+
+def test_read_instances_reads_every_candidate_once(export):
+    """Match → read → drop the later copy: the CT in the zip ("a.zip" sorts first) wins."""
+    zip_path, loose, empty = str(export / "a.zip"), str(export / "b.dcm"), str(export / "empty.dcm")
+    with TestPipeline() as p:
+        objects, errors = p | dicom_io.ReadInstances([str(export)])
+        assert_that(
+            _places(objects, "Objects"),
+            equal_to(
+                [
+                    (zip_path, "copy.dcm", CT.stat().st_size),
+                    (zip_path, "other.dcm", J2K.stat().st_size),
+                ]
+            ),
+            label="CheckObjects",
+        )
+        assert_that(
+            _places(errors, "Errors"),
+            equal_to(
+                [
+                    (loose, None, "duplicate_instance"),
+                    (zip_path, "README.txt", "not_dicom"),
+                    (empty, None, "empty"),
+                ]
+            ),
+            label="CheckErrors",
+        )
+
+
+def test_inspect_dicom_describes_what_parses_and_dead_letters_what_does_not():
+    ct = SourceObject("gs://b/ct.dcm", None, CT.read_bytes())
+    cut = SourceObject("gs://b/cut.dcm", None, CT.read_bytes()[:1000])
+    with TestPipeline() as p:
+        rows, errors = p | beam.Create([ct, cut]) | dicom_io.InspectDicom()
+        assert_that(
+            rows
+            | "Describe"
+            >> beam.Map(lambda r: (r[f.SOURCE], r[f.PARSE_STATUS], r[f.MODALITY], r[f.ROWS])),
+            equal_to([("gs://b/ct.dcm", f.STATUS_IMAGE, "CT", 128)]),
+            label="CheckRows",
+        )
+        assert_that(
+            errors | "Stage" >> beam.Map(lambda e: (e.source, e.stage, e.error_type)),
+            equal_to([("gs://b/cut.dcm", "parse", "truncated")]),
+            label="CheckErrors",
+        )

@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 import tensorflow as tf
-from conftest import DATAFLOW_DRY_RUN, build, count_objects, dry_run_steps, phi_values, read_table
+from conftest import (
+    DATAFLOW_DRY_RUN,
+    assert_key_stays_home,
+    build,
+    count_objects,
+    dry_run_steps,
+    phi_values,
+    read_table,
+)
 
 from models import features as f
 from pipelines import ingest
@@ -99,12 +107,19 @@ def test_no_patient_in_two_splits_and_labels_joined_right(corpus, ingest_run):
 
 
 def test_leak_scan_of_tfrecords_and_index(phi, ingest_run):
-    out, _ = ingest_run
+    out, manifest = ingest_run
     planted = phi_values({k: v for k, v in phi.items() if k != "date"})
+    assert len(planted) >= 100  # not vacuous: hundreds of values are looked for ...
+    scanned = 0
     for path in (out / "tfrecords").rglob("*.tfrecord.gz"):
         data = gzip.decompress(path.read_bytes())
         assert not [v for v in planted if v.encode() in data], path.name
-    for row in read_table(str(out / "index")):
+        scanned += sum(1 for _ in tf.data.TFRecordDataset(str(path), "GZIP"))
+    # ... in every example and index row ingest wrote, and it wrote some.
+    assert scanned == manifest["counts"]["examples"] >= 10
+    rows = read_table(str(out / "index"))
+    assert len(rows) == manifest["counts"]["converted"] >= 10
+    for row in rows:
         assert not [v for v in planted if v in json.dumps(row, default=str)]
 
 
@@ -145,10 +160,16 @@ def test_dataflow_dry_run_builds_the_job(gcs):
         "--tfrecord-shards=16",
         *DATAFLOW_DRY_RUN,
     ]
-    names = dry_run_steps(build(ingest, ingest.IngestOptions, argv).run())
+    pipeline = build(ingest, ingest.IngestOptions, argv)
+    result = pipeline.run()
+    names = dry_run_steps(result)
     prepare = ("PrepareInstances/Parse", "PrepareInstances/Convert")
     for step in ("ReadInstances", *prepare, "WriteTrain", "TfTransform", "WriteIndex"):
         assert step in names
+    assert_key_stays_home(result, KEY, key_uri)
+    # Our flags are ours: Dataflow is not sent them as pipeline options.
+    shipped = pipeline.options.get_all_options(retain_unknown_options=True)
+    assert not {"input", "output", "key_file", "tfrecord_shards"} & set(shipped)
 
 
 @pytest.mark.parametrize(

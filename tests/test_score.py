@@ -8,7 +8,15 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 from apache_beam.io.filesystems import FileSystems
-from conftest import DATAFLOW_DRY_RUN, build, count_objects, dry_run_steps, phi_values, read_table
+from conftest import (
+    DATAFLOW_DRY_RUN,
+    assert_key_stays_home,
+    build,
+    count_objects,
+    dry_run_steps,
+    phi_values,
+    read_table,
+)
 
 from models import features as f
 from pipelines import ingest, score, score_config
@@ -225,10 +233,15 @@ def test_dataflow_dry_run_builds_the_job(gcs, score_model, monkeypatch):
     monkeypatch.setattr(score_config, "resolve_model_info", lambda uri: found)
     common = ["--model=gs://b/models", "--output=gs://b/scores", *DATAFLOW_DRY_RUN]
     argv = [f"--input={gcs}/dry-run/export", f"--key-file={key_uri}", "--explain-top=5"]
-    names = dry_run_steps(build(score, score.ScoreOptions, [*argv, *common]).run())
+    pipeline = build(score, score.ScoreOptions, [*argv, *common])
+    result = pipeline.run()
+    names = dry_run_steps(result)
     prepare = ("PrepareInstances/Parse", "PrepareInstances/Convert")
     for step in ("ReadInstances", *prepare, "RunInference", "GradCam", "WriteScores"):
         assert step in names
+    assert_key_stays_home(result, KEY, key_uri)
+    shipped = pipeline.options.get_all_options(retain_unknown_options=True)
+    assert not {"input", "output", "model", "key_file", "explain_top"} & set(shipped)
     argv = ["--input=gs://b/ingest/tfrecords/*/part-*.tfrecord.gz", "--batch-size=256"]
     names = dry_run_steps(build(score, score.ScoreOptions, [*argv, *common]).run())
     assert {"ReadExamples", "RunInference", "WriteScores", "WriteErrors"} <= names

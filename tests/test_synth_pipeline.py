@@ -7,7 +7,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import DATAFLOW_DRY_RUN, build, dry_run_steps
+from conftest import DATAFLOW_DRY_RUN, build, dry_run_steps, shipped_fns
 
 from pipelines import synth
 from pipelines.options import UsageError
@@ -70,8 +70,15 @@ def test_archives_keep_their_own_bytes(corpus):
 
 def test_dataflow_dry_run_builds_the_job():
     argv = ["--output=gs://bucket/corpus", "--patients=100000", *DATAFLOW_DRY_RUN]
-    names = dry_run_steps(build(synth, synth.SynthOptions, argv).run())
+    pipeline = build(synth, synth.SynthOptions, argv)
+    result = pipeline.run()
+    names = dry_run_steps(result)
     assert {"SynthPatients", "WriteFiles", "WritePhi", "WriteLabels"} <= names
+    # The workers write where --output says; our flags are not sent as Beam options.
+    writers = [fn for fn in shipped_fns(result) if isinstance(fn, synth.SynthFn)]
+    assert [w._output for w in writers] == ["gs://bucket/corpus"]
+    shipped = pipeline.options.get_all_options(retain_unknown_options=True)
+    assert not {"output", "patients", "seed"} & set(shipped)
 
 
 @pytest.mark.parametrize(
