@@ -7,6 +7,7 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
+import apache_beam as beam
 import pytest
 import tensorflow as tf
 from conftest import (
@@ -227,3 +228,20 @@ def test_only_our_scratch_goes_after_the_transform(tmp_path):
     (tmp_path / "tmp" / "tft").mkdir()
     ingest._after_transform(None, out, str(tmp_path / ingest.SCRATCH))
     assert not (tmp_path / "tmp").exists()  # nothing else was there: the folder goes too
+
+
+def test_write_tfrecords_writes_gzip_shards_and_removes_stale_ones(tmp_path):
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+
+    (tmp_path / "part-00003-of-00004.tfrecord.gz").write_bytes(b"an older run's shard")
+    records = [f"example {i}".encode() for i in range(10)]
+    with TestPipeline() as p:
+        examples = p | beam.Create(records)
+        kept = examples | ingest.WriteTFRecords(str(tmp_path), num_shards=2)
+        names = [f"part-0000{i}-of-00002.tfrecord.gz" for i in range(2)]
+        assert_that(kept, equal_to([names]))
+    files = sorted(tmp_path.iterdir())
+    assert [p.name for p in files] == names
+    read = [r.numpy() for r in tf.data.TFRecordDataset([str(p) for p in files], "GZIP")]
+    assert sorted(read) == records

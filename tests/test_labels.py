@@ -358,3 +358,12 @@ def test_read_labels_from_gcs(gcs):
     uri = f"{gcs}/labels/export.csv"
     write_bytes(uri, f"SOPInstanceUID,label\n{UIDS[0]},{LESION}\n".encode(), "text/csv")
     assert load_labels(uri).labels == {UIDS[0]: LESION}
+
+
+def test_read_labels_gives_one_table_read_on_a_worker(tmp_path):
+    with TestPipeline() as p:
+        table = p | ReadLabels(_study_labels(tmp_path))
+        assert_that(
+            table | beam.Map(lambda t: (t.key, t.labels, t.rows)),
+            equal_to([("AccessionNumber", {ACC[0]: LESION, ACC[1]: CLEAR, ACC[2]: LESION}, 3)]),
+        )

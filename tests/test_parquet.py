@@ -1,13 +1,14 @@
 """Parquet tables from Beam: fixed schema, empty tables still readable, re-runs replace."""
 
 import apache_beam as beam
+import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from conftest import read_table
 
 from models import features as f
-from transforms.parquet import WriteParquet, delete_stale_shards
+from transforms.parquet import WriteArrowTables, WriteParquet, delete_stale_shards
 
 ROW = {f.SOURCE: "gs://b/x", f.MEMBER: None, f.STAGE: "read", f.ERROR_TYPE: "empty", f.MESSAGE: "m"}
 
@@ -55,3 +56,17 @@ def test_delete_stale_shards_keeps_other_files(tmp_path):
         "notes.txt",
         "part-00000-of-00002.parquet",
     ]
+
+
+def test_arrow_tables_become_one_table_and_stale_shards_go(tmp_path):
+    (tmp_path / "part-00001-of-00002.parquet").write_bytes(b"an older run's shard")
+    first = pa.Table.from_pylist([ROW, {**ROW, f.MEMBER: "a/b"}], schema=f.ERRORS_SCHEMA)
+    second = pa.Table.from_pylist([{**ROW, f.SOURCE: "gs://b/y"}], schema=f.ERRORS_SCHEMA)
+    with TestPipeline() as p:
+        tables = p | beam.Create([first, second], reshuffle=False)
+        shards = tables | WriteArrowTables(str(tmp_path), f.ERRORS_SCHEMA, num_shards=1)
+        assert_that(shards, equal_to([["part-00000-of-00001.parquet"]]))
+    assert [p.name for p in tmp_path.iterdir()] == ["part-00000-of-00001.parquet"]
+    assert sorted(read_table(str(tmp_path)), key=str) == sorted(
+        first.to_pylist() + second.to_pylist(), key=str
+    )

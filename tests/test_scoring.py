@@ -8,6 +8,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from apache_beam.ml.inference.base import PredictionResult
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
 
 from models import features as f
 from transforms import scoring as sc
@@ -136,3 +138,35 @@ def test_a_shard_cut_inside_its_compressed_stream_is_one_read_row(tmp_path, name
     (letter,) = [o.value for o in out if isinstance(o, beam.pvalue.TaggedOutput)]
     assert len(read) < 50 and letter.member == f"record {len(read)}"  # stands for the rest
     assert (letter.stage, letter.error_type) == ("read", "corrupt_tfrecord")
+
+
+def test_read_examples_reads_each_shard_once_in_a_pipeline(tmp_path):
+    """Overlapping patterns name a shard twice: its examples come once; bad records are
+    dead letters with their record number."""
+    good = encode_example(bytes(16), SHAPE, IDS, "", 3)
+    first = tmp_path / "train" / "part-00000-of-00002.tfrecord.gz"
+    second = tmp_path / "eval" / "part-00001-of-00002.tfrecord.gz"
+    first.parent.mkdir()
+    second.parent.mkdir()
+    first.write_bytes(gzip.compress(framed([good, good])))
+    second.write_bytes(gzip.compress(framed([b"\x0a\x02\x08\x01", good])))
+    patterns = [f"{tmp_path}/*/part-*.tfrecord.gz", str(first)]
+    with TestPipeline() as p:
+        outputs = p | sc.ReadExamples(patterns, SHAPE)
+        assert_that(
+            outputs.inputs
+            | "Keys" >> beam.Map(lambda kv: (kv[0].source, kv[0].member, kv[0].frames, kv[1])),
+            equal_to(
+                [
+                    (str(first), "record 0", (3,), bytes(16)),
+                    (str(first), "record 1", (3,), bytes(16)),
+                    (str(second), "record 1", (3,), bytes(16)),
+                ]
+            ),
+            label="CheckInputs",
+        )
+        assert_that(
+            outputs[DEAD_LETTER] | "Where" >> beam.Map(lambda e: (e.source, e.member, e.stage)),
+            equal_to([(str(second), "record 0", "parse")]),
+            label="CheckErrors",
+        )
