@@ -72,7 +72,7 @@ INVENTORY_SCHEMA = pa.schema(
 )
 
 # --- index/ (ingest) and the TFRecord examples -------------------------------------------
-# DESIGN.md's minimum index columns; every identifier is a pseudonym.
+# The minimum index columns (docs/contracts.md); every identifier is a pseudonym.
 SOP_INSTANCE_UID = "sop_instance_uid"
 SERIES_INSTANCE_UID = "series_instance_uid"
 STUDY_INSTANCE_UID = "study_instance_uid"

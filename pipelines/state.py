@@ -9,7 +9,7 @@ Everything lives under the run's output root, local or ``gs://``:
 - ``state.json``: every source object processed so far, with its version (size and
   modification time, which Beam's file systems give for every scheme). Objects are named
   by a keyed digest of their URI, never by the URI: object names often carry patient
-  names, and DESIGN.md allows raw locations only in errors/.
+  names, and docs/contracts.md allows raw locations only in errors/ (and inventory/).
 - ``runs/<run_id>/run.json``: the plan of one run (the objects it scores) and the stages it
   has finished, so that a run killed at any moment resumes with the same run id and the
   same objects, and replaces rather than duplicates what it had written.

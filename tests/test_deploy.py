@@ -34,7 +34,7 @@ DOCKERFILES = {
     for name in ("worker", "worker-gpu", "trainer", "flex-template")
 }
 AIRFLOW_PYTHON = ROOT / ".venv-airflow" / "bin" / "python"
-# The DICOM stack: the trainer image must do without it (DESIGN.md, layout).
+# The DICOM stack: the trainer image must do without it (docs/architecture.md, the import rule).
 DICOM_STACK = {
     "pydicom",
     "pylibjpeg",
