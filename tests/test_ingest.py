@@ -245,3 +245,29 @@ def test_write_tfrecords_writes_gzip_shards_and_removes_stale_ones(tmp_path):
     assert [p.name for p in files] == names
     read = [r.numpy() for r in tf.data.TFRecordDataset([str(p) for p in files], "GZIP")]
     assert sorted(read) == records
+
+
+def test_analyze_train_learns_the_train_statistics(tmp_path):
+    """Four 2x2 train images, half black and half white, two labels: tf.Transform learns
+    mean 127.5/255, the standard deviation, and the label vocabulary."""
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, is_not_empty
+
+    from transforms.pixels import PixelConfig
+    from transforms.tfrecord import encode_example
+
+    ids = {name: "x" for name in (f.SOP_INSTANCE_UID, f.PATIENT_ID)}
+    records = [
+        encode_example(bytes([value]) * 4, (2, 2, 1), ids, label, 0)
+        for value, label in ((0, "clear"), (255, "lesion"), (0, "clear"), (255, "clear"))
+    ]
+    with TestPipeline() as p:
+        examples = p | beam.Create(records)
+        published = examples | ingest.AnalyzeTrain(
+            str(tmp_path / ingest.TRANSFORM), str(tmp_path / "tmp"), PixelConfig(size=2)
+        )
+        assert_that(published, is_not_empty())
+    statistics = ingest.transform_statistics(str(tmp_path))
+    assert statistics["pixel_mean"] == pytest.approx(0.5, abs=1e-4)
+    assert statistics["pixel_std"] == pytest.approx(0.5, abs=1e-4)
+    assert sorted(statistics["labels"]) == ["clear", "lesion"]
