@@ -75,10 +75,10 @@ def parse_options(
 
 def command_options(
     prog: str,
-    command: type[CommandOptions],
+    command: type[Options],
     given: dict,
     argv: Sequence[str] = (),
-) -> tuple[CommandOptions, PipelineOptions]:
+) -> tuple[Options, PipelineOptions]:
     """A command's options from values already typed (``given``, by option name, e.g.
     ``{"input": [...], "key_env": "K"}``) and further flags (``argv``: the command's own
     and Beam's), for callers that drive a command from code (``dicomflow run``, the demo).

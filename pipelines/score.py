@@ -81,7 +81,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: ScoreConfig) -> beam.Pipelin
     positive_index = None if positive is None else labels.index(positive)
     dicom = config.dicom
 
-    header = {
+    header: dict = {
         "pipeline": "score",
         "run_id": run_id,
         "code_version": code_version(),
