@@ -166,7 +166,7 @@ def test_read_examples_reads_each_shard_once_in_a_pipeline(tmp_path):
             label="CheckInputs",
         )
         assert_that(
-            outputs[DEAD_LETTER] | "Where" >> beam.Map(lambda e: (e.source, e.member, e.stage)),
+            outputs.dead_letters | "Where" >> beam.Map(lambda e: (e.source, e.member, e.stage)),
             equal_to([(str(second), "record 0", "parse")]),
             label="CheckErrors",
         )
