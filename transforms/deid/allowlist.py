@@ -37,7 +37,9 @@ from transforms.deid.values import (
 )
 
 if TYPE_CHECKING:
+    from transforms.deid.config import DeidConfig
     from transforms.deid.engine import _Context
+    from transforms.deid.net import KeepList
 
 _DUMMY = {
     "AE": "ANONYMOUS",
@@ -96,6 +98,18 @@ def _encodings_of(item: Dataset, inherited: tuple[str, ...]) -> tuple[str, ...]:
 
 class AllowlistNet:
     """The net's part of the walk (see the module docstring)."""
+
+    if TYPE_CHECKING:  # provided by Deidentifier, which mixes this class in
+        config: DeidConfig
+        _keep: KeepList
+        _meanings: dict[tuple[str, str], str]
+        _cleaning: bool
+        _net: bool
+
+        def _vr(self, ds: Dataset, t: int) -> str: ...
+        def _uids(self, ds: Dataset, t: int, vr: str) -> None: ...
+        def _clean(self, ds: Dataset, t: int, vr: str, ctx: _Context) -> None: ...
+        def _items(self, ds: Dataset, t: int, ctx: _Context) -> None: ...
 
     def _own_identifiers(self, ds: Dataset, encodings: tuple[str, ...]) -> list[str]:
         """Name components, IDs, accession and birth date (in every notation) of the patient,

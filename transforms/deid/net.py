@@ -76,7 +76,7 @@ def code_meanings() -> dict[tuple[str, str], str]:
     out: dict[tuple[str, str], str] = {}
     for scheme, names in concepts.items():
         for codes in names.values():
-            for value, (meaning, _cids) in codes.items():
+            for value, (meaning, _cids) in codes.items():  # type: ignore[attr-defined]  # pydicom types it as object
                 out.setdefault((scheme, value), meaning[:64])
     return out
 
