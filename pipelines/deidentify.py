@@ -17,7 +17,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from models.uids import is_valid_uid
-from pipelines import flags
+from pipelines import dicomweb_args, flags
 from pipelines.options import (
     CommandOptions,
     UsageError,
@@ -37,6 +37,7 @@ from transforms.deadletter import (
     WriteErrors,
 )
 from transforms.deid import DeidConfig, Deidentify, DeidResult, Profile, count_keys
+from transforms.dicomweb import DicomwebSettings, WriteDicomweb, describe_inputs
 from transforms.keys import KeySource, fingerprint
 from transforms.linkage import write_linkage
 from transforms.manifest import WriteManifest, code_version, utc_now
@@ -57,6 +58,7 @@ class DeidentifyOptions(CommandOptions):
             "--linkage-output", help="write the encrypted original→pseudonym table here"
         )
         flags.add_key(parser, "linkage-key", "linkage key")
+        dicomweb_args.add_arguments(parser, sink=True)
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,9 @@ class DeidentifyConfig:
     linkage_output: str | None = None
     linkage_key: KeySource | None = None  # given exactly when linkage_output is
     run_id: str = ""
+    dicomweb: DicomwebSettings = field(default_factory=DicomwebSettings)  # for the inputs
+    output_dicomweb: str | None = None  # STOW-RS here instead of files under deid_dicom/
+    output_dicomweb_settings: DicomwebSettings = field(default_factory=DicomwebSettings)
 
 
 def configure(opts: DeidentifyOptions, beam_options: PipelineOptions) -> DeidentifyConfig:
@@ -92,6 +97,8 @@ def configure(opts: DeidentifyOptions, beam_options: PipelineOptions) -> Deident
     elif opts.linkage_key_env or opts.linkage_key_file:
         raise UsageError("--linkage-key-* needs --linkage-output")
     linkage_output = dicom_io.normalize_uri(opts.linkage_output) if opts.linkage_output else None
+    dicomweb = dicomweb_args.settings(opts, inputs, dataflow, opts.output_dicomweb)
+    sink = dicomweb_args.output_settings(opts, dataflow, dicomweb)
     return DeidentifyConfig(
         tuple(inputs),
         output,
@@ -101,6 +108,9 @@ def configure(opts: DeidentifyOptions, beam_options: PipelineOptions) -> Deident
         linkage_output,
         linkage_key,
         new_run_id(),
+        dicomweb=dicomweb,
+        output_dicomweb=opts.output_dicomweb,
+        output_dicomweb_settings=sink,
     )
 
 
@@ -113,7 +123,7 @@ def deid_header(
         "run_id": run_id or new_run_id(),
         "code_version": code_version(),
         "started_at": utc_now(),
-        "inputs": inputs,
+        "inputs": describe_inputs(inputs),
         "key_fingerprint": fingerprint(key.resolve()),
         "deid_profile": Profile.load().standard,
         "deid_options": config.describe(),
@@ -162,20 +172,28 @@ def build_pipeline(pipeline: beam.Pipeline, config: DeidentifyConfig) -> beam.Pi
         **deid_header("deidentify", config.run_id, inputs, config.key, config.deid),
         "linkage": bool(config.linkage_output),
     }
+    if config.output_dicomweb:
+        header["output_dicomweb"] = config.output_dicomweb
 
     p = pipeline
     objects, read_errors = p | "ReadInstances" >> dicom_io.ReadInstances(
-        inputs, config.max_object_bytes
+        inputs, config.max_object_bytes, config.dicomweb
     )
     results, deid_errors, linkage = objects | "Deidentify" >> Deidentify(
         config.deid, config.key, linkage=bool(config.linkage_output)
     )
-    written = results | "WriteDeidDicom" >> beam.ParDo(
-        WriteDeidFn(FileSystems.join(output, DEID_DIR))
-    ).with_outputs(DEAD_LETTER, main="files")
-    files = written.files | "CountFiles" >> beam.combiners.Count.Globally()
+    if config.output_dicomweb:  # STOW-RS into a store instead of files under deid_dicom/
+        stored, write_errors = results | "StoreDicomweb" >> WriteDicomweb(
+            config.output_dicomweb, config.output_dicomweb_settings
+        )
+    else:
+        written = results | "WriteDeidDicom" >> beam.ParDo(
+            WriteDeidFn(FileSystems.join(output, DEID_DIR))
+        ).with_outputs(DEAD_LETTER, main="files")
+        stored, write_errors = written.files, written[DEAD_LETTER]
+    files = stored | "CountFiles" >> beam.combiners.Count.Globally()
     errors = (
-        (read_errors, deid_errors, written[DEAD_LETTER])
+        (read_errors, deid_errors, write_errors)
         | "AllDeadLetters" >> beam.Flatten()
         | "WriteErrors" >> WriteErrors(output)
     )
@@ -188,7 +206,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: DeidentifyConfig) -> beam.Pi
         )
     _ = (
         (
-            written.files
+            stored
             | "DeidKeys"
             >> beam.Map(
                 lambda mc: (
@@ -207,7 +225,9 @@ def build_pipeline(pipeline: beam.Pipeline, config: DeidentifyConfig) -> beam.Pi
 def deidentify(config: DeidentifyConfig, beam_options: PipelineOptions) -> dict:
     """Runs a deidentify job to the end (inputs checked first); returns its manifest."""
     pipeline = build_pipeline(new_pipeline(beam_options), config)
-    return execute(pipeline, config.inputs, config.output)
+    if config.output_dicomweb:
+        dicomweb_args.check_output(config.output_dicomweb, config.output_dicomweb_settings)
+    return execute(pipeline, config.inputs, config.output, config.dicomweb)
 
 
 def run(argv: Sequence[str]) -> int:
@@ -219,7 +239,8 @@ def run(argv: Sequence[str]) -> int:
     print(
         f"deidentify: {counts.get('seen', 0)} objects seen, "
         f"{counts.get('deidentified', 0)} de-identified, "
-        f"{counts.get('dead_lettered', 0)} dead-lettered → {output} "
+        f"{counts.get('dead_lettered', 0)} dead-lettered → {output}"
+        f"{' and ' + config.output_dicomweb if config.output_dicomweb else ''} "
         f"(key fingerprint {manifest['key_fingerprint']})",
         file=sys.stderr,
     )

@@ -16,7 +16,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 
 from models import features as f
-from pipelines import flags
+from pipelines import dicomweb_args, flags
 from pipelines.deidentify import deid_header
 from pipelines.options import (
     CommandOptions,
@@ -31,6 +31,7 @@ from transforms import dicom_io
 from transforms.convert import Instance, PrepareInstances
 from transforms.deadletter import ERRORS_TABLE, WriteErrors
 from transforms.deid import DeidConfig, count_keys
+from transforms.dicomweb import DicomwebSettings
 from transforms.keys import KeySource
 from transforms.labels import ReadLabels, load_labels
 from transforms.manifest import (
@@ -63,6 +64,7 @@ class IngestOptions(CommandOptions):
             "--tfrecord-shards", type=int, default=0, help="shards per split (0: the runner's)"
         )
         flags.add_max_object_bytes(parser)
+        dicomweb_args.add_arguments(parser)
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,7 @@ class IngestConfig:
     tfrecord_shards: int = 0
     max_object_bytes: int = dicom_io.DEFAULT_MAX_OBJECT_BYTES
     run_id: str = ""
+    dicomweb: DicomwebSettings = field(default_factory=DicomwebSettings)
 
 
 def configure(opts: IngestOptions, beam_options: PipelineOptions) -> IngestConfig:
@@ -112,6 +115,7 @@ def configure(opts: IngestOptions, beam_options: PipelineOptions) -> IngestConfi
         opts.tfrecord_shards,
         opts.max_object_bytes,
         new_run_id(),
+        dicomweb=dicomweb_args.settings(opts, inputs, flags.on_dataflow(beam_options)),
     )
 
 
@@ -248,7 +252,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: IngestConfig) -> beam.Pipeli
     output = config.output
     p = pipeline
     read = p | "ReadInstances" >> dicom_io.ReadInstances(
-        list(config.inputs), config.max_object_bytes
+        list(config.inputs), config.max_object_bytes, config.dicomweb
     )
     table = p | "ReadLabels" >> ReadLabels(config.labels) if config.labels else None
     prepared = read.objects | "PrepareInstances" >> PrepareInstances(
@@ -355,7 +359,7 @@ def transform_statistics(output: str) -> dict:
 def ingest(config: IngestConfig, beam_options: PipelineOptions) -> dict:
     """Runs an ingest to the end (inputs checked first); returns its manifest."""
     pipeline = build_pipeline(new_pipeline(beam_options), config)
-    return execute(pipeline, config.inputs, config.output)
+    return execute(pipeline, config.inputs, config.output, config.dicomweb)
 
 
 def summary(manifest: dict, output: str) -> str:

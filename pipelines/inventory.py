@@ -2,13 +2,13 @@
 
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from models import features as f
-from pipelines import flags
+from pipelines import dicomweb_args, flags
 from pipelines.options import (
     CommandOptions,
     UsageError,
@@ -20,6 +20,7 @@ from pipelines.options import (
 )
 from transforms import dicom_io
 from transforms.deadletter import ERRORS_TABLE, WriteErrors
+from transforms.dicomweb import DicomwebSettings, ReadDicomweb, describe_inputs, is_dicomweb
 from transforms.manifest import WriteManifest, code_version, utc_now
 from transforms.parquet import WriteParquet, table_dir
 
@@ -32,6 +33,7 @@ class InventoryOptions(CommandOptions):
         flags.add_inputs(parser, "file, folder, gs:// prefix or glob; repeat for several")
         flags.add_output(parser)
         flags.add_max_object_bytes(parser)
+        dicomweb_args.add_arguments(parser)
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,7 @@ class InventoryConfig:
     output: str
     max_object_bytes: int = dicom_io.DEFAULT_MAX_OBJECT_BYTES
     run_id: str = ""
+    dicomweb: DicomwebSettings = field(default_factory=DicomwebSettings)
 
 
 def inventory_keys(row: dict) -> list:
@@ -63,7 +66,10 @@ def configure(opts: InventoryOptions, beam_options: PipelineOptions) -> Inventor
     if opts.max_object_bytes <= 0:
         raise UsageError("--max-object-bytes must be positive")
     check_output_outside(output, inputs)
-    return InventoryConfig(tuple(inputs), output, opts.max_object_bytes, new_run_id())
+    dicomweb = dicomweb_args.settings(opts, inputs, flags.on_dataflow(beam_options))
+    return InventoryConfig(
+        tuple(inputs), output, opts.max_object_bytes, new_run_id(), dicomweb=dicomweb
+    )
 
 
 def build_pipeline(pipeline: beam.Pipeline, config: InventoryConfig) -> beam.Pipeline:
@@ -74,13 +80,21 @@ def build_pipeline(pipeline: beam.Pipeline, config: InventoryConfig) -> beam.Pip
         "run_id": config.run_id or new_run_id(),
         "code_version": code_version(),
         "started_at": utc_now(),
-        "inputs": list(config.inputs),
+        "inputs": describe_inputs(list(config.inputs)),
         "options": {"max_object_bytes": config.max_object_bytes},
     }
 
     p = pipeline
-    paths = p | "MatchInputs" >> dicom_io.MatchInputs(list(config.inputs))
+    files = [u for u in config.inputs if not is_dicomweb(u)]
+    stores = [u for u in config.inputs if is_dicomweb(u)]
+    paths = p | "MatchInputs" >> dicom_io.MatchInputs(files)
     objects, read_errors = paths | "ReadObjects" >> dicom_io.ReadObjects(config.max_object_bytes)
+    if stores:  # one row per instance in the store, as per object in a bucket
+        web_objects, web_errors = p | "ReadDicomweb" >> ReadDicomweb(
+            stores, config.dicomweb, config.max_object_bytes
+        )
+        objects = (objects, web_objects) | "AllObjects" >> beam.Flatten()
+        read_errors = (read_errors, web_errors) | "AllReadErrors" >> beam.Flatten()
     rows, parse_errors = objects | "InspectDicom" >> dicom_io.InspectDicom()
     errors = (
         (read_errors, parse_errors)
@@ -109,7 +123,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: InventoryConfig) -> beam.Pip
 def inventory(config: InventoryConfig, beam_options: PipelineOptions) -> dict:
     """Runs an inventory to the end (inputs checked first); returns its manifest."""
     pipeline = build_pipeline(new_pipeline(beam_options), config)
-    return execute(pipeline, config.inputs, config.output)
+    return execute(pipeline, config.inputs, config.output, config.dicomweb)
 
 
 def run(argv: Sequence[str]) -> int:

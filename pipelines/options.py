@@ -149,10 +149,13 @@ def check_output_outside(output: str, inputs: Sequence[str]) -> None:
             raise UsageError(f"--output {output} lies inside --input {uri}")
 
 
-def execute(pipeline: beam.Pipeline, inputs: Sequence[str], output: str) -> dict:
+def execute(pipeline: beam.Pipeline, inputs: Sequence[str], output: str, dicomweb=None) -> dict:
     """Checks the inputs exist (one line if not, before any work), runs the pipeline to the
-    end and returns the manifest it wrote."""
+    end and returns the manifest it wrote. ``dicomweb``: the DicomwebSettings that reach
+    dicomweb+http(s):// inputs."""
+    from pipelines import dicomweb_args
     from transforms import dicom_io
+    from transforms.dicomweb import DicomwebSettings
     from transforms.manifest import MANIFEST_NAME
     from transforms.storage import read_json
 
@@ -160,6 +163,7 @@ def execute(pipeline: beam.Pipeline, inputs: Sequence[str], output: str) -> dict
         dicom_io.check_inputs(list(inputs))
     except ValueError as e:
         raise UsageError(str(e)) from None
+    dicomweb_args.check_inputs(inputs, dicomweb or DicomwebSettings())
     pipeline.run().wait_until_finish()
     manifest = read_json(FileSystems.join(output, MANIFEST_NAME))
     if manifest is None:

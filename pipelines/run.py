@@ -32,9 +32,11 @@ from apache_beam.io.filesystems import FileSystems
 from pipelines import state as st
 from pipelines.options import OneLineParser, UsageError, command_options, new_run_id
 from transforms import dicom_io
+from transforms.dicomweb import CredentialsError, RequestFailed, is_dicomweb
 from transforms.manifest import utc_now
 
 STAGES = ("ingest", "train", "score")
+DICOMWEB_KEYS = ("query", "credentials_env", "credentials_file", "max_concurrency")
 INGEST_DIR = "ingest"
 MODELS_DIR = "models"
 SCORE_DIR = "score"
@@ -55,6 +57,7 @@ class RunConfig:
     ingest: dict = field(default_factory=dict)  # min_new_objects, args, beam_args
     train: dict = field(default_factory=dict)  # launcher, vertex, TrainConfig fields
     score: dict = field(default_factory=dict)  # beam_args, args
+    dicomweb: dict = field(default_factory=dict)  # query, credentials_env/_file, max_concurrency
 
     @classmethod
     def from_mapping(cls, data: dict) -> "RunConfig":
@@ -81,12 +84,35 @@ class RunConfig:
             extra = set(getattr(config, name)) - allowed
             if extra:
                 raise ValueError(f"{name}: unknown keys {sorted(extra)}")
+        extra = set(config.dicomweb) - set(DICOMWEB_KEYS)
+        if extra:
+            raise ValueError(f"dicomweb: unknown keys {sorted(extra)} (known: {DICOMWEB_KEYS})")
+        try:
+            config.dicomweb_settings().check()
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"dicomweb: {e}") from None
         launcher = config.train.get("launcher", "local")
         if launcher not in ("local", "vertex"):
             raise ValueError(f"train.launcher must be local or vertex, not {launcher!r}")
         if launcher == "vertex" and not config.train.get("vertex"):
             raise ValueError("train.launcher vertex needs train.vertex (project, region, image)")
         return config
+
+    def dicomweb_settings(self):
+        from transforms.dicomweb import DicomwebSettings
+
+        return DicomwebSettings(**self.dicomweb)
+
+    def dicomweb_options(self, query: bool = True) -> dict:
+        """The ``--dicomweb-*`` options for a stage (by option name). Score gets no query:
+        its inputs are the planned instances themselves."""
+        if not any(is_dicomweb(u) for u in self.inputs):
+            return {}
+        return {
+            "dicomweb_" + key: value
+            for key, value in self.dicomweb.items()
+            if query or key != "query"
+        }
 
     def key_options(self) -> dict[str, str | None]:
         return {"key_env": self.key_env, "key_file": self.key_file}
@@ -123,6 +149,7 @@ def run_ingest(config: RunConfig, record: dict, objects: list[str]) -> dict:
         "input": list(config.inputs),
         "output": config.path(INGEST_DIR),
         **config.key_options(),
+        **config.dicomweb_options(),
         "labels": config.labels,
         "deid_config": config.deid_config,
         "pixel_config": config.pixel_config,
@@ -181,6 +208,7 @@ def run_score(config: RunConfig, record: dict, objects: list[str]) -> dict:
         "output": config.path(st.RUNS_DIR, record["run_id"], SCORE_DIR),
         "run_id": record["run_id"],
         **config.key_options(),
+        **config.dicomweb_options(query=False),
     }
     opts, beam_options = command_options(
         "dicomflow score", score.ScoreOptions, given, stage_flags(config.score)
@@ -239,7 +267,7 @@ def execute_run(config: RunConfig, from_stage: str | None = None, log=print) -> 
     except KeySourceError as e:
         raise UsageError(str(e)) from None
     with st.Lock(config.output, new_run_id(), config.lock_stale_minutes * 60):
-        listed = st.list_objects(config.inputs)
+        listed = st.list_objects(config.inputs, config.dicomweb_settings())
         by_digest = {st.object_digest(key, uri): uri for uri in listed}
         current = st.digests(key, listed)
         state = st.read_json(config.path(st.STATE_NAME)) or {}
@@ -315,3 +343,6 @@ def run(argv: Sequence[str]) -> int:
     except st.LockHeld as e:
         print(f"dicomflow run: {e}", file=sys.stderr)
         return 3
+    except (RequestFailed, CredentialsError) as e:
+        print(f"dicomflow run: listing the DICOMweb input failed: {e}", file=sys.stderr)
+        return 1

@@ -33,6 +33,7 @@ from pipelines.score_config import (  # noqa: F401  (ScoreOptions, configure: th
 from transforms import dicom_io
 from transforms.convert import PrepareInstances
 from transforms.deadletter import DEAD_LETTER, ERRORS_TABLE, WriteErrors
+from transforms.dicomweb import describe_inputs
 from transforms.manifest import WriteManifest, code_version, utc_now
 from transforms.parquet import WriteArrowTables
 from transforms.scoring import (
@@ -86,7 +87,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: ScoreConfig) -> beam.Pipelin
         "run_id": run_id,
         "code_version": code_version(),
         "started_at": utc_now(),
-        "inputs": inputs,
+        "inputs": describe_inputs(inputs),
     }
     if dicom is not None:
         header = {**deid_header("score", run_id, inputs, dicom.key, dicom.deid), **header}
@@ -117,7 +118,9 @@ def build_pipeline(pipeline: beam.Pipeline, config: ScoreConfig) -> beam.Pipelin
 
     p = pipeline
     if dicom is not None:
-        read = p | "ReadInstances" >> dicom_io.ReadInstances(inputs, dicom.max_object_bytes)
+        read = p | "ReadInstances" >> dicom_io.ReadInstances(
+            inputs, dicom.max_object_bytes, dicom.dicomweb
+        )
         prepared = read.objects | "PrepareInstances" >> PrepareInstances(
             dicom.deid, dicom.key, dicom.pixels, prefix="score"
         )
@@ -213,7 +216,8 @@ class _Scores:
 def score(config: ScoreConfig, beam_options: PipelineOptions) -> dict:
     """Runs a score job to the end (inputs checked first); returns its manifest."""
     pipeline = build_pipeline(new_pipeline(beam_options), config)
-    return execute(pipeline, config.inputs, config.output)
+    dicomweb = config.dicom.dicomweb if config.dicom is not None else None
+    return execute(pipeline, config.inputs, config.output, dicomweb)
 
 
 def summary(manifest: dict) -> str:

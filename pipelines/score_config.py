@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines import flags
+from pipelines import dicomweb_args, flags
 from pipelines.ingest import ALL_SPLITS, TFRECORDS
 from pipelines.options import (
     CommandOptions,
@@ -22,6 +22,7 @@ from pipelines.options import (
 )
 from transforms import dicom_io
 from transforms.deid import DeidConfig
+from transforms.dicomweb import DicomwebSettings, is_dicomweb
 from transforms.keys import KeySource
 from transforms.pixels import PixelConfig
 
@@ -71,11 +72,12 @@ class ScoreOptions(CommandOptions):
             "--explain-top", type=int, default=0, help="Grad-CAM PNGs for the K top scores"
         )
         flags.add_max_object_bytes(parser)
+        dicomweb_args.add_arguments(parser)
 
 
 def is_ingest_root(uri: str) -> bool:
     """Whether ``uri`` is an ingest output: ``tfrecords/<split>/part-*.tfrecord.gz`` below."""
-    if dicom_io.has_glob(uri):
+    if dicom_io.has_glob(uri) or is_dicomweb(uri):
         return False
     pattern = FileSystems.join(uri.rstrip("/"), TFRECORDS, "*", "part-*.tfrecord.gz")
     try:
@@ -165,6 +167,7 @@ class RawDicom:
     deid: DeidConfig = field(default_factory=DeidConfig)
     pixels: PixelConfig = field(default_factory=PixelConfig)
     max_object_bytes: int = dicom_io.DEFAULT_MAX_OBJECT_BYTES
+    dicomweb: DicomwebSettings = field(default_factory=DicomwebSettings)
 
 
 @dataclass(frozen=True)
@@ -214,6 +217,7 @@ def configure(opts: ScoreOptions, beam_options: PipelineOptions) -> ScoreConfig:
     dataflow = flags.on_dataflow(beam_options)
     if dataflow and not model_uri.startswith("gs://"):
         raise UsageError("Dataflow workers read the model from --model gs://... only")
+    dicomweb = dicomweb_args.settings(opts, inputs, dataflow)
     fmt = resolve_format(inputs, opts.input_format)
     if fmt == TFRECORD_FORMAT:
         given = [name for name in ("key_env", "key_file", "deid_config", "pixel_config")
@@ -235,6 +239,7 @@ def configure(opts: ScoreOptions, beam_options: PipelineOptions) -> ScoreConfig:
             flags.load_deid_config(opts.deid_config),
             pixel_config(opts.pixel_config, info),
             opts.max_object_bytes,
+            dicomweb,
         )
     else:
         splits = parse_splits(opts.splits)

@@ -181,12 +181,23 @@ class Lock:
         self.release()
 
 
-def list_objects(inputs: list[str]) -> dict[str, str]:
-    """Every object under the inputs → its version (``size:mtime``), sorted by URI."""
+def list_objects(inputs: list[str], dicomweb=None) -> dict[str, str]:
+    """Every object under the inputs → its version (``size:mtime``), sorted by URI.
+
+    A DICOMweb input (``dicomweb+http(s)://``) lists its instances by QIDO-RS, with the
+    ``DicomwebSettings`` given: each instance's URL (study/series/instance UIDs) is the
+    object, so a run retrieves only the instances it has not processed yet.
+    """
     from transforms import dicom_io
+    from transforms import dicomweb as web
 
     found: dict[str, str] = {}
+    stores = [u for u in inputs if web.is_dicomweb(u)]
+    if stores:
+        found.update(web.list_instances(stores, dicomweb or web.DicomwebSettings()))
     for uri in inputs:
+        if web.is_dicomweb(uri):
+            continue
         for meta in FileSystems.match([dicom_io.to_pattern(uri)])[0].metadata_list:
             if meta.path.endswith("/") or ("://" not in meta.path and os.path.isdir(meta.path)):
                 continue  # folder placeholders, as the reading layer skips them
