@@ -362,4 +362,11 @@ def test_run_plans_by_instance_uids_and_fetches_only_what_is_new(pacs, tmp_path,
         assert calls == [("score", [uids[3]])]
     state = (tmp_path / "out" / "state.json").read_text()
     assert not any(uid in state for uid in uids)  # instances are named by keyed digests
-    assert config.dicomweb_options(query=False) == {"dicomweb_max_concurrency": 2}
+    # The stages get the flags by their option names (unknown names are refused).
+    from pipelines import score
+    from pipelines.options import command_options
+
+    opts, _ = command_options("ingest", ingest.IngestOptions, config.dicomweb_options())
+    assert (opts.dicomweb_query, opts.dicomweb_max_concurrency) == ("StudyDate=19000101-", 2)
+    opts, _ = command_options("score", score.ScoreOptions, config.dicomweb_options(query=False))
+    assert (opts.dicomweb_query, opts.dicomweb_max_concurrency) == (None, 2)
