@@ -175,6 +175,8 @@ class Clients:
 
 
 def _retry_after(response: requests.Response | None) -> float | None:
+    if response is None:
+        return None
     try:
         return max(0.0, float(response.headers["Retry-After"]))
     except (AttributeError, KeyError, TypeError, ValueError):

@@ -1,6 +1,7 @@
 """DICOMweb input URLs: ``dicomweb+https://host/path/dicom-web[/studies/S[/series/R[/instances/I]]]``."""
 
 from dataclasses import dataclass
+from typing import TypeGuard
 from urllib.parse import urlsplit
 
 from models.uids import is_valid_uid
@@ -15,9 +16,9 @@ def is_dicomweb(uri: str) -> bool:
     return uri.startswith(SCHEMES)
 
 
-def is_uid(value: str | None) -> bool:
+def is_uid(value: str | None) -> TypeGuard[str]:
     """A well-formed DICOM UID: digits and dots, at most 64 characters."""
-    return bool(value) and is_valid_uid(value)
+    return value is not None and value != "" and is_valid_uid(value)
 
 
 @dataclass(frozen=True)
