@@ -15,7 +15,7 @@ import pydicom
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
-from pydicom.data import get_testdata_file
+from pydicom.data import get_testdata_file, get_testdata_files
 
 from models import features as f
 from transforms import dicom_io
@@ -464,6 +464,24 @@ def test_instance_digest_reads_the_uid_a_full_parse_reads(name):
     data = Path(get_testdata_file(name)).read_bytes()
     uid = str(pydicom.dcmread(io.BytesIO(data), force=True).SOPInstanceUID)
     assert dicom_io.instance_digest(data) == hashlib.sha256(uid.encode()).digest()[:16]
+
+
+def test_the_quick_header_read_agrees_with_pydicom_wherever_it_answers():
+    from transforms.dicom_io.dedupe import _partial_read_uid, _quick_uid
+
+    answered = set()
+    for path in filter(os.path.isfile, get_testdata_files("*")):
+        data = Path(path).read_bytes()
+        quick = _quick_uid(data)
+        if quick is not None:
+            answered.add(Path(path).name)
+            assert quick == _partial_read_uid(data), path
+        for cut in (140, 300, len(data) // 2):  # cut inside the meta, the header, the pixels
+            short = _quick_uid(data[:cut])
+            assert short is None or short == _partial_read_uid(data[:cut]), (path, cut)
+    # The common syntaxes take the quick path; the rest go to pydicom.
+    assert {"CT_small.dcm", "MR_small_implicit.dcm", "JPEG2000.dcm"} <= answered
+    assert not answered & {"MR_small_bigendian.dcm", "image_dfl.dcm", "ExplVR_LitEndNoMeta.dcm"}
 
 
 # --- the composites, each in a TestPipeline on a few small objects ------------------------
