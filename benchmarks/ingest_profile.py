@@ -57,14 +57,15 @@ marks = [("interpreter", time.process_time())]
 import apache_beam
 marks.append(("Beam import", time.process_time()))
 from pipelines import ingest
-from pipelines.options import execute, parse_options
+from pipelines.options import execute, new_pipeline, parse_options
 marks.append(("our modules (pydicom, pyarrow, ...)", time.process_time()))
 import tensorflow, tensorflow_transform.beam
 marks.append(("TensorFlow + tf.Transform import", time.process_time()))
 opts, beam_options = parse_options("ingest", sys.argv[1:], ingest.IngestOptions)
-pipeline = ingest.build_pipeline(opts, beam_options)
-marks.append(("graph construction (tf.Transform tracing included)", time.process_time()))
-execute(pipeline, opts.input, opts.output)
+config = ingest.configure(opts, beam_options)
+pipeline = ingest.build_pipeline(new_pipeline(beam_options), config)
+marks.append(("configuration + graph construction (tf.Transform tracing)", time.process_time()))
+execute(pipeline, config.inputs, config.output)
 marks.append(("run (files + runner + tf.Transform analysis + manifest)", time.process_time()))
 last = 0.0
 for name, t in marks:
