@@ -23,6 +23,7 @@ from transforms.dicom_io import METRICS_NAMESPACE, normalize_uri
 from transforms.storage import write_bytes
 
 PHI_NAME = "phi.json"
+TEXT_BOXES = "text_boxes"  # phi.json's burned-in text boxes (not a list of strings)
 LABELS_NAME = "labels.csv"
 LABEL_COLUMNS = ("AccessionNumber", "SOPInstanceUID", "label")
 _PHI = "phi"
@@ -57,7 +58,9 @@ class SynthFn(beam.DoFn):
             write_bytes(FileSystems.join(self._output, file.path), file.data)
             self._files.inc()
             self._bytes.inc(len(file.data))
-        yield beam.pvalue.TaggedOutput(_PHI, part.phi)
+        # Text boxes travel as JSON strings so that they merge like every other category.
+        boxes = [json.dumps(b, sort_keys=True) for b in part.text_boxes]
+        yield beam.pvalue.TaggedOutput(_PHI, {**part.phi, TEXT_BOXES: boxes} if boxes else part.phi)
         for row in part.labels:
             yield beam.pvalue.TaggedOutput(_LABELS, row)
 
@@ -71,6 +74,11 @@ def merge_phi(parts: Iterable[dict[str, list[str]]]) -> dict[str, list[str]]:
 
 
 def write_phi(phi: dict[str, list[str]], output: str) -> None:
+    """phi.json: category → planted values; ``text_boxes`` → one object per burned-in line
+    (file, member, sop_instance_uid, frame, box, text, phi)."""
+    phi = dict(phi)
+    if TEXT_BOXES in phi:
+        phi[TEXT_BOXES] = [json.loads(b) for b in phi[TEXT_BOXES]]
     data = json.dumps(phi, indent=1, sort_keys=True).encode() + b"\n"
     write_bytes(FileSystems.join(output, PHI_NAME), data, "application/json")
 

@@ -135,7 +135,8 @@ def read_table(uri: str) -> list[dict]:
 
 def phi_values(phi: dict[str, list[str]], min_len: int = 6) -> set[str]:
     """Planted values worth scanning for (short ones, like sex codes, match by chance)."""
-    return {v for values in phi.values() for v in values if len(v) >= min_len}
+    values = (vs for k, vs in phi.items() if k != "text_boxes")  # boxes are not strings
+    return {v for vs in values for v in vs if len(v) >= min_len}
 
 
 # A small, balanced ingest output for training tests: 60 patients, half of the studies

@@ -15,9 +15,13 @@ class SafePrivate:
     element: int  # the low byte of the element number, e.g. 0x08 for (0029,xx08)
 
 
+PIXEL_POLICIES = ("redact", "exclude", "mask", "keep")
+REDACT_MODES = ("all_text", "identifying_text")
+
+
 @dataclass(frozen=True)
 class PixelPolicy:
-    policy: str = "exclude"  # exclude | mask | keep
+    policy: str = "redact"  # redact | exclude | mask | keep
     # Always treated as risky: these modalities burn text into pixels as a rule.
     risky_modalities: tuple[str, ...] = ("US", "SC", "OT", "XC", "ES")
     # Risky only when BurnedInAnnotation is missing.
@@ -26,6 +30,11 @@ class PixelPolicy:
     mask_regions: dict[str, tuple[tuple[float, float, float, float], ...]] = field(
         default_factory=dict
     )
+    # redact: all_text blanks every region the OCR detector finds; identifying_text reads
+    # each region and blanks only the patient's identifiers, dates and PHI-like text.
+    redact: str = "all_text"
+    # Blanked around each detected region, as a fraction of its height (at least 2 px).
+    redact_margin: float = 0.3
 
 
 @dataclass(frozen=True)
@@ -64,8 +73,12 @@ class DeidConfig:
             raise ValueError("patient_name must be 'pseudonym' or 'empty'")
         if self.safety_net not in ("allowlist", "table_only"):
             raise ValueError("safety_net must be 'allowlist' or 'table_only'")
-        if self.pixels.policy not in ("exclude", "mask", "keep"):
-            raise ValueError("pixels.policy must be exclude, mask or keep")
+        if self.pixels.policy not in PIXEL_POLICIES:
+            raise ValueError("pixels.policy must be redact, exclude, mask or keep")
+        if self.pixels.redact not in REDACT_MODES:
+            raise ValueError("pixels.redact must be all_text or identifying_text")
+        if not 0 <= self.pixels.redact_margin <= 2:
+            raise ValueError("pixels.redact_margin must be between 0 and 2 (box heights)")
 
     def enabled_options(self) -> list[str]:
         return [
@@ -95,6 +108,8 @@ class DeidConfig:
             for key in ("risky_modalities", "missing_annotation_modalities"):
                 if key in pixels:
                     pixels[key] = tuple(str(m).upper() for m in pixels[key])
+            if "redact_margin" in pixels:
+                pixels["redact_margin"] = float(pixels["redact_margin"])
             if "mask_regions" in pixels:
                 pixels["mask_regions"] = {
                     str(m).upper(): tuple(tuple(float(v) for v in box) for box in boxes)
@@ -115,6 +130,8 @@ class DeidConfig:
             if f.name == "pixels":
                 value = {
                     "policy": value.policy,
+                    "redact": value.redact,
+                    "redact_margin": value.redact_margin,
                     "risky_modalities": list(value.risky_modalities),
                     "missing_annotation_modalities": list(value.missing_annotation_modalities),
                     "mask_regions": {

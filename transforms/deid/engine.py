@@ -355,7 +355,7 @@ class Deidentifier(AllowlistNet):
         """``pixels``: "clean" (no burned-in risk), "masked", or "kept" (risky, kept by
         request: then nobody may claim that the identity was removed)."""
         options = [n for n in self.config.enabled_options() if n in CID_7050]
-        if pixels == "masked":
+        if pixels in ("masked", "redacted"):  # redacted: burned-in text blanked by OCR
             options.insert(0, "clean_pixel_data")
         codes = []
         for name in ["basic", *options]:

@@ -8,8 +8,10 @@ from pydicom.dataset import Dataset
 from transforms.deadletter import (
     StageError,
 )
+from transforms.deid.config import PixelPolicy
 from transforms.deid.engine import Deidentifier
 from transforms.deid.pixels import burned_in_risk, mask_pixels
+from transforms.deid.redact import Redaction, redact_pixels
 from transforms.dicom_io import parse_dataset
 
 
@@ -25,6 +27,7 @@ class DeidResult:
     data: bytes | None  # None when the caller did not ask for the encoded file
     # What the allowlist net removed: ((keyword or "invalid_modality", count), ...).
     net_counts: tuple[tuple[str, int], ...] = ()
+    redaction: Redaction | None = None  # what pixels.policy redact did (counts only)
 
 
 def deidentify_object(data: bytes, engine: Deidentifier) -> tuple[DeidResult, dict[str, str]]:
@@ -49,7 +52,8 @@ def deidentify_dataset(
     Raises:
         StageError: ``not_an_instance`` (a DICOMDIR), ``unsupported_transfer_syntax``,
             ``burned_in_annotation`` (policy exclude, or mask without a region for the
-            modality), ``mask_failed``, ``deid_failed``, ``write_failed``.
+            modality), ``burned_in_text_remaining`` and ``redact_failed`` (policy
+            redact), ``mask_failed``, ``deid_failed``, ``write_failed``.
     """
     if "SOPInstanceUID" not in ds or "DirectoryRecordSequence" in ds:
         # A DICOMDIR (or other media file) indexes instances; it is not one.
@@ -62,7 +66,11 @@ def deidentify_dataset(
     pixels = engine.config.pixels
     risk = burned_in_risk(ds, pixels)
     state = "kept" if risk else "clean"
-    if risk and pixels.policy != "keep":
+    redaction = None
+    if risk and pixels.policy == "redact":
+        state = "redacted"
+        redaction = _redact(ds, pixels)
+    elif risk and pixels.policy != "keep":
         modality = str(ds.get("Modality", "") or "").strip().upper()
         boxes = pixels.mask_regions.get(modality)
         if pixels.policy == "exclude":
@@ -97,6 +105,7 @@ def deidentify_dataset(
         modality=str(ds.get("Modality", "") or ""),
         data=data,
         net_counts=tuple(sorted(counts.items())),
+        redaction=redaction,
     )
     return result, link
 
@@ -112,6 +121,15 @@ def count_keys(net_counts: tuple[tuple[str, int], ...]) -> list:
         else:
             keys += [("deid_net_removed", name)] * n
     return keys
+
+
+def _redact(ds: Dataset, pixels: PixelPolicy) -> Redaction:
+    try:
+        return redact_pixels(ds, pixels)
+    except StageError:
+        raise
+    except Exception as e:  # the OCR package missing or failing: never pass the pixels on
+        raise StageError("redact_failed", f"OCR redaction failed ({type(e).__name__})") from None
 
 
 # ---------------------------------------------------------------------------------------

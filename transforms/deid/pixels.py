@@ -26,22 +26,23 @@ def burned_in_risk(ds: Dataset, policy: PixelPolicy) -> str | None:
     return None
 
 
-def mask_pixels(ds: Dataset, boxes: Iterable[tuple[float, float, float, float]]) -> None:
-    """Blanks the boxes on every frame and stores the pixels uncompressed (valid encoding)."""
-    arr = ds.pixel_array.copy()
-    rows, cols = int(ds.Rows), int(ds.Columns)
-    frames = arr if int(ds.get("NumberOfFrames", 1) or 1) > 1 else arr[np.newaxis]
-    # Blank means black: the lowest value, or the highest where MONOCHROME1 inverts.
+def blank_value(ds: Dataset, dtype: np.dtype, frames: np.ndarray | None = None) -> int:
+    """Blank means black on the display: the lowest value, or the highest in MONOCHROME1."""
     if int(ds.get("PixelRepresentation", 0)) == 1:
-        fill = np.iinfo(frames.dtype).min if frames.dtype.kind == "i" else frames.min()
-    elif str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1":
-        fill = (1 << int(ds.get("BitsStored", ds.BitsAllocated))) - 1
-    else:
-        fill = 0
-    for x0, y0, x1, y1 in boxes:
-        r0, r1 = round(y0 * rows), round(y1 * rows)
-        c0, c1 = round(x0 * cols), round(x1 * cols)
-        frames[:, r0:r1, c0:c1, ...] = fill
+        if np.dtype(dtype).kind == "i":
+            return int(np.iinfo(dtype).min)
+        return int(frames.min()) if frames is not None else 0
+    if str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1":
+        return (1 << int(ds.get("BitsStored", ds.BitsAllocated))) - 1
+    return 0
+
+
+def store_frames(ds: Dataset, frames: np.ndarray) -> None:
+    """Writes decoded frames back as uncompressed Pixel Data with a matching description.
+
+    pydicom's ``pixel_array`` converts YBR to RGB and interleaves the samples, so the
+    photometric interpretation and planar configuration are set to what the bytes are.
+    """
     if "YBR" in str(ds.get("PhotometricInterpretation", "")):
         ds.PhotometricInterpretation = "RGB"  # pixel_array converted it
     if int(ds.get("SamplesPerPixel", 1)) > 1:
@@ -49,6 +50,19 @@ def mask_pixels(ds: Dataset, boxes: Iterable[tuple[float, float, float, float]])
     ds.PixelData = frames.astype(frames.dtype.newbyteorder("<")).tobytes()
     ds["PixelData"].VR = "OB" if int(ds.BitsAllocated) == 8 else "OW"
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+
+
+def mask_pixels(ds: Dataset, boxes: Iterable[tuple[float, float, float, float]]) -> None:
+    """Blanks the boxes on every frame and stores the pixels uncompressed (valid encoding)."""
+    arr = ds.pixel_array.copy()
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    frames = arr if int(ds.get("NumberOfFrames", 1) or 1) > 1 else arr[np.newaxis]
+    fill = blank_value(ds, frames.dtype, frames)
+    for x0, y0, x1, y1 in boxes:
+        r0, r1 = round(y0 * rows), round(y1 * rows)
+        c0, c1 = round(x0 * cols), round(x1 * cols)
+        frames[:, r0:r1, c0:c1, ...] = fill
+    store_frames(ds, frames)
 
 
 # ---------------------------------------------------------------------------------------

@@ -9,13 +9,14 @@ import struct
 import tarfile
 import tempfile
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from pydicom import dcmwrite, uid
 from pydicom.dataset import Dataset
 from pydicom.fileset import FileSet
 
+from transforms.testing.burnin import BURNED_KINDS, MIN_SIDE, TextBox, burn_text, text_lines
 from transforms.testing.datasets import _image_dataset, available_transfer_syntaxes
 from transforms.testing.identities import (
     _EXTRA_FAMILY,
@@ -31,7 +32,6 @@ from transforms.testing.identities import (
 from transforms.testing.images import (
     CYCLE,
     KINDS,
-    _burn_in,
     _encode,
     _fits,
     _image_size,
@@ -52,6 +52,9 @@ class CorpusPart:
     files: list[SynthFile]
     phi: dict[str, list[str]]  # category -> planted values, exactly as written
     labels: list[dict[str, str]]  # labels.csv rows: AccessionNumber, SOPInstanceUID, label
+    # Burned-in text, one dict per line per frame: file, member, sop_instance_uid, frame,
+    # box [x0, y0, x1, y1] (pixels, end-exclusive), text, phi (False for a marker).
+    text_boxes: list[dict] = field(default_factory=list)
 
 
 UNSUPPORTED_TS = "1.2.840.10008.1.2.4.112"  # JPEG XL: no pydicom decoder exists
@@ -91,8 +94,12 @@ def _tar_gz(members: list[tuple[str, bytes]]) -> bytes:
 
 def _deliver(
     p: _Person, st: _Study, study_no: int, index: int, images: list[tuple[int, int, bytes]]
-) -> list[SynthFile]:
-    """Loose files in nested folders, or one zip / tar.gz per study, as PACS exports do."""
+) -> tuple[list[SynthFile], list[tuple[str, str | None]]]:
+    """Loose files in nested folders, or one zip / tar.gz per study, as PACS exports do.
+
+    Returns:
+        The files, and where each image went: (file path, archive member or None).
+    """
     study_dir = f"{st.date}_{st.accession}"
     mode = ("loose", "loose", "zip", "tar.gz")[(index + 3 * study_no) % 4]
     members = []
@@ -100,11 +107,14 @@ def _deliver(
         ext = ".dcm" if (series_no + number + index) % 2 else ""
         members.append((f"{study_dir}/S{series_no}/IMG{number}{ext}", data))
     if mode == "loose":
-        return [SynthFile(f"export/{p.folder}/{name}", data) for name, data in members]
+        files = [SynthFile(f"export/{p.folder}/{name}", data) for name, data in members]
+        return files, [(f.path, None) for f in files]
     nested = [(f"{p.folder}/{name}", data) for name, data in members]
     if mode == "zip":
-        return [SynthFile(f"export/{p.folder}/{p.folder}_{study_dir}.zip", _zip(nested))]
-    return [SynthFile(f"export/{p.folder}/{p.folder}_{study_dir}.tar.gz", _tar_gz(nested))]
+        archive = SynthFile(f"export/{p.folder}/{p.folder}_{study_dir}.zip", _zip(nested))
+    else:
+        archive = SynthFile(f"export/{p.folder}/{p.folder}_{study_dir}.tar.gz", _tar_gz(nested))
+    return [archive], [(archive.path, name) for name, _ in nested]
 
 
 def _record_person(phi: _Phi, p: _Person) -> None:
@@ -136,24 +146,55 @@ def _record_image(phi: _Phi, ds: Dataset) -> None:
 
 def _study_images(
     p: _Person, st: _Study, key: tuple[int, int, int], rng: np.random.Generator, counter: int
-) -> tuple[list[tuple[int, int, bytes]], list[Dataset]]:
-    """Encoded images (series, number, bytes) of one study, and their datasets."""
+) -> tuple[list[tuple[int, int, bytes]], list[Dataset], list[list[TextBox]]]:
+    """Encoded images (series, number, bytes) of one study, their datasets, and the
+    burned-in text boxes of each image."""
     kind = KINDS[st.kind]
     fits = [ts for ts in available_transfer_syntaxes() if _fits(ts, kind)]
-    images, datasets = [], []
+    images, datasets, texts = [], [], []
     for series_no in range(1, int(rng.integers(1, 3)) + 1):
         for number in range(1, int(rng.integers(1, 4)) + 1):
             img_rng = np.random.default_rng([*key, series_no, number])
-            img = _phantom(img_rng, *_image_size(st.kind, img_rng), st.positive)
+            rows, cols = _image_size(st.kind, img_rng)
+            if st.kind in BURNED_KINDS:
+                rows, cols = max(rows, MIN_SIDE[st.kind]), max(cols, MIN_SIDE[st.kind])
+            img = _phantom(img_rng, rows, cols, st.positive)
             arr = _stored_pixels(st.kind, img, img_rng, signed=bool(img_rng.integers(2)))
-            if st.kind == "US":
-                arr = _burn_in(arr, [p.name, p.pid])
+            # Its own rng: the text changes nothing else about the image or its header.
+            arr, boxes = _burned_text(p, st, arr, np.random.default_rng([*key, series_no, number, 7]))
             ds = _image_dataset(p, st, series_no, number, arr, img_rng)
+            if boxes and st.kind != "US":
+                # Radiographs and angiography runs often lack the attribute; screenshots
+                # (SC, written as OT) say YES.
+                if st.kind == "SC":
+                    ds.BurnedInAnnotation = "YES"
+                else:
+                    del ds.BurnedInAnnotation
             datasets.append(ds)
+            texts.append(boxes)
             # Rotating through the syntaxes spreads them over kinds, series and patients.
             ts = fits[(counter + len(datasets)) % len(fits)]
             images.append((series_no, number, _encode(ds, arr, ts)))
-    return images, datasets
+    return images, datasets, texts
+
+
+def _burned_text(
+    p: _Person, st: _Study, arr: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, list[TextBox]]:
+    """Ultrasound and screenshots always carry text; radiographs and XA runs mostly do."""
+    if st.kind not in BURNED_KINDS or (st.kind not in ("US", "SC") and rng.random() < 0.25):
+        return arr, []
+    fields = {"family": p.family, "given": p.given, "pid": p.pid, "date": st.date}
+    fields.update(time=st.time, institution=st.institution[0], accession=st.accession)
+    top = {"CR": 4095, "DX": 16383}.get(st.kind, 255)
+    return burn_text(
+        arr,
+        text_lines(fields, rng),
+        rng,
+        top,
+        monochrome1=KINDS[st.kind].photometric == "MONOCHROME1",
+        frames=KINDS[st.kind].multiframe,
+    )
 
 
 # ---------------------------------------------------------------- public API
@@ -174,21 +215,30 @@ def synth_patient(index: int, seed: int, positive_rate: float = 0.2) -> CorpusPa
         raise ValueError(f"index and seed must be >= 0, got index={index} seed={seed}")
     rng = np.random.default_rng([seed, index])
     person = _person(rng, *_name_parts(index, seed), f"PID{index:06d}")
-    phi, labels, files = _Phi(), [], []
+    phi, labels, files, text_boxes = _Phi(), [], [], []
     _record_person(phi, person)
     counter = index * 3 - 1  # consecutive patients start 3 syntaxes apart
     for study_no in range(int(rng.integers(1, 4))):
         kind = CYCLE[(index + study_no) % len(CYCLE)]
         st = _study(rng, kind, (seed, index, study_no), positive_rate)
         _record_study(phi, st)
-        images, datasets = _study_images(person, st, (seed, index, study_no), rng, counter)
+        images, datasets, texts = _study_images(
+            person, st, (seed, index, study_no), rng, counter
+        )
         counter += len(datasets)
         for ds in datasets:
             _record_image(phi, ds)
             row = {"AccessionNumber": st.accession, "SOPInstanceUID": str(ds.SOPInstanceUID)}
             labels.append({**row, "label": str(int(st.positive))})
-        files += _deliver(person, st, study_no, index, images)
-    return CorpusPart(files=files, phi=dict(phi), labels=labels)
+        delivered, where = _deliver(person, st, study_no, index, images)
+        files += delivered
+        for ds, boxes, (path, member) in zip(datasets, texts, where):
+            phi.add("burned_in_text", *(b.text for b in boxes if b.phi))
+            for b in boxes:
+                loc = {"file": path, "member": member, "sop_instance_uid": ds.SOPInstanceUID}
+                text_boxes.append({**loc, "frame": b.frame, "box": list(b.box), "text": b.text})
+                text_boxes[-1]["phi"] = b.phi
+    return CorpusPart(files=files, phi=dict(phi), labels=labels, text_boxes=text_boxes)
 
 
 def _extra_image(p: _Person, st: _Study, number: int, rng: np.random.Generator) -> tuple:
