@@ -31,6 +31,12 @@ INSTALL_REQUIRES = [
     "matplotlib==3.11.2",
     "google-cloud-aiplatform==1.165.1",
     "rich==15.0.0",  # the demo's progress display
+    # Burned-in text (pixels.policy redact): PP-OCRv4 detection/recognition models ship
+    # inside this wheel (Apache-2.0, 15 MB) and run on onnxruntime; nothing is downloaded
+    # at run time. It brings opencv-python, pyclipper and shapely.
+    "rapidocr-onnxruntime==1.4.4",
+    "onnxruntime==1.32.0",
+    "opencv-python==5.1.0.95",
 ]
 
 EXTRAS_REQUIRE = {

@@ -84,6 +84,12 @@ FRAME = "frame"
 WINDOW_CENTER = "window_center"
 WINDOW_WIDTH = "window_width"
 
+# Burned-in text redaction (pixels.policy redact): counts only, never the text found.
+PIXEL_REDACTION = "pixel_redaction"  # the mode (all_text | identifying_text), else null
+REDACTED_REGIONS = "redacted_regions"  # text regions blanked, over all frames
+REDACTED_AREA = "redacted_area"  # pixels blanked, over all frames
+REDACTED_FRACTION = "redacted_fraction"  # redacted_area / (rows x columns x frames)
+
 INDEX_SCHEMA = pa.schema(
     [
         pa.field(SOP_INSTANCE_UID, pa.string(), nullable=False),
@@ -100,6 +106,10 @@ INDEX_SCHEMA = pa.schema(
         pa.field(TRANSFER_SYNTAX_UID, pa.string()),
         pa.field(WINDOW_CENTER, pa.float32()),
         pa.field(WINDOW_WIDTH, pa.float32()),
+        pa.field(PIXEL_REDACTION, pa.string()),
+        pa.field(REDACTED_REGIONS, pa.int32()),
+        pa.field(REDACTED_AREA, pa.int64()),
+        pa.field(REDACTED_FRACTION, pa.float32()),
     ]
 )
 

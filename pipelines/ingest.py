@@ -153,6 +153,7 @@ def to_converted(instance: Instance, split_config: SplitConfig) -> Converted:
                 f.TRANSFER_SYNTAX_UID: instance.transfer_syntax_uid,
                 f.WINDOW_CENTER: image.window_center,
                 f.WINDOW_WIDTH: image.window_width,
+                **(instance.redaction or {}),
             }
         )
     return Converted(

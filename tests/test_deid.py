@@ -441,9 +441,10 @@ def _us_image(annotation: str | None = "YES") -> bytes:
     return buf.getvalue()
 
 
-def test_burned_in_images_are_excluded_by_default():
+def test_exclude_policy_dead_letters_burned_in_images():
+    config = deid.DeidConfig.from_yaml("pixels: {policy: exclude}")
     with pytest.raises(StageError) as info:
-        deid.deidentify_object(_us_image(), engine())
+        deid.deidentify_object(_us_image(), engine(config))
     assert info.value.error_type == "burned_in_annotation"
     assert "exclude" in info.value.message and "DOE" not in info.value.message
 
@@ -487,7 +488,7 @@ def test_risk_rules():
 def test_whole_files_round_trip_through_every_transfer_syntax(corpus):
     """Every synthetic image that is not excluded comes out as valid, readable DICOM."""
     refused = {
-        "burned_in_annotation",
+        "burned_in_text_remaining",
         "truncated",
         "not_an_instance",
         "unsupported_transfer_syntax",

@@ -122,7 +122,7 @@ def test_every_object_is_accounted_for(corpus, deid_run):
     errors = read_table(str(out / "errors"))
     assert len(errors) == counts["dead_lettered"]
     kinds = {(e[f.STAGE], e[f.ERROR_TYPE]) for e in errors}
-    assert ("deidentify", "burned_in_annotation") in kinds  # US and SC, by default
+    assert ("deidentify", "burned_in_annotation") not in kinds  # redacted by default
     assert ("deidentify", "unsupported_transfer_syntax") in kinds
     assert ("deidentify", "not_an_instance") in kinds  # the DICOMDIR
     assert manifest["key_fingerprint"] == fingerprint(KEY.encode())

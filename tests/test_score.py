@@ -91,7 +91,7 @@ def test_every_object_is_scored_or_dead_lettered(corpus, raw_run):
     errors = read_table(str(out / "errors"))
     assert len(errors) == counts["dead_lettered"]
     reasons = {(e[f.STAGE], e[f.ERROR_TYPE]) for e in errors}
-    assert ("deidentify", "burned_in_annotation") in reasons  # US, SC under policy exclude
+    assert ("deidentify", "burned_in_annotation") not in reasons  # redacted by default
     assert ("read", "not_dicom") in reasons and ("pixels", "no_pixel_data") in reasons
     assert all(e[f.MESSAGE] and e[f.SOURCE] for e in errors)
     assert manifest["model"]["version"] == "1" and manifest["input_format"] == "dicom"

@@ -28,7 +28,14 @@ from transforms.deadletter import (
     StageError,
     at_stage,
 )
-from transforms.deid import DeidConfig, Deidentifier, DeidResult, Profile, deidentify_dataset
+from transforms.deid import (
+    DeidConfig,
+    Deidentifier,
+    DeidResult,
+    Profile,
+    deidentify_dataset,
+    warm_ocr,
+)
 from transforms.keys import KeySource
 from transforms.labels import JoinLabels, LabelTable
 from transforms.pixels import NormalizedImage, PixelConfig, normalize
@@ -88,6 +95,7 @@ class Instance:
     images: tuple[Image, ...]
     label: str | None = None  # ingest's label, carried through untouched
     deid_counts: tuple[tuple[str, int], ...] = ()  # what the de-id net removed, by keyword
+    redaction: dict | None = None  # index columns of pixel redaction (counts only)
 
 
 def to_image(image: NormalizedImage) -> Image:
@@ -102,6 +110,17 @@ def to_image(image: NormalizedImage) -> Image:
         image.window_width,
         image.photometric,
     )
+
+
+def redaction_columns(result: DeidResult) -> dict:
+    """The index columns that say what burned-in text redaction did (nulls if nothing ran)."""
+    r = result.redaction
+    return {
+        f.PIXEL_REDACTION: r.mode if r else None,
+        f.REDACTED_REGIONS: r.regions if r else None,
+        f.REDACTED_AREA: r.area if r else None,
+        f.REDACTED_FRACTION: r.fraction if r else None,
+    }
 
 
 def instance_ids(result: DeidResult) -> dict[str, str]:
@@ -149,6 +168,7 @@ class ConvertFn(DeadLetterFn):
 
     def setup(self):
         self._engine = Deidentifier(Profile.load(), self._deid_config, self._key.resolve())
+        warm_ocr(self._deid_config)
         self._converted = Metrics.counter(dicom_io.METRICS_NAMESPACE, f"{self._prefix}_converted")
 
     def where(self, element: Keyed) -> tuple[str, str | None]:
@@ -166,6 +186,7 @@ class ConvertFn(DeadLetterFn):
             tuple(to_image(image) for image in images),
             label,
             result.net_counts,
+            redaction_columns(result),
         )
 
 

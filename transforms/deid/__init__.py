@@ -9,6 +9,8 @@ The table is data (``deid_profile.json``, generated from maintained packages by
 - ``values``: element values as text in the right character set, the patient's key;
 - ``engine``: the walk that applies the table, and the safety nets behind it;
 - ``pixels``: burned-in text risk and pixel masking;
+- ``ocr``: the offline OCR models (PP-OCR via rapidocr-onnxruntime), loaded once a worker;
+- ``redact``: burned-in text found by OCR, blanked and checked again;
 - ``objects``: a whole instance in, a de-identified result and linkage row out;
 - ``beam``: the thin Beam shell (``Deidentify``/``DeidentifyFn``).
 
@@ -27,9 +29,11 @@ from transforms.deid.objects import (
     deidentify_dataset,
     deidentify_object,
 )
+from transforms.deid.ocr import load_ocr
 from transforms.deid.pixels import burned_in_risk, mask_pixels
 from transforms.deid.profile import CID_7050, PROFILE_PATH, Profile, Rule, effective_action
 from transforms.deid.pseudonyms import UID_ROOT, Pseudonymizer, shift_date
+from transforms.deid.redact import Redaction, redact_pixels, warm_ocr
 from transforms.deid.values import clean_text, patient_key
 
 __all__ = [
@@ -49,6 +53,7 @@ __all__ = [
     "PixelPolicy",
     "Profile",
     "Pseudonymizer",
+    "Redaction",
     "Rule",
     "SafePrivate",
     "burned_in_risk",
@@ -57,7 +62,10 @@ __all__ = [
     "deidentify_dataset",
     "deidentify_object",
     "effective_action",
+    "load_ocr",
     "mask_pixels",
     "patient_key",
+    "redact_pixels",
     "shift_date",
+    "warm_ocr",
 ]

@@ -19,6 +19,7 @@ from transforms.deid.config import DeidConfig
 from transforms.deid.engine import Deidentifier
 from transforms.deid.objects import DeidResult, deidentify_dataset
 from transforms.deid.profile import Profile
+from transforms.deid.redact import warm_ocr
 from transforms.dicom_io import METRICS_NAMESPACE, SourceObject, parse_dataset
 from transforms.keys import KeySource
 
@@ -71,6 +72,7 @@ class DeidentifyFn(DeadLetterFn):
     def setup(self):
         # Built once per worker: the table, the resolved options and the key.
         self._engine = Deidentifier(Profile.load(), self._config, self._key_source.resolve())
+        warm_ocr(self._config)
         self._done = Metrics.counter(METRICS_NAMESPACE, "deidentified")
 
     def where(self, obj: SourceObject) -> tuple[str, str | None]:

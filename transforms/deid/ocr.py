@@ -36,14 +36,14 @@ class Ocr:
     _rec_config: dict
 
     def detect(self, frame: np.ndarray) -> list[Box]:
-        """Text boxes in an 8-bit frame (height × width × 3), in the frame's pixels."""
+        """Text boxes in an 8-bit frame (height x width x 3), in the frame's pixels."""
         import cv2
 
         h, w = frame.shape[:2]
         scale = max(1.0, MIN_SIDE / min(h, w))
         scale = min(scale, MAX_SIDE / max(h, w))
-        rh = max(_STRIDE, int(round(h * scale / _STRIDE)) * _STRIDE)
-        rw = max(_STRIDE, int(round(w * scale / _STRIDE)) * _STRIDE)
+        rh = max(_STRIDE, round(h * scale / _STRIDE) * _STRIDE)
+        rw = max(_STRIDE, round(w * scale / _STRIDE) * _STRIDE)
         resized = cv2.resize(frame, (rw, rh), interpolation=cv2.INTER_LINEAR)
         x = (resized.astype(np.float32) / 255.0 - 0.5) / 0.5
         x = x.transpose(2, 0, 1)[np.newaxis]
@@ -117,7 +117,7 @@ def load_ocr(threads: int = 1) -> Ocr:
 
 
 def frames_8bit(ds, arr: np.ndarray) -> np.ndarray:
-    """Every frame as the detector wants it: uint8, height × width × 3, displayed polarity.
+    """Every frame as the detector wants it: uint8, height x width x 3, displayed polarity.
 
     Monochrome frames are windowed from their 0.5th percentile to their maximum (burned-in
     text is usually drawn at or near the brightest value), and MONOCHROME1 is inverted so

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
 
@@ -37,7 +38,17 @@ class Redaction:
     mode: str
     regions: int  # regions blanked, over all frames
     area: int  # pixels blanked, over all frames
-    fraction: float  # area / (rows × columns × frames)
+    fraction: float  # area / (rows x columns x frames)
+
+
+def warm_ocr(config) -> None:
+    """Loads the OCR models once per worker (``DoFn.setup``) when the policy is redact.
+
+    A failure here is not fatal: each risky instance then dead-letters ``redact_failed``.
+    """
+    if config.pixels.policy == "redact":
+        with contextlib.suppress(RuntimeError):
+            load_ocr()
 
 
 def _norm(text: str) -> str:
@@ -115,7 +126,8 @@ def _decoded(ds: Dataset) -> np.ndarray:
     try:
         return ds.pixel_array.copy()
     except Exception as e:
-        raise StageError("redact_failed", f"pixels cannot be decoded ({type(e).__name__})") from None
+        message = f"pixels cannot be decoded ({type(e).__name__})"
+        raise StageError("redact_failed", message) from None
 
 
 def redact_pixels(ds: Dataset, policy: PixelPolicy, ocr: Ocr | None = None) -> Redaction:
@@ -148,7 +160,8 @@ def redact_pixels(ds: Dataset, policy: PixelPolicy, ocr: Ocr | None = None) -> R
                 break
             if policy.redact == "identifying_text":
                 readings = ocr.recognize(view, boxes)
-                blank = [b for b, (t, c) in zip(boxes, readings) if is_identifying(t, c, tokens)]
+                pairs = zip(boxes, readings, strict=True)
+                blank = [b for b, (t, c) in pairs if is_identifying(t, c, tokens)]
                 kept += [b for b in boxes if b not in blank]
                 boxes = blank
             for box in boxes:

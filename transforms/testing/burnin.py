@@ -102,7 +102,7 @@ def burn_text(
     heights = [draw.textbbox((0, 0), t, font=font) for t, _ in lines]
     step = max(b[3] for b in heights) + max(2, size // 4)
     y = 3 if corner < 2 else rows - 3 - step * len(lines)
-    for (text, phi), bbox in zip(lines, heights):
+    for (text, phi), bbox in zip(lines, heights, strict=True):
         width = bbox[2] - bbox[0]
         x = 3 if corner % 2 == 0 else cols - 3 - width
         if x < 0 or y < 0 or y + step > rows:

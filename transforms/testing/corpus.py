@@ -161,7 +161,8 @@ def _study_images(
             img = _phantom(img_rng, rows, cols, st.positive)
             arr = _stored_pixels(st.kind, img, img_rng, signed=bool(img_rng.integers(2)))
             # Its own rng: the text changes nothing else about the image or its header.
-            arr, boxes = _burned_text(p, st, arr, np.random.default_rng([*key, series_no, number, 7]))
+            text_rng = np.random.default_rng([*key, series_no, number, 7])
+            arr, boxes = _burned_text(p, st, arr, text_rng)
             ds = _image_dataset(p, st, series_no, number, arr, img_rng)
             if boxes and st.kind != "US":
                 # Radiographs and angiography runs often lack the attribute; screenshots
@@ -222,9 +223,7 @@ def synth_patient(index: int, seed: int, positive_rate: float = 0.2) -> CorpusPa
         kind = CYCLE[(index + study_no) % len(CYCLE)]
         st = _study(rng, kind, (seed, index, study_no), positive_rate)
         _record_study(phi, st)
-        images, datasets, texts = _study_images(
-            person, st, (seed, index, study_no), rng, counter
-        )
+        images, datasets, texts = _study_images(person, st, (seed, index, study_no), rng, counter)
         counter += len(datasets)
         for ds in datasets:
             _record_image(phi, ds)
@@ -232,7 +231,7 @@ def synth_patient(index: int, seed: int, positive_rate: float = 0.2) -> CorpusPa
             labels.append({**row, "label": str(int(st.positive))})
         delivered, where = _deliver(person, st, study_no, index, images)
         files += delivered
-        for ds, boxes, (path, member) in zip(datasets, texts, where):
+        for ds, boxes, (path, member) in zip(datasets, texts, where, strict=True):
             phi.add("burned_in_text", *(b.text for b in boxes if b.phi))
             for b in boxes:
                 loc = {"file": path, "member": member, "sop_instance_uid": ds.SOPInstanceUID}

@@ -1,0 +1,225 @@
+"""Burned-in text redaction: planted text boxes blanked, the rest untouched, no text left."""
+
+import io
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from transforms import deid
+from transforms.deadletter import StageError
+from transforms.deid.ocr import frames_8bit, load_ocr
+from transforms.deid.pixels import blank_value
+from transforms.deid.redact import identifiers, is_identifying, redact_pixels
+from transforms.testing.burnin import TextBox, burn_text, text_lines
+
+KEY = b"r" * 32
+FIELDS = {
+    "family": "QUINTERO",
+    "given": "ROSALIND",
+    "pid": "PID004711",
+    "date": "20190317",
+    "time": "142233",
+    "institution": "Harbourview Clinic",
+    "accession": "AC99172",
+}
+# (modality, photometric, bits, top, frames): radiograph, inverted radiograph,
+# ultrasound, screenshot, multi-frame run.
+KINDS = [
+    ("DX", "MONOCHROME2", 16, 16383, 1),
+    ("CR", "MONOCHROME1", 16, 4095, 1),
+    ("US", "MONOCHROME2", 8, 255, 1),
+    ("OT", "RGB", 8, 255, 1),
+    ("XA", "MONOCHROME2", 8, 255, 2),
+]
+
+
+def _image(kind: tuple, seed: int, lines=None) -> tuple[Dataset, list[TextBox]]:
+    """A small body-like image with planted text, as a dataset, and the planted boxes."""
+    modality, photometric, bits, top, frames = kind
+    rng = np.random.default_rng(seed)
+    rows, cols = 160, 176
+    yy, xx = np.mgrid[:rows, :cols]
+    body = (((yy - 80) / 60) ** 2 + ((xx - 88) / 70) ** 2 <= 1) * 0.5
+    img = np.clip(body + rng.normal(0, 0.03, (rows, cols)), 0, 1)
+    if photometric == "MONOCHROME1":
+        img = 1 - 0.9 * img
+    arr = np.round(img * top).astype(np.uint16 if bits == 16 else np.uint8)
+    if photometric == "RGB":
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    if frames > 1:
+        arr = np.stack([arr] * frames)
+    lines = lines or text_lines(FIELDS, rng)
+    arr, boxes = burn_text(arr, lines, rng, top, photometric == "MONOCHROME1", frames > 1)
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.PatientName = f"{FIELDS['family']}^{FIELDS['given']}"
+    ds.PatientID, ds.Modality = FIELDS["pid"], modality
+    ds.StudyDate, ds.PatientBirthDate = FIELDS["date"], "19610203"
+    ds.AccessionNumber, ds.InstitutionName = FIELDS["accession"], FIELDS["institution"]
+    ds.Rows, ds.Columns = rows, cols
+    ds.SamplesPerPixel = 3 if photometric == "RGB" else 1
+    if photometric == "RGB":
+        ds.PlanarConfiguration = 0
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = (
+        bits,
+        top.bit_length(),
+        top.bit_length() - 1,
+    )
+    ds.PixelRepresentation = 0
+    ds.PixelData = arr.tobytes()
+    return ds, boxes
+
+
+def _frames(ds: Dataset) -> np.ndarray:
+    arr = ds.pixel_array
+    return arr if int(ds.get("NumberOfFrames", 1) or 1) > 1 else arr[np.newaxis]
+
+
+@pytest.fixture(scope="module")
+def redacted() -> list[tuple[Dataset, np.ndarray, list[TextBox]]]:
+    """Each kind, redacted with the default policy: (dataset after, frames before, boxes)."""
+    out = []
+    for i, kind in enumerate(KINDS):
+        ds, boxes = _image(kind, seed=i)
+        before = _frames(ds).copy()
+        result = redact_pixels(ds, deid.PixelPolicy())
+        assert result.mode == "all_text" and result.regions >= 1 and 0 < result.fraction < 0.5
+        out.append((ds, before, boxes))
+    return out
+
+
+def test_every_planted_box_is_blanked_and_little_else_changes(redacted):
+    for ds, before, boxes in redacted:
+        after = _frames(ds)
+        fill = blank_value(ds, after.dtype, after)
+        assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+        planted = np.zeros(after.shape[:3], bool)
+        for b in boxes:
+            x0, y0, x1, y1 = b.box
+            if b.phi:
+                assert (after[b.frame, y0:y1, x0:x1] == fill).all(), (ds.Modality, b.text)
+            # Margin: the policy grows each region; count changes beyond that as false blanks.
+            h = y1 - y0
+            planted[b.frame, max(0, y0 - h) : y1 + h, max(0, x0 - 2 * h) : x1 + 2 * h] = True
+        changed = before != after
+        if changed.ndim == 4:
+            changed = changed.any(axis=3)
+        assert changed[~planted].mean() < 0.05, ds.Modality
+
+
+def test_independent_ocr_finds_no_planted_string(redacted, tmp_path):
+    """Tesseract (another engine, another model) reads the redacted frames: nothing planted."""
+    if shutil.which("tesseract") is None:
+        pytest.fail("tesseract is not installed (.ci/run installs Debian's tesseract-ocr)")
+
+    def read(view: np.ndarray, name: str) -> str:
+        # Tesseract reads dark text on light best and needs glyphs > 20 px: invert, enlarge.
+        path = tmp_path / f"{name}.png"
+        big = Image.fromarray(255 - view).resize((view.shape[1] * 3, view.shape[0] * 3))
+        big.save(path)
+        done = subprocess.run(
+            ["tesseract", str(path), "-", "--psm", "11"], capture_output=True, text=True
+        )
+        return re.sub(r"[^0-9A-Z]", "", done.stdout.upper())
+
+    planted = {re.sub(r"[^0-9A-Z]", "", v) for v in (FIELDS["family"], FIELDS["given"], "004711")}
+    found_before = 0
+    for n, (ds, before, _) in enumerate(redacted):
+        view_before = frames_8bit(ds, before if len(before) > 1 else before[0])[0]
+        found_before += any(p in read(view_before, f"before{n}") for p in planted)
+        text = read(frames_8bit(ds, ds.pixel_array)[0], f"after{n}")
+        assert not [p for p in planted if p in text], ds.Modality
+    assert found_before >= 2  # the scan reads planted text, so its silence means something
+
+
+def test_identifying_text_keeps_markers_and_blanks_identifiers():
+    lines = [("QUINTERO^ROSALIND", True), ("PORTABLE", False), ("17/03/2019", True)]
+    ds, boxes = _image(KINDS[0], seed=7, lines=lines)
+    policy = deid.PixelPolicy(redact="identifying_text")
+    result = redact_pixels(ds, policy)
+    after = _frames(ds)
+    by_text = {b.text: b.box for b in boxes}
+    for text in ("QUINTERO^ROSALIND", "17/03/2019"):
+        x0, y0, x1, y1 = by_text[text]
+        assert (after[0, y0:y1, x0:x1] == 0).all(), text
+    x0, y0, x1, y1 = by_text["PORTABLE"]
+    assert after[0, y0:y1, x0:x1].max() > 0  # kept: not an identifier
+    assert result.mode == "identifying_text" and result.regions == 2
+
+
+def test_what_counts_as_identifying():
+    ds, _ = _image(KINDS[2], seed=1)
+    tokens = identifiers(ds)
+    assert {"QUINTERO", "ROSALIND", "PID004711", "AC99172", "03021961"} <= tokens
+    assert is_identifying("Quintero R.", 0.99, tokens)
+    for text in ("2019-03-17", "14:22", "MRN 1234567", "XR7731A", "SMITH, ANNA", "QUINT3RO"):
+        assert is_identifying(text, 0.99 if text != "QUINT3RO" else 0.5, tokens), text
+    for text in ("L", "R", "PORTABLE", "SUPINE", "AP"):
+        assert not is_identifying(text, 0.95, tokens), text
+
+
+class _StubbornOcr:
+    """A detector that always sees text: the check after redaction must refuse."""
+
+    def detect(self, frame):
+        return [(10, 10, 40, 20)]
+
+
+def test_text_left_after_redaction_is_a_dead_letter():
+    ds, _ = _image(KINDS[2], seed=2)
+    with pytest.raises(StageError) as caught:
+        redact_pixels(ds, deid.PixelPolicy(), ocr=_StubbornOcr())
+    assert caught.value.error_type == "burned_in_text_remaining"
+    assert "QUINTERO" not in caught.value.message
+
+
+def test_deidentify_redacts_by_default_and_marks_clean_pixel_data():
+    ds, _ = _image(KINDS[2], seed=3)
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    engine = deid.Deidentifier(deid.Profile.load(), deid.DeidConfig(), KEY)
+    result, _ = deid.deidentify_object(buf.getvalue(), engine)
+    assert result.redaction.mode == "all_text" and result.redaction.regions >= 2
+    out = pydicom.dcmread(io.BytesIO(result.data))
+    assert "113101" in [c.CodeValue for c in out.DeidentificationMethodCodeSequence]
+    assert out.PatientIdentityRemoved == "YES"
+    exclude = deid.DeidConfig.from_yaml("pixels: {policy: exclude}")
+    with pytest.raises(StageError, match="exclude"):
+        deid.deidentify_object(buf.getvalue(), deid.Deidentifier(deid.Profile.load(), exclude, KEY))
+
+
+def test_undecodable_pixels_are_a_dead_letter():
+    ds, _ = _image(KINDS[2], seed=4)
+    ds.PixelData = b"\0" * 10
+    with pytest.raises(StageError) as caught:
+        redact_pixels(ds, deid.PixelPolicy())
+    assert caught.value.error_type == "redact_failed"
+
+
+def test_config_validates_redact_options():
+    config = deid.DeidConfig.from_yaml("pixels: {redact: identifying_text, redact_margin: 0.5}")
+    assert config.pixels.policy == "redact" and config.pixels.redact_margin == 0.5
+    assert config.describe()["pixels"]["redact"] == "identifying_text"
+    with pytest.raises(ValueError, match="all_text or identifying_text"):
+        deid.DeidConfig.from_yaml("pixels: {redact: some_text}")
+    with pytest.raises(ValueError, match="redact_margin"):
+        deid.DeidConfig.from_yaml("pixels: {redact_margin: 5}")
+
+
+def test_models_load_once_from_the_wheel():
+    assert load_ocr() is load_ocr()  # cached per process: a worker loads it once
+    assert load_ocr().provider in ("CPUExecutionProvider", "CUDAExecutionProvider")
