@@ -78,6 +78,7 @@ def summary(workdir: str, record: dict) -> list[str]:
     from models import export
     from models import features as f
     from pipelines import state as st
+    from pipelines.report import redaction_counts
 
     out = os.path.join(workdir, "out")
     ingest = st.read_json(os.path.join(out, "ingest", "manifest.json")) or {}
@@ -91,6 +92,13 @@ def summary(workdir: str, record: dict) -> list[str]:
     )
     lines.append(
         "dead letters by reason: " + ", ".join(f"{k} {v}" for k, v in reasons.most_common())
+    )
+    redacted = redaction_counts(_rows(os.path.join(out, "ingest", "index")))
+    remaining = reasons.get("deidentify/burned_in_text_remaining", 0)
+    lines.append(
+        f"burned-in text: {redacted['images redacted']} images redacted "
+        f"({redacted['text regions blanked']} regions blanked), "
+        f"{remaining} dead-lettered with text remaining"
     )
     model_dir = os.path.join(out, "models")
     version = export.latest_version(model_dir)
@@ -182,6 +190,7 @@ def run(argv: Sequence[str]) -> int:
         os.path.join(out, "ingest"),
         os.path.join(out, "models", version) if version else None,
         os.path.join(out, st.RUNS_DIR, record["run_id"], "score"),
+        synthetic=os.path.join(workdir, "bucket"),
     )
     report = os.path.join(workdir, "report.html")
     with open(report, "w") as fh:

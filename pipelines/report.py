@@ -120,13 +120,57 @@ def _score_histogram(scores: list[dict]) -> str:
     return _png(fig)
 
 
-def build_report(ingest: str, model_version_dir: str | None, score: str | None) -> str:
+def redaction_counts(index: list[dict]) -> dict[str, int]:
+    """Instances whose burned-in text was redacted, and the regions blanked (index rows are
+    per frame: each instance counts once)."""
+    done = {r[f.SOP_INSTANCE_UID]: r for r in index if r.get(f.PIXEL_REDACTION)}
+    return {
+        "images redacted": len(done),
+        "text regions blanked": sum(int(r[f.REDACTED_REGIONS] or 0) for r in done.values()),
+    }
+
+
+def redaction_example(synthetic: str) -> str | None:
+    """Before/after of burned-in text redaction on one synthetic image (never real data):
+    the first loose file of the corpus that phi.json lists with planted text."""
+    from pydicom import dcmread
+
+    from transforms.deid import PixelPolicy, redact_pixels
+    from transforms.deid.ocr import frames_8bit
+
+    boxes = _json(os.path.join(synthetic, "phi.json")).get("text_boxes", [])
+    loose = sorted({b["file"] for b in boxes if b.get("member") is None and b["phi"]})
+    for name in loose:
+        ds = dcmread(os.path.join(synthetic, name))
+        before = frames_8bit(ds, ds.pixel_array)[0]
+        try:
+            redact_pixels(ds, PixelPolicy())
+        except Exception:  # this one cannot be cleaned: try the next
+            continue
+        after = frames_8bit(ds, ds.pixel_array)[0]
+        fig, axes = plt.subplots(1, 2, figsize=(8, 4))
+        for ax, img, title in zip(axes, (before, after), ("before", "after"), strict=True):
+            ax.imshow(img)
+            ax.set_title(f"{title} ({ds.Modality}, synthetic)")
+            ax.axis("off")
+        return _png(fig)
+    return None
+
+
+def build_report(
+    ingest: str,
+    model_version_dir: str | None,
+    score: str | None,
+    synthetic: str | None = None,
+) -> str:
     """The report as one HTML string.
 
     Args:
         ingest: the ingest output folder (local).
         model_version_dir: the trained model version folder, if any.
         score: the score output folder of the run, if any.
+        synthetic: the synthetic corpus folder (with phi.json), for a before/after
+            example of burned-in text redaction; only the demo passes it.
     """
     sections: list[tuple[str, str]] = []
     manifest = _json(os.path.join(ingest, "manifest.json"))
@@ -157,6 +201,13 @@ def build_report(ingest: str, model_version_dir: str | None, score: str | None) 
     sections.append(
         ("Label balance per split", _img(_bar(dict(sorted(balance.items())), "images"), "balance"))
     )
+    redacted = redaction_counts(index)
+    if redacted["images redacted"]:
+        example = redaction_example(synthetic) if synthetic else None
+        content = _img(_bar(redacted, "count"), "redaction")
+        if example:
+            content += _img(example, "burned-in text before and after redaction")
+        sections.append(("Burned-in text redacted (pixels.policy redact)", content))
     samples = _samples(ingest)
     if samples:
         sections.append(("Sample de-identified images (as trained on)", _img(samples, "samples")))

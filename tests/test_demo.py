@@ -24,6 +24,11 @@ def test_demo_runs_the_chain_and_renders_the_report(tmp_path, capsys, monkeypatc
     alts = {alt for alt, _ in images}
     expected = {"counts", "reasons", "balance", "samples", "training curves", "roc.png", "pr.png"}
     assert expected | {"histogram", "grad-cam"} <= alts, alts
+    # Burned-in text is redacted by default: counted, shown on a synthetic before/after.
+    assert {"redaction", "burned-in text before and after redaction"} <= alts, alts
+    redacted = re.search(r"burned-in text: (\d+) images redacted", out.err)
+    assert redacted and int(redacted.group(1)) > 0
+    assert "burned_in_annotation" not in out.err  # nothing excluded for its risk alone
     for title in ("Dead letters by reason", "Label balance per split", "DuckDB queries to try"):
         assert title in report
     assert "http" not in report.replace("http-equiv", "")  # self-contained: nothing fetched
