@@ -4,7 +4,7 @@ from collections.abc import Iterable
 
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian
 
 from transforms.deid.config import PixelPolicy
 
@@ -47,9 +47,11 @@ def store_frames(ds: Dataset, frames: np.ndarray) -> None:
         ds.PhotometricInterpretation = "RGB"  # pixel_array converted it
     if int(ds.get("SamplesPerPixel", 1)) > 1:
         ds.PlanarConfiguration = 0
-    ds.PixelData = frames.astype(frames.dtype.newbyteorder("<")).tobytes()
+    # A big-endian dataset stays big-endian: pydicom will not re-encode it as little.
+    big = ds.file_meta.get("TransferSyntaxUID") == ExplicitVRBigEndian
+    ds.PixelData = frames.astype(frames.dtype.newbyteorder(">" if big else "<")).tobytes()
     ds["PixelData"].VR = "OB" if int(ds.BitsAllocated) == 8 else "OW"
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.TransferSyntaxUID = ExplicitVRBigEndian if big else ExplicitVRLittleEndian
 
 
 def mask_pixels(ds: Dataset, boxes: Iterable[tuple[float, float, float, float]]) -> None:

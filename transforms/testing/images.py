@@ -82,13 +82,6 @@ def _text_mask(shape: tuple[int, int], lines: list[str]) -> np.ndarray:
     return np.asarray(canvas) > 0
 
 
-def _burn_in(arr: np.ndarray, lines: list[str]) -> np.ndarray:
-    """Burned-in annotation, as ultrasound scanners write the demographics into the image."""
-    out = arr.copy()
-    out[_text_mask(arr.shape[:2], lines)] = 255
-    return out
-
-
 def _stored_pixels(
     kind: str, img: np.ndarray, rng: np.random.Generator, signed: bool
 ) -> np.ndarray:
