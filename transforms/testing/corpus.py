@@ -232,7 +232,6 @@ def synth_patient(index: int, seed: int, positive_rate: float = 0.2) -> CorpusPa
         delivered, where = _deliver(person, st, study_no, index, images)
         files += delivered
         for ds, boxes, (path, member) in zip(datasets, texts, where, strict=True):
-            phi.add("burned_in_text", *(b.text for b in boxes if b.phi))
             for b in boxes:
                 loc = {"file": path, "member": member, "sop_instance_uid": ds.SOPInstanceUID}
                 text_boxes.append({**loc, "frame": b.frame, "box": list(b.box), "text": b.text})
