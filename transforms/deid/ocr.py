@@ -9,8 +9,10 @@ same objects), on the GPU where onnxruntime has a CUDA provider, else on the CPU
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -29,9 +31,9 @@ _STRIDE = 32  # the network's input sides must be multiples of this
 class Ocr:
     """The loaded PP-OCR detector and recognizer, and the provider they run on."""
 
-    detector: object  # onnxruntime session wrapper
-    postprocess: object  # DB post-processing: probability map → boxes
-    recognizer: object  # rapidocr TextRecognizer, built on first use
+    detector: Callable[..., Any]  # onnxruntime session wrapper
+    postprocess: Callable[..., Any]  # DB post-processing: probability map → boxes
+    recognizer: Callable[..., Any] | None  # rapidocr TextRecognizer, built on first use
     provider: str
     _rec_config: dict
 
