@@ -37,6 +37,13 @@ INSTALL_REQUIRES = [
     "rapidocr-onnxruntime==1.4.4",
     "onnxruntime==1.32.0",
     "opencv-python==5.1.0.95",
+    # Evaluation (models/calibration.py, uncertainty.py, slices.py): Brier score, the
+    # calibration optimizer, midranks and normal quantiles. Not tensorflow-model-analysis:
+    # it needs pandas<3 (we have 3.1) and brings ipython, ipywidgets, sacrebleu and
+    # rouge-score into the training container, and slices only on features inside the
+    # examples (ours are in the index).
+    "scikit-learn==1.9.1",
+    "scipy==1.17.1",
 ]
 
 EXTRAS_REQUIRE = {

@@ -73,11 +73,13 @@ def evaluate(
     probabilities: np.ndarray,
     labels: list[str],
     positive_label: str | None,
+    threshold: float | None = None,
 ) -> dict:
     """Accuracy, precision, recall, F1, ROC AUC, PR AUC and the confusion matrix.
 
-    A binary task (``positive_label`` set) reports the positive class's figures at the
-    0.5 threshold (the class with the higher probability); a multi-class one reports
+    A binary task (``positive_label`` set) reports the positive class's figures at
+    ``threshold`` on its probability (the operating point), or, without one, for the class
+    with the higher probability; also its specificity. A multi-class one reports
     per-class one-vs-rest figures and their macro averages. ``roc_auc`` is the figure the
     promotion gate compares.
 
@@ -90,6 +92,9 @@ def evaluate(
     label_ids = np.asarray(label_ids, dtype=np.int64)
     probabilities = np.asarray(probabilities, dtype=float)
     predicted = probabilities.argmax(axis=1)
+    if positive_label is not None and threshold is not None:
+        k = labels.index(positive_label)
+        predicted = np.where(probabilities[:, k] >= threshold, k, 1 - k)
     matrix = confusion_matrix(label_ids, predicted, len(labels))
     per_class = {}
     for k, label in enumerate(labels):
@@ -116,6 +121,10 @@ def evaluate(
     if positive_label is not None:
         chosen = per_class[positive_label]
         metrics.update({k: chosen[k] for k in ("precision", "recall", "f1", "roc_auc", "pr_auc")})
+        k = labels.index(positive_label)
+        negatives = int(matrix[1 - k, :].sum())
+        metrics["specificity"] = _ratio(int(matrix[1 - k, 1 - k]), negatives)
+        metrics["threshold"] = threshold
     else:
         for name in ("precision", "recall", "f1", "roc_auc", "pr_auc"):
             values = [c[name] for c in per_class.values()]

@@ -16,6 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from models import calibration  # noqa: F401  (registers the Calibrate layer model.keras uses)
 from models.export import MODEL_KERAS, ServingModel, is_local, load_serving
 from models.inputs import join
 

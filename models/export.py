@@ -4,9 +4,10 @@ Layout under a model dir (local or ``gs://``)::
 
     <model-dir>/1/, 2/, ...     one folder per exported version, never overwritten
         saved_model/            serving_default: image (raw uint8 bytes) -> probabilities
-        model.keras             the bare network (input: the normalized image)
-        model.json              version, labels, positive_label, geometry, network, ...
+        model.keras             the calibrated network (input: the normalized image)
+        model.json              version, labels, positive_label, threshold, calibration, ...
         labels.txt metrics.json config.json history.json MODEL_CARD.md roc.png pr.png
+        reliability.png
     <model-dir>/latest          text: the promoted version's name
     <model-dir>/_runs/<run>.json  what each training run did (version, promoted, why)
     <model-dir>/_work/<key>/    checkpoints of an unfinished run (see models.trainer)
@@ -226,14 +227,31 @@ def version_auc(version_dir: str) -> float:
     return math.nan if value is None else float(value)
 
 
+def version_auc_low(version_dir: str) -> float:
+    """The lower 95 % confidence bound of the version's test ROC AUC; the point estimate
+    for a version exported before intervals were recorded."""
+    metrics = read_json(join(version_dir, METRICS_JSON))
+    low = (metrics.get("ci") or {}).get("roc_auc", {}).get("low")
+    if low is not None:
+        return float(low)
+    return math.nan if metrics.get("roc_auc") is None else float(metrics["roc_auc"])
+
+
 def promote(model_dir: str, version: str, min_auc: float) -> Promotion:
     """The gate: ``version`` becomes ``latest`` only if its test ROC AUC is at least
-    ``min_auc`` and at least the current latest's; otherwise it stays a candidate.
+    ``min_auc`` and the *lower bound* of its 95 % confidence interval is at least the
+    current latest's AUC; otherwise it stays a candidate.
+
+    A point estimate on a few dozen test images moves by several hundredths between two
+    trainings of the same model; comparing point estimates would swap the served model on
+    noise (and with it every score downstream). A candidate replaces latest only when the
+    evidence says it is at least as good.
 
     Returns:
         Whether it was promoted, and why (one line).
     """
-    auc = version_auc(join(model_dir, version))
+    folder = join(model_dir, version)
+    auc, low = version_auc(folder), version_auc_low(folder)
     if math.isnan(auc):
         return Promotion(False, "its test ROC AUC is undefined (the test split has one class)")
     if auc < min_auc:
@@ -242,13 +260,13 @@ def promote(model_dir: str, version: str, min_auc: float) -> Promotion:
     why = f"test ROC AUC {auc:.4f} >= minimum {min_auc:.4f}"
     if current is not None and current != version:
         current_auc = version_auc(join(model_dir, current))
-        if auc < current_auc:
+        if low < current_auc:
             return Promotion(
                 False,
-                f"its test ROC AUC {auc:.4f} is below latest (version {current}: "
-                f"{current_auc:.4f})",
+                f"the lower 95% bound of its test ROC AUC, {low:.4f} (AUC {auc:.4f}), is "
+                f"below latest (version {current}: {current_auc:.4f})",
             )
-        why += f" and >= latest (version {current}: {current_auc:.4f})"
+        why += f"; its lower 95% bound {low:.4f} >= latest (version {current}: {current_auc:.4f})"
     write_text(join(model_dir, LATEST), f"{version}\n")
     return Promotion(True, why)
 
@@ -295,11 +313,17 @@ def model_info(
     created_at: str,
     run_id: str,
     pixels: dict | None = None,
+    *,
+    threshold: float | None = None,
+    operating_point: str | None = None,
+    calibration: dict | None = None,
 ) -> dict:
     """``model.json``: what a scorer needs to use the version without reading anything else.
 
     ``pixels``: ingest's pixel settings (size, channels, frame_policy, windows), so that a
-    scorer normalizes raw DICOM exactly as the training images were.
+    scorer normalizes raw DICOM exactly as the training images were. ``threshold``: a
+    binary model's operating point on the (calibrated) positive probability, with the
+    ``operating_point`` rule that chose it; ``calibration``: what the model applies.
     """
     height, width, channels = image_shape
     return {
@@ -316,6 +340,9 @@ def model_info(
         "signature": {"name": SIGNATURE, "input": INPUT, "output": OUTPUT},
         "raw_image": f"{f.IMAGE}: uint8 bytes, height x width x channels, row-major",
         "pixels": pixels,
+        "threshold": threshold,
+        "operating_point": operating_point,
+        "calibration": calibration,
     }
 
 

@@ -79,6 +79,10 @@ STUDY_INSTANCE_UID = "study_instance_uid"
 PATIENT_ID = "patient_id"
 SPLIT = "split"
 LABEL = "label"
+# What evaluation slices by (models/slices.py): values as they survive de-identification.
+MANUFACTURER = "manufacturer"
+BODY_PART_EXAMINED = "body_part_examined"
+LABEL_SOURCE = "label_source"  # the label file's key column (sop_instance_uid, ...), if labeled
 # Pixel facts.
 FRAME = "frame"
 WINDOW_CENTER = "window_center"
@@ -110,6 +114,9 @@ INDEX_SCHEMA = pa.schema(
         pa.field(REDACTED_REGIONS, pa.int32()),
         pa.field(REDACTED_AREA, pa.int64()),
         pa.field(REDACTED_FRACTION, pa.float32()),
+        pa.field(MANUFACTURER, pa.string()),
+        pa.field(BODY_PART_EXAMINED, pa.string()),
+        pa.field(LABEL_SOURCE, pa.string()),
     ]
 )
 

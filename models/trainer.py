@@ -31,10 +31,21 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from models import evaluation, export
+from models import calibration, evaluation, export
 from models import features as f
-from models.inputs import Augment, DataInfo, class_weights, join, make_dataset, read_info
+from models.assessment import Assessment, assess
+from models.inputs import (
+    Augment,
+    DataInfo,
+    class_weights,
+    join,
+    make_dataset,
+    read_info,
+    split_slices,
+)
+from models.model_card import RELIABILITY_PNG, model_card
 from models.networks import CNN, NETWORKS, build_network, gradcam_layer
+from models.operating_point import OperatingPoint
 
 OPTIMIZERS = ("adam", "sgd")
 MIXED_PRECISION = ("auto", "on", "off")
@@ -67,6 +78,9 @@ class TrainConfig:
     class_weights: bool = _arg(True, "weight examples by inverse label frequency")
     patience: int = _arg(5, "epochs without a better eval AUC before stopping")
     min_auc: float = _arg(0.7, "promotion gate: the least test ROC AUC for latest")
+    operating_point: str = _arg(
+        "youden", "threshold rule on eval: youden, sensitivity=T or specificity=T"
+    )
     seed: int = _arg(0, "seed for weights, shuffling and augmentation")
     weights: str | None = _arg(None, "a Keras weights file for a backbone (never downloaded)")
     checkpoint_dir: str | None = _arg(None, "checkpoints (default: <model-dir>/_work/<key>)")
@@ -93,6 +107,10 @@ class TrainConfig:
             )
         if not 0 <= self.min_auc <= 1:
             raise ValueError("--min-auc must be in [0, 1]")
+        try:
+            OperatingPoint.parse(self.operating_point)
+        except ValueError as e:
+            raise ValueError(f"--operating-point: {e}") from None
         Augment.parse(self.augment)
 
     def to_argv(self) -> list[str]:
@@ -112,7 +130,8 @@ class TrainConfig:
         return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
 
 
-_NOT_IN_KEY = {"model_dir", "checkpoint_dir", "min_auc", "cache_mb", "run_id"}
+# Arguments that do not change the trained weights (the operating point is chosen after).
+_NOT_IN_KEY = {"model_dir", "checkpoint_dir", "min_auc", "cache_mb", "run_id", "operating_point"}
 _TYPES = {"str": str, "str | None": str, "int": int, "float": float}
 
 
@@ -351,9 +370,22 @@ def train(
             model.load_weights(_local_copy(checkpoints.best_weights, tmp))
         log(f"best eval AUC {state.best_auc:.4f} after epoch {state.best_epoch}")
 
-    label_ids, probabilities = _predict(model, datasets[f.TEST])
     labels = list(info.labels)
-    metrics = evaluation.evaluate(label_ids, probabilities, labels, export.positive_label(labels))
+    positive = export.positive_label(labels)
+    eval_ids, eval_raw = _predict(model, datasets[f.EVAL])
+    test_ids, test_raw = _predict(model, datasets[f.TEST])
+    assessed = assess(
+        eval_ids,
+        eval_raw,
+        test_ids,
+        test_raw,
+        labels,
+        positive,
+        OperatingPoint.parse(config.operating_point),
+        split_slices(info, f.TEST) if positive is not None else None,
+        seed=config.seed,
+    )
+    metrics = assessed.metrics
     metrics.update(
         {
             "split": f.TEST,
@@ -362,10 +394,7 @@ def train(
             "counts": info.counts,
         }
     )
-    log(
-        f"test: ROC AUC {metrics['roc_auc']:.4f}, PR AUC {metrics['pr_auc']:.4f}, accuracy "
-        f"{metrics['accuracy']:.4f} on {metrics['examples']} examples"
-    )
+    log(_test_line(metrics))
     run_config = {
         **dataclasses.asdict(config),
         "run_id": run_id,
@@ -382,17 +411,10 @@ def train(
         "global_batch_size": global_batch,
         "seconds": time.time() - started,
     }
-    version = _export(
-        config,
-        info,
-        float32_copy(model, config, info),
-        transform,
-        metrics,
-        run_config,
-        state.history,
-        label_ids,
-        probabilities,
+    network = calibration.calibrated_network(
+        float32_copy(model, config, info), assessed.calibration
     )
+    version = _export(config, info, network, transform, run_config, state.history, assessed)
     version_dir = join(config.model_dir, version)
     promotion = export.promote(config.model_dir, version, config.min_auc)
     outcome = TrainOutcome(
@@ -413,6 +435,7 @@ def train(
             "promoted": promotion.promoted,
             "reason": promotion.reason,
             "roc_auc": metrics["roc_auc"],
+            "roc_auc_low": metrics.get("ci", {}).get("roc_auc", {}).get("low"),
             "finished_at": _now(),
         },
     )
@@ -483,11 +506,35 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def _export(
-    config, info, model, transform, metrics, run_config, history, label_ids, probabilities
-) -> str:
-    """Writes the version in a local staging folder, then publishes it; returns its name."""
+def _test_line(metrics: dict) -> str:
+    ci = metrics.get("ci", {}).get("roc_auc")
+    line = f"test: ROC AUC {metrics['roc_auc']:.4f}"
+    if ci and ci["low"] is not None:
+        line += f" (95% CI {ci['low']:.3f}-{ci['high']:.3f})"
+    line += f", PR AUC {metrics['pr_auc']:.4f}"
+    if metrics.get("threshold") is not None:
+        line += (
+            f"; at threshold {metrics['threshold']:.4f} ({metrics['operating_point']['rule']}):"
+            f" accuracy {metrics['accuracy']:.4f}, sensitivity {metrics['recall']:.4f}, "
+            f"specificity {metrics['specificity']:.4f}"
+        )
+    else:
+        line += f", accuracy {metrics['accuracy']:.4f}"
+    cal = metrics["calibration"]["test"]
+    ece = (cal["ece_before"], cal["ece_after"])
+    return line + f"; ECE {ece[0]:.3f} → {ece[1]:.3f} on {metrics['examples']} examples"
+
+
+def _export(config, info, model, transform, run_config, history, assessed: Assessment) -> str:
+    """Writes the version in a local staging folder, then publishes it; returns its name.
+
+    ``model`` is the calibrated network: ``model.keras`` and the SavedModel both serve the
+    calibrated probabilities.
+    """
     labels = list(info.labels)
+    positive = export.positive_label(labels)
+    k = labels.index(positive) if positive is not None else None
+    metrics = assessed.metrics
     created = _now()
     with tempfile.TemporaryDirectory(prefix="dicomflow-export-") as staging:
         model.save(os.path.join(staging, export.MODEL_KERAS))
@@ -501,12 +548,19 @@ def _export(
         export.write_json(os.path.join(staging, "config.json"), run_config)
         export.write_json(os.path.join(staging, "history.json"), {"epochs": history})
         evaluation.plot_curves(
-            label_ids,
-            probabilities,
+            assessed.test_ids,
+            assessed.test_calibrated,
             labels,
-            export.positive_label(labels),
+            positive,
             os.path.join(staging, "roc.png"),
             os.path.join(staging, "pr.png"),
+        )
+        calibration.plot_reliability(
+            assessed.test_ids,
+            assessed.test_raw,
+            assessed.test_calibrated,
+            k,
+            os.path.join(staging, RELIABILITY_PNG),
         )
 
         def finalize(folder: str, version: str) -> None:
@@ -519,86 +573,15 @@ def _export(
                 created,
                 run_config["run_id"],
                 info.pixels,
+                threshold=assessed.threshold,
+                operating_point=assessed.operating_point,
+                calibration=assessed.calibration.describe(),
             )
             export.write_json(os.path.join(folder, export.MODEL_JSON), model_json)
             with open(os.path.join(folder, "MODEL_CARD.md"), "w") as fh:
                 fh.write(model_card(model_json, metrics, info, run_config))
 
         return export.publish(staging, config.model_dir, finalize)
-
-
-def model_card(model_json: dict, metrics: dict, info: DataInfo, run_config: dict) -> str:
-    """A short, human-readable card: what the model is, its data, its figures, its limits."""
-    height, width, channels = info.image_shape
-    lines = [
-        f"# Model card: {model_json['network']} version {model_json['version']}",
-        "",
-        f"Created {model_json['created_at']} by training run `{model_json['run_id']}` on "
-        f"`{info.data}`.",
-        "",
-        "## Intended use",
-        "",
-        "Research and pipeline validation: ranking images for review by image-level "
-        "classification. Not a medical device; not for diagnosis or treatment decisions. "
-        "Validate on data from the target site before any use.",
-        "",
-        "## Input and output",
-        "",
-        f"Input: `image`, the raw uint8 pixels ingest writes ({height}x{width}x{channels}, "
-        "row-major bytes). The tf.Transform graph from ingest is inside the model. Output: "
-        f"`probabilities` over {model_json['labels']}"
-        + (
-            f"; the score is the probability of `{model_json['positive_label']}`."
-            if model_json["positive_label"]
-            else "."
-        ),
-        "",
-        "## Data (examples per split and label)",
-        "",
-        "| split | " + " | ".join(model_json["labels"]) + " | other |",
-        "|---|" + "---|" * (len(model_json["labels"]) + 1),
-    ]
-    for split in (f.TRAIN, f.EVAL, f.TEST):
-        counts = info.counts.get(split, {})
-        other = sum(n for label, n in counts.items() if label not in model_json["labels"])
-        lines.append(
-            f"| {split} | "
-            + " | ".join(str(counts.get(k, 0)) for k in model_json["labels"])
-            + f" | {other} |"
-        )
-    lines += [
-        "",
-        "## Test-split metrics",
-        "",
-        "| metric | value |",
-        "|---|---|",
-        *(
-            f"| {k} | {metrics[k]:.4f} |"
-            for k in ("roc_auc", "pr_auc", "accuracy", "precision", "recall", "f1")
-        ),
-        "",
-        f"Confusion matrix (rows true, columns predicted, order {model_json['labels']}): "
-        f"{metrics['confusion_matrix']}.",
-        "",
-        "## Training",
-        "",
-        f"{run_config['network']}, {run_config['optimizer']} (learning rate "
-        f"{run_config['learning_rate']}), batch {run_config['global_batch_size']}, at most "
-        f"{run_config['epochs']} epochs with early stopping on eval AUC (best epoch "
-        f"{metrics['best_epoch']}), augmentation `{run_config['augment']}`, class weights "
-        f"{_weights_text(run_config['class_weights'])}, seed {run_config['seed']}.",
-        "",
-        "## Limitations",
-        "",
-        "Figures come from one held-out split of one dataset; split by patient, but not by "
-        "site or scanner. Probabilities are not calibrated.",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def _weights_text(weights: list[float] | None) -> str:
-    return "off" if weights is None else "[" + ", ".join(f"{w:.3f}" for w in weights) + "]"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -33,7 +33,7 @@ from transforms.deadletter import ERRORS_TABLE, WriteErrors
 from transforms.deid import DeidConfig, count_keys
 from transforms.dicomweb import DicomwebSettings
 from transforms.keys import KeySource
-from transforms.labels import ReadLabels, load_labels
+from transforms.labels import SNAKE_CASE, ReadLabels, load_labels
 from transforms.manifest import (
     WriteManifest,
 )
@@ -79,6 +79,7 @@ class IngestConfig:
     split: SplitConfig = field(default_factory=SplitConfig)
     labels: str | None = None  # label export URI
     label_rows: int | None = None  # its rows, checked in the launcher
+    label_source: str | None = None  # its key column (snake_case), written on labeled rows
     tfrecord_shards: int = 0
     max_object_bytes: int = dicom_io.DEFAULT_MAX_OBJECT_BYTES
     run_id: str = ""
@@ -97,12 +98,13 @@ def configure(opts: IngestOptions, beam_options: PipelineOptions) -> IngestConfi
     pixels = flags.load_pixel_config(opts.pixel_config)
     split = parse_split(opts.split)
     labels = dicom_io.normalize_uri(opts.labels) if opts.labels else None
-    label_rows = None
+    label_rows = label_source = None
     if labels:
         try:
-            label_rows = load_labels(labels).rows
+            table = load_labels(labels)
         except ValueError as e:
             raise UsageError(str(e)) from None
+        label_rows, label_source = table.rows, SNAKE_CASE[table.key]
     return IngestConfig(
         tuple(inputs),
         output,
@@ -112,6 +114,7 @@ def configure(opts: IngestOptions, beam_options: PipelineOptions) -> IngestConfi
         split,
         labels,
         label_rows,
+        label_source,
         opts.tfrecord_shards,
         opts.max_object_bytes,
         new_run_id(),
@@ -133,8 +136,13 @@ class Converted:
     deid_counts: tuple[tuple[str, int], ...] = ()
 
 
-def to_converted(instance: Instance, split_config: SplitConfig) -> Converted:
-    """A converted instance → its split, one example and one index row per image."""
+def to_converted(
+    instance: Instance, split_config: SplitConfig, label_source: str | None = None
+) -> Converted:
+    """A converted instance → its split, one example and one index row per image.
+
+    ``label_source``: the label file's key column, written on labeled rows.
+    """
     label = instance.label
     ids = instance.ids
     split = assign_split(ids[f.PATIENT_ID], label is not None, split_config)
@@ -154,6 +162,8 @@ def to_converted(instance: Instance, split_config: SplitConfig) -> Converted:
                 f.WINDOW_CENTER: image.window_center,
                 f.WINDOW_WIDTH: image.window_width,
                 **(instance.redaction or {}),
+                **dict(instance.attributes),
+                f.LABEL_SOURCE: label_source if label is not None else None,
             }
         )
     return Converted(
@@ -264,7 +274,9 @@ def build_pipeline(pipeline: beam.Pipeline, config: IngestConfig) -> beam.Pipeli
         sections["labels"] = prepared.unmatched_labels | "LabelsSection" >> beam.Map(
             lambda n, given: {**given, "unmatched_rows": n}, header["labels"]
         )
-    instances = prepared.instances | "Split" >> beam.Map(to_converted, config.split)
+    instances = prepared.instances | "Split" >> beam.Map(
+        to_converted, config.split, config.label_source
+    )
     by_split = instances | "BySplit" >> beam.Partition(
         lambda c, n: ALL_SPLITS.index(c.split),  # type: ignore[arg-type]  # Beam wraps it
         len(ALL_SPLITS),

@@ -103,6 +103,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: ScoreConfig) -> beam.Pipelin
                 "version": version,
                 "labels": labels,
                 "positive_label": positive,
+                "threshold": info.get("threshold"),
                 "image_shape": list(shape),
                 "network": info.get("network"),
             },
@@ -149,7 +150,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: ScoreConfig) -> beam.Pipelin
     )
 
     tables = {}
-    rows_fn = ScoreRowsFn(labels, positive, version, run_id)
+    rows_fn = ScoreRowsFn(labels, positive, version, run_id, threshold=info.get("threshold"))
     if config.explain_top:
         directory = explanations_dir(output, version, run_id)
         explained = (

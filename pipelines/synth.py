@@ -42,6 +42,12 @@ class SynthOptions(CommandOptions):
             default=0.2,
             help="share of studies that carry a lesion (label 1)",
         )
+        parser.add_argument(
+            "--difficulty",
+            default=synth.DIFFICULTY_NAME,
+            help="lesion task: easy, standard, hard or ske (signal known exactly on white "
+            "noise), then contrast=, size=, noise= multipliers, e.g. 'ske,contrast=1.5'",
+        )
 
 
 class SynthFn(beam.DoFn):
@@ -93,12 +99,14 @@ def write_labels(rows: list[dict[str, str]], output: str) -> None:
 
 @dataclass(frozen=True)
 class SynthConfig:
-    """A synthetic corpus: where, how many patients, its seed and share of positives."""
+    """A synthetic corpus: where, how many patients, its seed, share of positives and how
+    hard its lesion task is."""
 
     output: str
     patients: int
     seed: int = 0
     positive_rate: float = 0.2
+    difficulty: synth.Difficulty = synth.DEFAULT_DIFFICULTY
 
     def __post_init__(self):
         if self.patients < 1:
@@ -113,7 +121,11 @@ def configure(opts: SynthOptions, beam_options: PipelineOptions) -> SynthConfig:
     """Checks the flags (no I/O); returns the config or raises UsageError."""
     output = normalize_uri(require(opts.output, "--output"))
     patients = require(opts.patients, "--patients")
-    return SynthConfig(output, patients, opts.seed, opts.positive_rate)
+    try:
+        difficulty = synth.Difficulty.parse(opts.difficulty)
+    except ValueError as e:
+        raise UsageError(f"--difficulty: {e}") from None
+    return SynthConfig(output, patients, opts.seed, opts.positive_rate, difficulty)
 
 
 def build_pipeline(pipeline: beam.Pipeline, config: SynthConfig) -> beam.Pipeline:
@@ -124,7 +136,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: SynthConfig) -> beam.Pipelin
         p
         | "PatientIndices" >> beam.Create(range(config.patients))
         | "Spread" >> beam.Reshuffle()
-        | "SynthPatients" >> beam.Map(synth.synth_patient, seed, rate)
+        | "SynthPatients" >> beam.Map(synth.synth_patient, seed, rate, config.difficulty)
     )
     extras = p | "Seed" >> beam.Create([seed]) | "SynthExtras" >> beam.Map(synth.synth_extras)
     written = (
@@ -158,10 +170,11 @@ def synthesize(config: SynthConfig, beam_options: PipelineOptions) -> None:
 
 def summary(config: SynthConfig) -> str:
     """The one line a finished synth prints."""
-    output = config.output
+    output, difficulty = config.output, config.difficulty
+    ideal = f", ideal observer AUC {difficulty.ideal_auc():.3f}" if difficulty.mode == "ske" else ""
     return (
-        f"synth: {config.patients} patients (seed {config.seed}) → {output}/export, "
-        f"{output}/{LABELS_NAME}, {output}/{PHI_NAME}"
+        f"synth: {config.patients} patients (seed {config.seed}, difficulty {difficulty}{ideal}) "
+        f"→ {output}/export, {output}/{LABELS_NAME}, {output}/{PHI_NAME}"
     )
 
 

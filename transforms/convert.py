@@ -96,6 +96,21 @@ class Instance:
     label: str | None = None  # ingest's label, carried through untouched
     deid_counts: tuple[tuple[str, int], ...] = ()  # what the de-id net removed, by keyword
     redaction: dict | None = None  # index columns of pixel redaction (counts only)
+    # What evaluation slices by, read after de-identification (only what survives it).
+    attributes: tuple[tuple[str, str | None], ...] = ()
+
+
+# Index column → the de-identified dataset's keyword it is read from.
+SLICE_ATTRIBUTES = ((f.MANUFACTURER, "Manufacturer"), (f.BODY_PART_EXAMINED, "BodyPartExamined"))
+
+
+def slice_attributes(ds: Dataset) -> tuple[tuple[str, str | None], ...]:
+    """The slicing attributes of a de-identified dataset (None when absent or empty)."""
+    out = []
+    for column, keyword in SLICE_ATTRIBUTES:
+        value = str(ds.get(keyword, "") or "").strip()
+        out.append((column, value[:64] or None))
+    return tuple(out)
 
 
 def to_image(image: NormalizedImage) -> Image:
@@ -187,6 +202,7 @@ class ConvertFn(DeadLetterFn):
             label,
             result.net_counts,
             redaction_columns(result),
+            slice_attributes(ds),
         )
 
 

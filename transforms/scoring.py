@@ -201,14 +201,19 @@ class ReadExamples(NamedOutputs):
 
 
 def score_columns(
-    probabilities: np.ndarray, positive_index: int | None
+    probabilities: np.ndarray, positive_index: int | None, threshold: float | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """(score, predicted label index) per row of probabilities [N, classes].
 
     The score is the positive label's probability for a binary model, else the predicted
-    label's.
+    label's. A binary model with a ``threshold`` (its operating point, ``model.json``)
+    predicts the positive label at a score at or above it; otherwise the most probable
+    label is predicted.
     """
     predicted = np.argmax(probabilities, axis=1)
+    if positive_index is not None and threshold is not None and probabilities.shape[1] == 2:
+        above = probabilities[:, positive_index] >= threshold
+        predicted = np.where(above, positive_index, 1 - positive_index)
     column = predicted if positive_index is None else np.full(len(predicted), positive_index)
     return probabilities[np.arange(len(predicted)), column], predicted
 
@@ -223,6 +228,7 @@ class ScoreRowsFn(beam.DoFn):
     Args:
         labels: the probability columns' labels (``model.json`` ``labels``).
         positive_label: the binary score's label, or None for a multi-class model.
+        threshold: the binary model's operating point (``model.json``), or None (argmax).
         model_version, run_id: the partition, also written in every row.
         rows_per_table: rows per table.
     """
@@ -234,7 +240,9 @@ class ScoreRowsFn(beam.DoFn):
         model_version: str,
         run_id: str,
         rows_per_table: int = ROW_GROUP_ROWS,
+        threshold: float | None = None,
     ):
+        self._threshold = threshold
         self._labels = list(labels)
         self._positive = None if positive_label is None else self._labels.index(positive_label)
         self._version = model_version
@@ -266,7 +274,7 @@ class ScoreRowsFn(beam.DoFn):
         self._explanations.extend(
             (explanations or {}).get((key.sop_instance_uid, frame)) for frame in key.frames
         )
-        _, predicted = score_columns(probabilities, self._positive)
+        _, predicted = score_columns(probabilities, self._positive, self._threshold)
         counts = ["seen", "scored", ("by_modality", key.modality or "none")]
         counts += ["images"] * len(key.frames)
         counts += [("by_predicted_label", self._labels[i]) for i in predicted]
@@ -281,7 +289,7 @@ class ScoreRowsFn(beam.DoFn):
 
     def _table(self) -> pa.Table:
         probabilities = np.concatenate(self._probabilities)
-        score, predicted = score_columns(probabilities, self._positive)
+        score, predicted = score_columns(probabilities, self._positive, self._threshold)
         rows, classes = probabilities.shape
         n = len(self._frames)
         offsets = pa.array(np.arange(0, (rows + 1) * classes, classes, dtype=np.int32))

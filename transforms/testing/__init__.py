@@ -22,6 +22,10 @@ from transforms.testing.corpus import (
     synth_patient,
 )
 from transforms.testing.datasets import PRIVATE_CREATOR, available_transfer_syntaxes
+from transforms.testing.difficulty import DEFAULT as DEFAULT_DIFFICULTY
+from transforms.testing.difficulty import DEFAULT_NAME as DIFFICULTY_NAME
+from transforms.testing.difficulty import PRESETS as DIFFICULTY_PRESETS
+from transforms.testing.difficulty import SKE_SIZE, Difficulty
 from transforms.testing.identities import FAMILY, GIVEN, MIDDLE
 from transforms.testing.images import CYCLE, KINDS, LOSSY_SYNTAXES, TRANSFER_SYNTAXES
 
@@ -29,6 +33,9 @@ __all__ = [
     "CORRUPT_MEMBER",
     "CORRUPT_ZIP",
     "CYCLE",
+    "DEFAULT_DIFFICULTY",
+    "DIFFICULTY_NAME",
+    "DIFFICULTY_PRESETS",
     "FAMILY",
     "GIVEN",
     "GOOD_ZIP_MEMBERS",
@@ -37,9 +44,11 @@ __all__ = [
     "LOSSY_SYNTAXES",
     "MIDDLE",
     "PRIVATE_CREATOR",
+    "SKE_SIZE",
     "TRANSFER_SYNTAXES",
     "UNSUPPORTED_TS",
     "CorpusPart",
+    "Difficulty",
     "SynthFile",
     "available_transfer_syntaxes",
     "synth_extras",

@@ -18,6 +18,7 @@ from pydicom.fileset import FileSet
 
 from transforms.testing.burnin import BURNED_KINDS, MIN_SIDE, TextBox, burn_text, text_lines
 from transforms.testing.datasets import _image_dataset, available_transfer_syntaxes
+from transforms.testing.difficulty import DEFAULT, SKE, Difficulty
 from transforms.testing.identities import (
     _EXTRA_FAMILY,
     _EXTRA_GIVEN,
@@ -145,7 +146,12 @@ def _record_image(phi: _Phi, ds: Dataset) -> None:
 
 
 def _study_images(
-    p: _Person, st: _Study, key: tuple[int, int, int], rng: np.random.Generator, counter: int
+    p: _Person,
+    st: _Study,
+    key: tuple[int, int, int],
+    rng: np.random.Generator,
+    counter: int,
+    difficulty: Difficulty = DEFAULT,
 ) -> tuple[list[tuple[int, int, bytes]], list[Dataset], list[list[TextBox]]]:
     """Encoded images (series, number, bytes) of one study, their datasets, and the
     burned-in text boxes of each image."""
@@ -155,14 +161,19 @@ def _study_images(
     for series_no in range(1, int(rng.integers(1, 3)) + 1):
         for number in range(1, int(rng.integers(1, 4)) + 1):
             img_rng = np.random.default_rng([*key, series_no, number])
-            rows, cols = _image_size(st.kind, img_rng)
-            if st.kind in BURNED_KINDS:
-                rows, cols = max(rows, MIN_SIDE[st.kind]), max(cols, MIN_SIDE[st.kind])
-            img = _phantom(img_rng, rows, cols, st.positive)
+            if difficulty.mode == SKE:  # white noise only: no body, no burned-in text
+                img = difficulty.ske_image(img_rng, st.positive)
+            else:
+                rows, cols = _image_size(st.kind, img_rng)
+                if st.kind in BURNED_KINDS:
+                    rows, cols = max(rows, MIN_SIDE[st.kind]), max(cols, MIN_SIDE[st.kind])
+                img = _phantom(img_rng, rows, cols, st.positive, difficulty)
             arr = _stored_pixels(st.kind, img, img_rng, signed=bool(img_rng.integers(2)))
             # Its own rng: the text changes nothing else about the image or its header.
             text_rng = np.random.default_rng([*key, series_no, number, 7])
-            arr, boxes = _burned_text(p, st, arr, text_rng)
+            boxes: list[TextBox] = []
+            if difficulty.mode != SKE:
+                arr, boxes = _burned_text(p, st, arr, text_rng)
             ds = _image_dataset(p, st, series_no, number, arr, img_rng)
             if boxes and st.kind != "US":
                 # Radiographs and angiography runs often lack the attribute; screenshots
@@ -201,13 +212,18 @@ def _burned_text(
 # ---------------------------------------------------------------- public API
 
 
-def synth_patient(index: int, seed: int, positive_rate: float = 0.2) -> CorpusPart:
+def synth_patient(
+    index: int, seed: int, positive_rate: float = 0.2, difficulty: Difficulty = DEFAULT
+) -> CorpusPart:
     """One patient's studies as an export delivers them, with the PHI planted and the labels.
 
     Args:
         index: patient number in the corpus (0-based); names are unique for 100,800 indices.
         seed: corpus seed; the same (index, seed) always gives byte-identical files.
         positive_rate: probability that a study is positive (every image has a lesion).
+        difficulty: lesion contrast, size and noise (pixel values only: files, studies,
+            labels and PHI are the same for every phantom difficulty). In SKE mode every
+            study is a DX study of ``SKE_SIZE``-pixel white-noise images without text.
 
     Raises:
         ValueError: if index or seed is negative.
@@ -220,10 +236,11 @@ def synth_patient(index: int, seed: int, positive_rate: float = 0.2) -> CorpusPa
     _record_person(phi, person)
     counter = index * 3 - 1  # consecutive patients start 3 syntaxes apart
     for study_no in range(int(rng.integers(1, 4))):
-        kind = CYCLE[(index + study_no) % len(CYCLE)]
+        kind = "DX" if difficulty.mode == SKE else CYCLE[(index + study_no) % len(CYCLE)]
         st = _study(rng, kind, (seed, index, study_no), positive_rate)
         _record_study(phi, st)
-        images, datasets, texts = _study_images(person, st, (seed, index, study_no), rng, counter)
+        key = (seed, index, study_no)
+        images, datasets, texts = _study_images(person, st, key, rng, counter, difficulty)
         counter += len(datasets)
         for ds in datasets:
             _record_image(phi, ds)

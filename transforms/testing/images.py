@@ -13,6 +13,10 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.pixels.encoders import RLELosslessEncoder
 
+from transforms.testing.difficulty import PRESETS, Difficulty
+
+EASY = PRESETS["easy"]
+
 TRANSFER_SYNTAXES = (
     uid.ImplicitVRLittleEndian,
     uid.ExplicitVRLittleEndian,
@@ -52,10 +56,18 @@ _BODY_PART = {"CT": "CHEST", "CR": "CHEST", "DX": "HAND", "MR": "HEAD", "US": "A
 _BODY_PART.update({"XA": "HEART", "SC": "CHEST"})
 
 
-def _phantom(rng: np.random.Generator, rows: int, cols: int, lesion: bool) -> np.ndarray:
+def _phantom(
+    rng: np.random.Generator,
+    rows: int,
+    cols: int,
+    lesion: bool,
+    difficulty: Difficulty = EASY,
+) -> np.ndarray:
     """Body-like float image in [0, 1]; a positive adds a gaussian blob inside the body.
 
     The blob is drawn last so that the same rng state gives the same body either way.
+    ``difficulty`` scales the noise and the blob's contrast and width; the draws are the
+    same whatever it is, so it changes pixel values and nothing else.
     """
     yy = (np.arange(rows)[:, None] + 0.5) / rows - 0.5
     xx = (np.arange(cols)[None, :] + 0.5) / cols - 0.5
@@ -66,9 +78,12 @@ def _phantom(rng: np.random.Generator, rows: int, cols: int, lesion: bool) -> np
     for _ in range(3):
         fy, fx, phase = rng.uniform(2, 9), rng.uniform(2, 9), rng.uniform(0, 2 * np.pi)
         texture += 0.03 * np.sin(2 * np.pi * (fy * yy + fx * xx) + phase)
-    img = np.where(inside <= 1, 0.5 + texture, 0.02) + rng.normal(0, 0.015, (rows, cols))
+    img = np.where(inside <= 1, 0.5 + texture, 0.02) + rng.normal(
+        0, 0.015 * difficulty.noise, (rows, cols)
+    )
     radius, angle = rng.uniform(0, 0.55), rng.uniform(0, 2 * np.pi)
     sigma, contrast = rng.uniform(0.03, 0.08), rng.uniform(0.25, 0.45)
+    sigma, contrast = sigma * difficulty.size, contrast * difficulty.contrast
     if lesion:
         by, bx = cy + radius * ry * np.sin(angle), cx + radius * rx * np.cos(angle)
         img += contrast * np.exp(-((yy - by) ** 2 + (xx - bx) ** 2) / (2 * sigma**2))
