@@ -306,9 +306,29 @@ def make_dataset(
     return ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
+def split_keys(info: DataInfo, split: str) -> list[tuple[str, int, str, str]]:
+    """(SOP instance UID, frame, modality, label) of each labelled example of ``split``, in
+    the order ``make_dataset`` yields them for evaluation (the files' order)."""
+    names = (f.SOP_INSTANCE_UID, f.FRAME, f.MODALITY, f.LABEL)
+    spec = {k: f.raw_feature_spec()[k] for k in names}
+    files = shard_files(info.data, split)
+    ds = tf.data.Dataset.from_tensor_slices(files).interleave(
+        lambda path: tf.data.TFRecordDataset(path, "GZIP"),
+        cycle_length=max(1, min(len(files), CYCLE_LENGTH)),
+        deterministic=True,
+    )
+    vocabulary = set(info.labels)
+    keys = []
+    for batch in ds.batch(PARSE_BATCH).map(lambda r: tf.io.parse_example(r, spec)):
+        for uid, frame, modality, label in zip(*(batch[k].numpy() for k in names), strict=True):
+            if label.decode() in vocabulary:  # what make_dataset keeps
+                keys.append((uid.decode(), int(frame), modality.decode(), label.decode()))
+    return keys
+
+
 def split_slices(info: DataInfo, split: str) -> dict[str, list[str | None]]:
     """Per slice column (``models.slices.COLUMNS``), one value per example of ``split``, in
-    the order ``make_dataset`` yields them (evaluation order: the files' order).
+    ``split_keys`` order.
 
     Modality comes from the examples; manufacturer, body part and label source from the
     index, joined on (SOP instance UID, frame); a column the index lacks is all None.
@@ -316,23 +336,7 @@ def split_slices(info: DataInfo, split: str) -> dict[str, list[str | None]]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    spec = {k: f.raw_feature_spec()[k] for k in (f.SOP_INSTANCE_UID, f.FRAME, f.MODALITY, f.LABEL)}
-    files = shard_files(info.data, split)
-    ds = tf.data.Dataset.from_tensor_slices(files).interleave(
-        lambda path: tf.data.TFRecordDataset(path, "GZIP"),
-        cycle_length=max(1, min(len(files), CYCLE_LENGTH)),
-        deterministic=True,
-    )
-    keys, modalities = [], []
-    vocabulary = set(info.labels)
-    for batch in ds.batch(PARSE_BATCH).map(lambda r: tf.io.parse_example(r, spec)):
-        for uid, frame, modality, label in zip(
-            *(batch[k].numpy() for k in (f.SOP_INSTANCE_UID, f.FRAME, f.MODALITY, f.LABEL)),
-            strict=True,
-        ):
-            if label.decode() in vocabulary:  # what make_dataset keeps
-                keys.append((uid.decode(), int(frame)))
-                modalities.append(modality.decode() or None)
+    keys = split_keys(info, split)
     wanted = (f.MANUFACTURER, f.BODY_PART_EXAMINED, f.LABEL_SOURCE)
     found: dict[tuple[str, int], dict] = {}
     for path in sorted(tf.io.gfile.glob(join(info.data, f.INDEX_DIR, "part-*.parquet"))):
@@ -341,9 +345,9 @@ def split_slices(info: DataInfo, split: str) -> dict[str, list[str | None]]:
         present = [c for c in wanted if c in table.column_names]
         for row in table.select([f.SOP_INSTANCE_UID, f.FRAME, *present]).to_pylist():
             found[(row[f.SOP_INSTANCE_UID], row[f.FRAME])] = row
-    columns: dict[str, list[str | None]] = {f.MODALITY: modalities}
+    columns: dict[str, list[str | None]] = {f.MODALITY: [k[2] or None for k in keys]}
     for name in wanted:
-        columns[name] = [found.get(key, {}).get(name) for key in keys]
+        columns[name] = [found.get(k[:2], {}).get(name) for k in keys]
     return columns
 
 

@@ -32,6 +32,9 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
         default=0.4,
         help="share of positive studies (high, so that a small corpus has both classes in test)",
     )
+    parser.add_argument(
+        "--difficulty", default="standard", help="synth's lesion task (see dicomflow synth)"
+    )
     parser.add_argument("--image-size", type=int, default=64, help="pixels per side")
     parser.add_argument("--epochs", type=int, default=15, help="most training epochs")
     parser.add_argument(
@@ -40,6 +43,12 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     args = parser.parse_args(list(argv))
     if args.patients < 4 or args.image_size < 32 or args.epochs < 1:
         raise UsageError("--patients >= 4, --image-size >= 32 and --epochs >= 1, please")
+    from transforms.testing import Difficulty
+
+    try:
+        Difficulty.parse(args.difficulty)
+    except ValueError as e:
+        raise UsageError(f"--difficulty: {e}") from None
     if args.key_env and not os.environ.get(args.key_env):
         raise UsageError(f"--key-env {args.key_env}: the variable is not set")
     return args
@@ -104,10 +113,7 @@ def summary(workdir: str, record: dict) -> list[str]:
     version = export.latest_version(model_dir)
     if version:
         metrics = st.read_json(os.path.join(model_dir, version, "metrics.json")) or {}
-        lines.append(
-            f"model version {version}: test ROC AUC {metrics.get('roc_auc', float('nan')):.3f}, "
-            f"PR AUC {metrics.get('pr_auc', float('nan')):.3f}"
-        )
+        lines += model_lines(version, metrics)
     score_dir = os.path.join(out, "runs", record["run_id"], "score")
     scores = _rows(os.path.join(score_dir, "scores"))
     top: dict[str, float] = {}
@@ -120,6 +126,45 @@ def summary(workdir: str, record: dict) -> list[str]:
     return lines
 
 
+def model_lines(version: str, metrics: dict) -> list[str]:
+    """The model's test figures as the demo prints them: with their 95 % intervals, at the
+    operating point, calibration before and after, and how many slices are too small."""
+    from models.model_card import interval
+
+    ci = metrics.get("ci") or {}
+    nan = float("nan")
+    auc = interval(ci.get("roc_auc")) if ci else f"{metrics.get('roc_auc', nan):.3f}"
+    lines = [
+        f"model version {version}: test ROC AUC {auc}, PR AUC {metrics.get('pr_auc', nan):.3f}"
+    ]
+    point = metrics.get("operating_point")
+    if point:
+        figures = ", ".join(
+            f"{name} {interval(ci.get(key))}"
+            for name, key in (
+                ("accuracy", "accuracy"),
+                ("sensitivity", "recall"),
+                ("specificity", "specificity"),
+            )
+        )
+        lines.append(f"  at threshold {point['threshold']:.3f} ({point['rule']}): {figures}")
+    cal = (metrics.get("calibration") or {}).get("test")
+    if cal:
+        lines.append(
+            f"  calibrated ({metrics['calibration']['method']}): ECE {cal['ece_before']:.3f} → "
+            f"{cal['ece_after']:.3f}, Brier {cal['brier_before']:.3f} → {cal['brier_after']:.3f}"
+        )
+    slices = metrics.get("slices") or {}
+    rows = [r for values in slices.values() for r in values]
+    if rows:
+        small = sum(r["small"] for r in rows)
+        lines.append(
+            f"  slices: {len(rows)} over {', '.join(slices)}; {small} flagged small "
+            "(see report.html)"
+        )
+    return lines
+
+
 def run(argv: Sequence[str]) -> int:
     from apache_beam.options.pipeline_options import PipelineOptions
     from rich.console import Console
@@ -128,6 +173,7 @@ def run(argv: Sequence[str]) -> int:
     from pipelines import state as st
     from pipelines import synth
     from pipelines.report import build_report
+    from transforms.testing import Difficulty
 
     args = _parse(argv)
     console = Console(stderr=True)
@@ -142,7 +188,11 @@ def run(argv: Sequence[str]) -> int:
     started = time.monotonic()
     console.rule("dicomflow demo")
     corpus = synth.SynthConfig(
-        os.path.join(workdir, "bucket"), args.patients, args.seed, args.positive_rate
+        os.path.join(workdir, "bucket"),
+        args.patients,
+        args.seed,
+        args.positive_rate,
+        Difficulty.parse(args.difficulty),  # checked in _parse
     )
     with console.status("synth: writing a synthetic PACS export ..."):
         synth.synthesize(corpus, PipelineOptions([]))

@@ -120,6 +120,75 @@ def _score_histogram(scores: list[dict]) -> str:
     return _png(fig)
 
 
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def evaluation_sections(metrics: dict, version_dir: str) -> list[tuple[str, str]]:
+    """The operating point with its 95 % intervals, calibration and the slices."""
+    from models.model_card import RELIABILITY_PNG, interval
+    from models.operating_point import THRESHOLD_METRICS
+
+    out = []
+    ci = metrics.get("ci") or {}
+    point = metrics.get("operating_point")
+    if point:
+        rows = [["ROC AUC", interval(ci.get("roc_auc"))]]
+        rows += [[k, interval(ci.get(k))] for k in THRESHOLD_METRICS]
+        rows.append(
+            ["confusion matrix (rows true, columns predicted)", metrics["confusion_matrix"]]
+        )
+        text = (
+            f"<p>Threshold {point['threshold']:.4f} on the calibrated probability, chosen on "
+            f"the eval split by <code>{html.escape(point['rule'])}</code>; 95 % intervals: "
+            f"{html.escape(ci.get('roc_auc', {}).get('method', ''))} (AUC), "
+            f"{html.escape(ci.get('accuracy', {}).get('method', ''))} (the rest).</p>"
+        )
+        title = f"Operating point: threshold {point['threshold']:.3f}"
+        out.append((title, text + _table(["test split", "value (95 % CI)"], rows)))
+    cal = metrics.get("calibration")
+    if cal:
+        test = cal.get("test", {})
+        rows = [
+            [name, f"{test.get(f'{key}_before', float('nan')):.4f}",
+             f"{test.get(f'{key}_after', float('nan')):.4f}"]
+            for name, key in (("ECE (10 bins)", "ece"), ("Brier score", "brier"))
+        ]  # fmt: skip
+        png = os.path.join(version_dir, RELIABILITY_PNG)
+        diagram = _file_img(png, "reliability diagram") if os.path.exists(png) else ""
+        text = (
+            f"<p>{html.escape(cal['method'].capitalize())} scaling fitted on the eval split, "
+            "inside the exported model: the scores are calibrated probabilities.</p>"
+        )
+        out.append(
+            ("Calibration (test split)", text + _table(["", "before", "after"], rows) + diagram)
+        )
+    slices = metrics.get("slices")
+    if slices:
+        rows = []
+        for column, values in slices.items():
+            for r in values:
+                auc = {"value": r["roc_auc"], "low": r["roc_auc_low"], "high": r["roc_auc_high"]}
+                rows.append(
+                    [column, r["value"], r["examples"], f"{r['positives']} / {r['negatives']}",
+                     interval(auc), _fmt(r.get("recall")), _fmt(r.get("specificity")),
+                     r.get("why_small") or ""]
+                )  # fmt: skip
+        header = ["slice", "value", "examples", "pos / neg", "ROC AUC (95 % CI)", "sensitivity"]
+        header += ["specificity", "small: why"]
+        note = "<p>Figures of a small slice are shown but are not evidence either way.</p>"
+        out.append(("Slices (test split)", note + _table(header, rows)))
+    return out
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None or value != value else f"{value:.3f}"
+
+
 def redaction_counts(index: list[dict]) -> dict[str, int]:
     """Instances whose burned-in text was redacted, and the regions blanked (index rows are
     per frame: each instance counts once)."""
@@ -226,6 +295,7 @@ def build_report(
             f"{k} {metrics[k]:.3f}" for k in ("roc_auc", "pr_auc", "accuracy") if k in metrics
         )
         sections.append((f"Test split: {html.escape(summary)}", curves))
+        sections += evaluation_sections(metrics, model_version_dir)
 
     if score:
         scores = read_rows(os.path.join(score, "scores"))
@@ -263,7 +333,9 @@ GROUP BY 1, 2 ORDER BY 1, 2;"""
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>dicomflow report</title>
 <style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}
-img{{max-width:100%;margin:4px}} pre{{background:#f4f4f4;padding:1em;overflow:auto}}</style>
+img{{max-width:100%;margin:4px}}
+td,th{{border:1px solid #ccc;padding:2px 6px}} table{{border-collapse:collapse}}
+pre{{background:#f4f4f4;padding:1em;overflow:auto}}</style>
 </head><body><h1>dicomflow run report</h1>
 <p>Run {html.escape(str(manifest.get("run_id", "")))}: every identifier shown is a
 pseudonym; images are the de-identified, normalized pixels the model sees.</p>

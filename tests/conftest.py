@@ -141,6 +141,8 @@ def phi_values(phi: dict[str, list[str]], min_len: int = 6) -> set[str]:
 
 # A small, balanced ingest output for training tests: 60 patients, half of the studies
 # positive, 64 x 64 images, 60/20/20 split (about 130 train and 65 each eval and test).
+# The easy lesion task: these tests check that training works, which needs a task a few
+# epochs can learn; the default (standard) task is for measuring models.
 TRAIN_DATA_PATIENTS = 60
 TRAIN_DATA_SEED = 5
 TRAIN_DATA_KEY = "i" * 64  # the split follows the keyed patient pseudonyms
@@ -156,7 +158,9 @@ def train_data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("train-data")
     corpus, out = root / "corpus", root / "ingest"
     synth = ["--output", str(corpus), "--patients", str(TRAIN_DATA_PATIENTS)]
-    synth_pipeline.run([*synth, "--seed", str(TRAIN_DATA_SEED), "--positive-rate", "0.5"])
+    synth_pipeline.run(
+        [*synth, "--seed", str(TRAIN_DATA_SEED), "--positive-rate", "0.5", "--difficulty", "easy"]
+    )
     (root / "pixels.yaml").write_text("size: 64\n")
     os.environ["DF_TRAIN_DATA_KEY"] = TRAIN_DATA_KEY
     argv = ["--input", str(corpus / "export"), "--output", str(out)]

@@ -16,6 +16,10 @@ def test_demo_runs_the_chain_and_renders_the_report(tmp_path, capsys, monkeypatc
     out = capsys.readouterr()
     assert "$DF_DEMO_KEY" in out.err and "d" * 16 not in out.err
     assert "top studies" in out.err and "test ROC AUC" in out.err
+    # The figures come with their intervals, at the operating point, calibrated, sliced.
+    assert re.search(r"test ROC AUC [0-9.]+ \(95 % CI [0-9.]+-[0-9.]+\)", out.err)
+    assert re.search(r"at threshold [0-9.]+ \(youden\): accuracy [0-9.]+ \(95 % CI", out.err)
+    assert "calibrated (platt): ECE" in out.err and "flagged small" in out.err
     report = (tmp_path / "report.html").read_text()
     assert out.out.strip() == str(tmp_path / "report.html")
     images = re.findall(
@@ -23,13 +27,23 @@ def test_demo_runs_the_chain_and_renders_the_report(tmp_path, capsys, monkeypatc
     )
     alts = {alt for alt, _ in images}
     expected = {"counts", "reasons", "balance", "samples", "training curves", "roc.png", "pr.png"}
+    expected |= {"reliability diagram"}
     assert expected | {"histogram", "grad-cam"} <= alts, alts
     # Burned-in text is redacted by default: counted, shown on a synthetic before/after.
     assert {"redaction", "burned-in text before and after redaction"} <= alts, alts
     redacted = re.search(r"burned-in text: (\d+) images redacted", out.err)
     assert redacted and int(redacted.group(1)) > 0
     assert "burned_in_annotation" not in out.err  # nothing excluded for its risk alone
-    for title in ("Dead letters by reason", "Label balance per split", "DuckDB queries to try"):
+    for title in (
+        "Dead letters by reason",
+        "Label balance per split",
+        "DuckDB queries to try",
+        "Operating point: threshold",
+        "Calibration (test split)",
+        "Slices (test split)",
+        "body_part_examined",
+        "label_source",
+    ):
         assert title in report
     assert "http" not in report.replace("http-equiv", "")  # self-contained: nothing fetched
 
@@ -42,3 +56,5 @@ def test_demo_makes_a_throwaway_key_and_never_prints_it(tmp_path, capsys, monkey
         demo._parse(["--key-env", "DF_UNSET_VARIABLE"])
     with pytest.raises(UsageError, match="patients"):
         demo._parse(["--patients", "1"])
+    with pytest.raises(UsageError, match="--difficulty: difficulty part 'impossible'"):
+        demo._parse(["--difficulty", "impossible"])

@@ -102,7 +102,10 @@ def test_gate_promotes_only_a_model_at_least_as_good_as_latest_and_the_minimum(t
     assert first.promoted and export.latest_version(str(m)) == "1"
     worse = export.promote(str(m), "2", 0.8)
     assert not worse.promoted
-    assert worse.reason == "its test ROC AUC 0.8500 is below latest (version 1: 0.9000)"
+    assert worse.reason == (
+        "the lower 95% bound of its test ROC AUC, 0.8500 (AUC 0.8500), is below latest "
+        "(version 1: 0.9000)"
+    )  # a version without intervals: its point estimate stands for its lower bound
     below_min = export.promote(str(m), "3", 0.97)
     assert not below_min.promoted and "below the minimum 0.9700" in below_min.reason
     assert not export.promote(str(m), "4", 0.0).promoted  # undefined AUC: never promoted
@@ -110,6 +113,27 @@ def test_gate_promotes_only_a_model_at_least_as_good_as_latest_and_the_minimum(t
     better = export.promote(str(m), "5", 0.8)
     assert better.promoted and "latest (version 1: 0.9000)" in better.reason
     assert (m / "latest").read_text() == "5\n"
+
+
+def with_ci(model_dir: Path, version: str, auc: float, low: float) -> None:
+    (model_dir / version).mkdir(parents=True)
+    ci = {"roc_auc": {"value": auc, "low": low, "high": min(1.0, 2 * auc - low)}}
+    export.write_json(str(model_dir / version / "metrics.json"), {"roc_auc": auc, "ci": ci})
+
+
+def test_gate_compares_the_candidates_lower_bound_with_latests_auc(tmp_path):
+    m = tmp_path / "models"
+    with_ci(m, "1", 0.90, 0.80)
+    with_ci(m, "2", 0.93, 0.86)  # a better point estimate, within the noise
+    with_ci(m, "3", 0.97, 0.91)  # better beyond its interval
+    assert export.promote(str(m), "1", 0.5).promoted
+    within_noise = export.promote(str(m), "2", 0.5)
+    assert not within_noise.promoted and export.latest_version(str(m)) == "1"
+    assert "lower 95% bound of its test ROC AUC, 0.8600 (AUC 0.9300)" in within_noise.reason
+    clearly_better = export.promote(str(m), "3", 0.5)
+    assert clearly_better.promoted and export.latest_version(str(m)) == "3"
+    assert "its lower 95% bound 0.9100 >= latest (version 1: 0.9000)" in clearly_better.reason
+    assert export.version_auc_low(str(m / "3")) == 0.91
 
 
 def test_resolve_model(tmp_path):

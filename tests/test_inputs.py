@@ -105,6 +105,27 @@ def test_crop_zooms_in_and_noise_has_its_spread():
     assert 0.08 < float(tf.math.reduce_std(noisy)) < 0.12
 
 
+def test_split_slices_follow_the_evaluation_order_and_join_the_index(info, transform):
+    columns = inputs.split_slices(info, "test")
+    n = info.labelled("test")
+    assert set(columns) == {
+        f.MODALITY, f.MANUFACTURER, f.BODY_PART_EXAMINED, f.LABEL_SOURCE
+    }  # fmt: skip
+    assert all(len(values) == n for values in columns.values())
+    assert set(columns[f.MANUFACTURER]) == {"ACME Imaging"}  # kept by de-identification
+    assert set(columns[f.LABEL_SOURCE]) == {"sop_instance_uid"}  # labels.csv's key
+    assert set(columns[f.MODALITY]) <= {"CT", "CR", "DX", "MR", "US", "XA", "OT"}
+    expected_part = {"CT": "CHEST", "CR": "CHEST", "DX": "HAND", "MR": "HEAD", "XA": "HEART"}
+    for modality, part in zip(columns[f.MODALITY], columns[f.BODY_PART_EXAMINED], strict=True):
+        assert part == expected_part.get(modality, part)
+    # The same order as the evaluation batches, example by example.
+    batches = inputs.make_dataset(info, "test", transform, 16)
+    ids = np.concatenate([label.numpy().argmax(axis=1) for _, label in batches])
+    keys = inputs.split_keys(info, "test")
+    assert [info.labels[i] for i in ids] == [label for *_, label in keys]
+    assert [modality for _, _, modality, _ in keys] == columns[f.MODALITY]
+
+
 def test_not_an_ingest_output(train_data, tmp_path):
     with pytest.raises(ValueError, match="not an ingest output"):
         inputs.check_data(str(tmp_path))

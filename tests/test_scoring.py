@@ -102,6 +102,23 @@ def test_score_rows_are_arrow_tables_with_counts():
     assert list(fn.finish_bundle()) == []  # nothing left
 
 
+def test_a_binary_models_threshold_decides_the_predicted_label():
+    probabilities = np.array([[0.9, 0.1], [0.75, 0.25], [0.2, 0.8]])
+    score, predicted = sc.score_columns(probabilities, 1, threshold=0.25)
+    assert score.tolist() == pytest.approx([0.1, 0.25, 0.8])
+    assert predicted.tolist() == [0, 1, 1]  # at or above the threshold: positive
+    assert sc.score_columns(probabilities, 1)[1].tolist() == [0, 0, 1]  # no threshold: argmax
+    assert sc.score_columns(probabilities[:, ::-1], 0, 0.25)[1].tolist() == [1, 0, 0]
+    fn = sc.ScoreRowsFn(["0", "1"], "1", "1", "r", rows_per_table=10, threshold=0.25)
+    fn.setup()
+    fn.start_bundle()
+    key = sc.ScoreKey("s", None, tuple(IDS.values()), (0,))
+    (counts,) = fn.process(result(key, [[0.7, 0.3]]))
+    assert ("by_predicted_label", "1") in counts.value
+    (windowed,) = fn.finish_bundle()
+    assert windowed.value.to_pylist()[0][f.PREDICTED_LABEL] == "1"
+
+
 def test_multi_class_score_is_the_predicted_labels_probability():
     fn = sc.ScoreRowsFn(["a", "b", "c"], None, "1", "r", rows_per_table=10)
     fn.setup()

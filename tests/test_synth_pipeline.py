@@ -41,6 +41,21 @@ def test_same_seed_same_bytes_in_both_runner_modes(tmp_path):
     assert tree_digest(a) != tree_digest(c)
 
 
+def test_difficulty_reaches_the_images_and_is_reported(tmp_path, capsys):
+    out = tmp_path / "ske"
+    argv = ["--output", str(out), "--patients", "1", "--seed", "2", "--difficulty", "ske"]
+    assert synth.run(argv) == 0
+    err = capsys.readouterr().err
+    assert "difficulty ske,contrast=1,size=1,noise=1, ideal observer AUC 0." in err
+    images = [p for p in (out / "export").rglob("IMG*") if p.suffix in ("", ".dcm")]
+    assert images
+    import pydicom
+
+    for path in images:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        assert ds.Modality == "DX" and ds.Rows == 64
+
+
 def test_refuses_to_mix_two_corpora(corpus):
     with pytest.raises(UsageError, match="already holds a corpus"):
         synth.run(["--output", str(corpus), "--patients", "1"])
@@ -90,6 +105,8 @@ def test_dataflow_dry_run_builds_the_job():
         (["--output", "x", "--patients", "2", "--positive-rate", "2"], "between 0 and 1"),
         (["--output", "x", "--patients", "two"], "invalid int value"),
         (["--output", "x", "--patients", "2", "--seed", "-1"], "--seed must be 0 or more"),
+        (["--output", "x", "--patients", "2", "--difficulty", "extreme"], "--difficulty: "),
+        (["--output", "x", "--patients", "2", "--difficulty", "noise=0"], "noise must be"),
     ],
 )
 def test_bad_arguments(argv, message):

@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from models import export, inputs, trainer
+from models import calibration, export, inputs, trainer
 from models import features as f
 
 EPOCHS = 15
@@ -53,7 +53,7 @@ def test_the_version_folder_holds_the_contract(trained, train_data):
     names = {p.name for p in version.iterdir()}
     assert names >= {
         "saved_model", "model.keras", "model.json", "labels.txt", "metrics.json",
-        "config.json", "history.json", "MODEL_CARD.md", "roc.png", "pr.png",
+        "config.json", "history.json", "MODEL_CARD.md", "roc.png", "pr.png", "reliability.png",
     }  # fmt: skip
     info = json.loads((version / "model.json").read_text())
     labels = (version / "labels.txt").read_text().split()
@@ -70,8 +70,23 @@ def test_the_version_folder_holds_the_contract(trained, train_data):
     saved = json.loads((version / "config.json").read_text())
     assert saved["epochs"] == EPOCHS and saved["device"]["policy"] == "float32"
     card = (version / "MODEL_CARD.md").read_text()
-    assert "## Intended use" in card and f"{metrics['roc_auc']:.4f}" in card
-    for png in ("roc.png", "pr.png"):
+    assert "## Intended use" in card and f"{metrics['ci']['roc_auc']['value']:.3f}" in card
+    # The operating point, chosen on eval, is the one model.json serves and metrics use.
+    assert info["threshold"] == metrics["threshold"] == metrics["operating_point"]["threshold"]
+    assert info["operating_point"] == "youden" and 0 < info["threshold"] < 1
+    assert info["calibration"]["method"] == "platt" == metrics["calibration"]["method"]
+    assert f"predicted at a score of {info['threshold']:.4f} or more" in card
+    for name in ("roc_auc", "accuracy", "recall", "specificity", "f1", "precision"):
+        ci = metrics["ci"][name]
+        assert ci["low"] <= ci["value"] <= ci["high"], name
+    assert metrics["accuracy"] == pytest.approx(metrics["ci"]["accuracy"]["value"])
+    cal = metrics["calibration"]["test"]
+    assert {"ece_before", "ece_after", "brier_before", "brier_after"} <= set(cal)
+    slices = metrics["slices"]
+    assert set(slices) == {"modality", "manufacturer", "body_part_examined", "label_source"}
+    assert sum(r["examples"] for r in slices["modality"]) == test_count
+    assert "## Slices (test split)" in card and "![Reliability diagram](reliability.png)" in card
+    for png in ("roc.png", "pr.png", "reliability.png"):
         assert (version / png).read_bytes()[:4] == b"\x89PNG"
     record = export.read_run_record(config.model_dir, outcome.run_id)
     assert record["version"] == "1" and record["promoted"] is True
@@ -93,6 +108,22 @@ def test_serving_takes_raw_ingest_bytes_and_sees_what_training_saw(trained, trai
     batches = inputs.make_dataset(info, "test", layer, 32)
     direct = np.concatenate([network(x, training=False).numpy() for x, _ in batches])
     np.testing.assert_allclose(probabilities, direct, atol=1e-6)
+
+
+def test_the_served_probabilities_are_the_calibrated_ones(trained, train_data):
+    _, outcome, _ = trained
+    info = json.loads((Path(outcome.version_dir) / "model.json").read_text())
+    network = keras.models.load_model(f"{outcome.version_dir}/model.keras")
+    raw_network = keras.Model(network.input, network.get_layer("calibration").input)
+    data = inputs.read_info(str(train_data))
+    layer = tft.TFTransformOutput(data.transform_dir).transform_features_layer()
+    x = np.concatenate([x.numpy() for x, _ in inputs.make_dataset(data, "test", layer, 32)])
+    raw = raw_network(x, training=False).numpy()
+    c = info["calibration"]
+    expected = calibration.Calibration(c["method"], c["scale"], tuple(c["bias"])).apply(raw)
+    served = export.load_serving(outcome.version_dir).predict(raw_test_images(train_data))
+    np.testing.assert_allclose(served, expected, atol=1e-5)
+    assert not np.allclose(raw, expected, atol=1e-3)  # calibration changed something
 
 
 def test_the_export_loads_in_a_fresh_process_without_the_ingest_output(
