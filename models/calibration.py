@@ -25,7 +25,8 @@ import numpy as np
 PLATT, TEMPERATURE = "platt", "temperature"
 BINS = 10
 _EPS = 1e-7
-_MAX_LOG_SCALE = 5.0  # scale within [e^-5, e^5]: separable eval data must not blow it up
+_MAX_LOG_SCALE = 3.0  # scale within [e^-3, e^3] (0.05 to 20)
+_MAX_BIAS = 10.0
 
 
 @dataclass(frozen=True)
@@ -58,8 +59,8 @@ class Calibration:
 def fit(
     label_ids: np.ndarray, probabilities: np.ndarray, positive_index: int | None
 ) -> Calibration:
-    """Fits Platt scaling (binary, ``positive_index`` set) or a temperature by minimizing the
-    negative log-likelihood of the eval split's labels.
+    """Fits Platt scaling (binary, ``positive_index`` set; with Platt's smoothed targets) or
+    a temperature by minimizing the negative log-likelihood of the eval split's labels.
 
     Args:
         label_ids: true label ids of the eval examples.
@@ -74,8 +75,18 @@ def fit(
     if len(label_ids) == 0 or len(np.unique(label_ids)) < 2:
         return Calibration.identity(classes)  # nothing to fit on
     log_p = np.log(np.clip(probabilities, _EPS, 1.0))
-    rows = np.arange(len(label_ids))
     binary = positive_index is not None
+    targets = np.eye(classes)[label_ids]
+    if binary:
+        # Platt's own guard against a small, separable calibration set: targets
+        # (N+ + 1) / (N+ + 2) and 1 / (N- + 2) instead of 1 and 0, so that the fit stays
+        # finite and does not promise certainty a few dozen examples cannot show.
+        positive = label_ids == positive_index
+        n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+        t = np.where(positive, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2))
+        targets = np.zeros((len(label_ids), classes))
+        targets[:, positive_index] = t
+        targets[:, 1 - positive_index] = 1 - t
 
     def bias(b: float) -> np.ndarray:
         out = np.zeros(classes)
@@ -86,15 +97,16 @@ def fit(
     def nll(params: np.ndarray) -> float:
         logits = np.exp(params[0]) * log_p + bias(params[1] if binary else 0.0)
         logits -= logits.max(axis=1, keepdims=True)
-        log_norm = np.log(np.exp(logits).sum(axis=1))
-        return float(np.mean(log_norm - logits[rows, label_ids]))
+        log_softmax = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+        return float(-np.mean(np.sum(targets * log_softmax, axis=1)))
 
     start = np.zeros(2 if binary else 1)
-    bounds = [(-_MAX_LOG_SCALE, _MAX_LOG_SCALE)] + ([(-20.0, 20.0)] if binary else [])
+    bounds = [(-_MAX_LOG_SCALE, _MAX_LOG_SCALE)] + ([(-_MAX_BIAS, _MAX_BIAS)] if binary else [])
     result = minimize(nll, start, method="L-BFGS-B", bounds=bounds)
-    params = result.x if result.success or nll(result.x) < nll(start) else start
+    params = result.x if nll(result.x) <= nll(start) else start
     method = PLATT if binary else TEMPERATURE
-    return Calibration(method, float(np.exp(params[0])), tuple(bias(params[-1] if binary else 0)))
+    b = float(params[-1]) if binary else 0.0
+    return Calibration(method, float(np.exp(params[0])), tuple(float(v) for v in bias(b)))
 
 
 @keras.saving.register_keras_serializable(package="dicomflow")

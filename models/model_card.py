@@ -25,7 +25,7 @@ def _num(value, digits: int = 4) -> str:
 
 def interval(ci: dict | None, digits: int = 3) -> str:
     """``0.912 (95 % CI 0.85-0.97)``, or the bare value when there is no interval."""
-    if not ci:
+    if not ci or _num(ci.get("value")) == "n/a":
         return "n/a"
     if ci.get("low") is None or ci.get("high") is None:
         return _num(ci.get("value"), digits)
@@ -148,8 +148,8 @@ def _calibration(metrics: dict) -> list[str]:
         "## Calibration",
         "",
         f"{cal['method'].capitalize()} scaling fitted on the eval split (scale "
-        f"{_num(cal['scale'], 3)}, bias {[round(b, 3) for b in cal['bias']]}), inside the "
-        "exported model: served probabilities are the calibrated ones.",
+        f"{_num(cal['scale'], 3)}, bias [{', '.join(_num(b, 3) for b in cal['bias'])}]), "
+        "inside the exported model: served probabilities are the calibrated ones.",
         "",
         "| test split | before | after |",
         "|---|---|---|",

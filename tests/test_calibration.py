@@ -35,6 +35,19 @@ def test_platt_scaling_recovers_the_distortion_and_keeps_the_ranking():
     assert cal.brier(y_test, after, 1) < cal.brier(y_test, raw_test, 1)
 
 
+def test_a_separable_eval_split_gives_a_finite_platt_fit():
+    y = np.array([0] * 16 + [1] * 16)
+    p1 = np.r_[np.linspace(0.01, 0.4, 16), np.linspace(0.6, 0.99, 16)]  # perfectly separated
+    fitted = cal.fit(y, np.c_[1 - p1, p1], 1)
+    after = fitted.apply(np.c_[1 - p1, p1])[:, 1]
+    # Platt's targets: 17/18 and 1/18; the fit neither saturates nor hits its bounds.
+    assert 0.05 < fitted.scale < 20 and abs(fitted.bias[1]) < 10
+    assert after.max() < 0.9999 and after.min() > 0.0001
+    # With a free intercept, the fitted probabilities sum to the targets' sum (16 each).
+    assert after.sum() == pytest.approx(16 * 17 / 18 + 16 * 1 / 18, abs=1e-3)
+    assert all(isinstance(v, float) for v in (fitted.scale, *fitted.bias))
+
+
 def test_temperature_scaling_for_several_classes():
     rng = np.random.default_rng(2)
     logits = rng.normal(0, 1.5, (3000, 3))

@@ -63,6 +63,7 @@ def test_interval_text():
     assert interval(CI) == "0.900 (95 % CI 0.800-0.970)"
     assert interval({"value": 0.5, "low": None, "high": None}) == "0.500"
     assert interval(None) == "n/a"
+    assert interval({"value": float("nan"), "low": float("nan"), "high": float("nan")}) == "n/a"
 
 
 def test_the_card_shows_every_figure_the_version_holds():
@@ -71,7 +72,7 @@ def test_the_card_shows_every_figure_the_version_holds():
     assert "| roc_auc | 0.900 (95 % CI 0.800-0.970) |" in card
     assert "| specificity | 0.850 (95 % CI 0.700-0.930) |" in card
     assert "| threshold | 0.4213 |" in card
-    assert "Platt scaling fitted on the eval split" in card
+    assert "Platt scaling fitted on the eval split (scale 0.500, bias [0.000, -1.200])" in card
     assert "| ECE (10 bins) | 0.3100 | 0.0800 |" in card
     assert "![Reliability diagram](reliability.png)" in card
     assert "| modality | CT | 12 | 4 / 8 | 0.750 (95 % CI 0.400-1.000) | 0.500 | 0.875 | yes |" in (

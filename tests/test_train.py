@@ -43,7 +43,7 @@ def dicomflow_train(*args: str) -> subprocess.CompletedProcess:
 def first_run(train_data, tmp_path_factory):
     model_dir = tmp_path_factory.mktemp("cli") / "models"
     argv = ["--data", str(train_data), "--model-dir", str(model_dir), *QUICK, "--min-auc", "0"]
-    return model_dir, dicomflow_train(*argv)
+    return model_dir, dicomflow_train(*argv, "--operating-point", "sensitivity=0.9")
 
 
 def test_train_locally_exports_and_promotes_from_a_fresh_ingest_output(first_run):
@@ -58,6 +58,7 @@ def test_train_locally_exports_and_promotes_from_a_fresh_ingest_output(first_run
     assert (model_dir / "latest").read_text() == "1\n"
     served = export.load_serving(export.resolve_model(str(model_dir)))
     assert served.info["version"] == "1"
+    assert served.info["operating_point"] == "sensitivity=0.9" and served.info["threshold"] > 0
     assert served.predict([bytes(64 * 64)]).shape == (1, 2)  # a black raw image
 
 
@@ -118,6 +119,7 @@ def test_vertex_submits_the_same_request(monkeypatch, capsys):
         (["--data", "d"], "--model-dir is required"),
         (["--data", "d", "--model-dir", "m", "--network", "vgg"], "invalid choice: 'vgg'"),
         (["--data", "d", "--model-dir", "m", "--epochs", "0"], "--epochs"),
+        (["--data", "d", "--model-dir", "m", "--operating-point", "f1"], "--operating-point"),
         (["--data", "d", "--model-dir", "m", "--dry-run"], "for --launcher vertex"),
         (["--data", "d", "--model-dir", "m"], "d is not an ingest output"),
         (["--data", "d", "--model-dir", "m", "--colour", "red"], "unrecognized arguments"),

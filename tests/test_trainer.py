@@ -234,7 +234,9 @@ def test_config_round_trips_through_the_command_line():
     trainer.add_arguments(parser)
     assert trainer.config_from_args(parser.parse_args(config.to_argv())) == config
     assert "--no-class-weights" in config.to_argv() and "--weights" not in config.to_argv()
-    same_training = trainer.TrainConfig(**{**config.__dict__, "run_id": "x", "min_auc": 0.9})
+    same_training = trainer.TrainConfig(
+        **{**config.__dict__, "run_id": "x", "min_auc": 0.9, "operating_point": "specificity=0.9"}
+    )
     assert same_training.key() == config.key()
     assert trainer.TrainConfig(**{**config.__dict__, "learning_rate": 0.01}).key() != config.key()
 
@@ -266,6 +268,7 @@ def test_sgd_has_momentum():
         ({"min_auc": 1.5}, "--min-auc"),
         ({"augment": "blur"}, "augmentation"),
         ({"network": "vgg"}, "--network"),
+        ({"operating_point": "sensitivity=1.5"}, "--operating-point"),
     ],
 )
 def test_bad_configs_are_refused(change, message):
