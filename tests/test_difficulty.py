@@ -15,7 +15,7 @@ from transforms.testing.difficulty import Difficulty
 def test_parse_presets_and_overrides():
     assert Difficulty.parse("easy") == Difficulty()
     assert Difficulty.parse("") == d.DEFAULT == synth.DEFAULT_DIFFICULTY
-    assert Difficulty.parse("hard,noise=4") == Difficulty(0.2, 0.8, 4.0)
+    assert Difficulty.parse("hard,noise=4") == Difficulty(0.4, 0.8, 4.0)
     assert Difficulty.parse("contrast=0.5") == Difficulty(0.5, d.DEFAULT.size, d.DEFAULT.noise)
     ske = Difficulty.parse("ske,contrast=2")
     assert ske.mode == d.SKE and ske.contrast == 2 and str(ske) == "ske,contrast=2,size=1,noise=1"
