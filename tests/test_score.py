@@ -110,11 +110,14 @@ def test_rows_are_typed_and_partitioned(raw_run):
     assert parquet.metadata.num_row_groups == 1
     rows = parquet.read().to_pylist()
     assert {r[f.MODEL_VERSION] for r in rows} == {"1"} and {r[f.RUN_ID] for r in rows} == {"raw"}
+    threshold = manifest["model"]["threshold"]  # the model's operating point, from model.json
+    assert 0 < threshold < 1
     for r in rows:
         assert r[f.SCORED_AT].utcoffset().total_seconds() == 0
         assert r[f.SCORE] == pytest.approx(r[f.SCORES][positive])
         assert sum(r[f.SCORES]) == pytest.approx(1)
-        assert r[f.PREDICTED_LABEL] == labels[r[f.SCORES].index(max(r[f.SCORES]))]
+        predicted = labels[positive] if r[f.SCORE] >= threshold else labels[1 - positive]
+        assert r[f.PREDICTED_LABEL] == predicted
         assert r[f.SOP_INSTANCE_UID].startswith("2.25.") and r[f.PATIENT_ID].startswith("PAT")
 
 
