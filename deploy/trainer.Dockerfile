@@ -1,7 +1,8 @@
 # Vertex AI training image: `python -m models.trainer` (models/launchers.py sets that command;
 # `dicomflow train --launcher vertex --image REGISTRY/trainer:0.1.0`). models/ needs
-# TensorFlow, tf.Transform, Keras, pyarrow, matplotlib and google-cloud-storage, and never
-# the DICOM stack, so only those are installed, at setup.py's pins. TensorFlow's CUDA
+# TensorFlow, tf.Transform, Keras, pyarrow, matplotlib, scikit-learn, scipy and
+# google-cloud-storage, and never the DICOM stack, so only those are installed, at setup.py's
+# pins. TensorFlow's CUDA
 # wheels come along (Vertex provides the driver); CPU-only jobs simply do not load them.
 # apache-beam arrives as a dependency of tensorflow-transform (tfx-bsl); the constraint
 # holds it at the version the rest of the project pins.
@@ -17,6 +18,8 @@ RUN echo "apache-beam==2.77.0" > /tmp/constraints.txt \
       "pyarrow==25.0.1" \
       "numpy>=2.0,<3" \
       "matplotlib==3.11.2" \
+      "scikit-learn==1.9.1" \
+      "scipy==1.17.1" \
       "google-cloud-storage==3.17.1" \
  && rm /tmp/constraints.txt
 COPY models/ models/
