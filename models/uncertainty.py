@@ -77,8 +77,10 @@ def bootstrap_threshold_ci(
     """Per threshold metric, ``{"value", "low", "high", "method"}`` (stratified bootstrap).
 
     Each replicate draws as many positives and negatives as the sample has, with
-    replacement, from each class; only the four counts are needed per replicate, so the
-    replicates are computed at once.
+    replacement, from each class. Only the four counts matter, and the number of called
+    positives among m positives drawn with replacement is Binomial(m, share called): so a
+    replicate is two binomial draws, exactly the resampling's distribution, in constant
+    memory whatever the size of the test split.
     """
     y_true = np.asarray(y_true).astype(bool)
     predicted = np.asarray(score, dtype=float) >= threshold
@@ -86,9 +88,8 @@ def bootstrap_threshold_ci(
     rng = np.random.default_rng(seed)
     pos_hits, neg_hits = predicted[y_true], predicted[~y_true]
     m, n = len(pos_hits), len(neg_hits)
-    # Resample indices (not binomial draws): the replicate is literally a resampled sample.
-    tp = pos_hits[rng.integers(0, m, (replicates, m))].sum(axis=1) if m else np.zeros(replicates)
-    fp = neg_hits[rng.integers(0, n, (replicates, n))].sum(axis=1) if n else np.zeros(replicates)
+    tp = rng.binomial(m, pos_hits.mean(), replicates) if m else np.zeros(replicates)
+    fp = rng.binomial(n, neg_hits.mean(), replicates) if n else np.zeros(replicates)
     boot = op.rates(n - fp, fp, m - tp, tp)
     tail = (1 - level) / 2 * 100
     out = {}

@@ -65,3 +65,13 @@ def test_bootstrap_is_seeded_stratified_and_brackets_the_value():
     # every positive right has recall exactly 1 in every replicate.
     perfect = uncertainty.bootstrap_threshold_ci(y, y * 0.9, 0.5, replicates=200)
     assert perfect["recall"]["low"] == perfect["recall"]["high"] == 1.0
+
+
+def test_bootstrap_counts_have_the_resampling_distribution():
+    # 30 of 100 positives called: resampled recall has mean 0.3 and sd sqrt(0.3 * 0.7 / 100).
+    y = np.r_[np.ones(100), np.zeros(50)].astype(int)
+    score = np.r_[np.ones(30), np.zeros(70), np.zeros(50)]
+    ci = uncertainty.bootstrap_threshold_ci(y, score, 0.5, replicates=20000, seed=1)["recall"]
+    sd = (0.3 * 0.7 / 100) ** 0.5
+    assert ci["low"] == pytest.approx(0.3 - 1.96 * sd, abs=0.015)
+    assert ci["high"] == pytest.approx(0.3 + 1.96 * sd, abs=0.015)
