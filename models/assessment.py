@@ -90,3 +90,23 @@ def assess(
 
 def _drop_bins(report: dict) -> dict:
     return {k: v for k, v in report.items() if k != "reliability"}
+
+
+def summary_line(metrics: dict) -> str:
+    """The trainer's one-line account of the test split."""
+    ci = metrics.get("ci", {}).get("roc_auc")
+    line = f"test: ROC AUC {metrics['roc_auc']:.4f}"
+    if ci and ci["low"] is not None:
+        line += f" (95% CI {ci['low']:.3f}-{ci['high']:.3f})"
+    line += f", PR AUC {metrics['pr_auc']:.4f}"
+    if metrics.get("threshold") is not None:
+        line += (
+            f"; at threshold {metrics['threshold']:.4f} ({metrics['operating_point']['rule']}):"
+            f" accuracy {metrics['accuracy']:.4f}, sensitivity {metrics['recall']:.4f}, "
+            f"specificity {metrics['specificity']:.4f}"
+        )
+    else:
+        line += f", accuracy {metrics['accuracy']:.4f}"
+    cal = metrics["calibration"]["test"]
+    ece = (cal["ece_before"], cal["ece_after"])
+    return line + f"; ECE {ece[0]:.3f} → {ece[1]:.3f} on {metrics['examples']} examples"

@@ -314,8 +314,7 @@ def split_keys(info: DataInfo, split: str) -> list[tuple[str, int, str, str]]:
     files = shard_files(info.data, split)
     ds = tf.data.Dataset.from_tensor_slices(files).interleave(
         lambda path: tf.data.TFRecordDataset(path, "GZIP"),
-        cycle_length=max(1, min(len(files), CYCLE_LENGTH)),
-        deterministic=True,
+        cycle_length=max(1, min(len(files), CYCLE_LENGTH)),  # sequential: the same order
     )
     vocabulary = set(info.labels)
     keys = []

@@ -33,7 +33,7 @@ import tensorflow as tf
 
 from models import calibration, evaluation, export
 from models import features as f
-from models.assessment import Assessment, assess
+from models.assessment import Assessment, assess, summary_line
 from models.inputs import (
     Augment,
     DataInfo,
@@ -394,7 +394,7 @@ def train(
             "counts": info.counts,
         }
     )
-    log(_test_line(metrics))
+    log(summary_line(metrics))
     run_config = {
         **dataclasses.asdict(config),
         "run_id": run_id,
@@ -504,25 +504,6 @@ def _predict(model: keras.Model, dataset: tf.data.Dataset) -> tuple[np.ndarray, 
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def _test_line(metrics: dict) -> str:
-    ci = metrics.get("ci", {}).get("roc_auc")
-    line = f"test: ROC AUC {metrics['roc_auc']:.4f}"
-    if ci and ci["low"] is not None:
-        line += f" (95% CI {ci['low']:.3f}-{ci['high']:.3f})"
-    line += f", PR AUC {metrics['pr_auc']:.4f}"
-    if metrics.get("threshold") is not None:
-        line += (
-            f"; at threshold {metrics['threshold']:.4f} ({metrics['operating_point']['rule']}):"
-            f" accuracy {metrics['accuracy']:.4f}, sensitivity {metrics['recall']:.4f}, "
-            f"specificity {metrics['specificity']:.4f}"
-        )
-    else:
-        line += f", accuracy {metrics['accuracy']:.4f}"
-    cal = metrics["calibration"]["test"]
-    ece = (cal["ece_before"], cal["ece_after"])
-    return line + f"; ECE {ece[0]:.3f} → {ece[1]:.3f} on {metrics['examples']} examples"
 
 
 def _export(config, info, model, transform, run_config, history, assessed: Assessment) -> str:

@@ -42,6 +42,10 @@ def test_the_operating_point_makes_accuracy_agree_with_the_ranking():
     assert m["calibration"]["fitted_on"] == "eval" and "reliability" in m["calibration"]["test"]
     assert m["slices"][f.MODALITY][0]["examples"] == 300
     np.testing.assert_allclose(out.test_calibrated, out.calibration.apply(test_raw))
+    line = assessment.summary_line({**m, "examples": 300})
+    assert line.startswith(f"test: ROC AUC {m['roc_auc']:.4f} (95% CI ")
+    assert f"at threshold {m['threshold']:.4f} (youden): accuracy {m['accuracy']:.4f}" in line
+    assert line.endswith("on 300 examples")
 
 
 def test_sensitivity_rule_reaches_its_target_on_eval():
