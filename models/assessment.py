@@ -73,7 +73,7 @@ def assess(
         "eval": _drop_bins(cal.report(eval_ids, eval_raw, eval_cal, k)),
         "test": cal.report(test_ids, test_raw, test_cal, k),
     }
-    if k is not None:
+    if k is not None and threshold is not None:
         y_test = np.asarray(test_ids) == k
         score = test_cal[:, k]
         metrics["operating_point"] = {"rule": rule, "threshold": threshold, "eval": eval_point}

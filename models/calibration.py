@@ -77,7 +77,7 @@ def fit(
     log_p = np.log(np.clip(probabilities, _EPS, 1.0))
     binary = positive_index is not None
     targets = np.eye(classes)[label_ids]
-    if binary:
+    if positive_index is not None:
         # Platt's own guard against a small, separable calibration set: targets
         # (N+ + 1) / (N+ + 2) and 1 / (N- + 2) instead of 1 and 0, so that the fit stays
         # finite and does not promise certainty a few dozen examples cannot show.

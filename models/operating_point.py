@@ -72,12 +72,13 @@ def choose_threshold(y_true: np.ndarray, score: np.ndarray, point: OperatingPoin
     thresholds = np.unique(score)[::-1]  # descending: each is "predict positive at >= t"
     tpr = np.array([(score[y_true] >= t).sum() for t in thresholds]) / positives
     fpr = np.array([(score[~y_true] >= t).sum() for t in thresholds]) / negatives
+    target = 0.0 if point.target is None else point.target
     if point.rule == YOUDEN:
         k = int(np.argmax(tpr - fpr))  # the first (highest threshold) of any tie
     elif point.rule == SENSITIVITY:
-        k = int(np.flatnonzero(tpr >= point.target - 1e-12)[0])
+        k = int(np.flatnonzero(tpr >= target - 1e-12)[0])
     else:
-        meets = np.flatnonzero(1 - fpr >= point.target - 1e-12)
+        meets = np.flatnonzero(1 - fpr >= target - 1e-12)
         k = int(meets[-1]) if len(meets) else 0
     if k + 1 < len(thresholds):
         return float((thresholds[k] + thresholds[k + 1]) / 2)
@@ -122,6 +123,6 @@ def threshold_metrics(y_true: np.ndarray, score: np.ndarray, threshold: float) -
     """The figures at ``threshold`` and the confusion matrix (rows true, columns predicted,
     negative first)."""
     tn, fp, fn, tp = counts(y_true, score, threshold)
-    out = {k: float(v) for k, v in rates(tn, fp, fn, tp).items()}
+    out: dict = {k: float(v) for k, v in rates(tn, fp, fn, tp).items()}
     out["confusion_matrix"] = [[tn, fp], [fn, tp]]
     return out

@@ -69,7 +69,7 @@ class Difficulty:
                     number = float(value)
                 except ValueError:
                     raise ValueError(f"difficulty {name}={value!r}: not a number") from None
-                result = replace(result, **{name: number})
+                result = replace(result, **{name: number})  # type: ignore[arg-type]
             else:
                 presets = ", ".join(PRESETS)
                 raise ValueError(
