@@ -26,7 +26,7 @@ import tensorflow_transform as tft
 from models import features as f
 from models import inputs
 from models.networks import build_network
-from models.trainer import DEFAULT_AUGMENT
+from models.train_config import DEFAULT_AUGMENT
 
 
 def make_ingest_output(patients: int, root: str) -> str:

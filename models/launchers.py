@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from models import export
-from models.trainer import TrainConfig, new_run_id
+from models.train_config import TrainConfig, new_run_id
 
 TRAINER_COMMAND = ["python", "-m", "models.trainer"]  # inside the container image
 DEFAULT_MACHINE_TYPE = "n1-standard-8"

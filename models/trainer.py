@@ -15,17 +15,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
-import json
 import math
 import os
 import sys
 import tempfile
 import time
 import traceback
-import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import keras
 import numpy as np
@@ -34,6 +31,7 @@ import tensorflow as tf
 from models import calibration, evaluation, export
 from models import features as f
 from models.assessment import Assessment, assess, summary_line
+from models.checkpoints import Checkpoints, _local_copy
 from models.inputs import (
     Augment,
     DataInfo,
@@ -44,119 +42,19 @@ from models.inputs import (
     split_slices,
 )
 from models.model_card import RELIABILITY_PNG, model_card
-from models.networks import CNN, NETWORKS, build_network, gradcam_layer
+from models.networks import build_network, gradcam_layer
 from models.operating_point import OperatingPoint
+from models.train_config import (
+    TrainConfig,
+    add_arguments,
+    config_from_args,
+    new_run_id,
+)
 
-OPTIMIZERS = ("adam", "sgd")
-MIXED_PRECISION = ("auto", "on", "off")
-DEFAULT_AUGMENT = "flip,rotate=10,crop=0.9,noise=0.05"
-STATE_JSON = "state.json"
 EXIT_USAGE = 2
 
 
-def _arg(default, help_: str, **kwargs):
-    return field(default=default, metadata={"help": help_, **kwargs})
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Every training argument; the command line, the container and Vertex use the same."""
-
-    data: str | None = _arg(None, "ingest output (local or gs://): tfrecords/, transform/")
-    model_dir: str | None = _arg(None, "model directory: versions, latest, checkpoints")
-    network: str = _arg(CNN, "classifier", choices=NETWORKS)
-    epochs: int = _arg(30, "most epochs (early stopping on eval AUC may end sooner)")
-    batch_size: int = _arg(32, "examples per step and replica")
-    optimizer: str = _arg("adam", "optimizer (sgd: with momentum)", choices=OPTIMIZERS)
-    learning_rate: float = _arg(1e-3, "learning rate")
-    momentum: float = _arg(0.9, "momentum of sgd")
-    weight_decay: float = _arg(1e-4, "L2 factor on every kernel")
-    dropout: float = _arg(0.25, "dropout before the output layer")
-    augment: str = _arg(
-        DEFAULT_AUGMENT, "train-split augmentation: flip,rotate=DEG,crop=F,noise=S or none"
-    )
-    class_weights: bool = _arg(True, "weight examples by inverse label frequency")
-    patience: int = _arg(5, "epochs without a better eval AUC before stopping")
-    min_auc: float = _arg(0.7, "promotion gate: the least test ROC AUC for latest")
-    operating_point: str = _arg(
-        "youden", "threshold rule on eval: youden, sensitivity=T or specificity=T"
-    )
-    seed: int = _arg(0, "seed for weights, shuffling and augmentation")
-    weights: str | None = _arg(None, "a Keras weights file for a backbone (never downloaded)")
-    checkpoint_dir: str | None = _arg(None, "checkpoints (default: <model-dir>/_work/<key>)")
-    mixed_precision: str = _arg(
-        "auto", "float16 compute (auto: when a GPU is present)", choices=MIXED_PRECISION
-    )
-    cache_mb: int = _arg(1024, "cache a split's transformed examples in memory up to this size")
-    run_id: str | None = _arg(None, "names this run's record in <model-dir>/_runs/")
-
-    def validate(self) -> None:
-        """Raises ValueError (one line) for a missing or out-of-range argument."""
-        for name in ("data", "model_dir"):
-            if not getattr(self, name):
-                raise ValueError(f"--{name.replace('_', '-')} is required")
-        if self.network not in NETWORKS:
-            raise ValueError(f"--network must be one of {', '.join(NETWORKS)}")
-        if self.optimizer not in OPTIMIZERS or self.mixed_precision not in MIXED_PRECISION:
-            raise ValueError("--optimizer must be adam or sgd; --mixed-precision auto, on or off")
-        if self.epochs < 1 or self.batch_size < 1 or self.patience < 1 or self.cache_mb < 0:
-            raise ValueError("--epochs, --batch-size and --patience must be >= 1, --cache-mb >= 0")
-        if self.learning_rate <= 0 or not 0 <= self.dropout < 1 or self.weight_decay < 0:
-            raise ValueError(
-                "--learning-rate must be > 0, --dropout in [0, 1), --weight-decay >= 0"
-            )
-        if not 0 <= self.min_auc <= 1:
-            raise ValueError("--min-auc must be in [0, 1]")
-        try:
-            OperatingPoint.parse(self.operating_point)
-        except ValueError as e:
-            raise ValueError(f"--operating-point: {e}") from None
-        Augment.parse(self.augment)
-
-    def to_argv(self) -> list[str]:
-        """The arguments that give back this config through ``add_arguments``."""
-        argv = []
-        for item in dataclasses.fields(self):
-            value, flag = getattr(self, item.name), "--" + item.name.replace("_", "-")
-            if isinstance(value, bool):
-                argv.append(flag if value else f"--no-{flag[2:]}")
-            elif value is not None:
-                argv += [flag, str(value)]
-        return argv
-
-    def key(self) -> str:
-        """Hash of the arguments that change the trained weights: names the checkpoints."""
-        kept = {k: v for k, v in dataclasses.asdict(self).items() if k not in _NOT_IN_KEY}
-        return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
-
-
 # Arguments that do not change the trained weights (the operating point is chosen after).
-_NOT_IN_KEY = {"model_dir", "checkpoint_dir", "min_auc", "cache_mb", "run_id", "operating_point"}
-_TYPES = {"str": str, "str | None": str, "int": int, "float": float}
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Adds one flag per ``TrainConfig`` field (``--batch-size``, ``--no-class-weights``...)."""
-    for item in dataclasses.fields(TrainConfig):
-        flag = "--" + item.name.replace("_", "-")
-        meta = dict(item.metadata)
-        if item.type == "bool":
-            parser.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=item.default, **meta
-            )
-        else:
-            parser.add_argument(flag, type=_TYPES[str(item.type)], default=item.default, **meta)
-
-
-def config_from_args(namespace: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(
-        **{k.name: getattr(namespace, k.name) for k in dataclasses.fields(TrainConfig)}
-    )
-
-
-def new_run_id() -> str:
-    """Sortable and unique; lower case, so it is also a valid Vertex AI label value."""
-    return f"train-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}"
 
 
 def device_plan(gpus: int, mixed_precision: str) -> tuple[str, str]:
@@ -180,98 +78,6 @@ class TrainOutcome:
     metrics: dict
     resumed_from_epoch: int
     epochs_trained: int
-
-
-@dataclass
-class _State:
-    epoch: int = 0  # epochs finished
-    best_auc: float = -math.inf
-    best_epoch: int = 0
-    wait: int = 0
-    stopped: bool = False
-    history: list = field(default_factory=list)
-
-
-class Checkpoints(keras.callbacks.Callback):
-    """After every epoch: the model with its optimizer, the best weights, the state.
-
-    Also early stopping on eval AUC, kept in the state so a resumed job stops where an
-    uninterrupted one would have. Files are written before ``state.json`` names them, so a
-    crash at any point leaves a consistent checkpoint.
-    """
-
-    def __init__(self, directory: str, patience: int, train_examples: int, log: Callable):
-        super().__init__()
-        self.directory = directory
-        self.patience = patience
-        self.train_examples = train_examples
-        self.log = log
-        self.state = _State()
-        uri = join(directory, STATE_JSON)
-        if tf.io.gfile.exists(uri):
-            saved = export.read_json(uri)
-            self.state = _State(**{**saved, "best_auc": saved["best_auc"] or -math.inf})
-
-    @property
-    def last_model(self) -> str:
-        return join(self.directory, f"epoch-{self.state.epoch:04d}.keras")
-
-    @property
-    def best_weights(self) -> str:
-        return join(self.directory, f"best-{self.state.best_epoch:04d}.weights.h5")
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._started = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        seconds = time.perf_counter() - self._started
-        logs = {k: float(v) for k, v in (logs or {}).items()}
-        state, previous = self.state, (self.last_model, self.best_weights)
-        state.epoch = epoch + 1
-        auc = logs.get("val_auc", math.nan)
-        improved = auc > state.best_auc  # NaN (one class in eval) never improves
-        if improved:
-            state.best_auc, state.best_epoch, state.wait = auc, state.epoch, 0
-            _save(self.model, self.best_weights, weights_only=True)
-        else:
-            state.wait += 1
-        state.stopped = state.wait >= self.patience
-        rate = self.train_examples / seconds if seconds else 0.0
-        state.history.append(
-            {"epoch": state.epoch, **logs, "seconds": seconds, "images_per_second": rate}
-        )
-        _save(self.model, self.last_model)
-        export.write_json(join(self.directory, STATE_JSON), dataclasses.asdict(state))
-        for old in previous:
-            if old not in (self.last_model, self.best_weights) and tf.io.gfile.exists(old):
-                tf.io.gfile.remove(old)
-        loss, train_auc = logs.get("loss", math.nan), logs.get("auc", math.nan)
-        self.log(
-            f"epoch {state.epoch}: loss {loss:.4f} auc {train_auc:.4f}"
-            f" | eval loss {logs.get('val_loss', math.nan):.4f} auc {auc:.4f}"
-            f"{' (best)' if improved else ''} | {seconds:.1f} s, {rate:.0f} images/s"
-        )
-        if state.stopped:
-            self.log(f"early stop: eval AUC has not improved for {self.patience} epochs")
-            self.model.stop_training = True
-
-
-def _save(model: keras.Model, uri: str, weights_only: bool = False) -> None:
-    """Keras writes local files; a gs:// checkpoint goes through a local copy."""
-    with tempfile.TemporaryDirectory() as tmp:
-        local = uri if export.is_local(uri) else os.path.join(tmp, os.path.basename(uri))
-        os.makedirs(os.path.dirname(local), exist_ok=True)
-        model.save_weights(local) if weights_only else model.save(local)
-        if local != uri:
-            tf.io.gfile.copy(local, uri, overwrite=True)
-
-
-def _local_copy(uri: str, tmp: str) -> str:
-    if export.is_local(uri):
-        return uri
-    local = os.path.join(tmp, os.path.basename(uri))
-    tf.io.gfile.copy(uri, local, overwrite=True)
-    return local
 
 
 def _optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:

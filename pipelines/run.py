@@ -165,7 +165,7 @@ def run_ingest(config: RunConfig, record: dict, objects: list[str]) -> dict:
 
 def run_train(config: RunConfig, record: dict, objects: list[str]) -> dict:
     from models import launchers
-    from models.trainer import TrainConfig
+    from models.train_config import TrainConfig
 
     settings = {k: v for k, v in config.train.items() if k not in ("launcher", "vertex")}
     try:

@@ -560,7 +560,7 @@ def test_cron_line_runs_dicomflow_run_under_flock_with_a_log():
 
 def test_run_example_is_a_valid_run_config():
     from models.launchers import VertexConfig
-    from models.trainer import TrainConfig
+    from models.train_config import TrainConfig
     from pipelines.run import RunConfig
 
     config = RunConfig.from_mapping(yaml.safe_load((DEPLOY / "run.example.yaml").read_text()))

@@ -7,7 +7,7 @@ import pytest
 from google.cloud import aiplatform_v1 as aip
 
 from models import export, launchers
-from models.trainer import TrainConfig
+from models.train_config import TrainConfig
 
 CONFIG = TrainConfig(
     data="gs://bucket/ingest/2026-11-21",

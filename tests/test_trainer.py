@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from models import calibration, export, inputs, trainer
+from models import calibration, checkpoints, export, inputs, trainer
 from models import features as f
 
 EPOCHS = 15
@@ -187,7 +187,7 @@ def test_a_restarted_job_resumes_from_the_last_epoch(train_data, tmp_path):
     with pytest.raises(RuntimeError, match="simulated crash"):
         trainer.train(config, callbacks=[crash], log=lines.append)
     work = tmp_path / "m" / export.WORK_DIR / config.key()
-    assert json.loads((work / trainer.STATE_JSON).read_text())["epoch"] == 2
+    assert json.loads((work / checkpoints.STATE_JSON).read_text())["epoch"] == 2
     assert export.list_versions(config.model_dir) == []
 
     start = Start()
@@ -213,10 +213,10 @@ def test_early_stopping_survives_a_restart(tmp_path):
             checkpoints.on_epoch_begin(epoch)
             checkpoints.on_epoch_end(epoch, {"loss": 1.0, "auc": 0.5, "val_auc": auc})
 
-    first = trainer.Checkpoints(str(tmp_path), 3, 10, logged.append)
+    first = checkpoints.Checkpoints(str(tmp_path), 3, 10, logged.append)
     epochs(first, [0.5, 0.7, 0.6])
     assert (first.state.best_epoch, first.state.wait, model.stop_training) == (2, 1, False)
-    resumed = trainer.Checkpoints(str(tmp_path), 3, 10, logged.append)  # a new process
+    resumed = checkpoints.Checkpoints(str(tmp_path), 3, 10, logged.append)  # a new process
     assert (resumed.state.epoch, resumed.state.best_auc) == (3, pytest.approx(0.7))
     epochs(resumed, [0.65, math.nan], first=3)
     assert resumed.state.stopped and model.stop_training

@@ -1,0 +1,132 @@
+"""The training job's configuration: every argument of ``dicomflow train`` and the trainer
+(the container entry point), declared once as a frozen dataclass."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from models.inputs import (
+    Augment,
+)
+from models.networks import CNN, NETWORKS
+from models.operating_point import OperatingPoint
+
+OPTIMIZERS = ("adam", "sgd")
+
+
+MIXED_PRECISION = ("auto", "on", "off")
+
+
+DEFAULT_AUGMENT = "flip,rotate=10,crop=0.9,noise=0.05"
+
+
+def _arg(default, help_: str, **kwargs):
+    return field(default=default, metadata={"help": help_, **kwargs})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every training argument; the command line, the container and Vertex use the same."""
+
+    data: str | None = _arg(None, "ingest output (local or gs://): tfrecords/, transform/")
+    model_dir: str | None = _arg(None, "model directory: versions, latest, checkpoints")
+    network: str = _arg(CNN, "classifier", choices=NETWORKS)
+    epochs: int = _arg(30, "most epochs (early stopping on eval AUC may end sooner)")
+    batch_size: int = _arg(32, "examples per step and replica")
+    optimizer: str = _arg("adam", "optimizer (sgd: with momentum)", choices=OPTIMIZERS)
+    learning_rate: float = _arg(1e-3, "learning rate")
+    momentum: float = _arg(0.9, "momentum of sgd")
+    weight_decay: float = _arg(1e-4, "L2 factor on every kernel")
+    dropout: float = _arg(0.25, "dropout before the output layer")
+    augment: str = _arg(
+        DEFAULT_AUGMENT, "train-split augmentation: flip,rotate=DEG,crop=F,noise=S or none"
+    )
+    class_weights: bool = _arg(True, "weight examples by inverse label frequency")
+    patience: int = _arg(5, "epochs without a better eval AUC before stopping")
+    min_auc: float = _arg(0.7, "promotion gate: the least test ROC AUC for latest")
+    operating_point: str = _arg(
+        "youden", "threshold rule on eval: youden, sensitivity=T or specificity=T"
+    )
+    seed: int = _arg(0, "seed for weights, shuffling and augmentation")
+    weights: str | None = _arg(None, "a Keras weights file for a backbone (never downloaded)")
+    checkpoint_dir: str | None = _arg(None, "checkpoints (default: <model-dir>/_work/<key>)")
+    mixed_precision: str = _arg(
+        "auto", "float16 compute (auto: when a GPU is present)", choices=MIXED_PRECISION
+    )
+    cache_mb: int = _arg(1024, "cache a split's transformed examples in memory up to this size")
+    run_id: str | None = _arg(None, "names this run's record in <model-dir>/_runs/")
+
+    def validate(self) -> None:
+        """Raises ValueError (one line) for a missing or out-of-range argument."""
+        for name in ("data", "model_dir"):
+            if not getattr(self, name):
+                raise ValueError(f"--{name.replace('_', '-')} is required")
+        if self.network not in NETWORKS:
+            raise ValueError(f"--network must be one of {', '.join(NETWORKS)}")
+        if self.optimizer not in OPTIMIZERS or self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError("--optimizer must be adam or sgd; --mixed-precision auto, on or off")
+        if self.epochs < 1 or self.batch_size < 1 or self.patience < 1 or self.cache_mb < 0:
+            raise ValueError("--epochs, --batch-size and --patience must be >= 1, --cache-mb >= 0")
+        if self.learning_rate <= 0 or not 0 <= self.dropout < 1 or self.weight_decay < 0:
+            raise ValueError(
+                "--learning-rate must be > 0, --dropout in [0, 1), --weight-decay >= 0"
+            )
+        if not 0 <= self.min_auc <= 1:
+            raise ValueError("--min-auc must be in [0, 1]")
+        try:
+            OperatingPoint.parse(self.operating_point)
+        except ValueError as e:
+            raise ValueError(f"--operating-point: {e}") from None
+        Augment.parse(self.augment)
+
+    def to_argv(self) -> list[str]:
+        """The arguments that give back this config through ``add_arguments``."""
+        argv = []
+        for item in dataclasses.fields(self):
+            value, flag = getattr(self, item.name), "--" + item.name.replace("_", "-")
+            if isinstance(value, bool):
+                argv.append(flag if value else f"--no-{flag[2:]}")
+            elif value is not None:
+                argv += [flag, str(value)]
+        return argv
+
+    def key(self) -> str:
+        """Hash of the arguments that change the trained weights: names the checkpoints."""
+        kept = {k: v for k, v in dataclasses.asdict(self).items() if k not in _NOT_IN_KEY}
+        return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
+
+
+_NOT_IN_KEY = {"model_dir", "checkpoint_dir", "min_auc", "cache_mb", "run_id", "operating_point"}
+
+
+_TYPES = {"str": str, "str | None": str, "int": int, "float": float}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds one flag per ``TrainConfig`` field (``--batch-size``, ``--no-class-weights``...)."""
+    for item in dataclasses.fields(TrainConfig):
+        flag = "--" + item.name.replace("_", "-")
+        meta = dict(item.metadata)
+        if item.type == "bool":
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=item.default, **meta
+            )
+        else:
+            parser.add_argument(flag, type=_TYPES[str(item.type)], default=item.default, **meta)
+
+
+def config_from_args(namespace: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(
+        **{k.name: getattr(namespace, k.name) for k in dataclasses.fields(TrainConfig)}
+    )
+
+
+def new_run_id() -> str:
+    """Sortable and unique; lower case, so it is also a valid Vertex AI label value."""
+    return f"train-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}"
