@@ -45,7 +45,8 @@ DICOM_STACK = {
     "python-gdcm",
 }
 # Options a template cannot take: Dataflow workers never see the launcher's environment.
-NOT_TEMPLATE_PARAMETERS = {"key_env"}
+# Secrets from the environment cannot reach Dataflow workers: only the file forms are offered.
+NOT_TEMPLATE_PARAMETERS = {"key_env", "dicomweb_credentials_env"}
 # FlexTemplateRuntimeEnvironment fields (Dataflow REST v1b3): a typo would be rejected.
 FLEX_ENVIRONMENT_FIELDS = {
     "numWorkers",
