@@ -17,6 +17,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from models import features as f
+from pipelines.limits import add_limit_arguments, limits_from
 from pipelines.options import (
     CommandOptions,
     UsageError,
@@ -51,6 +52,7 @@ class DeidentifyOptions(CommandOptions):
         parser.add_argument(
             "--max-object-bytes", type=int, default=dicom_io.DEFAULT_MAX_OBJECT_BYTES
         )
+        add_limit_arguments(parser)
         parser.add_argument(
             "--linkage-output", help="write the encrypted original→pseudonym table here"
         )
@@ -145,8 +147,7 @@ def build_pipeline(
     inputs = [dicom_io.normalize_uri(u) for u in require(opts.input, "--input")]
     output = dicom_io.normalize_uri(require(opts.output, "--output"))
     check_output_outside(output, inputs)
-    if opts.max_object_bytes <= 0:
-        raise UsageError("--max-object-bytes must be positive")
+    limits = limits_from(opts)
     dataflow = "Dataflow" in str(beam_options.view_as(StandardOptions).runner or "")
     key = key_source(opts.key_env, opts.key_file, "key", dataflow)
     config = load_config(opts.deid_config)
@@ -162,14 +163,13 @@ def build_pipeline(
     header = {
         **deid_header("deidentify", run_id, inputs, key, config),
         "linkage": bool(opts.linkage_output),
+        "limits": limits.describe(),
     }
 
     p = new_pipeline(beam_options)
-    objects, read_errors = p | "ReadInstances" >> dicom_io.ReadInstances(
-        inputs, opts.max_object_bytes
-    )
+    objects, read_errors = p | "ReadInstances" >> dicom_io.ReadInstances(inputs, limits)
     results, deid_errors, linkage = objects | "Deidentify" >> Deidentify(
-        config, key, linkage=bool(opts.linkage_output)
+        config, key, linkage=bool(opts.linkage_output), limits=limits
     )
     written = results | "WriteDeidDicom" >> beam.ParDo(
         WriteDeidFn(FileSystems.join(output, DEID_DIR))

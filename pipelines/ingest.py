@@ -17,6 +17,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from models import features as f
 from pipelines.deidentify import deid_header, key_source, load_config
+from pipelines.limits import add_limit_arguments, limits_from
 from pipelines.options import (
     CommandOptions,
     UsageError,
@@ -65,6 +66,7 @@ class IngestOptions(CommandOptions):
         parser.add_argument(
             "--max-object-bytes", type=int, default=dicom_io.DEFAULT_MAX_OBJECT_BYTES
         )
+        add_limit_arguments(parser)
 
 
 @dataclass(frozen=True)
@@ -209,6 +211,7 @@ def build_pipeline(
     check_output_outside(output, inputs)
     if opts.max_object_bytes <= 0 or opts.tfrecord_shards < 0:
         raise UsageError("--max-object-bytes must be positive and --tfrecord-shards >= 0")
+    limits = limits_from(opts)
     dataflow = "Dataflow" in str(beam_options.view_as(StandardOptions).runner or "")
     key = key_source(opts.key_env, opts.key_file, "key", dataflow)
     deid_config = load_config(opts.deid_config)
@@ -226,13 +229,12 @@ def build_pipeline(
         "pixels": pixels.describe(),
         "split": {"train": split.train, "eval": split.eval, "test": split.test},
         "labels": {"given": bool(labels_uri), "rows": label_rows},
+        "limits": limits.describe(),
     }
 
     p = new_pipeline(beam_options)
-    objects, read_errors = p | "ReadInstances" >> dicom_io.ReadInstances(
-        inputs, opts.max_object_bytes
-    )
-    parsed = objects | "Parse" >> beam.ParDo(ParseFn()).with_outputs(DEAD_LETTER, main="ok")
+    objects, read_errors = p | "ReadInstances" >> dicom_io.ReadInstances(inputs, limits)
+    parsed = objects | "Parse" >> beam.ParDo(ParseFn(limits)).with_outputs(DEAD_LETTER, main="ok")
     sections = {}
     if labels_uri:
         table = p | "ReadLabels" >> ReadLabels(labels_uri)
@@ -243,7 +245,7 @@ def build_pipeline(
     else:
         joined = parsed.ok | "NoLabels" >> beam.Map(lambda kv: (kv[0], (kv[1], None)))
     prepared = joined | "Prepare" >> beam.ParDo(
-        ConvertFn(deid_config, key, pixels, prefix="ingest")
+        ConvertFn(deid_config, key, pixels, prefix="ingest", limits=limits)
     ).with_outputs(DEAD_LETTER, main="converted")
     instances = prepared.converted | "Split" >> beam.Map(to_converted, split)
     by_split = instances | "BySplit" >> beam.Partition(

@@ -7,9 +7,9 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from models import features as f
+from pipelines.limits import add_limit_arguments, limits_from
 from pipelines.options import (
     CommandOptions,
-    UsageError,
     check_output_outside,
     execute,
     new_pipeline,
@@ -41,6 +41,7 @@ class InventoryOptions(CommandOptions):
             default=dicom_io.DEFAULT_MAX_OBJECT_BYTES,
             help="objects and archive members above this size get a too_large error row",
         )
+        add_limit_arguments(parser)
 
 
 def inventory_keys(row: dict) -> list:
@@ -60,8 +61,7 @@ def validate(opts: InventoryOptions) -> tuple[list[str], str]:
     """Checks the arguments (no I/O); returns the normalised inputs and output."""
     inputs = [dicom_io.normalize_uri(u) for u in require(opts.input, "--input")]
     output = dicom_io.normalize_uri(require(opts.output, "--output"))
-    if opts.max_object_bytes <= 0:
-        raise UsageError("--max-object-bytes must be positive")
+    limits_from(opts)
     check_output_outside(output, inputs)
     return inputs, output
 
@@ -71,6 +71,7 @@ def build_pipeline(
 ) -> beam.Pipeline:
     """Builds (does not run) the inventory pipeline."""
     inputs, output = validate(opts)
+    limits = limits_from(opts)
     header = {
         "pipeline": "inventory",
         "run_id": run_id or new_run_id(),
@@ -78,12 +79,13 @@ def build_pipeline(
         "started_at": utc_now(),
         "inputs": list(inputs),
         "options": {"max_object_bytes": opts.max_object_bytes},
+        "limits": limits.describe(),
     }
 
     p = new_pipeline(beam_options)
     paths = p | "MatchInputs" >> dicom_io.MatchInputs(inputs)
-    objects, read_errors = paths | "ReadObjects" >> dicom_io.ReadObjects(opts.max_object_bytes)
-    rows, parse_errors = objects | "InspectDicom" >> dicom_io.InspectDicom()
+    objects, read_errors = paths | "ReadObjects" >> dicom_io.ReadObjects(limits)
+    rows, parse_errors = objects | "InspectDicom" >> dicom_io.InspectDicom(limits)
     errors = (
         (read_errors, parse_errors)
         | "AllDeadLetters" >> beam.Flatten()

@@ -23,6 +23,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from models import features as f
 from pipelines.deidentify import deid_header, key_source, load_config
 from pipelines.ingest import ALL_SPLITS, ERRORS_TABLE, TFRECORDS, load_pixel_config
+from pipelines.limits import add_limit_arguments, limits_from
 from pipelines.options import (
     CommandOptions,
     UsageError,
@@ -99,6 +100,7 @@ class ScoreOptions(CommandOptions):
         parser.add_argument(
             "--max-object-bytes", type=int, default=dicom_io.DEFAULT_MAX_OBJECT_BYTES
         )
+        add_limit_arguments(parser)
 
 
 def is_ingest_root(uri: str) -> bool:
@@ -222,6 +224,7 @@ def build_pipeline(
         raise UsageError(
             "--batch-size must be >= 1, --explain-top >= 0, --max-object-bytes positive"
         )
+    limits = limits_from(opts)
     dataflow = "Dataflow" in str(beam_options.view_as(StandardOptions).runner or "")
     if dataflow and not model_uri.startswith("gs://"):
         raise UsageError("Dataflow workers read the model from --model gs://... only")
@@ -256,6 +259,7 @@ def build_pipeline(
         pixels = pixel_config(opts.pixel_config, info)
         header = {**deid_header("score", run_id, inputs, key, deid_config), **header}
         header["pixels"] = pixels.describe()
+        header["limits"] = limits.describe()
     else:
         splits = parse_splits(opts.splits)
         patterns = tfrecord_patterns(inputs, splits)
@@ -284,17 +288,17 @@ def build_pipeline(
 
     p = new_pipeline(beam_options)
     if fmt == DICOM:
-        objects, read_errors = p | "ReadInstances" >> dicom_io.ReadInstances(
-            inputs, opts.max_object_bytes
+        objects, read_errors = p | "ReadInstances" >> dicom_io.ReadInstances(inputs, limits)
+        parsed = objects | "Parse" >> beam.ParDo(ParseFn(limits)).with_outputs(
+            DEAD_LETTER, main="ok"
         )
-        parsed = objects | "Parse" >> beam.ParDo(ParseFn()).with_outputs(DEAD_LETTER, main="ok")
         converted = (
             parsed.ok
             | "NoLabels" >> beam.Map(lambda kv: (kv[0], (kv[1], None)))
             | "Convert"
-            >> beam.ParDo(ConvertFn(deid_config, key, pixels, prefix="score")).with_outputs(
-                DEAD_LETTER, main="instances"
-            )
+            >> beam.ParDo(
+                ConvertFn(deid_config, key, pixels, prefix="score", limits=limits)
+            ).with_outputs(DEAD_LETTER, main="instances")
         )
         model_inputs = converted.instances | "ModelInputs" >> beam.ParDo(
             FromInstanceFn(shape)

@@ -41,24 +41,36 @@ class ConvertError(StageError):
 
 
 def convert(
-    ds: Dataset, engine: Deidentifier, pixels: PixelConfig
+    ds: Dataset,
+    engine: Deidentifier,
+    pixels: PixelConfig,
+    limits: dicom_io.Limits | None = None,
 ) -> tuple[DeidResult, list[NormalizedImage]]:
-    """De-identifies ``ds`` in place (not re-encoded) and normalizes its pixels.
+    """De-identifies ``ds`` in place (not re-encoded) and normalizes its pixels; the frames
+    the frame policy keeps are checked against ``limits`` before anything is decoded.
 
     Returns:
         The pseudonymous identifiers and one image per frame the frame policy keeps.
 
     Raises:
-        ConvertError: with ``stage`` ``deidentify`` or ``pixels``; an unforeseen exception
-            becomes ``unexpected_error`` naming only its type.
+        ConvertError: with ``stage`` ``deidentify`` or ``pixels``; ``too_many_frames`` and
+            ``too_large_decoded`` (stage ``pixels``) for frames over the limits; deep
+            nesting found late is ``too_deep``; an unforeseen exception becomes
+            ``unexpected_error`` naming only its type.
     """
+    limits = dicom_io.Limits.of(limits)
     stage = STAGE_DEIDENTIFY
     try:
         result, _ = deidentify_dataset(ds, engine, encode=False)
         stage = STAGE_PIXELS
+        if any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+            frames = dicom_io.parse.frame_count(ds) if pixels.frame_policy == "all" else 1
+            dicom_io.check_decoded(ds, frames, limits)
         return result, normalize(ds, pixels)
     except StageError as e:
         raise ConvertError(stage, e) from None
+    except RecursionError:
+        raise ConvertError(stage, StageError("too_deep", "sequences nested too deep")) from None
     except Exception as e:  # one odd file must not stop the run
         raise ConvertError(stage, unexpected(e)) from None
 
@@ -116,9 +128,12 @@ def instance_ids(result: DeidResult) -> dict[str, str]:
 class ParseFn(beam.DoFn):
     """SourceObject → ((source, member), Dataset), or a parse dead letter."""
 
+    def __init__(self, limits: dicom_io.Limits | None = None):
+        self._limits = dicom_io.Limits.of(limits)
+
     def process(self, obj: dicom_io.SourceObject):
         try:
-            ds = dicom_io.parse_dataset(obj.data)
+            ds = dicom_io.parse_dataset(obj.data, self._limits)
         except StageError as e:
             error = e
         except Exception as e:
@@ -138,11 +153,19 @@ class ConvertFn(beam.DoFn):
     Counters ``<prefix>_converted`` and ``<prefix>_dead_letters`` in namespace dicomflow.
     """
 
-    def __init__(self, deid_config: DeidConfig, key: KeySource, pixels: PixelConfig, prefix: str):
+    def __init__(
+        self,
+        deid_config: DeidConfig,
+        key: KeySource,
+        pixels: PixelConfig,
+        prefix: str,
+        limits: dicom_io.Limits | None = None,
+    ):
         self._deid_config = deid_config
         self._key = key
         self._pixels = pixels
         self._prefix = prefix
+        self._limits = dicom_io.Limits.of(limits)
 
     def setup(self):
         self._engine = Deidentifier(Profile.load(), self._deid_config, self._key.resolve())
@@ -153,7 +176,7 @@ class ConvertFn(beam.DoFn):
     def process(self, element):
         (source, member), (ds, label) = element
         try:
-            result, images = convert(ds, self._engine, self._pixels)
+            result, images = convert(ds, self._engine, self._pixels, self._limits)
         except ConvertError as e:
             self._failed.inc()
             letter = DeadLetter(source, member, e.stage, e.error_type, e.message)

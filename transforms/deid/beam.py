@@ -15,7 +15,7 @@ from transforms.deid.config import DeidConfig
 from transforms.deid.engine import Deidentifier
 from transforms.deid.objects import deidentify_dataset
 from transforms.deid.profile import Profile
-from transforms.dicom_io import METRICS_NAMESPACE, SourceObject, parse_dataset
+from transforms.dicom_io import METRICS_NAMESPACE, Limits, SourceObject, parse_dataset
 from transforms.keys import KeySource
 
 LINKAGE = "linkage"
@@ -30,24 +30,34 @@ class Deidentify(beam.PTransform):
         ``(results, dead_letters, linkage_rows)``; ``linkage_rows`` is None unless asked for.
     """
 
-    def __init__(self, config: DeidConfig, key_source: KeySource, linkage: bool = False):
+    def __init__(
+        self,
+        config: DeidConfig,
+        key_source: KeySource,
+        linkage: bool = False,
+        limits: Limits | None = None,
+    ):
         super().__init__()
         self._config = config
         self._key_source = key_source
         self._linkage = linkage
+        self._limits = Limits.of(limits)
 
     def expand(self, objects):
         outputs = objects | "Deidentify" >> beam.ParDo(
-            DeidentifyFn(self._config, self._key_source, self._linkage)
+            DeidentifyFn(self._config, self._key_source, self._linkage, self._limits)
         ).with_outputs(DEAD_LETTER, LINKAGE, main="results")
         return outputs.results, outputs[DEAD_LETTER], outputs[LINKAGE] if self._linkage else None
 
 
 class DeidentifyFn(beam.DoFn):
-    def __init__(self, config: DeidConfig, key_source: KeySource, linkage: bool):
+    def __init__(
+        self, config: DeidConfig, key_source: KeySource, linkage: bool, limits: Limits | None = None
+    ):
         self._config = config
         self._key_source = key_source
         self._linkage = linkage
+        self._limits = Limits.of(limits)
 
     def setup(self):
         # Built once per worker: the table, the resolved options and the key.
@@ -58,11 +68,13 @@ class DeidentifyFn(beam.DoFn):
     def process(self, obj: SourceObject):
         stage = STAGE_PARSE
         try:
-            ds = parse_dataset(obj.data)
+            ds = parse_dataset(obj.data, self._limits)
             stage = STAGE_DEIDENTIFY
             result, link = deidentify_dataset(ds, self._engine)
         except StageError as e:
             error = e
+        except RecursionError:  # nesting that only a deeper walk finds (a UN read as SQ)
+            error = StageError("too_deep", "sequences nested too deep")
         except Exception as e:  # one odd file must not stop the run
             error = unexpected(e)
         else:

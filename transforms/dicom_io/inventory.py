@@ -16,6 +16,7 @@ from transforms.deadletter import (
     StageError,
     unexpected,
 )
+from transforms.dicom_io.limits import Limits
 from transforms.dicom_io.objects import (
     _DICOMDIR_SOP_CLASS,
     _YES_NO,
@@ -119,16 +120,24 @@ def _uid_name(uid: str | None) -> str | None:
 
 
 class InspectDicom(beam.PTransform):
-    """SourceObjects → inventory rows, with a dead-letter output for what does not parse."""
+    """SourceObjects → inventory rows, with a dead-letter output for what does not parse
+    (or is over a limit)."""
+
+    def __init__(self, limits: Limits | None = None):
+        super().__init__()
+        self._limits = Limits.of(limits)
 
     def expand(self, objects):
-        results = objects | "Inspect" >> beam.ParDo(InspectFn()).with_outputs(
+        results = objects | "Inspect" >> beam.ParDo(InspectFn(self._limits)).with_outputs(
             DEAD_LETTER, main="rows"
         )
         return results.rows, results[DEAD_LETTER]
 
 
 class InspectFn(beam.DoFn):
+    def __init__(self, limits: Limits | None = None):
+        self._limits = Limits.of(limits)
+
     def setup(self):
         self._counters = {}
         self._failed = Metrics.counter(METRICS_NAMESPACE, "parse_dead_letters")
@@ -140,7 +149,7 @@ class InspectFn(beam.DoFn):
 
     def process(self, obj: SourceObject):
         try:
-            row = describe(obj, parse_dataset(obj.data))
+            row = describe(obj, parse_dataset(obj.data, self._limits))
         except StageError as e:
             error = e
         except Exception as e:  # one odd file must not stop the run

@@ -89,9 +89,7 @@ def check_frames(ds: Dataset, limits: Limits) -> None:
         return
     frames = frame_count(ds)
     if frames > limits.max_frames:
-        raise StageError(
-            TOO_MANY_FRAMES, f"{frames} frames, over the limit of {limits.max_frames}"
-        )
+        raise StageError(TOO_MANY_FRAMES, f"{frames} frames, over the limit of {limits.max_frames}")
     size = frame_bytes(ds)
     if size > limits.max_frame_bytes:
         raise StageError(

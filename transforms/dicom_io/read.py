@@ -11,6 +11,7 @@ from transforms.deadletter import (
 )
 from transforms.dicom_io.archives import iter_objects
 from transforms.dicom_io.dedupe import DropDuplicates, FindDuplicates
+from transforms.dicom_io.limits import Limits
 from transforms.dicom_io.match import MatchInputs
 from transforms.dicom_io.objects import DEFAULT_MAX_OBJECT_BYTES, METRICS_NAMESPACE
 
@@ -18,20 +19,20 @@ from transforms.dicom_io.objects import DEFAULT_MAX_OBJECT_BYTES, METRICS_NAMESP
 class ReadObjects(beam.PTransform):
     """``(path, size)`` → SourceObjects, with a dead-letter output for what cannot be read."""
 
-    def __init__(self, max_bytes: int = DEFAULT_MAX_OBJECT_BYTES):
+    def __init__(self, limits: Limits | int = DEFAULT_MAX_OBJECT_BYTES):
         super().__init__()
-        self._max_bytes = max_bytes
+        self._limits = Limits.of(limits)
 
     def expand(self, paths):
-        results = paths | "Read" >> beam.ParDo(ReadObjectsFn(self._max_bytes)).with_outputs(
+        results = paths | "Read" >> beam.ParDo(ReadObjectsFn(self._limits)).with_outputs(
             DEAD_LETTER, main="objects"
         )
         return results.objects, results[DEAD_LETTER]
 
 
 class ReadObjectsFn(beam.DoFn):
-    def __init__(self, max_bytes: int):
-        self._max_bytes = max_bytes
+    def __init__(self, limits: Limits | int):
+        self._limits = Limits.of(limits)
         self._objects = Metrics.counter(METRICS_NAMESPACE, "read_objects")
         self._failed = Metrics.counter(METRICS_NAMESPACE, "read_dead_letters")
         self._bytes = Metrics.counter(METRICS_NAMESPACE, "read_bytes")
@@ -40,7 +41,7 @@ class ReadObjectsFn(beam.DoFn):
         path, size = path_size
         yielded = 0
         try:
-            for item in iter_objects(path, size, self._max_bytes):
+            for item in iter_objects(path, size, self._limits):
                 yielded += 1
                 if isinstance(item, DeadLetter):
                     self._failed.inc()
@@ -64,26 +65,27 @@ class ReadObjectsFn(beam.DoFn):
 class ReadInstances(beam.PTransform):
     """Input URIs → every DICOM candidate once, and the dead letters of getting there.
 
-    Match, read (archives streamed), and drop later copies of an instance found twice.
+    Match, read (archives streamed), and keep one copy of an instance found twice: a
+    complete copy before a truncated or corrupt one.
 
     Returns:
         ``(objects, dead_letters)``.
     """
 
-    def __init__(self, uris: list[str], max_bytes: int = DEFAULT_MAX_OBJECT_BYTES):
+    def __init__(self, uris: list[str], limits: Limits | int = DEFAULT_MAX_OBJECT_BYTES):
         super().__init__()
         self._uris = uris
-        self._max_bytes = max_bytes
+        self._limits = Limits.of(limits)
 
     def expand(self, pbegin):
         paths = pbegin | "MatchInputs" >> MatchInputs(self._uris)
-        duplicates = paths | "FindDuplicates" >> FindDuplicates(self._max_bytes)
+        duplicates = paths | "FindDuplicates" >> FindDuplicates(self._limits)
         # The reshuffle spreads the paths over workers, and it starts a new fused stage
         # with the read: without it the runner fuses the read into the match stage, which
         # runs before the duplicate check is known, so every object's bytes would be held
         # between the two stages.
         objects, read_errors = (
-            paths | "Distribute" >> beam.Reshuffle() | "ReadObjects" >> ReadObjects(self._max_bytes)
+            paths | "Distribute" >> beam.Reshuffle() | "ReadObjects" >> ReadObjects(self._limits)
         )
         objects, duplicate_errors = objects | "DropDuplicates" >> DropDuplicates(duplicates)
         return objects, (read_errors, duplicate_errors) | "ReadDeadLetters" >> beam.Flatten()
