@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, fields
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines import state as st
+from pipelines.limits import limit_args
 from pipelines.options import OneLineParser, UsageError, new_run_id
 from transforms import dicom_io
 from transforms.manifest import utc_now
@@ -51,7 +52,8 @@ class RunConfig:
     labels: str | None = None
     deid_config: str | None = None
     pixel_config: str | None = None
-    lock_stale_minutes: float = 360.0
+    lock_stale_minutes: float = 10.0  # a holder silent this long (no heartbeat) is dead
+    limits: dict = field(default_factory=dict)  # Limits fields → flags of ingest and score
     ingest: dict = field(default_factory=dict)  # min_new_objects, args, beam_args
     train: dict = field(default_factory=dict)  # launcher, vertex, TrainConfig fields
     score: dict = field(default_factory=dict)  # beam_args, args
@@ -81,6 +83,7 @@ class RunConfig:
             extra = set(getattr(config, name)) - allowed
             if extra:
                 raise ValueError(f"{name}: unknown keys {sorted(extra)}")
+        limit_args(config.limits)  # refuses unknown keys now, not at the ingest stage
         launcher = config.train.get("launcher", "local")
         if launcher not in ("local", "vertex"):
             raise ValueError(f"train.launcher must be local or vertex, not {launcher!r}")
@@ -123,6 +126,7 @@ def run_ingest(config: RunConfig, record: dict, objects: list[str]) -> dict:
     ):
         if value:
             argv += [flag, value]
+    argv += limit_args(config.limits)
     argv += list(config.ingest.get("args", [])) + list(config.ingest.get("beam_args", []))
     if ingest.run(argv) != 0:
         raise StageFailed("ingest exited non-zero")
@@ -171,6 +175,7 @@ def run_score(config: RunConfig, record: dict, objects: list[str]) -> dict:
     argv = [a for uri in objects for a in ("--input", uri)]
     argv += ["--model", model, "--output", config.path(st.RUNS_DIR, record["run_id"], SCORE_DIR)]
     argv += ["--run-id", record["run_id"], *config.key_args()]
+    argv += limit_args(config.limits)
     argv += list(config.score.get("args", [])) + list(config.score.get("beam_args", []))
     if score.run(argv) != 0:
         raise StageFailed("score exited non-zero")
@@ -226,7 +231,7 @@ def execute_run(config: RunConfig, from_stage: str | None = None, log=print) -> 
         key = KeySource(env=config.key_env, file=config.key_file).resolve()
     except KeySourceError as e:
         raise UsageError(str(e)) from None
-    with st.Lock(config.output, new_run_id(), config.lock_stale_minutes * 60):
+    with st.Lock(config.output, new_run_id(), config.lock_stale_minutes * 60) as lock:
         listed = st.list_objects(config.inputs)
         by_digest = {st.object_digest(key, uri): uri for uri in listed}
         current = st.digests(key, listed)
@@ -260,6 +265,9 @@ def execute_run(config: RunConfig, from_stage: str | None = None, log=print) -> 
         for stage in record["stages"]:
             if stage in record["done"]:
                 continue
+            if lock.lost:
+                log(f"run {record['run_id']}: another run took the lock over; stopping")
+                return 1
             log(f"run {record['run_id']}: {stage} ...")
             start = time.monotonic()
             try:
