@@ -17,6 +17,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from models import features as f
+from pipelines.failures import yaml_error
 from pipelines.limits import add_limit_arguments, limits_from
 from pipelines.options import (
     CommandOptions,
@@ -100,8 +101,12 @@ def load_config(uri: str | None) -> DeidConfig:
             text = fh.read().decode()
     except Exception as e:
         raise UsageError(f"--deid-config {uri} cannot be read ({type(e).__name__})") from None
+    import yaml
+
     try:
         return DeidConfig.from_yaml(text)
+    except yaml.YAMLError as e:
+        raise yaml_error("--deid-config", uri, e) from None
     except (ValueError, TypeError) as e:
         raise UsageError(f"--deid-config {uri}: {e}") from None
 

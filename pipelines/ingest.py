@@ -17,10 +17,12 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from models import features as f
 from pipelines.deidentify import deid_header, key_source, load_config
+from pipelines.failures import yaml_error
 from pipelines.limits import add_limit_arguments, limits_from
 from pipelines.options import (
     CommandOptions,
     UsageError,
+    check_inputs_exist,
     check_output_outside,
     execute,
     new_pipeline,
@@ -196,6 +198,8 @@ def load_pixel_config(uri: str | None) -> PixelConfig:
     try:
         with FileSystems.open(dicom_io.normalize_uri(uri)) as fh:
             return PixelConfig.from_mapping(yaml.safe_load(fh.read().decode()))
+    except yaml.YAMLError as e:
+        raise yaml_error("--pixel-config", uri, e) from None
     except (ValueError, TypeError) as e:
         raise UsageError(f"--pixel-config {uri}: {e}") from None
     except Exception as e:
@@ -343,6 +347,8 @@ def transform_statistics(output: str) -> dict:
 
 def run(argv: Sequence[str]) -> int:
     opts, beam_options = parse_options("dicomflow ingest", argv, IngestOptions)
+    # Before the graph is built: tf.Transform imports TensorFlow (seconds, log lines).
+    check_inputs_exist([dicom_io.normalize_uri(u) for u in require(opts.input, "--input")])
     pipeline = build_pipeline(opts, beam_options)
     output = dicom_io.normalize_uri(opts.output)
     manifest = execute(pipeline, [dicom_io.normalize_uri(u) for u in opts.input], output)

@@ -1,6 +1,7 @@
 """Command-line parsing shared by every pipeline command: our flags plus Beam's, untouched."""
 
 import argparse
+import contextlib
 import json
 import uuid
 from collections.abc import Sequence
@@ -125,17 +126,36 @@ def check_output_outside(output: str, inputs: Sequence[str]) -> None:
             raise UsageError(f"--output {output} lies inside --input {uri}")
 
 
-def execute(pipeline: beam.Pipeline, inputs: Sequence[str], output: str) -> dict:
-    """Checks the inputs exist (one line if not, before any work), runs the pipeline to the
-    end and returns the manifest it wrote."""
+def check_inputs_exist(inputs: Sequence[str]) -> None:
+    """Raises UsageError naming an input that matches nothing (before any heavy import)."""
     from transforms import dicom_io
-    from transforms.manifest import MANIFEST_NAME
 
     try:
         dicom_io.check_inputs(list(inputs))
     except ValueError as e:
         raise UsageError(str(e)) from None
-    pipeline.run().wait_until_finish()
+
+
+def execute(pipeline: beam.Pipeline, inputs: Sequence[str], output: str) -> dict:
+    """Checks the inputs exist (one line if not, before any work), runs the pipeline to the
+    end and returns the manifest it wrote.
+
+    Only a finished run leaves a manifest: an old one is removed first, and this run's is
+    removed again if the pipeline fails after writing it. After success, ``beam-temp-*``
+    leftovers of killed runs are removed.
+    """
+    from pipelines.failures import remove_beam_temp, remove_manifest
+    from transforms.manifest import MANIFEST_NAME
+
+    check_inputs_exist(inputs)
+    remove_manifest(output)
+    try:
+        pipeline.run().wait_until_finish()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            remove_manifest(output)
+        raise
+    remove_beam_temp(output)
     with FileSystems.open(FileSystems.join(output, MANIFEST_NAME)) as fh:
         return json.load(fh)
 

@@ -27,6 +27,7 @@ from pipelines.limits import add_limit_arguments, limits_from
 from pipelines.options import (
     CommandOptions,
     UsageError,
+    check_inputs_exist,
     check_output_outside,
     execute,
     new_pipeline,
@@ -399,6 +400,7 @@ class _Scores:
 
 def run(argv: Sequence[str]) -> int:
     opts, beam_options = parse_options("dicomflow score", argv, ScoreOptions)
+    check_inputs_exist([dicom_io.normalize_uri(u) for u in require(opts.input, "--input")])
     pipeline = build_pipeline(opts, beam_options)
     output = dicom_io.normalize_uri(opts.output)
     manifest = execute(pipeline, [dicom_io.normalize_uri(u) for u in opts.input], output)

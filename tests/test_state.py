@@ -92,7 +92,7 @@ def dead_pid() -> int:
 def test_a_second_run_is_refused_while_the_first_holds_the_lock(root):
     first = st.Lock(root, "run-a")
     first.acquire()
-    with pytest.raises(st.LockHeld, match="run-a.*alive on this host"):
+    with pytest.raises(st.LockHeld, match=r"run-a.*alive on this host"):
         st.Lock(root, "run-b").acquire()
     first.release()
     with st.Lock(root, "run-b") as lock:
