@@ -222,17 +222,23 @@ def build_pipeline(
     pixels = load_pixel_config(opts.pixel_config)
     split = parse_split(opts.split)
     labels_uri = dicom_io.normalize_uri(opts.labels) if opts.labels else None
-    label_rows = None
+    label_rows = conflicting_rows = None
     if labels_uri:
         try:
-            label_rows = load_labels(labels_uri).rows  # refuse a bad file before any work
+            label_table = load_labels(labels_uri)  # refuse a bad file before any work
         except ValueError as e:
             raise UsageError(str(e)) from None
+        label_rows, conflicting_rows = label_table.rows, label_table.conflicting_rows
     header = {
         **deid_header("ingest", run_id, inputs, key, deid_config),
         "pixels": pixels.describe(),
         "split": {"train": split.train, "eval": split.eval, "test": split.test},
-        "labels": {"given": bool(labels_uri), "rows": label_rows},
+        "labels": {
+            "given": bool(labels_uri),
+            "rows": label_rows,
+            # Rows whose key carries two different labels: dropped, either could be wrong.
+            "conflicting_rows": conflicting_rows,
+        },
         "limits": limits.describe(),
     }
 
