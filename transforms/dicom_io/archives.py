@@ -52,6 +52,8 @@ def sniff(head: bytes) -> str:
         return KIND_EMPTY
     if len(head) >= 132 and head[128:132] == b"DICM":
         return KIND_DICOM
+    if 128 < len(head) < 132 and b"DICM".startswith(head[128:]):
+        return KIND_DICOM  # cut inside the magic: parsing names it truncated
     if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
         return KIND_ZIP
     if head.startswith(b"\x1f\x8b"):

@@ -237,6 +237,8 @@ def check_structure(data: bytes, limits: Limits) -> str | None:
             ``invalid_dicom``, as the module docstring says.
     """
     deadline = Deadline(limits.parse_seconds)
+    if 128 < len(data) < 132 and b"DICM".startswith(data[128:]):
+        raise _truncated("the DICM prefix")
     start, syntax = file_meta(data)
     body = data
     if syntax == DEFLATED:
@@ -246,6 +248,9 @@ def check_structure(data: bytes, limits: Limits) -> str | None:
     walker = _Walker(body, _little_endian(body, start, syntax), limits, deadline)
     # pydicom, too, believes the bytes over the transfer syntax when they disagree.
     implicit = body[start + 4 : start + 6] not in _EXPLICIT_VRS
-    walker.dataset(start, len(body), 0, implicit, item=False)
+    try:
+        walker.dataset(start, len(body), 0, implicit, item=False)
+    except RecursionError:  # a depth limit set beyond what Python's stack allows
+        raise StageError(TOO_DEEP, "sequences nested too deep to walk") from None
     deadline.check()
     return syntax
