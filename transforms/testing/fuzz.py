@@ -105,7 +105,8 @@ def element_headers(data: bytes) -> list[tuple[int, int]]:
     """(offset, header length) of every top-level element after the file meta."""
     ds = pydicom.dcmread(io.BytesIO(data))
     out = []
-    for tag in ds.keys():
+    tags = sorted(ds.keys())  # tags, not elements: the raw elements keep their offsets
+    for tag in tags:
         raw = ds.get_item(tag)
         header = 12 if raw.VR in ("OB", "OW", "SQ", "UN", "UT", "UC", "UR", "OD", "OF", "OL") else 8
         if raw.length == 0xFFFFFFFF:
