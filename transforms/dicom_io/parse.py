@@ -69,7 +69,11 @@ def frame_bytes(ds: Dataset) -> int:
     columns = _count(ds, "Columns", 0)
     samples = _count(ds, "SamplesPerPixel", 1) or 1
     bits = _count(ds, "BitsAllocated", 8) or 8
-    if str(ds.get("PhotometricInterpretation", "")).strip().upper() == "PALETTE COLOR":
+    try:
+        photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    except Exception:  # an unreadable value: the pixel stage names it if it needs it
+        photometric = ""
+    if photometric == "PALETTE COLOR":
         samples, bits = 3, max(bits, 16)  # expanded through the colour LUT
     return (rows * columns * samples * bits + 7) // 8
 
