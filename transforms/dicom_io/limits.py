@@ -47,7 +47,7 @@ class Limits:
     """
 
     max_object_bytes: int = 1024 * MiB
-    max_inflated_bytes: int = 1024 * MiB
+    max_inflated_bytes: int = 256 * MiB
     max_archive_bytes: int = 64 * 1024 * MiB
     max_decoded_bytes: int = 512 * MiB
     max_frame_bytes: int = 128 * MiB
