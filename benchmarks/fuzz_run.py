@@ -54,9 +54,7 @@ def main() -> int:
     results = []
     started = time.monotonic()
     for family in families:
-        cases = fuzz.fuzz_corpus(
-            args.seed, per_family * len(fuzz.FAMILIES), (family,), args.scale_mib * fuzz.MiB
-        )
+        cases = fuzz.fuzz_corpus(args.seed, per_family, (family,), args.scale_mib * fuzz.MiB)
         source = workdir / "in" / family
         if not source.exists():
             fuzz.write_corpus(cases, str(source))

@@ -55,7 +55,7 @@ def _int(ds: Dataset, keyword: str) -> int | None:
     try:
         value = ds.get(keyword)
         number = int(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
+    except Exception:  # an unconvertible value (pydicom raises several kinds)
         return None
     return number if number is not None and 0 <= number < 2**31 else None
 

@@ -158,9 +158,11 @@ class _Walker:
                         raise _truncated("an element header")
                     length = struct.unpack_from(order + "I", data, pos + 8)[0]
                     pos += 12
-                else:
+                elif vr in _EXPLICIT_VRS:
                     length = struct.unpack_from(order + "H", data, pos + 6)[0]
                     pos += 8
+                else:  # pydicom would fail on first access to it, anywhere downstream
+                    raise _invalid("an element with an unknown value representation")
             pos = self._value(tag, vr, length, pos, end, depth, implicit)
         if item:
             raise _truncated("a sequence item")
