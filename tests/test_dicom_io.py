@@ -442,7 +442,9 @@ def test_duplicates_are_found_from_headers_and_the_first_place_wins(tmp_path):
     paths = [(str(p), p.stat().st_size) for p in sorted(tmp_path.iterdir())]
     with TestPipeline() as p:
         found = p | beam.Create(paths) | dicom_io.FindDuplicates()
-        assert_that(found, equal_to([(str(tmp_path / "b.dcm"), "")]))
+        # (place, winner): among equally complete copies the first place wins.
+        winner = (str(tmp_path / "a.zip"), "copy.dcm")
+        assert_that(found, equal_to([((str(tmp_path / "b.dcm"), ""), winner)]))
     assert dicom_io.instance_digest(CT.read_bytes()) != dicom_io.instance_digest(J2K.read_bytes())
     assert dicom_io.instance_digest(b"not dicom") is None
 

@@ -267,3 +267,12 @@ def test_zip_member_names_survive(tmp_path):
     out = items(tmp_path, "h.zip", archive)
     assert sorted(o.member for o in out) == sorted(n for n in names)
     assert zipfile.is_zipfile(io.BytesIO(archive))
+
+
+def test_an_unknown_vr_is_invalid_at_parse():
+    """Before: it parsed, and the first access (inventory's columns) raised
+    ``NotImplementedError``: an ``unexpected_error``."""
+    data = bytearray(valid())
+    offset, _ = fuzz.element_headers(bytes(data))[10]  # not the first: that sets the VR mode
+    data[offset + 4 : offset + 6] = b"\x55\xd3"
+    assert error_of(bytes(data)) == "invalid_dicom"
