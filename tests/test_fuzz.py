@@ -70,7 +70,7 @@ def _source_rows(rows) -> collections.Counter:
 
 @pytest.fixture(scope="module")
 def inventoried(fuzzed):
-    root, cases = fuzzed
+    root, _ = fuzzed
     out, manifest = run("inventory", root)
     return read_table(str(out / "inventory")), read_table(str(out / "errors")), manifest
 
