@@ -138,7 +138,5 @@ def test_ingest_survives_the_fuzz_corpus(fuzzed, inventoried):
 
 def test_score_survives_the_fuzz_corpus(fuzzed, inventoried, score_model):
     root, _ = fuzzed
-    out, manifest = run(
-        "score", root, "--key-env", "DF_FUZZ_KEY", "--model", str(score_model)
-    )
+    out, manifest = run("score", root, "--key-env", "DF_FUZZ_KEY", "--model", str(score_model))
     _check_counts(manifest, read_table(str(out / "errors")), inventoried, "scored")

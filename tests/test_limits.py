@@ -276,3 +276,16 @@ def test_an_unknown_vr_is_invalid_at_parse():
     offset, _ = fuzz.element_headers(bytes(data))[10]  # not the first: that sets the VR mode
     data[offset + 4 : offset + 6] = b"\x55\xd3"
     assert error_of(bytes(data)) == "invalid_dicom"
+
+
+def test_a_copy_cut_between_elements_loses_to_the_whole_one(tmp_path):
+    """Cut exactly before Pixel Data, a copy is structurally complete: size decides."""
+    data = valid(8)
+    offset, _ = fuzz.element_headers(data)[-1]
+    (tmp_path / "a-cut.dcm").write_bytes(data[:offset])
+    (tmp_path / "b-whole.dcm").write_bytes(data)
+    with TestPipeline() as p:
+        objects, _ = p | dicom_io.ReadInstances([str(tmp_path)])
+        assert_that(
+            objects | beam.Map(lambda o: o.source.rsplit("/", 1)[1]), equal_to(["b-whole.dcm"])
+        )

@@ -1,8 +1,9 @@
 """The same instance twice: header-only SOP Instance UID digests, one winner per instance.
 
 Among copies of one instance a complete copy wins over a truncated or corrupt one (a
-structural walk, no pixel decoding); among equals, the first place in sorted order, so
-every run and worker keeps the same copy.
+structural walk, no pixel decoding); among complete copies the largest (a copy cut exactly
+between two elements is complete but lacks what followed, often the pixels); among equals,
+the first place in sorted order, so every run and worker keeps the same copy.
 """
 
 import hashlib
@@ -62,7 +63,7 @@ def _places(path_size: tuple[str, int], limits: Limits):
                 digest = instance_digest(item.data)
                 if digest is not None:
                     rank = copy_rank(item.data, limits)
-                    yield digest, (rank, item.source, item.member or "")
+                    yield digest, (rank, -len(item.data), item.source, item.member or "")
     except Exception:
         return  # unreadable now: the main pass reads it again and writes its row
 
@@ -70,8 +71,8 @@ def _places(path_size: tuple[str, int], limits: Limits):
 def _losers(element):
     """Every copy but the winner, each with the winner's place."""
     _, copies = element
-    (_, *winner), *others = sorted(copies)
-    for _, *place in others:
+    (_, _, *winner), *others = sorted(copies)
+    for _, _, *place in others:
         yield tuple(place), tuple(winner)
 
 
