@@ -117,7 +117,7 @@ def element_headers(data: bytes) -> list[tuple[int, int]]:
 
 def _zeros_deflated(count: int, wbits: int = -zlib.MAX_WBITS, prefix: bytes = b"") -> bytes:
     """``prefix`` + ``count`` zero bytes, compressed in chunks (never held inflated)."""
-    packer = zlib.compressobj(9, zlib.DEFLATED, wbits)
+    packer = zlib.compressobj(6, zlib.DEFLATED, wbits)
     out = [packer.compress(prefix)]
     chunk = bytes(MiB)
     for start in range(0, count, MiB):
