@@ -23,7 +23,7 @@ import hashlib
 import logging
 import math
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import apache_beam as beam
 import numpy as np
@@ -32,14 +32,16 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult
 
-from models.export import ServingModel, load_serving
 from models.uids import is_valid_uid
+
+if TYPE_CHECKING:  # TensorFlow loads with the model, not with the command's options
+    from models.export import ServingModel
 
 DEFAULT_BATCH_SIZE = 64
 DEFAULT_MAX_BATCH_BYTES = 64 << 20  # 64 MiB of input pixels per batch
 
 
-class ServingModelHandler(ModelHandler[bytes, PredictionResult, ServingModel]):
+class ServingModelHandler(ModelHandler[bytes, PredictionResult, "ServingModel"]):
     """RunInference handler for an exported version (``<model-dir>/<version>``).
 
     ``PredictionResult.inference`` is float32 [images, classes]: the probabilities of each
@@ -79,6 +81,8 @@ class ServingModelHandler(ModelHandler[bytes, PredictionResult, ServingModel]):
 
     def load_model(self) -> ServingModel:
         _gpu_memory_growth()
+        from models.export import load_serving
+
         return load_serving(self._version_dir)
 
     def run_inference(

@@ -2,9 +2,12 @@
 
 import importlib
 import logging
+import os
 import sys
+import traceback
 from collections.abc import Sequence
 
+from pipelines.failures import check_buckets, describe_failure, quiet_beam_errors
 from pipelines.options import UsageError
 
 # Only commands that work are listed; each module has run(argv) -> exit status.
@@ -39,12 +42,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    quiet_beam_errors()
     module = importlib.import_module(COMMANDS[command][0])
     try:
+        if "--dry_run" not in rest and not any(a.startswith("--dry_run=") for a in rest):
+            check_buckets(rest)
         return module.run(rest)
     except UsageError as e:
         print(f"dicomflow {command}: error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # the environment failed us: one line, the cause, exit 1
+        if os.environ.get("DICOMFLOW_DEBUG"):
+            traceback.print_exc()
+        print(f"dicomflow {command}: error: {describe_failure(e)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

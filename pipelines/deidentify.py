@@ -53,7 +53,7 @@ class DeidentifyOptions(CommandOptions):
         flags.add_output(parser)
         flags.add_key(parser)
         flags.add_deid_config(parser)
-        flags.add_max_object_bytes(parser)
+        flags.add_limits(parser)
         parser.add_argument(
             "--linkage-output", help="write the encrypted original→pseudonym table here"
         )
@@ -69,7 +69,7 @@ class DeidentifyConfig:
     output: str
     key: KeySource
     deid: DeidConfig = field(default_factory=DeidConfig)
-    max_object_bytes: int = dicom_io.DEFAULT_MAX_OBJECT_BYTES
+    limits: dicom_io.Limits = field(default_factory=dicom_io.Limits)
     linkage_output: str | None = None
     linkage_key: KeySource | None = None  # given exactly when linkage_output is
     run_id: str = ""
@@ -77,13 +77,16 @@ class DeidentifyConfig:
     output_dicomweb: str | None = None  # STOW-RS here instead of files under deid_dicom/
     output_dicomweb_settings: DicomwebSettings = field(default_factory=DicomwebSettings)
 
+    @property
+    def max_object_bytes(self) -> int:
+        return self.limits.max_object_bytes
+
 
 def configure(opts: DeidentifyOptions, beam_options: PipelineOptions) -> DeidentifyConfig:
     """Checks the flags and both keys; returns the config or raises UsageError."""
     inputs, output = flags.inputs_and_output(opts.input, opts.output)
     check_output_outside(output, inputs)
-    if opts.max_object_bytes <= 0:
-        raise UsageError("--max-object-bytes must be positive")
+    limits = flags.limits(opts)
     dataflow = flags.on_dataflow(beam_options)
     key = flags.key_source(opts.key_env, opts.key_file, "key", dataflow)
     deid = flags.load_deid_config(opts.deid_config)
@@ -104,7 +107,7 @@ def configure(opts: DeidentifyOptions, beam_options: PipelineOptions) -> Deident
         output,
         key,
         deid,
-        opts.max_object_bytes,
+        limits,
         linkage_output,
         linkage_key,
         new_run_id(),
@@ -171,16 +174,17 @@ def build_pipeline(pipeline: beam.Pipeline, config: DeidentifyConfig) -> beam.Pi
     header = {
         **deid_header("deidentify", config.run_id, inputs, config.key, config.deid),
         "linkage": bool(config.linkage_output),
+        "limits": config.limits.describe(),
     }
     if config.output_dicomweb:
         header["output_dicomweb"] = config.output_dicomweb
 
     p = pipeline
     objects, read_errors = p | "ReadInstances" >> dicom_io.ReadInstances(
-        inputs, config.max_object_bytes, config.dicomweb
+        inputs, config.limits, config.dicomweb
     )
     results, deid_errors, linkage = objects | "Deidentify" >> Deidentify(
-        config.deid, config.key, linkage=bool(config.linkage_output)
+        config.deid, config.key, linkage=bool(config.linkage_output), limits=config.limits
     )
     if config.output_dicomweb:  # STOW-RS into a store instead of files under deid_dicom/
         stored, write_errors = results | "StoreDicomweb" >> WriteDicomweb(

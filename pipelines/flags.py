@@ -10,6 +10,7 @@ import argparse
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from pipelines.failures import yaml_error
 from pipelines.options import UsageError
 from transforms import dicom_io
 from transforms.deid import DeidConfig
@@ -50,6 +51,22 @@ def add_max_object_bytes(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_limits(parser: argparse.ArgumentParser) -> None:
+    """``--max-object-bytes`` and the other resource limits (``pipelines.limits``)."""
+    from pipelines.limits import add_limit_arguments
+
+    add_max_object_bytes(parser)
+    add_limit_arguments(parser)
+
+
+def limits(opts: PipelineOptions) -> dicom_io.Limits:
+    """The Limits the parsed limit flags give (UsageError naming a flag that is not
+    positive)."""
+    from pipelines.limits import limits_from
+
+    return limits_from(opts)
+
+
 def on_dataflow(beam_options: PipelineOptions) -> bool:
     return "Dataflow" in str(beam_options.view_as(StandardOptions).runner or "")
 
@@ -79,8 +96,12 @@ def load_deid_config(uri: str | None) -> DeidConfig:
             text = fh.read().decode()
     except Exception as e:
         raise UsageError(f"--deid-config {uri} cannot be read ({type(e).__name__})") from None
+    import yaml
+
     try:
         return DeidConfig.from_yaml(text)
+    except yaml.YAMLError as e:
+        raise yaml_error("--deid-config", uri, e) from None
     except (ValueError, TypeError) as e:
         raise UsageError(f"--deid-config {uri}: {e}") from None
 
@@ -94,6 +115,8 @@ def load_pixel_config(uri: str | None) -> PixelConfig:
     try:
         with FileSystems.open(dicom_io.normalize_uri(uri)) as fh:
             return PixelConfig.from_mapping(yaml.safe_load(fh.read().decode()))
+    except yaml.YAMLError as e:
+        raise yaml_error("--pixel-config", uri, e) from None
     except (ValueError, TypeError) as e:
         raise UsageError(f"--pixel-config {uri}: {e}") from None
     except Exception as e:

@@ -21,6 +21,7 @@ from pipelines.deidentify import deid_header
 from pipelines.options import (
     CommandOptions,
     UsageError,
+    check_inputs_exist,
     check_output_outside,
     execute,
     new_pipeline,
@@ -63,7 +64,7 @@ class IngestOptions(CommandOptions):
         parser.add_argument(
             "--tfrecord-shards", type=int, default=0, help="shards per split (0: the runner's)"
         )
-        flags.add_max_object_bytes(parser)
+        flags.add_limits(parser)
         dicomweb_args.add_arguments(parser)
 
 
@@ -80,10 +81,16 @@ class IngestConfig:
     labels: str | None = None  # label export URI
     label_rows: int | None = None  # its rows, checked in the launcher
     label_source: str | None = None  # its key column (snake_case), written on labeled rows
+    # Rows whose key carries two different labels: dropped, either could be wrong.
+    label_conflicting_rows: int | None = None
     tfrecord_shards: int = 0
-    max_object_bytes: int = dicom_io.DEFAULT_MAX_OBJECT_BYTES
+    limits: dicom_io.Limits = field(default_factory=dicom_io.Limits)
     run_id: str = ""
     dicomweb: DicomwebSettings = field(default_factory=DicomwebSettings)
+
+    @property
+    def max_object_bytes(self) -> int:
+        return self.limits.max_object_bytes
 
 
 def configure(opts: IngestOptions, beam_options: PipelineOptions) -> IngestConfig:
@@ -93,18 +100,20 @@ def configure(opts: IngestOptions, beam_options: PipelineOptions) -> IngestConfi
     check_output_outside(output, inputs)
     if opts.max_object_bytes <= 0 or opts.tfrecord_shards < 0:
         raise UsageError("--max-object-bytes must be positive and --tfrecord-shards >= 0")
+    limits = flags.limits(opts)
     key = flags.key_source(opts.key_env, opts.key_file, "key", flags.on_dataflow(beam_options))
     deid = flags.load_deid_config(opts.deid_config)
     pixels = flags.load_pixel_config(opts.pixel_config)
     split = parse_split(opts.split)
     labels = dicom_io.normalize_uri(opts.labels) if opts.labels else None
-    label_rows = label_source = None
+    label_rows = label_source = conflicting_rows = None
     if labels:
         try:
-            table = load_labels(labels)
+            table = load_labels(labels)  # refuse a bad file before any work
         except ValueError as e:
             raise UsageError(str(e)) from None
         label_rows, label_source = table.rows, SNAKE_CASE[table.key]
+        conflicting_rows = table.conflicting_rows
     return IngestConfig(
         tuple(inputs),
         output,
@@ -115,8 +124,9 @@ def configure(opts: IngestOptions, beam_options: PipelineOptions) -> IngestConfi
         labels,
         label_rows,
         label_source,
+        conflicting_rows,
         opts.tfrecord_shards,
-        opts.max_object_bytes,
+        limits,
         new_run_id(),
         dicomweb=dicomweb_args.settings(opts, inputs, flags.on_dataflow(beam_options)),
     )
@@ -258,16 +268,22 @@ def build_pipeline(pipeline: beam.Pipeline, config: IngestConfig) -> beam.Pipeli
         **deid_header("ingest", config.run_id, list(config.inputs), config.key, config.deid),
         "pixels": config.pixels.describe(),
         "split": {"train": split.train, "eval": split.eval, "test": split.test},
-        "labels": {"given": bool(config.labels), "rows": config.label_rows},
+        "labels": {
+            "given": bool(config.labels),
+            "rows": config.label_rows,
+            # Rows whose key carries two different labels: dropped, either could be wrong.
+            "conflicting_rows": config.label_conflicting_rows,
+        },
+        "limits": config.limits.describe(),
     }
     output = config.output
     p = pipeline
     read = p | "ReadInstances" >> dicom_io.ReadInstances(
-        list(config.inputs), config.max_object_bytes, config.dicomweb
+        list(config.inputs), config.limits, config.dicomweb
     )
     table = p | "ReadLabels" >> ReadLabels(config.labels) if config.labels else None
     prepared = read.objects | "PrepareInstances" >> PrepareInstances(
-        config.deid, config.key, config.pixels, prefix="ingest", labels=table
+        config.deid, config.key, config.pixels, prefix="ingest", labels=table, limits=config.limits
     )
     sections = {}
     if prepared.unmatched_labels is not None:
@@ -370,9 +386,11 @@ def transform_statistics(output: str) -> dict:
 
 
 def ingest(config: IngestConfig, beam_options: PipelineOptions) -> dict:
-    """Runs an ingest to the end (inputs checked first); returns its manifest."""
+    """Runs an ingest to the end (inputs checked first, before the graph is built:
+    tf.Transform imports TensorFlow, seconds and log lines); returns its manifest."""
+    check_inputs_exist(config.inputs, config.dicomweb)
     pipeline = build_pipeline(new_pipeline(beam_options), config)
-    return execute(pipeline, config.inputs, config.output, config.dicomweb)
+    return execute(pipeline, config.inputs, config.output, config.dicomweb, checked=True)
 
 
 def summary(manifest: dict, output: str) -> str:

@@ -11,7 +11,6 @@ from models import features as f
 from pipelines import dicomweb_args, flags
 from pipelines.options import (
     CommandOptions,
-    UsageError,
     check_output_outside,
     execute,
     new_pipeline,
@@ -32,7 +31,7 @@ class InventoryOptions(CommandOptions):
     def _add_argparse_args(cls, parser):
         flags.add_inputs(parser, "file, folder, gs:// prefix or glob; repeat for several")
         flags.add_output(parser)
-        flags.add_max_object_bytes(parser)
+        flags.add_limits(parser)
         dicomweb_args.add_arguments(parser)
 
 
@@ -42,9 +41,13 @@ class InventoryConfig:
 
     inputs: tuple[str, ...]
     output: str
-    max_object_bytes: int = dicom_io.DEFAULT_MAX_OBJECT_BYTES
+    limits: dicom_io.Limits = field(default_factory=dicom_io.Limits)
     run_id: str = ""
     dicomweb: DicomwebSettings = field(default_factory=DicomwebSettings)
+
+    @property
+    def max_object_bytes(self) -> int:
+        return self.limits.max_object_bytes
 
 
 def inventory_keys(row: dict) -> list:
@@ -63,18 +66,16 @@ def inventory_keys(row: dict) -> list:
 def configure(opts: InventoryOptions, beam_options: PipelineOptions) -> InventoryConfig:
     """Checks the flags (no I/O); returns the config or raises UsageError."""
     inputs, output = flags.inputs_and_output(opts.input, opts.output)
-    if opts.max_object_bytes <= 0:
-        raise UsageError("--max-object-bytes must be positive")
+    limits = flags.limits(opts)
     check_output_outside(output, inputs)
     dicomweb = dicomweb_args.settings(opts, inputs, flags.on_dataflow(beam_options))
-    return InventoryConfig(
-        tuple(inputs), output, opts.max_object_bytes, new_run_id(), dicomweb=dicomweb
-    )
+    return InventoryConfig(tuple(inputs), output, limits, new_run_id(), dicomweb=dicomweb)
 
 
 def build_pipeline(pipeline: beam.Pipeline, config: InventoryConfig) -> beam.Pipeline:
     """Adds the inventory graph to ``pipeline`` (not run) and returns it."""
     output = config.output
+    limits = config.limits
     header = {
         "pipeline": "inventory",
         "run_id": config.run_id or new_run_id(),
@@ -82,20 +83,21 @@ def build_pipeline(pipeline: beam.Pipeline, config: InventoryConfig) -> beam.Pip
         "started_at": utc_now(),
         "inputs": describe_inputs(list(config.inputs)),
         "options": {"max_object_bytes": config.max_object_bytes},
+        "limits": limits.describe(),
     }
 
     p = pipeline
     files = [u for u in config.inputs if not is_dicomweb(u)]
     stores = [u for u in config.inputs if is_dicomweb(u)]
     paths = p | "MatchInputs" >> dicom_io.MatchInputs(files)
-    objects, read_errors = paths | "ReadObjects" >> dicom_io.ReadObjects(config.max_object_bytes)
+    objects, read_errors = paths | "ReadObjects" >> dicom_io.ReadObjects(limits)
     if stores:  # one row per instance in the store, as per object in a bucket
         web_objects, web_errors = p | "ReadDicomweb" >> ReadDicomweb(
-            stores, config.dicomweb, config.max_object_bytes
+            stores, config.dicomweb, limits.max_object_bytes
         )
         objects = (objects, web_objects) | "AllObjects" >> beam.Flatten()
         read_errors = (read_errors, web_errors) | "AllReadErrors" >> beam.Flatten()
-    rows, parse_errors = objects | "InspectDicom" >> dicom_io.InspectDicom()
+    rows, parse_errors = objects | "InspectDicom" >> dicom_io.InspectDicom(limits)
     errors = (
         (read_errors, parse_errors)
         | "AllDeadLetters" >> beam.Flatten()

@@ -1,5 +1,6 @@
 """Command-line parsing shared by every pipeline command: our flags plus Beam's, untouched."""
 
+import contextlib
 import uuid
 from collections.abc import Sequence
 from typing import TypeVar
@@ -149,22 +150,45 @@ def check_output_outside(output: str, inputs: Sequence[str]) -> None:
             raise UsageError(f"--output {output} lies inside --input {uri}")
 
 
-def execute(pipeline: beam.Pipeline, inputs: Sequence[str], output: str, dicomweb=None) -> dict:
-    """Checks the inputs exist (one line if not, before any work), runs the pipeline to the
-    end and returns the manifest it wrote. ``dicomweb``: the DicomwebSettings that reach
-    dicomweb+http(s):// inputs."""
+def check_inputs_exist(inputs: Sequence[str], dicomweb=None) -> None:
+    """Raises UsageError naming an input that matches nothing, or a DICOMweb store that
+    cannot be reached (``dicomweb``: its DicomwebSettings), before any heavy import."""
     from pipelines import dicomweb_args
     from transforms import dicom_io
     from transforms.dicomweb import DicomwebSettings
-    from transforms.manifest import MANIFEST_NAME
-    from transforms.storage import read_json
 
     try:
         dicom_io.check_inputs(list(inputs))
     except ValueError as e:
         raise UsageError(str(e)) from None
     dicomweb_args.check_inputs(inputs, dicomweb or DicomwebSettings())
-    pipeline.run().wait_until_finish()
+
+
+def execute(
+    pipeline: beam.Pipeline, inputs: Sequence[str], output: str, dicomweb=None, *, checked=False
+) -> dict:
+    """Checks the inputs exist (one line if not, before any work; skipped when the caller
+    did with ``checked``), runs the pipeline to the end and returns the manifest it wrote.
+    ``dicomweb``: the DicomwebSettings that reach dicomweb+http(s):// inputs.
+
+    Only a finished run leaves a manifest: an old one is removed first, and this run's is
+    removed again if the pipeline fails after writing it. After success, ``beam-temp-*``
+    leftovers of killed runs are removed.
+    """
+    from pipelines.failures import remove_beam_temp, remove_manifest
+    from transforms.manifest import MANIFEST_NAME
+    from transforms.storage import read_json
+
+    if not checked:
+        check_inputs_exist(inputs, dicomweb)
+    remove_manifest(output)
+    try:
+        pipeline.run().wait_until_finish()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            remove_manifest(output)
+        raise
+    remove_beam_temp(output)
     manifest = read_json(FileSystems.join(output, MANIFEST_NAME))
     if manifest is None:
         raise RuntimeError("the pipeline finished without writing its manifest")

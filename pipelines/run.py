@@ -30,6 +30,8 @@ from dataclasses import dataclass, field, fields
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines import state as st
+from pipelines.failures import yaml_error
+from pipelines.limits import limit_args
 from pipelines.options import OneLineParser, UsageError, command_options, new_run_id
 from transforms import dicom_io
 from transforms.dicomweb import CredentialsError, RequestFailed, is_dicomweb
@@ -53,7 +55,8 @@ class RunConfig:
     labels: str | None = None
     deid_config: str | None = None
     pixel_config: str | None = None
-    lock_stale_minutes: float = 360.0
+    lock_stale_minutes: float = 10.0  # a holder silent this long (no heartbeat) is dead
+    limits: dict = field(default_factory=dict)  # Limits fields → flags of ingest and score
     ingest: dict = field(default_factory=dict)  # min_new_objects, args, beam_args
     train: dict = field(default_factory=dict)  # launcher, vertex, TrainConfig fields
     score: dict = field(default_factory=dict)  # beam_args, args
@@ -91,6 +94,7 @@ class RunConfig:
             config.dicomweb_settings().check()
         except (TypeError, ValueError) as e:
             raise ValueError(f"dicomweb: {e}") from None
+        limit_args(config.limits)  # refuses unknown keys now, not at the ingest stage
         launcher = config.train.get("launcher", "local")
         if launcher not in ("local", "vertex"):
             raise ValueError(f"train.launcher must be local or vertex, not {launcher!r}")
@@ -127,7 +131,9 @@ def load_config(uri: str) -> RunConfig:
     try:
         with FileSystems.open(dicom_io.normalize_uri(uri)) as fh:
             return RunConfig.from_mapping(yaml.safe_load(fh.read().decode()))
-    except (ValueError, TypeError, yaml.YAMLError) as e:
+    except yaml.YAMLError as e:
+        raise yaml_error("--config", uri, e) from None
+    except (ValueError, TypeError) as e:
         raise UsageError(f"--config {uri}: {e}") from None
     except OSError as e:
         raise UsageError(f"--config {uri} cannot be read ({type(e).__name__})") from None
@@ -155,7 +161,10 @@ def run_ingest(config: RunConfig, record: dict, objects: list[str]) -> dict:
         "pixel_config": config.pixel_config,
     }
     opts, beam_options = command_options(
-        "dicomflow ingest", ingest.IngestOptions, given, stage_flags(config.ingest)
+        "dicomflow ingest",
+        ingest.IngestOptions,
+        given,
+        [*limit_args(config.limits), *stage_flags(config.ingest)],
     )
     ingest_config = ingest.configure(opts, beam_options)
     manifest = ingest.ingest(ingest_config, beam_options)
@@ -211,7 +220,10 @@ def run_score(config: RunConfig, record: dict, objects: list[str]) -> dict:
         **config.dicomweb_options(query=False),
     }
     opts, beam_options = command_options(
-        "dicomflow score", score.ScoreOptions, given, stage_flags(config.score)
+        "dicomflow score",
+        score.ScoreOptions,
+        given,
+        [*limit_args(config.limits), *stage_flags(config.score)],
     )
     manifest = score.score(score.configure(opts, beam_options), beam_options)
     print(score.summary(manifest), file=sys.stderr)
@@ -266,7 +278,7 @@ def execute_run(config: RunConfig, from_stage: str | None = None, log=print) -> 
         key = KeySource(env=config.key_env, file=config.key_file).resolve()
     except KeySourceError as e:
         raise UsageError(str(e)) from None
-    with st.Lock(config.output, new_run_id(), config.lock_stale_minutes * 60):
+    with st.Lock(config.output, new_run_id(), config.lock_stale_minutes * 60) as lock:
         listed = st.list_objects(config.inputs, config.dicomweb_settings())
         by_digest = {st.object_digest(key, uri): uri for uri in listed}
         current = st.digests(key, listed)
@@ -300,6 +312,9 @@ def execute_run(config: RunConfig, from_stage: str | None = None, log=print) -> 
         for stage in record["stages"]:
             if stage in record["done"]:
                 continue
+            if lock.lost:
+                log(f"run {record['run_id']}: another run took the lock over; stopping")
+                return 1
             log(f"run {record['run_id']}: {stage} ...")
             start = time.monotonic()
             try:

@@ -92,6 +92,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: ScoreConfig) -> beam.Pipelin
     if dicom is not None:
         header = {**deid_header("score", run_id, inputs, dicom.key, dicom.deid), **header}
         header["pixels"] = dicom.pixels.describe()
+        header["limits"] = dicom.limits.describe()
     else:
         header["splits"] = list(config.splits)
     header.update(
@@ -119,11 +120,9 @@ def build_pipeline(pipeline: beam.Pipeline, config: ScoreConfig) -> beam.Pipelin
 
     p = pipeline
     if dicom is not None:
-        read = p | "ReadInstances" >> dicom_io.ReadInstances(
-            inputs, dicom.max_object_bytes, dicom.dicomweb
-        )
+        read = p | "ReadInstances" >> dicom_io.ReadInstances(inputs, dicom.limits, dicom.dicomweb)
         prepared = read.objects | "PrepareInstances" >> PrepareInstances(
-            dicom.deid, dicom.key, dicom.pixels, prefix="score"
+            dicom.deid, dicom.key, dicom.pixels, prefix="score", limits=dicom.limits
         )
         made = prepared.instances | "ModelInputs" >> beam.ParDo(FromInstanceFn(shape)).with_outputs(
             DEAD_LETTER, main="inputs"
@@ -215,10 +214,11 @@ class _Scores:
 
 
 def score(config: ScoreConfig, beam_options: PipelineOptions) -> dict:
-    """Runs a score job to the end (inputs checked first); returns its manifest."""
+    """Runs a score job to the end (inputs checked first, in ``configure``); returns its
+    manifest."""
     pipeline = build_pipeline(new_pipeline(beam_options), config)
     dicomweb = config.dicom.dicomweb if config.dicom is not None else None
-    return execute(pipeline, config.inputs, config.output, dicomweb)
+    return execute(pipeline, config.inputs, config.output, dicomweb, checked=True)
 
 
 def summary(manifest: dict) -> str:

@@ -9,13 +9,14 @@ import re
 from dataclasses import dataclass, field
 
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 
 from pipelines import dicomweb_args, flags
 from pipelines.ingest import ALL_SPLITS, TFRECORDS
 from pipelines.options import (
     CommandOptions,
     UsageError,
+    check_inputs_exist,
     check_output_outside,
     new_run_id,
     require,
@@ -71,7 +72,7 @@ class ScoreOptions(CommandOptions):
         parser.add_argument(
             "--explain-top", type=int, default=0, help="Grad-CAM PNGs for the K top scores"
         )
-        flags.add_max_object_bytes(parser)
+        flags.add_limits(parser)
         dicomweb_args.add_arguments(parser)
 
 
@@ -166,8 +167,12 @@ class RawDicom:
     key: KeySource
     deid: DeidConfig = field(default_factory=DeidConfig)
     pixels: PixelConfig = field(default_factory=PixelConfig)
-    max_object_bytes: int = dicom_io.DEFAULT_MAX_OBJECT_BYTES
+    limits: dicom_io.Limits = field(default_factory=dicom_io.Limits)
     dicomweb: DicomwebSettings = field(default_factory=DicomwebSettings)
+
+    @property
+    def max_object_bytes(self) -> int:
+        return self.limits.max_object_bytes
 
 
 @dataclass(frozen=True)
@@ -214,10 +219,15 @@ def configure(opts: ScoreOptions, beam_options: PipelineOptions) -> ScoreConfig:
         raise UsageError(
             "--batch-size must be >= 1, --explain-top >= 0, --max-object-bytes positive"
         )
+    limits = flags.limits(opts)
     dataflow = flags.on_dataflow(beam_options)
     if dataflow and not model_uri.startswith("gs://"):
         raise UsageError("Dataflow workers read the model from --model gs://... only")
     dicomweb = dicomweb_args.settings(opts, inputs, dataflow)
+    # Before the model is read (TensorFlow: seconds, log lines): an input that matches
+    # nothing is one line at once. A dry run only builds the job: its inputs may not exist.
+    if not beam_options.view_as(TestOptions).dry_run:
+        check_inputs_exist(inputs, dicomweb)
     fmt = resolve_format(inputs, opts.input_format)
     if fmt == TFRECORD_FORMAT:
         given = [name for name in ("key_env", "key_file", "deid_config", "pixel_config")
@@ -238,7 +248,7 @@ def configure(opts: ScoreOptions, beam_options: PipelineOptions) -> ScoreConfig:
             flags.key_source(opts.key_env, opts.key_file, "key", dataflow),
             flags.load_deid_config(opts.deid_config),
             pixel_config(opts.pixel_config, info),
-            opts.max_object_bytes,
+            limits,
             dicomweb,
         )
     else:

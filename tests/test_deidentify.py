@@ -52,7 +52,7 @@ def dataset_bytes(data: bytes) -> bytes:
     """The file as stored, plus the inflated dataset of a deflated file."""
     ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
     if ds.file_meta.TransferSyntaxUID == pydicom.uid.DeflatedExplicitVRLittleEndian:
-        return data + zlib.decompress(data[dicom_io.parse._dataset_offset(data) :], -zlib.MAX_WBITS)
+        return data + zlib.decompress(data[dicom_io.scan.file_meta(data)[0] :], -zlib.MAX_WBITS)
     return data
 
 

@@ -441,7 +441,9 @@ def test_duplicates_are_found_from_headers_and_the_first_place_wins(tmp_path):
     paths = [(str(p), p.stat().st_size) for p in sorted(tmp_path.iterdir())]
     with TestPipeline() as p:
         found = p | beam.Create(paths) | dicom_io.FindDuplicates()
-        assert_that(found, equal_to([(str(tmp_path / "b.dcm"), "")]))
+        # (place, winner): among equally complete copies the first place wins.
+        winner = (str(tmp_path / "a.zip"), "copy.dcm")
+        assert_that(found, equal_to([((str(tmp_path / "b.dcm"), ""), winner)]))
     assert dicom_io.instance_digest(CT.read_bytes()) != dicom_io.instance_digest(J2K.read_bytes())
     assert dicom_io.instance_digest(b"not dicom") is None
 
@@ -543,7 +545,7 @@ def test_read_objects_streams_archives_and_dead_letters_the_rest(export):
 def test_read_objects_caps_the_size_before_reading(export):
     paths = [(str(export / "b.dcm"), CT.stat().st_size)]
     with TestPipeline() as p:
-        objects, errors = p | beam.Create(paths) | dicom_io.ReadObjects(max_bytes=1000)
+        objects, errors = p | beam.Create(paths) | dicom_io.ReadObjects(1000)
         assert_that(objects, equal_to([]), label="CheckObjects")
         assert_that(
             _places(errors, "Errors"),
@@ -555,7 +557,10 @@ def test_read_objects_caps_the_size_before_reading(export):
 def test_drop_duplicates_routes_the_later_copies_to_dead_letters():
     first, later = SourceObject("gs://b/1.dcm", None, b"x"), SourceObject("gs://b/a.zip", "2", b"x")
     with TestPipeline() as p:
-        duplicates = p | "Duplicates" >> beam.Create([("gs://b/a.zip", "2")])
+        # (place, winner): FindDuplicates names the copy that is kept.
+        duplicates = p | "Duplicates" >> beam.Create(
+            [(("gs://b/a.zip", "2"), ("gs://b/1.dcm", ""))]
+        )
         objects, errors = (
             p | "Objects" >> beam.Create([first, later]) | dicom_io.DropDuplicates(duplicates)
         )

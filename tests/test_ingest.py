@@ -82,6 +82,7 @@ def test_the_pipeline_itself_completes_the_manifest_and_clears_its_scratch(corpu
         rows = sum(1 for _ in csv.DictReader(fh))
     labels = manifest["labels"]
     assert labels["given"] and labels["rows"] == rows
+    assert labels["conflicting_rows"] == 0  # the synthetic export never contradicts itself
     assert isinstance(labels["unmatched_rows"], int) and 0 <= labels["unmatched_rows"] < rows
     assert "labels" not in manifest["counts"]
     assert "pixel_mean" in manifest["tf_transform"]

@@ -187,6 +187,7 @@ def test_conflicting_duplicates_are_dropped_and_counted(tmp_path):
     assert table.duplicates_conflicting == 1
     assert table.rows == 7
     assert table.rows_skipped == 2
+    assert table.conflicting_rows == 3  # every row of ACC[0]: the manifest reports them
 
 
 # --- errors: one line, no PHI ----------------------------------------------------------------

@@ -425,7 +425,11 @@ def _claimed(ts: str | None) -> bool:
 
 
 @pytest.mark.parametrize(
-    "path", _corpus_paths(), ids=lambda p: str(Path(p).relative_to(TEST_FILES))
+    "path",
+    _corpus_paths(),
+    ids=lambda p: str(
+        Path(p).relative_to(TEST_FILES) if Path(p).is_relative_to(TEST_FILES) else Path(p).name
+    ),
 )
 def test_pydicom_test_file(path):
     status, ts, result = _outcome(path)

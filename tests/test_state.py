@@ -2,6 +2,8 @@
 
 import json
 import os
+import socket
+import subprocess
 import time
 
 import pytest
@@ -43,8 +45,9 @@ class FakeBlob:
         self._check(if_generation_match)
         del self.store[self.name]
 
-    def download_as_bytes(self):
+    def download_as_bytes(self, if_generation_match=None):
         self.reload()
+        self._check(if_generation_match)
         return self.store[self.name][1]
 
 
@@ -57,38 +60,117 @@ def root(request, tmp_path, monkeypatch):
     return f"gs://bucket/lock-test/{time.time_ns()}"
 
 
+def plant(root: str, **holder) -> None:
+    """Writes a lock as another run would have left it."""
+    now = time.time()
+    data = {
+        "owner": "other-run",
+        "token": "t-" + str(time.time_ns()),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "pid_start": st.process_start(os.getpid()),
+        "acquired_at": "then",
+        "acquired_epoch": now,
+        "heartbeat_epoch": now,
+        **holder,
+    }
+    uri = f"{root}/{st.LOCK_NAME}"
+    if root.startswith("gs://"):
+        st._gcs_blob(uri).upload_from_string(json.dumps(data).encode(), if_generation_match=0)
+    else:
+        os.makedirs(root, exist_ok=True)
+        with open(uri, "w") as fh:
+            json.dump(data, fh)
+
+
+def dead_pid() -> int:
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
 def test_a_second_run_is_refused_while_the_first_holds_the_lock(root):
     first = st.Lock(root, "run-a")
     first.acquire()
-    with pytest.raises(st.LockHeld, match="run-a") as info:
+    with pytest.raises(st.LockHeld, match=r"run-a.*alive on this host"):
         st.Lock(root, "run-b").acquire()
-    assert "stale after 360 min" in str(info.value)
     first.release()
     with st.Lock(root, "run-b") as lock:
         assert lock.holder()["owner"] == "run-b"
     assert st.Lock(root, "x").holder() is None  # released on leaving the block
 
 
-def test_a_stale_lock_is_taken_over_once(root):
-    killed = st.Lock(root, "killed-run")
-    killed.acquire()  # never released: the run was killed
-    time.sleep(1.1)
-    contenders = [st.Lock(root, f"run-{i}", stale_seconds=1) for i in range(2)]
-    contenders[0].acquire()
-    assert contenders[0].holder()["owner"] == "run-0"
-    with pytest.raises(st.LockHeld):  # run-0's lock is fresh for run-1
-        st.Lock(root, "run-1", stale_seconds=3600).acquire()
-    contenders[0].release()
+def test_the_lock_records_holder_and_renews_its_heartbeat(root):
+    lock = st.Lock(root, "run-a", heartbeat_seconds=0.05)
+    with lock:
+        first = lock.holder()
+        assert first["host"] == socket.gethostname() and first["pid"] == os.getpid()
+        assert first["pid_start"] and first["acquired_at"]
+        time.sleep(0.4)
+        later = lock.holder()
+        assert later["heartbeat_epoch"] > first["heartbeat_epoch"]
+        assert later["acquired_epoch"] == first["acquired_epoch"]
+        assert not lock.lost
 
 
-def test_stale_takeover_race_has_one_winner(tmp_path):
-    root = str(tmp_path)
-    st.Lock(root, "dead").acquire()
-    os.utime(tmp_path / st.LOCK_NAME)
-    late = [st.Lock(root, f"r{i}", stale_seconds=0) for i in range(2)]
-    assert late[0]._break_stale() is True
-    assert late[1]._break_stale() is False  # nothing left to break
-    assert late[0]._try_create() and not late[1]._try_create()
+def test_a_live_holder_on_this_host_is_never_taken_over(root):
+    """Before: a live run older than the stale time was taken over, and two runs wrote
+    every score twice. Its heartbeat may be old (a long stall): it lives, it keeps it."""
+    plant(root, heartbeat_epoch=0, acquired_epoch=0)
+    with pytest.raises(st.LockHeld, match="alive on this host"):
+        st.Lock(root, "late", stale_seconds=1).acquire()
+
+
+def test_a_dead_holder_on_this_host_is_taken_over_at_once(root):
+    """Before: after a SIGKILL, re-runs were refused for six hours."""
+    plant(root, pid=dead_pid())  # heartbeat just now, but its process is gone
+    with st.Lock(root, "rerun", stale_seconds=3600) as lock:
+        assert lock.holder()["owner"] == "rerun"
+
+
+def test_a_reused_pid_is_not_the_holder(root):
+    plant(root, pid=os.getpid(), pid_start="1")  # this pid, but another process's start
+    with st.Lock(root, "rerun", stale_seconds=3600) as lock:
+        assert lock.holder()["owner"] == "rerun"
+
+
+def test_a_holder_elsewhere_is_taken_over_only_when_its_heartbeat_is_stale(root):
+    plant(root, host="another-host", pid=1)
+    with pytest.raises(st.LockHeld, match="last heartbeat 0 min ago"):
+        st.Lock(root, "late", stale_seconds=60).acquire()
+    st.Lock(root, "x")._read()  # readable as is
+    uri_root = root
+    if root.startswith("gs://"):
+        FakeBlob.store.clear()
+    else:
+        os.remove(f"{root}/{st.LOCK_NAME}")
+    plant(uri_root, host="another-host", pid=1, heartbeat_epoch=time.time() - 120)
+    with st.Lock(root, "late", stale_seconds=60) as lock:
+        assert lock.holder()["owner"] == "late"
+
+
+def test_takeover_of_a_dead_lock_has_one_winner(root):
+    plant(root, pid=dead_pid())
+    contenders = [st.Lock(root, f"r{i}") for i in range(2)]
+    seen = [c._read() for c in contenders]  # both judged the same lock dead
+    assert contenders[0]._break(*seen[0]) is True
+    contenders[0]._token = "winner"
+    assert contenders[0]._try_create()
+    assert contenders[1]._break(*seen[1]) is False  # that lock is gone: not the new one
+    assert not contenders[1]._try_create()
+    assert contenders[1].holder()["token"] == "winner"
+
+
+def test_a_holder_that_was_taken_over_notices(root):
+    lock = st.Lock(root, "slow", heartbeat_seconds=0.05)
+    lock.acquire()
+    lock._stop_heartbeat()
+    holder, version = lock._read()
+    assert lock._break(holder, version)
+    st.Lock(root, "new")._try_create()
+    assert lock.renew() is False
+    lock.release()  # leaves the new holder's lock alone
+    assert st.Lock(root, "x").holder()["owner"] == "new"
 
 
 @pytest.mark.parametrize("where", ["local", "gcs"])

@@ -50,21 +50,31 @@ class ConvertError(StageError):
 
 
 def convert(
-    ds: Dataset, engine: Deidentifier, pixels: PixelConfig
+    ds: Dataset,
+    engine: Deidentifier,
+    pixels: PixelConfig,
+    limits: dicom_io.Limits | None = None,
 ) -> tuple[DeidResult, list[NormalizedImage]]:
-    """De-identifies ``ds`` in place (not re-encoded) and normalizes its pixels.
+    """De-identifies ``ds`` in place (not re-encoded) and normalizes its pixels; the frames
+    the frame policy keeps are checked against ``limits`` before anything is decoded.
 
     Returns:
         The pseudonymous identifiers and one image per frame the frame policy keeps.
 
     Raises:
-        ConvertError: with ``stage`` ``deidentify`` or ``pixels``; an unforeseen exception
-            becomes ``unexpected_error`` naming only its type.
+        ConvertError: with ``stage`` ``deidentify`` or ``pixels``; ``too_many_frames`` and
+            ``too_large_decoded`` (stage ``pixels``) for frames over the limits; deep
+            nesting found late is ``too_deep``; an unforeseen exception becomes
+            ``unexpected_error`` naming only its type.
     """
+    limits = dicom_io.Limits.of(limits)
     try:
         with at_stage(STAGE_DEIDENTIFY):
             result, _ = deidentify_dataset(ds, engine, encode=False)
         with at_stage(STAGE_PIXELS):
+            if any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+                frames = dicom_io.parse.frame_count(ds) if pixels.frame_policy == "all" else 1
+                dicom_io.check_decoded(ds, frames, limits)
             return result, normalize(ds, pixels)
     except StageError as e:
         raise ConvertError(e.stage or STAGE_DEIDENTIFY, e) from None
@@ -153,11 +163,15 @@ class ParseFn(DeadLetterFn):
 
     stage = STAGE_PARSE
 
+    def __init__(self, limits: dicom_io.Limits | None = None):
+        super().__init__()
+        self._limits = dicom_io.Limits.of(limits)
+
     def where(self, obj: dicom_io.SourceObject) -> tuple[str, str | None]:
         return obj.source, obj.member
 
     def work(self, obj: dicom_io.SourceObject) -> Iterator[tuple[tuple[str, str | None], Dataset]]:
-        yield (obj.source, obj.member), dicom_io.parse_dataset(obj.data)
+        yield (obj.source, obj.member), dicom_io.parse_dataset(obj.data, self._limits)
 
 
 # ((source, member), (Dataset, label)): a parsed instance and its label, if any.
@@ -174,12 +188,20 @@ class ConvertFn(DeadLetterFn):
 
     stage = STAGE_DEIDENTIFY  # convert() names deidentify or pixels itself
 
-    def __init__(self, deid_config: DeidConfig, key: KeySource, pixels: PixelConfig, prefix: str):
+    def __init__(
+        self,
+        deid_config: DeidConfig,
+        key: KeySource,
+        pixels: PixelConfig,
+        prefix: str,
+        limits: dicom_io.Limits | None = None,
+    ):
         self._deid_config = deid_config
         self._key = key
         self._pixels = pixels
         self._prefix = prefix
         self.failed_counter = f"{prefix}_dead_letters"
+        self._limits = dicom_io.Limits.of(limits)
 
     def setup(self):
         self._engine = Deidentifier(Profile.load(), self._deid_config, self._key.resolve())
@@ -191,7 +213,7 @@ class ConvertFn(DeadLetterFn):
 
     def work(self, element: Keyed) -> Iterator[Instance]:
         (source, member), (ds, label) = element
-        result, images = convert(ds, self._engine, self._pixels)
+        result, images = convert(ds, self._engine, self._pixels, self._limits)
         self._converted.inc()
         yield Instance(
             source,
@@ -225,6 +247,7 @@ class PrepareInstances(NamedOutputs):
         prefix: names the counters ``<prefix>_converted`` and ``<prefix>_dead_letters``.
         labels: a one-element PCollection of ``LabelTable`` (``ReadLabels``) to join on
             the original identifiers before they are replaced; None for no labels.
+        limits: what one object may cost to parse and decode (``dicom_io.Limits``).
 
     Returns:
         ``Prepared(instances, dead_letters, unmatched_labels)``; ``unmatched_labels`` (the
@@ -239,6 +262,7 @@ class PrepareInstances(NamedOutputs):
         pixels: PixelConfig,
         prefix: str,
         labels: beam.PCollection[LabelTable] | None = None,
+        limits: dicom_io.Limits | None = None,
     ):
         super().__init__()
         self._deid_config = deid_config
@@ -246,16 +270,18 @@ class PrepareInstances(NamedOutputs):
         self._pixels = pixels
         self._prefix = prefix
         self._labels = labels
+        self._limits = dicom_io.Limits.of(limits)
 
     def expand(self, objects: beam.PCollection[dicom_io.SourceObject]) -> Prepared:
-        parsed = objects | "Parse" >> beam.ParDo(ParseFn()).with_outputs(DEAD_LETTER, main="ok")
+        parse = beam.ParDo(ParseFn(self._limits))
+        parsed = objects | "Parse" >> parse.with_outputs(DEAD_LETTER, main="ok")
         unmatched = None
         if self._labels is not None:
             joined, unmatched = parsed.ok | "JoinLabels" >> JoinLabels(self._labels)
         else:
             joined = parsed.ok | "NoLabels" >> beam.Map(lambda kv: (kv[0], (kv[1], None)))
         converted = joined | "Convert" >> beam.ParDo(
-            ConvertFn(self._deid_config, self._key, self._pixels, self._prefix)
+            ConvertFn(self._deid_config, self._key, self._pixels, self._prefix, self._limits)
         ).with_outputs(DEAD_LETTER, main="instances")
         dead_letters = (parsed[DEAD_LETTER], converted[DEAD_LETTER]) | "DeadLetters" >> (
             beam.Flatten()

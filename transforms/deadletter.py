@@ -74,6 +74,8 @@ def at_stage(stage: str) -> Iterator[None]:
         if e.stage is None:
             e.stage = stage
         raise
+    except RecursionError:  # nesting that only a deeper walk finds (a UN read as SQ)
+        raise StageError("too_deep", "sequences nested too deep", stage) from None
     except Exception as e:  # one odd file must not stop the run
         raise unexpected(e, stage) from None
 

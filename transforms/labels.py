@@ -67,6 +67,7 @@ class LabelTable:
             because either label could be wrong.
         rows: data rows in the file.
         rows_skipped: rows with a blank key or a blank label; they label nothing.
+        conflicting_rows: rows dropped because their key value carries two labels.
     """
 
     key: str
@@ -74,6 +75,7 @@ class LabelTable:
     duplicates_conflicting: int
     rows: int
     rows_skipped: int = 0
+    conflicting_rows: int = 0
 
 
 def load_labels(uri: str) -> LabelTable:
@@ -194,12 +196,14 @@ def _table(header: list[str], columns: dict[str, list], uri: str) -> LabelTable:
             conflicting.add(value)
     for value in conflicting:
         del seen[value]
+    conflicting_rows = sum(1 for v, lab in zip(values, labels, strict=True) if v in conflicting)
     return LabelTable(
         key=key,
         labels=seen,
         duplicates_conflicting=len(conflicting),
         rows=len(labels),
         rows_skipped=skipped,
+        conflicting_rows=conflicting_rows,
     )
 
 

@@ -28,6 +28,10 @@ _FUNCTIONAL_GROUP = dict.fromkeys(
     ("RescaleSlope", "RescaleIntercept"), "PixelValueTransformationSequence"
 ) | dict.fromkeys(("WindowCenter", "WindowWidth", "VOILUTFunction"), "FrameVOILUTSequence")
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601, as PIL's "L"
+# Beyond these a rescale or window is damage, not physics: no modality's units need a slope
+# over a million or a value over a billion (float32 keeps 7 digits there anyway).
+MAX_RESCALE_SLOPE = 1e6
+MAX_MODALITY_VALUE = 1e9
 
 
 class PixelError(StageError):
@@ -181,11 +185,23 @@ def modality_lut(arr: np.ndarray, ds: Dataset, frame: int = 0) -> np.ndarray:
 
     A Modality LUT Sequence wins (pydicom applies it); else Rescale Slope/Intercept, from the
     top level or, for enhanced IODs, the functional groups of ``frame``.
+
+    Raises:
+        PixelError: ``invalid_rescale`` for a non-finite, zero or absurd slope or intercept,
+            or values that overflow (a black or nan example otherwise).
     """
     if ds.get("ModalityLUTSequence"):
         return apply_modality_lut(arr, ds).astype(np.float32)
     slope = _first(_attr(ds, "RescaleSlope", frame))
     intercept = _first(_attr(ds, "RescaleIntercept", frame))
+    for name, value, bound in (
+        ("slope", slope, MAX_RESCALE_SLOPE),
+        ("intercept", intercept, MAX_MODALITY_VALUE),
+    ):
+        if value is not None and not (np.isfinite(value) and abs(value) <= bound):
+            raise PixelError("invalid_rescale", f"rescale {name} is not finite or out of range")
+    if slope == 0:
+        raise PixelError("invalid_rescale", "rescale slope is zero (every pixel the same)")
     out = arr.astype(np.float32)
     if slope is not None and slope != 1:
         out *= np.float32(slope)
@@ -238,10 +254,20 @@ def choose_window(arr: np.ndarray, ds: Dataset, config: PixelConfig, frame: int 
         return Window(first_mapped + entries / 2, float(entries), "LUT")
     center = _first(_attr(ds, "WindowCenter", frame))
     width = _first(_attr(ds, "WindowWidth", frame))
-    if center is not None and width is not None and width > 0:
+    if center is not None and width is not None and _sane_window(center, width):
         function = str(_attr(ds, "VOILUTFunction", frame) or "LINEAR").strip().upper()
         return Window(center, width, "SIGMOID" if function == "SIGMOID" else "LINEAR")
     return _robust_range(arr)
+
+
+def _sane_window(center: float | None, width: float | None) -> bool:
+    """A dataset window worth using: finite, width > 0, both within modality range (a
+    non-finite or absurd one falls back to the percentile window)."""
+    if center is None or width is None:
+        return False
+    if not (np.isfinite(center) and np.isfinite(width)):
+        return False
+    return 0 < width <= 2 * MAX_MODALITY_VALUE and abs(center) <= MAX_MODALITY_VALUE
 
 
 def apply_window(arr: np.ndarray, window: Window, ds: Dataset | None = None) -> np.ndarray:
@@ -331,8 +357,12 @@ def normalize(ds: Dataset, config: PixelConfig) -> list[NormalizedImage]:
 
     Grey: modality LUT, VOI window, MONOCHROME1 inversion. Colour: scaled by its bit depth.
 
+    A non-finite or absurd dataset window falls back to the percentile window, as does one
+    that would turn a varying image into a flat one.
+
     Raises:
-        PixelError: ``no_pixel_data``, ``undecodable``, ``unsupported_photometric``, or
+        PixelError: ``no_pixel_data``, ``undecodable``, ``unsupported_photometric``,
+            ``invalid_rescale`` (non-finite, zero or absurd slope/intercept), or
             ``normalize_failed`` for anything else (e.g. unreadable LUT attributes).
     """
     _require_pixels(ds)  # before Number of Frames is looked at
@@ -352,14 +382,40 @@ def normalize(ds: Dataset, config: PixelConfig) -> list[NormalizedImage]:
                 window = Window(full / 2, full)
             else:
                 values = modality_lut(stored, ds, frame)
-                window = choose_window(values, ds, config, frame)
-                img01 = invert_monochrome1(apply_window(values, window, ds), ds)
+                window, img01 = _grey01(values, ds, config, frame)
             pixels = resize_pad(to_channels(img01, ds, config.channels), config.size)
             rows, cols = stored.shape[:2]
             out.append(
                 NormalizedImage(pixels, frame, rows, cols, window.center, window.width, source)
             )
+    except PixelError:
+        raise
     except Exception as e:
         # Never chain: messages from pydicom or numpy may quote dataset values.
         raise PixelError("normalize_failed", f"cannot normalize ({type(e).__name__})") from None
     return out
+
+
+def _grey01(
+    values: np.ndarray, ds: Dataset, config: PixelConfig, frame: int
+) -> tuple[Window, np.ndarray]:
+    """Windowed grey values in [0, 1], never nan, and never a flat image from a window that
+    misses data that varies: the dataset's window then gives way to the percentile window.
+
+    Raises:
+        PixelError: ``invalid_rescale`` when the modality values overflow or none is finite.
+    """
+    # Float pixel data may hold a few nan/inf pixels: the window ignores them and they map
+    # to black (nan) or the clipped end (inf). With no finite pixel there is no image.
+    if not np.isfinite(values).any():
+        raise PixelError("invalid_rescale", "no pixel value is finite after the rescale")
+    window = choose_window(values, ds, config, frame)
+    img01 = apply_window(values, window, ds)
+    if window.function != "LUT" and _preset(ds, config) is None and img01.min() == img01.max():
+        fallback = _robust_range(values)
+        if fallback.width > 0:
+            window = fallback
+            img01 = apply_window(values, window, ds)
+    if not (np.isfinite(window.center) and np.isfinite(window.width)):
+        raise PixelError("invalid_rescale", "no finite window for these values")
+    return window, invert_monochrome1(img01, ds)

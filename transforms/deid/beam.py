@@ -20,7 +20,7 @@ from transforms.deid.engine import Deidentifier
 from transforms.deid.objects import DeidResult, deidentify_dataset
 from transforms.deid.profile import Profile
 from transforms.deid.redact import warm_ocr
-from transforms.dicom_io import METRICS_NAMESPACE, SourceObject, parse_dataset
+from transforms.dicom_io import METRICS_NAMESPACE, Limits, SourceObject, parse_dataset
 from transforms.keys import KeySource
 
 LINKAGE = "linkage"
@@ -43,15 +43,22 @@ class Deidentify(NamedOutputs):
         ``Deidentified(results, dead_letters, linkage)``; ``linkage`` is None unless asked for.
     """
 
-    def __init__(self, config: DeidConfig, key_source: KeySource, linkage: bool = False):
+    def __init__(
+        self,
+        config: DeidConfig,
+        key_source: KeySource,
+        linkage: bool = False,
+        limits: Limits | None = None,
+    ):
         super().__init__()
         self._config = config
         self._key_source = key_source
         self._linkage = linkage
+        self._limits = Limits.of(limits)
 
     def expand(self, objects: beam.PCollection[SourceObject]) -> Deidentified:
         outputs = objects | "Deidentify" >> beam.ParDo(
-            DeidentifyFn(self._config, self._key_source, self._linkage)
+            DeidentifyFn(self._config, self._key_source, self._linkage, self._limits)
         ).with_outputs(DEAD_LETTER, LINKAGE, main="results")
         linkage = outputs[LINKAGE] if self._linkage else None
         return Deidentified(outputs.results, outputs[DEAD_LETTER], linkage)
@@ -59,15 +66,19 @@ class Deidentify(NamedOutputs):
 
 class DeidentifyFn(DeadLetterFn):
     """SourceObject → ``(source, member, DeidResult)`` (and its linkage row, if asked for),
-    or a ``parse`` or ``deidentify`` dead letter."""
+    or a ``parse`` or ``deidentify`` dead letter (parse within ``limits``)."""
 
     stage = STAGE_PARSE
     failed_counter = "deid_dead_letters"
 
-    def __init__(self, config: DeidConfig, key_source: KeySource, linkage: bool):
+    def __init__(
+        self, config: DeidConfig, key_source: KeySource, linkage: bool, limits: Limits | None = None
+    ):
+        super().__init__()
         self._config = config
         self._key_source = key_source
         self._linkage = linkage
+        self._limits = Limits.of(limits)
 
     def setup(self):
         # Built once per worker: the table, the resolved options and the key.
@@ -80,7 +91,7 @@ class DeidentifyFn(DeadLetterFn):
 
     def work(self, obj: SourceObject) -> Iterator:
         with at_stage(STAGE_PARSE):
-            ds = parse_dataset(obj.data)
+            ds = parse_dataset(obj.data, self._limits)
         with at_stage(STAGE_DEIDENTIFY):
             result, link = deidentify_dataset(ds, self._engine)
         self._done.inc()

@@ -2,7 +2,7 @@
 
 Everything here works through Beam's FileSystems, so a local folder and ``gs://`` read the
 same way on DirectRunner and on Dataflow. Loose objects and archive members become
-``SourceObject``s (at most ``max_bytes`` each); whatever cannot be read becomes a
+``SourceObject``s (within ``Limits``); whatever cannot be read becomes a
 ``DeadLetter``. Archives are never held in memory whole: zip members are read one at a
 time through the central directory, tar (optionally gzip/bz2/xz compressed) as a stream.
 """
@@ -10,6 +10,7 @@ time through the central directory, tar (optionally gzip/bz2/xz compressed) as a
 from transforms.dicom_io.archives import iter_objects, sniff
 from transforms.dicom_io.dedupe import DropDuplicates, FindDuplicates, instance_digest
 from transforms.dicom_io.inventory import InspectDicom, Inspected, InspectFn, describe
+from transforms.dicom_io.limits import Limits
 from transforms.dicom_io.match import (
     MatchInputs,
     check_inputs,
@@ -33,7 +34,7 @@ from transforms.dicom_io.objects import (
     ReadOutputs,
     SourceObject,
 )
-from transforms.dicom_io.parse import parse_dataset
+from transforms.dicom_io.parse import check_decoded, parse_dataset
 from transforms.dicom_io.read import ReadInstances, ReadObjects, ReadObjectsFn
 
 __all__ = [
@@ -53,12 +54,14 @@ __all__ = [
     "InspectDicom",
     "InspectFn",
     "Inspected",
+    "Limits",
     "MatchInputs",
     "ReadInstances",
     "ReadObjects",
     "ReadObjectsFn",
     "ReadOutputs",
     "SourceObject",
+    "check_decoded",
     "check_inputs",
     "describe",
     "has_glob",

@@ -1,7 +1,9 @@
 """Objects and archive members: sniff what a file is, stream zip/tar/gzip members."""
 
+import bz2
 import gzip
 import io
+import lzma
 import os
 import struct
 import tarfile
@@ -18,6 +20,14 @@ from transforms.deadletter import (
     DeadLetter,
     StageError,
 )
+from transforms.dicom_io.limits import (
+    INFLATE_LIMIT,
+    TOO_LARGE,
+    CountingReader,
+    InflateLimitExceeded,
+    Limits,
+    inflate_message,
+)
 from transforms.dicom_io.objects import (
     _ARCHIVE_KINDS,
     _EXPLICIT_VRS,
@@ -33,6 +43,8 @@ from transforms.dicom_io.objects import (
     SourceObject,
 )
 
+_COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz")
+
 
 def sniff(head: bytes) -> str:
     """Recognises an object by its first bytes, never by its name."""
@@ -40,6 +52,8 @@ def sniff(head: bytes) -> str:
         return KIND_EMPTY
     if len(head) >= 132 and head[128:132] == b"DICM":
         return KIND_DICOM
+    if 128 < len(head) < 132 and b"DICM".startswith(head[128:]):
+        return KIND_DICOM  # cut inside the magic: parsing names it truncated
     if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
         return KIND_ZIP
     if head.startswith(b"\x1f\x8b"):
@@ -70,7 +84,7 @@ def _looks_like_bare_dataset(head: bytes) -> bool:
 
 
 def iter_objects(
-    path: str, size: int, max_bytes: int = DEFAULT_MAX_OBJECT_BYTES
+    path: str, size: int, limits: Limits | int = DEFAULT_MAX_OBJECT_BYTES
 ) -> Iterator[SourceObject | DeadLetter]:
     """Yields every DICOM candidate in the object at ``path``, and a dead letter for the rest.
 
@@ -80,8 +94,11 @@ def iter_objects(
     Args:
         path: the object's URI, as FileSystems names it.
         size: its size in bytes, from the listing.
-        max_bytes: the cap for one loose object or one archive member.
+        limits: ``max_object_bytes`` caps one loose object or archive member (an int is
+            taken as that cap); ``max_inflated_bytes`` one compressed member as inflated,
+            ``max_archive_bytes`` a whole compressed archive; all counted while streaming.
     """
+    limits = Limits.of(limits)
     if size == 0:
         yield DeadLetter(path, None, STAGE_READ, KIND_EMPTY, "object is empty (0 bytes)")
         return
@@ -90,9 +107,9 @@ def iter_objects(
         kind = sniff(head)
         if kind in _ARCHIVE_KINDS:
             f.seek(0)
-            yield from _iter_archive(f, kind, path, None, max_bytes, depth=1)
+            yield from _iter_archive(f, kind, path, None, limits, depth=1)
         else:
-            yield _leaf(f, head, kind, size, path, None, max_bytes)
+            yield _leaf(f, head, kind, size, path, None, _Cap.plain(limits))
 
 
 @dataclass(frozen=True)
@@ -109,6 +126,26 @@ class _Readable(Protocol):
     def read(self, size: int = -1, /) -> bytes: ...
 
 
+@dataclass(frozen=True)
+class _Cap:
+    """How many bytes one object may have, and what exceeding it is called."""
+
+    limits: Limits
+    size: int
+    error_type: str
+
+    @classmethod
+    def plain(cls, limits: Limits) -> "_Cap":
+        return cls(limits, limits.max_object_bytes, TOO_LARGE)
+
+    @classmethod
+    def inflated(cls, limits: Limits) -> "_Cap":
+        """For bytes that come out of a decompressor: the tighter of the two limits."""
+        if limits.max_inflated_bytes < limits.max_object_bytes:
+            return cls(limits, limits.max_inflated_bytes, INFLATE_LIMIT)
+        return cls.plain(limits)
+
+
 def _leaf(
     stream: _Readable,
     head: bytes,
@@ -116,7 +153,7 @@ def _leaf(
     size: int | None,
     source: str,
     member: str | None,
-    max_bytes: int,
+    cap: _Cap,
 ) -> SourceObject | DeadLetter:
     """A non-archive object: DICOM is read (up to the cap); anything else is refused unread."""
     if kind == KIND_EMPTY:
@@ -125,44 +162,47 @@ def _leaf(
         message = "content is not DICOM and not a known archive"
         return DeadLetter(source, member, STAGE_READ, "not_dicom", message)
     try:
-        return SourceObject(source, member, _read_capped(stream, head, size, max_bytes))
+        return SourceObject(source, member, _read_capped(stream, head, size, cap))
     except StageError as e:
         return DeadLetter(source, member, STAGE_READ, e.error_type, e.message)
 
 
 def _read_member(
-    stream: _Readable, size: int | None, source: str, member: str, max_bytes: int, depth: int
+    stream: _Readable, size: int | None, source: str, member: str, cap: _Cap, depth: int
 ) -> SourceObject | DeadLetter | _Nested:
     """Reads one archive member. Errors of the stream itself propagate to the caller."""
     head = stream.read(_HEAD_BYTES)
     kind = sniff(head)
     if kind not in _ARCHIVE_KINDS:
-        return _leaf(stream, head, kind, size, source, member, max_bytes)
+        return _leaf(stream, head, kind, size, source, member, cap)
     if depth >= MAX_ARCHIVE_DEPTH:
         message = "archive nested deeper than supported"
         return DeadLetter(source, member, STAGE_READ, "nested_archive", message)
     try:
-        return _Nested(kind, _read_capped(stream, head, size, max_bytes))
+        return _Nested(kind, _read_capped(stream, head, size, cap))
     except StageError as e:
         return DeadLetter(source, member, STAGE_READ, e.error_type, e.message)
 
 
 def _expand(
-    item: SourceObject | DeadLetter | _Nested, source: str, member: str, max_bytes: int, depth: int
+    item: SourceObject | DeadLetter | _Nested, source: str, member: str, limits: Limits, depth: int
 ) -> Iterator[SourceObject | DeadLetter]:
     if isinstance(item, _Nested):
         archive = io.BytesIO(item.data)
-        yield from _iter_archive(archive, item.kind, source, member, max_bytes, depth + 1)
+        yield from _iter_archive(archive, item.kind, source, member, limits, depth + 1)
     else:
         yield item
 
 
-def _read_capped(stream: _Readable, head: bytes, size: int | None, max_bytes: int) -> bytes:
-    if size is not None and size > max_bytes:
-        raise StageError("too_large", f"object is {size} bytes, over the cap of {max_bytes}")
-    rest = stream.read(max_bytes + 1 - len(head))
-    if len(head) + len(rest) > max_bytes:
-        raise StageError("too_large", f"object is over the cap of {max_bytes} bytes")
+def _read_capped(stream: _Readable, head: bytes, size: int | None, cap: _Cap) -> bytes:
+    """Reads at most one byte past the cap: a declared or streamed excess is refused."""
+    if size is not None and size > cap.size:
+        raise StageError(cap.error_type, f"object is {size} bytes, over the cap of {cap.size}")
+    rest = stream.read(cap.size + 1 - len(head))
+    if len(head) + len(rest) > cap.size:
+        if cap.error_type == INFLATE_LIMIT:
+            raise StageError(INFLATE_LIMIT, f"member {inflate_message(cap.size)}")
+        raise StageError(TOO_LARGE, f"object is over the cap of {cap.size} bytes")
     return head + rest
 
 
@@ -175,14 +215,14 @@ def _iter_archive(
     kind: str,
     source: str,
     outer: str | None,
-    max_bytes: int,
+    limits: Limits,
     depth: int,
 ) -> Iterator[SourceObject | DeadLetter]:
     """Every member of one archive; an archive with no files at all still gets a row."""
     if kind == KIND_ZIP:
-        members = _iter_zip(archive, source, outer, max_bytes, depth)
+        members = _iter_zip(archive, source, outer, limits, depth)
     else:
-        members = _iter_tar(archive, kind, source, outer, max_bytes, depth)
+        members = _iter_compressed(archive, source, outer, limits, depth)
     empty = True
     for item in members:
         empty = False
@@ -192,7 +232,7 @@ def _iter_archive(
 
 
 def _iter_zip(
-    archive: BinaryIO, source: str, outer: str | None, max_bytes: int, depth: int
+    archive: BinaryIO, source: str, outer: str | None, limits: Limits, depth: int
 ) -> Iterator[SourceObject | DeadLetter]:
     try:
         zf = zipfile.ZipFile(archive)
@@ -200,6 +240,7 @@ def _iter_zip(
         message = "zip central directory is unreadable"
         yield DeadLetter(source, outer, STAGE_READ, "corrupt_archive", message)
         return
+    inflated = 0  # all members together: overlapping members make a bomb of small ones
     with zf:
         for info in zf.infolist():
             if info.is_dir():
@@ -212,43 +253,98 @@ def _iter_zip(
             if info.file_size == 0:
                 yield DeadLetter(source, member, STAGE_READ, KIND_EMPTY, "member is empty")
                 continue
+            inflated += info.file_size
+            if inflated > limits.max_archive_bytes:
+                message = f"archive {inflate_message(limits.max_archive_bytes)}; member not read"
+                yield DeadLetter(source, member, STAGE_READ, INFLATE_LIMIT, message)
+                continue
+            stored = info.compress_type == zipfile.ZIP_STORED
+            cap = _Cap.plain(limits) if stored else _Cap.inflated(limits)
             # Read the member completely inside the try: zip checks the CRC at the end, and
-            # any codec (deflate, bzip2, lzma) may fail on damaged bytes.
+            # any codec (deflate, bzip2, lzma) may fail on damaged bytes. ZipExtFile stops
+            # at the declared size, which the cap has already checked.
             try:
                 with zf.open(info) as stream:
-                    item = _read_member(stream, info.file_size, source, member, max_bytes, depth)
+                    item = _read_member(stream, info.file_size, source, member, cap, depth)
             except Exception as e:
                 message = f"zip member cannot be decompressed ({type(e).__name__})"
                 item = DeadLetter(source, member, STAGE_READ, "corrupt_archive_member", message)
-            yield from _expand(item, source, member, max_bytes, depth)
+            yield from _expand(item, source, member, limits, depth)
+
+
+def _decompressor(archive: BinaryIO) -> _Readable | None:
+    """A stream of the inflated bytes of a gzip, bzip2 or xz stream; None for a plain tar."""
+    magic = archive.read(6)
+    archive.seek(0)
+    if magic.startswith(b"\x1f\x8b"):
+        return gzip.GzipFile(fileobj=archive)
+    if magic.startswith(b"BZh"):
+        return bz2.BZ2File(archive)
+    if magic.startswith(b"\xfd7zXZ\x00"):
+        return lzma.LZMAFile(archive)
+    return None
+
+
+def _iter_compressed(
+    archive: BinaryIO, source: str, outer: str | None, limits: Limits, depth: int
+) -> Iterator[SourceObject | DeadLetter]:
+    """A tar (plain or compressed), or one compressed object such as ``IMG0001.dcm.gz``.
+
+    Inflated bytes are counted as they stream (``max_archive_bytes`` for the whole stream);
+    what the stream holds is told by its first inflated block, not by its name: a gzip of
+    zeros is one object (not DICOM), not an empty tar.
+    """
+    inflater = _decompressor(archive)
+    if inflater is None:
+        stream = archive
+    else:
+        counted = CountingReader(inflater, limits.max_archive_bytes)
+        stream = io.BufferedReader(counted, buffer_size=1 << 16)
+        try:
+            head = stream.peek(_HEAD_BYTES)[:_HEAD_BYTES]
+        except Exception as e:
+            message = f"compressed stream is corrupt ({type(e).__name__})"
+            yield DeadLetter(source, outer, STAGE_READ, "corrupt_archive", message)
+            return
+        if head[257:262] != b"ustar":
+            yield from _single_compressed(stream, source, outer, limits, depth)
+            return
+    yield from _iter_tar(stream, source, outer, limits, depth, inflater is not None)
+
+
+def _single_compressed(
+    stream: BinaryIO, source: str, outer: str | None, limits: Limits, depth: int
+) -> Iterator[SourceObject | DeadLetter]:
+    name = os.path.basename(outer or source)
+    for suffix in _COMPRESSED_SUFFIXES:
+        name = name.removesuffix(suffix)
+    inner = _join_member(outer, name)
+    try:
+        item = _read_member(stream, None, source, inner, _Cap.inflated(limits), depth)
+    except InflateLimitExceeded:
+        message = f"compressed stream {inflate_message(limits.max_archive_bytes)}"
+        item = DeadLetter(source, inner, STAGE_READ, INFLATE_LIMIT, message)
+    except Exception as e:
+        message = f"compressed stream is corrupt ({type(e).__name__})"
+        item = DeadLetter(source, inner, STAGE_READ, "corrupt_archive", message)
+    yield from _expand(item, source, inner, limits, depth)
 
 
 def _iter_tar(
-    archive: BinaryIO, kind: str, source: str, outer: str | None, max_bytes: int, depth: int
+    stream: BinaryIO, source: str, outer: str | None, limits: Limits, depth: int, compressed: bool
 ) -> Iterator[SourceObject | DeadLetter]:
     try:
-        tar = tarfile.open(fileobj=archive, mode="r|*")  # noqa: SIM115 - closed below
+        tar = tarfile.open(fileobj=stream, mode="r|")  # noqa: SIM115 - closed below
     except Exception:
-        if kind != KIND_GZIP:
-            message = "archive cannot be opened"
-            yield DeadLetter(source, outer, STAGE_READ, "corrupt_archive", message)
-            return
-        # Not a tarball: a single gzip-compressed object (e.g. IMG0001.dcm.gz).
-        archive.seek(0)
-        inner = _join_member(outer, os.path.basename(outer or source).removesuffix(".gz"))
-        try:
-            with gzip.GzipFile(fileobj=archive) as gz:
-                item = _read_member(gz, None, source, inner, max_bytes, depth)
-        except Exception as e:
-            message = f"gzip stream is corrupt ({type(e).__name__})"
-            item = DeadLetter(source, inner, STAGE_READ, "corrupt_archive", message)
-        yield from _expand(item, source, inner, max_bytes, depth)
+        message = "archive cannot be opened"
+        yield DeadLetter(source, outer, STAGE_READ, "corrupt_archive", message)
         return
     done = 0
     with tar:
         members = iter(tar)
         while True:
             member = None
+            item: SourceObject | DeadLetter | _Nested
             try:
                 info = next(members, None)
                 if info is None:
@@ -262,9 +358,17 @@ def _iter_tar(
                 elif info.size == 0:
                     item = DeadLetter(source, member, STAGE_READ, KIND_EMPTY, "member is empty")
                 else:
-                    stream = tar.extractfile(info)
-                    assert stream is not None  # None only for a member that is not a file
-                    item = _read_member(stream, info.size, source, member, max_bytes, depth)
+                    member_stream = tar.extractfile(info)
+                    assert member_stream is not None  # None only for a member that is not a file
+                    cap = _Cap.inflated(limits) if compressed else _Cap.plain(limits)
+                    item = _read_member(member_stream, info.size, source, member, cap, depth)
+            except InflateLimitExceeded:
+                message = (
+                    f"archive {inflate_message(limits.max_archive_bytes)} after {done} "
+                    "members; later members are not read"
+                )
+                yield DeadLetter(source, member or outer, STAGE_READ, INFLATE_LIMIT, message)
+                return
             except Exception as e:
                 # A broken stream hides whatever follows it: one row stands for the rest.
                 where = "inside this member" if member else "between members"
@@ -275,4 +379,4 @@ def _iter_tar(
                 yield DeadLetter(source, member or outer, STAGE_READ, "corrupt_archive", message)
                 return
             done += 1
-            yield from _expand(item, source, member, max_bytes, depth)
+            yield from _expand(item, source, member, limits, depth)

@@ -1,4 +1,10 @@
-"""The same instance twice: header-only SOP Instance UID digests and dropping later copies."""
+"""The same instance twice: header-only SOP Instance UID digests, one winner per instance.
+
+Among copies of one instance a complete copy wins over a truncated or corrupt one (a
+structural walk, no pixel decoding); among complete copies the largest (a copy cut exactly
+between two elements is complete but lacks what followed, often the pixels); among equals,
+the first place in sorted order, so every run and worker keeps the same copy.
+"""
 
 import hashlib
 import io
@@ -16,6 +22,7 @@ from transforms.deadletter import (
     DeadLetter,
 )
 from transforms.dicom_io.archives import iter_objects
+from transforms.dicom_io.limits import Limits
 from transforms.dicom_io.objects import (
     _EXPLICIT_VRS,
     _LONG_EXPLICIT_VRS,
@@ -23,6 +30,7 @@ from transforms.dicom_io.objects import (
     ReadOutputs,
     SourceObject,
 )
+from transforms.dicom_io.scan import check_structure
 
 _SOP_INSTANCE_UID = 0x00080018
 _UNDEFINED = 0xFFFFFFFF
@@ -122,26 +130,39 @@ def _quick_uid(data: bytes) -> str | None:
     return None
 
 
-def _places(path_size: tuple[str, int], max_bytes: int):
+def copy_rank(data: bytes, limits: Limits) -> int:
+    """0 for a copy that is structurally complete and within the limits, else 1."""
+    try:
+        check_structure(data, limits)
+    except Exception:
+        return 1
+    return 0
+
+
+def _places(path_size: tuple[str, int], limits: Limits):
     path, size = path_size
     try:
-        for item in iter_objects(path, size, max_bytes):
+        for item in iter_objects(path, size, limits):
             if isinstance(item, SourceObject):
                 digest = instance_digest(item.data)
                 if digest is not None:
-                    yield digest, (item.source, item.member or "")
+                    rank = copy_rank(item.data, limits)
+                    yield digest, (rank, -len(item.data), item.source, item.member or "")
     except Exception:
         return  # unreadable now: the main pass reads it again and writes its row
 
 
-def _later_copies(element):
-    _, places = element
-    yield from sorted(places)[1:]
+def _losers(element):
+    """Every copy but the winner, each with the winner's place."""
+    _, copies = element
+    (_, _, *winner), *others = sorted(copies)
+    for _, _, *place in others:
+        yield tuple(place), tuple(winner)
 
 
 class FindDuplicates(beam.PTransform):
-    """``(path, size)`` → the places (source, member) holding an instance that an earlier
-    place (in sorted order) holds too.
+    """``(path, size)`` → ``(place, winner)`` for every place (source, member) holding an
+    instance that a better copy (complete before broken, then sorted order) holds too.
 
     A pre-pass over headers only: it reads the objects once more but keeps one small
     record each, so no image crosses a stage boundary and memory stays flat however large
@@ -149,28 +170,31 @@ class FindDuplicates(beam.PTransform):
     worker keeps the same copy.
     """
 
-    def __init__(self, max_bytes: int = DEFAULT_MAX_OBJECT_BYTES):
+    def __init__(self, limits: Limits | int = DEFAULT_MAX_OBJECT_BYTES):
         super().__init__()
-        self._max_bytes = max_bytes
+        self._limits = Limits.of(limits)
 
-    def expand(self, paths: beam.PCollection[tuple[str, int]]) -> beam.PCollection[tuple[str, str]]:
+    def expand(
+        self, paths: beam.PCollection[tuple[str, int]]
+    ) -> beam.PCollection[tuple[tuple[str, str], tuple[str, str]]]:
         return (
             paths
-            | "ReadHeaders" >> beam.FlatMap(_places, self._max_bytes)
+            | "ReadHeaders" >> beam.FlatMap(_places, self._limits)
             | "GroupByInstance" >> beam.GroupByKey()
-            | "LaterCopies" >> beam.FlatMap(_later_copies)
+            | "LaterCopies" >> beam.FlatMap(_losers)
         )
 
 
 class DropDuplicates(NamedOutputs):
-    """SourceObjects → (the first copy of each instance, ``duplicate_instance`` rows)."""
+    """SourceObjects → (the winning copy of each instance, ``duplicate_instance`` rows that
+    name the winner's place: raw locations, so only ever in errors/)."""
 
-    def __init__(self, duplicates: beam.PCollection[tuple[str, str]]):
+    def __init__(self, duplicates: beam.PCollection[tuple[tuple[str, str], tuple[str, str]]]):
         super().__init__()
         self._duplicates = duplicates
 
     def expand(self, objects: beam.PCollection[SourceObject]) -> ReadOutputs:
-        places = beam.pvalue.AsDict(self._duplicates | "AsKeys" >> beam.Map(lambda p: (p, True)))
+        places = beam.pvalue.AsDict(self._duplicates)
         results = objects | "Drop" >> beam.ParDo(_DropFn(), places).with_outputs(
             DEAD_LETTER, main="objects"
         )
@@ -179,8 +203,10 @@ class DropDuplicates(NamedOutputs):
 
 class _DropFn(beam.DoFn):
     def process(self, obj: SourceObject, duplicates):
-        if (obj.source, obj.member or "") in duplicates:
-            message = "the same SOP instance is also in another object; that one is used"
+        winner = duplicates.get((obj.source, obj.member or ""))
+        if winner is not None:
+            where = winner[0] + (f" member {winner[1]}" if winner[1] else "")
+            message = f"the same SOP instance is also at {where}, which is used"
             yield beam.pvalue.TaggedOutput(
                 DEAD_LETTER,
                 DeadLetter(obj.source, obj.member, STAGE_READ, "duplicate_instance", message),

@@ -18,6 +18,7 @@ from transforms.deadletter import (
     DeadLetter,
     DeadLetterFn,
 )
+from transforms.dicom_io.limits import Limits
 from transforms.dicom_io.objects import (
     _DICOMDIR_SOP_CLASS,
     _YES_NO,
@@ -56,7 +57,7 @@ def _int(ds: Dataset, keyword: str) -> int | None:
     try:
         value = ds.get(keyword)
         number = int(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
+    except Exception:  # an unconvertible value (pydicom raises several kinds)
         return None
     return number if number is not None and 0 <= number < 2**31 else None
 
@@ -128,10 +129,15 @@ class Inspected(NamedTuple):
 
 
 class InspectDicom(NamedOutputs):
-    """SourceObjects → inventory rows, with a dead-letter output for what does not parse."""
+    """SourceObjects → inventory rows, with a dead-letter output for what does not parse
+    (or is over a limit)."""
+
+    def __init__(self, limits: Limits | None = None):
+        super().__init__()
+        self._limits = Limits.of(limits)
 
     def expand(self, objects: beam.PCollection[SourceObject]) -> Inspected:
-        results = objects | "Inspect" >> beam.ParDo(InspectFn()).with_outputs(
+        results = objects | "Inspect" >> beam.ParDo(InspectFn(self._limits)).with_outputs(
             DEAD_LETTER, main="rows"
         )
         return Inspected(results.rows, results[DEAD_LETTER])
@@ -140,6 +146,10 @@ class InspectDicom(NamedOutputs):
 class InspectFn(DeadLetterFn):
     stage = STAGE_PARSE
     failed_counter = "parse_dead_letters"
+
+    def __init__(self, limits: Limits | None = None):
+        super().__init__()
+        self._limits = Limits.of(limits)
 
     def setup(self):
         self._counters = {}
@@ -153,6 +163,6 @@ class InspectFn(DeadLetterFn):
         return obj.source, obj.member
 
     def work(self, obj: SourceObject) -> Iterator[dict]:
-        row = describe(obj, parse_dataset(obj.data))
+        row = describe(obj, parse_dataset(obj.data, self._limits))
         self._count(row[f.PARSE_STATUS])
         yield row

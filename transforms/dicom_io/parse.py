@@ -1,105 +1,114 @@
-"""Parsing a DICOM object completely, with truncation named as such."""
+"""Parsing a DICOM object completely, within limits, with every failure named."""
 
 import io
-import struct
-import zlib
 
 import pydicom
-from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
-from pydicom.filereader import data_element_generator
+from pydicom.multival import MultiValue
 
-from transforms.deadletter import (
-    StageError,
+from transforms.deadletter import StageError
+from transforms.dicom_io.limits import (
+    TOO_DEEP,
+    TOO_LARGE_DECODED,
+    TOO_MANY_FRAMES,
+    Deadline,
+    Limits,
 )
-from transforms.dicom_io.objects import _EXPLICIT_VRS, _LONG_EXPLICIT_VRS
+from transforms.dicom_io.scan import check_structure
+
+_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
 
-def parse_dataset(data: bytes) -> Dataset:
-    """Parses a DICOM object completely (pixel data stays encoded).
+def parse_dataset(data: bytes, limits: Limits | None = None) -> Dataset:
+    """Parses a DICOM object completely (pixel data stays encoded), within ``limits``.
+
+    The bytes are walked first (``scan.check_structure``), so pydicom only ever parses an
+    object that is complete, shallow enough and within its inflate and time budget; then
+    the declared image size is checked against the frame limits (``check_frames``).
 
     Raises:
         StageError: ``invalid_dicom`` when it does not parse, ``truncated`` when it ends
-            inside an element.
+            anywhere inside an element, ``too_deep``, ``inflate_limit``, ``parse_timeout``,
+            ``too_many_frames`` or ``too_large_decoded``.
     """
+    limits = Limits.of(limits)
+    deadline = Deadline(limits.parse_seconds)
+    check_structure(data, limits)
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
-    except zlib.error:
-        raise StageError("truncated", "deflated dataset is cut short or corrupt") from None
-    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, struct.error) as e:
+    except RecursionError:
+        raise StageError(TOO_DEEP, "sequences nested too deep to parse") from None
+    except Exception as e:  # pydicom's own errors, OSError, EOFError, struct.error, ...
         message = f"not a parsable DICOM dataset ({type(e).__name__})"
         raise StageError("invalid_dicom", message) from None
     if len(ds) == 0:
         raise StageError("truncated", "object ends before its dataset begins")
-    _check_complete(ds, data)
+    deadline.check()
+    check_frames(ds, limits)
     return ds
 
 
-def _check_complete(ds: Dataset, data: bytes) -> None:
-    """pydicom silently accepts a file cut short; make sure the dataset ends where the file
-    does. Usually the last element tells (its offset and length); otherwise the top level
-    is walked again."""
-    if _ends_at_end_of_file(ds, data):
-        return
-    offset = _dataset_offset(data)
-    body = data[offset:]
-    implicit, little = ds.original_encoding
-    if ds.file_meta.get("TransferSyntaxUID") == pydicom.uid.DeflatedExplicitVRLittleEndian:
-        try:
-            body = zlib.decompress(body, -zlib.MAX_WBITS)
-        except zlib.error:
-            raise StageError("truncated", "deflated dataset is cut short") from None
-    fp = io.BytesIO(body)
+def _count(ds: Dataset, keyword: str, default: int | None = None) -> int | None:
+    """A non-negative integer attribute; ``default`` when absent or bogus (the pixel stage
+    names a bogus value when it needs it)."""
     try:
-        # ds.original_encoding is known here: the dataset was read from these bytes.
-        for elem in data_element_generator(fp, bool(implicit), bool(little), defer_size=256):
-            # Sequences come back parsed (DataElement); raw ones keep the declared length.
-            length = getattr(elem, "length", 0xFFFFFFFF)
-            if length != 0xFFFFFFFF and elem.value is not None and len(elem.value) < length:
-                raise StageError("truncated", f"object ends inside element {elem.tag}")
-    except (EOFError, struct.error):
-        raise StageError("truncated", "object ends inside an undefined-length element") from None
-    except StageError:
-        raise
-    except Exception as e:  # a malformed nested item: pydicom read it leniently, we do not
-        raise StageError("invalid_dicom", f"malformed dataset ({type(e).__name__})") from None
-    if fp.tell() != len(body):
-        raise StageError("truncated", "object ends inside an element")
+        value = ds.get(keyword)
+        if isinstance(value, MultiValue | list | tuple):
+            value = value[0] if len(value) else None
+        if value is None or value == "":
+            return default
+        number = int(value)
+    except Exception:
+        return default
+    return number if number >= 0 else default
 
 
-def _ends_at_end_of_file(ds: Dataset, data: bytes) -> bool:
-    """True when the last top-level element is complete and ends exactly at the end of data.
+def frame_bytes(ds: Dataset) -> int:
+    """Decoded bytes of one frame, from the header alone: Rows x Columns x Samples x Bits."""
+    rows = _count(ds, "Rows", 0) or 0
+    columns = _count(ds, "Columns", 0) or 0
+    samples = _count(ds, "SamplesPerPixel", 1) or 1
+    bits = _count(ds, "BitsAllocated", 8) or 8
+    try:
+        photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    except Exception:  # an unreadable value: the pixel stage names it if it needs it
+        photometric = ""
+    if photometric == "PALETTE COLOR":
+        samples, bits = 3, max(bits, 16)  # expanded through the colour LUT
+    return (rows * columns * samples * bits + 7) // 8
 
-    pydicom drops an undefined-length element it cannot finish, and shortens a defined one,
-    so a cut file never passes. False means "look closer", not "truncated".
+
+def frame_count(ds: Dataset) -> int:
+    return max(1, _count(ds, "NumberOfFrames", 1) or 1)
+
+
+def check_frames(ds: Dataset, limits: Limits) -> None:
+    """Refuses an image whose declared frames could not be decoded within the limits.
+
+    Raises:
+        StageError: ``too_many_frames`` or ``too_large_decoded`` (one frame over
+            ``max_frame_bytes``).
     """
-    if ds.file_meta.get("TransferSyntaxUID") == pydicom.uid.DeflatedExplicitVRLittleEndian:
-        return False  # offsets refer to the inflated stream
-    last = next(reversed(ds.keys()), None)  # type: ignore[call-overload]  # dict_keys
-    raw = ds.get_item(last) if last is not None else None
-    if not isinstance(raw, RawDataElement) or raw.value is None:
-        return False
-    undefined = raw.length == 0xFFFFFFFF
-    if not undefined and len(raw.value) != raw.length:
-        return False
-    end = raw.value_tell + len(raw.value) + (8 if undefined else 0)  # + sequence delimiter
-    return end == len(data)
+    if not any(k in ds for k in _PIXEL_KEYWORDS):
+        return
+    frames = frame_count(ds)
+    if frames > limits.max_frames:
+        raise StageError(TOO_MANY_FRAMES, f"{frames} frames, over the limit of {limits.max_frames}")
+    size = frame_bytes(ds)
+    if size > limits.max_frame_bytes:
+        raise StageError(
+            TOO_LARGE_DECODED,
+            f"one frame decodes to {size} bytes, over the limit of {limits.max_frame_bytes}",
+        )
 
 
-def _dataset_offset(data: bytes) -> int:
-    """Where the dataset starts: after preamble, 'DICM' and the group 0002 file meta."""
-    pos = 132 if data[128:132] == b"DICM" else 0
-    while pos + 8 <= len(data):
-        group = struct.unpack_from("<H", data, pos)[0]
-        if group != 0x0002:
-            break
-        vr = data[pos + 4 : pos + 6]
-        if vr in _LONG_EXPLICIT_VRS:
-            length = struct.unpack_from("<I", data, pos + 8)[0]
-            pos += 12 + length
-        elif vr in _EXPLICIT_VRS:
-            pos += 8 + struct.unpack_from("<H", data, pos + 6)[0]
-        else:  # implicit VR file meta (non-conformant, but seen in the wild)
-            pos += 8 + struct.unpack_from("<I", data, pos + 4)[0]
-    return pos
+def check_decoded(ds: Dataset, frames: int, limits: Limits) -> None:
+    """Refuses decoding ``frames`` frames of ``ds`` at once past ``max_decoded_bytes``."""
+    check_frames(ds, limits)
+    total = frame_bytes(ds) * frames
+    if total > limits.max_decoded_bytes:
+        raise StageError(
+            TOO_LARGE_DECODED,
+            f"{frames} frames decode to {total} bytes, over the limit of "
+            f"{limits.max_decoded_bytes}",
+        )

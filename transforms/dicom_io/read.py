@@ -12,6 +12,7 @@ from transforms.deadletter import (
 )
 from transforms.dicom_io.archives import iter_objects
 from transforms.dicom_io.dedupe import DropDuplicates, FindDuplicates
+from transforms.dicom_io.limits import Limits
 from transforms.dicom_io.match import MatchInputs
 from transforms.dicom_io.objects import (
     DEFAULT_MAX_OBJECT_BYTES,
@@ -23,20 +24,20 @@ from transforms.dicom_io.objects import (
 class ReadObjects(NamedOutputs):
     """``(path, size)`` → SourceObjects, with a dead-letter output for what cannot be read."""
 
-    def __init__(self, max_bytes: int = DEFAULT_MAX_OBJECT_BYTES):
+    def __init__(self, limits: Limits | int = DEFAULT_MAX_OBJECT_BYTES):
         super().__init__()
-        self._max_bytes = max_bytes
+        self._limits = Limits.of(limits)
 
     def expand(self, paths: beam.PCollection[tuple[str, int]]) -> ReadOutputs:
-        results = paths | "Read" >> beam.ParDo(ReadObjectsFn(self._max_bytes)).with_outputs(
+        results = paths | "Read" >> beam.ParDo(ReadObjectsFn(self._limits)).with_outputs(
             DEAD_LETTER, main="objects"
         )
         return ReadOutputs(results.objects, results[DEAD_LETTER])
 
 
 class ReadObjectsFn(beam.DoFn):
-    def __init__(self, max_bytes: int):
-        self._max_bytes = max_bytes
+    def __init__(self, limits: Limits | int):
+        self._limits = Limits.of(limits)
         self._objects = Metrics.counter(METRICS_NAMESPACE, "read_objects")
         self._failed = Metrics.counter(METRICS_NAMESPACE, "read_dead_letters")
         self._bytes = Metrics.counter(METRICS_NAMESPACE, "read_bytes")
@@ -45,7 +46,7 @@ class ReadObjectsFn(beam.DoFn):
         path, size = path_size
         yielded = 0
         try:
-            for item in iter_objects(path, size, self._max_bytes):
+            for item in iter_objects(path, size, self._limits):
                 yielded += 1
                 if isinstance(item, DeadLetter):
                     self._failed.inc()
@@ -69,16 +70,19 @@ class ReadObjectsFn(beam.DoFn):
 class ReadInstances(NamedOutputs):
     """Input URIs → every DICOM candidate once, and the dead letters of getting there.
 
-    Match, read (archives streamed), and drop later copies of an instance found twice.
+    Match, read (archives streamed), and keep one copy of an instance found twice: a
+    complete copy before a truncated or corrupt one.
 
     Returns:
         ``ReadOutputs(objects, dead_letters)``.
     """
 
-    def __init__(self, uris: list[str], max_bytes: int = DEFAULT_MAX_OBJECT_BYTES, dicomweb=None):
+    def __init__(
+        self, uris: list[str], limits: Limits | int = DEFAULT_MAX_OBJECT_BYTES, dicomweb=None
+    ):
         super().__init__()
         self._uris = uris
-        self._max_bytes = max_bytes
+        self._limits = Limits.of(limits)
         self._dicomweb = dicomweb  # DicomwebSettings for dicomweb+http(s):// inputs
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> ReadOutputs:
@@ -87,21 +91,23 @@ class ReadInstances(NamedOutputs):
         stores = [u for u in self._uris if is_dicomweb(u)]
         if stores:  # DICOMweb inputs: their own reader, the same SourceObject stream
             files = [u for u in self._uris if not is_dicomweb(u)]
-            web = ReadDicomweb(stores, self._dicomweb, self._max_bytes)
+            # Retrieved objects are capped at max_object_bytes here, and parsed later within
+            # the same limits as files (ParseFn, InspectFn).
+            web = ReadDicomweb(stores, self._dicomweb, self._limits.max_object_bytes)
             parts = [pbegin | "ReadDicomweb" >> web]
             if files:
-                parts.append(pbegin | "ReadFiles" >> ReadInstances(files, self._max_bytes))
+                parts.append(pbegin | "ReadFiles" >> ReadInstances(files, self._limits))
             objects = tuple(o for o, _ in parts) | "AllObjects" >> beam.Flatten()
             errors = tuple(e for _, e in parts) | "AllReadDeadLetters" >> beam.Flatten()
             return ReadOutputs(objects, errors)
         paths = pbegin | "MatchInputs" >> MatchInputs(self._uris)
-        duplicates = paths | "FindDuplicates" >> FindDuplicates(self._max_bytes)
+        duplicates = paths | "FindDuplicates" >> FindDuplicates(self._limits)
         # The reshuffle spreads the paths over workers, and it starts a new fused stage
         # with the read: without it the runner fuses the read into the match stage, which
         # runs before the duplicate check is known, so every object's bytes would be held
         # between the two stages.
         objects, read_errors = (
-            paths | "Distribute" >> beam.Reshuffle() | "ReadObjects" >> ReadObjects(self._max_bytes)
+            paths | "Distribute" >> beam.Reshuffle() | "ReadObjects" >> ReadObjects(self._limits)
         )
         objects, duplicate_errors = objects | "DropDuplicates" >> DropDuplicates(duplicates)
         dead_letters = (read_errors, duplicate_errors) | "ReadDeadLetters" >> beam.Flatten()
