@@ -50,6 +50,10 @@ EXTRAS_REQUIRE = {
     "test": [
         "pytest==9.2.0",
         "ruff==0.17.6",
+        # make test type-checks (mypy) and enforces the one-way import rule (import-linter).
+        "mypy==2.4.1",
+        "types-PyYAML==6.0.12.20261113",
+        "import-linter==2.16",
         "gcp-storage-emulator==2026.7.19",
         # Public DICOM test files that de-identification must survive.
         "deid-data==0.0.20",
