@@ -6,6 +6,9 @@
 #   --dataflow_service_options="worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver"
 FROM apache/beam_python3.11_sdk:2.77.0
 
+# OpenCV (the burned-in text detector's image library) loads libGL and GLib at import.
+RUN apt-get update && apt-get install -y --no-install-recommends libgl1 libglib2.0-0 \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/dicomflow
 COPY setup.py pyproject.toml ./
 COPY pipelines/ pipelines/

@@ -6,6 +6,9 @@
 #   ... --sdk_container_image=REGISTRY/worker:0.1.0
 FROM apache/beam_python3.11_sdk:2.77.0
 
+# OpenCV (the burned-in text detector's image library) loads libGL and GLib at import.
+RUN apt-get update && apt-get install -y --no-install-recommends libgl1 libglib2.0-0 \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/dicomflow
 # Only what the package needs: the build context may hold virtualenvs and data.
 COPY setup.py pyproject.toml ./
