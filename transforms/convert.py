@@ -167,9 +167,6 @@ class ParseFn(DeadLetterFn):
         super().__init__()
         self._limits = dicom_io.Limits.of(limits)
 
-    def where(self, obj: dicom_io.SourceObject) -> tuple[str, str | None]:
-        return obj.source, obj.member
-
     def work(self, obj: dicom_io.SourceObject) -> Iterator[tuple[tuple[str, str | None], Dataset]]:
         yield (obj.source, obj.member), dicom_io.parse_dataset(obj.data, self._limits)
 

@@ -4,6 +4,7 @@
 subclass writes only its work (``work``) and where an element came from (``where``).
 """
 
+import abc
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -80,7 +81,7 @@ def at_stage(stage: str) -> Iterator[None]:
         raise unexpected(e, stage) from None
 
 
-class DeadLetterFn(beam.DoFn):
+class DeadLetterFn(beam.DoFn, metaclass=abc.ABCMeta):
     """A DoFn whose every failure becomes one dead letter on the ``DEAD_LETTER`` output.
 
     Subclasses set ``stage`` (used when the error names none) and ``failed_counter`` (a
@@ -94,10 +95,13 @@ class DeadLetterFn(beam.DoFn):
     failed_counter: str | None = None
 
     def where(self, element: Any) -> tuple[str, str | None]:
-        raise NotImplementedError
+        """Where an element came from; a SourceObject (or anything with ``source`` and
+        ``member``) says it itself."""
+        return element.source, element.member
 
+    @abc.abstractmethod
     def work(self, element: Any) -> Iterable[Any]:
-        raise NotImplementedError
+        """The outputs for one element; raises StageError for a named failure."""
 
     def process(self, element: Any) -> Iterator[Any]:
         try:

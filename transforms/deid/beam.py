@@ -86,9 +86,6 @@ class DeidentifyFn(DeadLetterFn):
         warm_ocr(self._config)
         self._done = Metrics.counter(METRICS_NAMESPACE, "deidentified")
 
-    def where(self, obj: SourceObject) -> tuple[str, str | None]:
-        return obj.source, obj.member
-
     def work(self, obj: SourceObject) -> Iterator:
         with at_stage(STAGE_PARSE):
             ds = parse_dataset(obj.data, self._limits)

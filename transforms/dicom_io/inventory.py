@@ -159,9 +159,6 @@ class InspectFn(DeadLetterFn):
             self._counters[status] = Metrics.counter(METRICS_NAMESPACE, f"inventoried_{status}")
         self._counters[status].inc()
 
-    def where(self, obj: SourceObject) -> tuple[str, str | None]:
-        return obj.source, obj.member
-
     def work(self, obj: SourceObject) -> Iterator[dict]:
         row = describe(obj, parse_dataset(obj.data, self._limits))
         self._count(row[f.PARSE_STATUS])
