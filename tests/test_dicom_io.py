@@ -448,6 +448,32 @@ def test_duplicates_are_found_from_headers_and_the_first_place_wins(tmp_path):
     assert dicom_io.instance_digest(b"not dicom") is None
 
 
+def test_duplicates_are_found_when_the_header_is_past_the_quick_prefix(tmp_path):
+    """A loose copy is read from its first 64 KiB; one whose SOP Instance UID lies further
+    (a large file meta element before it) goes the full way and is still matched, and a
+    cut copy loses to the complete one whatever their names."""
+    ds = pydicom.dcmread(CT)
+    ds.file_meta.PrivateInformationCreatorUID = "1.2.3.4"
+    ds.file_meta.PrivateInformation = b"\x00" * (70 * 1024)
+    ds.save_as(tmp_path / "a-long-meta.dcm")
+    (tmp_path / "b.dcm").write_bytes(CT.read_bytes())
+    (tmp_path / "0-cut.dcm").write_bytes(CT.read_bytes()[:-1000])
+    paths = [(str(p), p.stat().st_size) for p in sorted(tmp_path.iterdir())]
+    with TestPipeline() as p:
+        found = p | beam.Create(paths) | dicom_io.FindDuplicates()
+        # Among complete copies the largest wins (here the one with the long file meta).
+        winner = (str(tmp_path / "a-long-meta.dcm"), "")
+        assert_that(
+            found,
+            equal_to(
+                [
+                    ((str(tmp_path / "b.dcm"), ""), winner),
+                    ((str(tmp_path / "0-cut.dcm"), ""), winner),
+                ]
+            ),
+        )
+
+
 @pytest.mark.parametrize(
     "name",
     [

@@ -12,6 +12,8 @@ import re
 import struct
 
 import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
 from pydicom.filereader import read_partial
 from pydicom.uid import UID
 
@@ -21,12 +23,13 @@ from transforms.deadletter import (
     STAGE_READ,
     DeadLetter,
 )
-from transforms.dicom_io.archives import iter_objects
+from transforms.dicom_io.archives import iter_objects, sniff
 from transforms.dicom_io.limits import Limits
 from transforms.dicom_io.objects import (
     _EXPLICIT_VRS,
     _LONG_EXPLICIT_VRS,
     DEFAULT_MAX_OBJECT_BYTES,
+    KIND_DICOM,
     ReadOutputs,
     SourceObject,
 )
@@ -139,23 +142,71 @@ def copy_rank(data: bytes, limits: Limits) -> int:
     return 0
 
 
+# A loose object's header is read from its first bytes: the SOP Instance UID sits near the
+# start of the dataset (after the file meta and a few group 0008 elements), and a prefix
+# that cuts the header short sends the object down the full path.
+_PREFIX_BYTES = 64 * 1024
+
+
+def _quick_place(path: str, size: int, limits: Limits):
+    """``(digest, place)`` of a loose Part 10 object from its first bytes, or None when
+    only a full read can say (an archive, an object over the cap, a header that is not
+    in the prefix or not quickly readable)."""
+    if not 0 < size <= limits.max_object_bytes:
+        return None
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        head = f.read(min(size, _PREFIX_BYTES))
+    if sniff(head) != KIND_DICOM:
+        return None
+    uid = _quick_uid(head)
+    if not uid:  # unreadable here, or no UID: the full path decides (it may parse one)
+        return None
+    return hashlib.sha256(uid.encode()).digest()[:16], (path, "", path, size)
+
+
 def _places(path_size: tuple[str, int], limits: Limits):
+    """``(digest, (source, member, path, size))`` for every instance in the object at
+    ``path``: header only, no structural check (that runs for duplicates alone)."""
     path, size = path_size
     try:
+        quick = _quick_place(path, size, limits)
+        if quick is not None:
+            yield quick
+            return
         for item in iter_objects(path, size, limits):
             if isinstance(item, SourceObject):
                 digest = instance_digest(item.data)
                 if digest is not None:
-                    rank = copy_rank(item.data, limits)
-                    yield digest, (rank, -len(item.data), item.source, item.member or "")
+                    yield digest, (item.source, item.member or "", path, size)
     except Exception:
         return  # unreadable now: the main pass reads it again and writes its row
 
 
-def _losers(element):
-    """Every copy but the winner, each with the winner's place."""
-    _, copies = element
-    (_, _, *winner), *others = sorted(copies)
+def _copy_data(place: tuple[str, str, str, int], limits: Limits) -> bytes | None:
+    """The bytes of one copy, read again (only copies of a duplicated instance are)."""
+    _, member, path, size = place
+    try:
+        for item in iter_objects(path, size, limits):
+            if isinstance(item, SourceObject) and (item.member or "") == member:
+                return item.data
+    except Exception:
+        pass
+    return None  # gone or unreadable now: ranked last, the main pass writes its row
+
+
+def _losers(element, limits: Limits):
+    """Every copy but the winner, each with the winner's place. Copies are ranked (a
+    structural walk of each) only here, for instances held more than once."""
+    _, places = element
+    places = list(places)
+    if len(places) < 2:
+        return
+    ranked = []
+    for place in places:
+        data = _copy_data(place, limits)
+        rank = 1 if data is None else copy_rank(data, limits)
+        ranked.append((rank, -(len(data) if data is not None else 0), place[0], place[1]))
+    (_, _, *winner), *others = sorted(ranked)
     for _, _, *place in others:
         yield tuple(place), tuple(winner)
 
@@ -164,10 +215,11 @@ class FindDuplicates(beam.PTransform):
     """``(path, size)`` → ``(place, winner)`` for every place (source, member) holding an
     instance that a better copy (complete before broken, then sorted order) holds too.
 
-    A pre-pass over headers only: it reads the objects once more but keeps one small
-    record each, so no image crosses a stage boundary and memory stays flat however large
-    the corpus. The main pass drops the later copies with ``DropDuplicates``; every run and
-    worker keeps the same copy.
+    A pre-pass over headers only: it reads the objects once more (a loose object only its
+    first 64 KiB) and keeps one small record each, so no image crosses a stage boundary
+    and memory stays flat however large the corpus; only the copies of an instance held
+    more than once are read whole again, to rank them. The main pass drops the later
+    copies with ``DropDuplicates``; every run and worker keeps the same copy.
     """
 
     def __init__(self, limits: Limits | int = DEFAULT_MAX_OBJECT_BYTES):
@@ -181,7 +233,7 @@ class FindDuplicates(beam.PTransform):
             paths
             | "ReadHeaders" >> beam.FlatMap(_places, self._limits)
             | "GroupByInstance" >> beam.GroupByKey()
-            | "LaterCopies" >> beam.FlatMap(_losers)
+            | "LaterCopies" >> beam.FlatMap(_losers, self._limits)
         )
 
 
