@@ -2,7 +2,7 @@
 
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.storage import delete_tree, read_json, write_bytes, write_json
+from transforms.storage import delete_tree, publish_tree, read_json, write_bytes, write_json
 
 
 def listing(root: str) -> list[str]:
@@ -50,3 +50,26 @@ def test_json_on_local_disk(tmp_path):
 
 def test_json_on_the_bucket(gcs):
     check_json(f"{gcs}/json")
+
+
+def check_publish_tree(root: str, local) -> None:
+    (local / "a" / "b").mkdir(parents=True)
+    (local / "a" / "b" / "x.pb").write_bytes(b"new x")
+    (local / "y").write_bytes(b"new y")
+    write_bytes(f"{root}/graph/a/b/x.pb", b"old x")
+    write_bytes(f"{root}/graph/old", b"an older version's file")
+    write_bytes(f"{root}/graphs/other", b"a mere name prefix")
+    for _ in range(2):  # a retry publishes it all again
+        publish_tree(str(local), f"{root}/graph")
+        assert listing(root) == ["graph/a/b/x.pb", "graph/y", "graphs/other"]
+    with FileSystems.open(f"{root}/graph/a/b/x.pb") as fh:
+        assert fh.read() == b"new x"
+
+
+def test_publish_tree_on_local_disk(tmp_path):
+    (tmp_path / "out").mkdir()
+    check_publish_tree(str(tmp_path / "out"), tmp_path / "local")
+
+
+def test_publish_tree_on_the_bucket(gcs, tmp_path):
+    check_publish_tree(f"{gcs}/p", tmp_path)

@@ -56,3 +56,19 @@ def delete_tree(uri: str) -> None:
         FileSystems.delete([uri.rstrip("/") + "/"])
     elif FileSystems.exists(uri):
         FileSystems.delete([uri])
+
+
+def publish_tree(local_dir: str, uri: str) -> None:
+    """Replaces the folder ``uri`` (local or gs://) with a copy of the local folder
+    ``local_dir``: what was there goes first, so no file of an earlier version stays.
+
+    Safe to repeat (a retried bundle publishes the whole folder again). Files go through
+    Beam's FileSystems, not TensorFlow's, so this works wherever the rest of a run writes.
+    """
+    delete_tree(uri)
+    for root, _, files in sorted(os.walk(local_dir)):
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            parts = os.path.relpath(path, local_dir).split(os.sep)
+            with open(path, "rb") as fh:
+                write_bytes(FileSystems.join(uri, *parts), fh.read())
