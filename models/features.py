@@ -129,7 +129,7 @@ IMAGE_HEIGHT = "image_height"
 IMAGE_WIDTH = "image_width"
 IMAGE_CHANNELS = "image_channels"
 
-# Outputs of models.preprocessing.preprocessing_fn.
+# Outputs of the preprocessing (models.preprocessing.make_preprocessing_fn).
 IMAGE_NORMALIZED = "image_normalized"  # float32, zero mean / unit variance over train
 LABEL_ID = "label_id"  # int64 index into the label vocabulary, -1 when unlabeled
 LABEL_VOCABULARY = "label"  # vocabulary file name under transform/

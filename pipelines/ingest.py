@@ -1,19 +1,19 @@
 """`dicomflow ingest`: de-identified, normalized TFRecords with tf.Transform, labels and splits.
 
 read → parse → join labels (original identifiers) → de-identify → normalize pixels → split
-by patient → TFRecords per split + tf.Transform analysis over train → index, errors,
-manifest. One Beam pipeline; the heavy steps fuse, so a dataset travels between them in
-memory and nothing collects the corpus on one worker.
+by patient → TFRecords per split + the train split's statistics → the tf.Transform graph,
+index, errors, manifest. One Beam pipeline; the heavy steps fuse, so a dataset travels
+between them in memory and nothing collects the corpus on one worker. The launching
+process never imports TensorFlow: only the step that writes the graph does.
 """
 
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
+from apache_beam.options.pipeline_options import PipelineOptions
 
 from models import features as f
 from pipelines import dicomweb_args, flags
@@ -41,11 +41,10 @@ from transforms.manifest import (
 from transforms.parquet import WriteParquet, delete_stale_shards, table_dir
 from transforms.pixels import PixelConfig
 from transforms.split import SPLITS, UNLABELED, SplitConfig, assign_split
-from transforms.storage import delete_tree
 from transforms.tfrecord import GzipTFRecordSink, encode_example
+from transforms.transform_graph import AnalyzeTrain, ImageMoments, image_moments
 
 TFRECORDS = "tfrecords"
-SCRATCH = "tmp/tft"  # tf.Transform's working files, removed once the graph is published
 TRANSFORM = "transform"
 INDEX_TABLE = "index"
 ALL_SPLITS = (*SPLITS, UNLABELED)
@@ -134,7 +133,8 @@ def configure(opts: IngestOptions, beam_options: PipelineOptions) -> IngestConfi
 
 @dataclass(frozen=True)
 class Converted:
-    """One converted instance: its pseudonymous id, split, and one example per image."""
+    """One converted instance: its pseudonymous id, split, and one example per image;
+    in the train split, also its pixels' moments (the transform graph's statistics)."""
 
     source: str
     member: str | None
@@ -144,6 +144,7 @@ class Converted:
     examples: tuple[bytes, ...]
     index_rows: tuple[dict, ...]
     deid_counts: tuple[tuple[str, int], ...] = ()
+    pixel_moments: ImageMoments | None = None  # train only
 
 
 def to_converted(
@@ -185,6 +186,7 @@ def to_converted(
         tuple(examples),
         tuple(rows),
         instance.deid_counts,
+        image_moments(i.data for i in instance.images) if split == f.TRAIN else None,
     )
 
 
@@ -219,36 +221,6 @@ class WriteTFRecords(beam.PTransform):
                 beam.pvalue.AsList(written),
             )
         )
-
-
-class AnalyzeTrain(beam.PTransform):
-    """tf.Transform over the train examples, through TFXIO record batches → ``transform/``."""
-
-    def __init__(self, directory: str, temp_dir: str, pixels: PixelConfig):
-        super().__init__()
-        self._directory = directory
-        self._temp_dir = temp_dir
-        self._pixels = pixels
-
-    def expand(self, examples: beam.PCollection[bytes]) -> beam.PCollection:
-        import tensorflow_transform.beam as tft_beam
-        from tensorflow_transform.tf_metadata import schema_utils
-        from tfx_bsl.public import tfxio
-
-        from models.preprocessing import make_preprocessing_fn
-
-        schema = schema_utils.schema_from_feature_spec(f.raw_feature_spec())
-        source = tfxio.TFExampleBeamRecord(
-            physical_format="inmem", telemetry_descriptors=["dicomflow"], schema=schema
-        )
-        with tft_beam.Context(temp_dir=self._temp_dir):
-            batches = examples | "ToRecordBatches" >> source.BeamSource()
-            transform_fn = (batches, source.TensorAdapterConfig()) | "Analyze" >> (
-                tft_beam.AnalyzeDataset(
-                    make_preprocessing_fn(self._pixels.size, self._pixels.channels)
-                )
-            )
-            return transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(self._directory)
 
 
 def parse_split(text: str | None) -> SplitConfig:
@@ -298,26 +270,16 @@ def build_pipeline(pipeline: beam.Pipeline, config: IngestConfig) -> beam.Pipeli
         len(ALL_SPLITS),
     )
     tables = {}
-    train_examples = None
     for name, part in zip(ALL_SPLITS, by_split, strict=True):
         examples = part | f"{name}Examples" >> beam.FlatMap(lambda c: c.examples)
         directory = FileSystems.join(output, TFRECORDS, name)
         tables[f"{TFRECORDS}/{name}"] = examples | f"Write{name.title()}" >> WriteTFRecords(
             directory, config.tfrecord_shards
         )
-        if name == SPLITS[0]:
-            train_examples = examples
-    scratch = FileSystems.join(output, SCRATCH)
-    if p.options.view_as(TestOptions).dry_run:
-        # tf.Transform creates its scratch folder while the graph is built; a dry run
-        # builds and never runs, so it must not reach for the bucket.
-        scratch = tempfile.mkdtemp(prefix="dicomflow-dry-run-")
-    published = train_examples | "TfTransform" >> AnalyzeTrain(
-        FileSystems.join(output, TRANSFORM), scratch, config.pixels
-    )
-    sections["tf_transform"] = published | "TransformStatistics" >> beam.Map(
-        _after_transform, output, scratch
-    )
+        if name == f.TRAIN:
+            sections["tf_transform"] = part | "TfTransform" >> AnalyzeTrain(
+                FileSystems.join(output, TRANSFORM), config.pixels.size, config.pixels.channels
+            )
     index_rows = instances | "IndexRows" >> beam.FlatMap(lambda c: c.index_rows)
     tables[INDEX_TABLE] = index_rows | "WriteIndex" >> WriteParquet(
         table_dir(output, INDEX_TABLE), f.INDEX_SCHEMA
@@ -339,55 +301,9 @@ def build_pipeline(pipeline: beam.Pipeline, config: IngestConfig) -> beam.Pipeli
     return p
 
 
-def _after_transform(_, output: str, scratch: str) -> dict:
-    """Once tf.Transform has published ``transform/``: its statistics for the manifest, and
-    its scratch folder removed. In the pipeline, so that every runner, and a flex-template
-    launch that never waits for its job, leaves a complete output.
-
-    Only our own scratch folder goes, then ``tmp/`` if that left it empty: a job's
-    ``--temp_location`` may lie under ``tmp/`` too, and is in use until the job ends.
-    """
-    try:
-        statistics = transform_statistics(output)
-    except Exception as e:  # no train examples: nothing was analyzed
-        statistics = {"error": f"no statistics ({type(e).__name__})"}
-    delete_tree(scratch)
-    parent = FileSystems.split(scratch)[0]
-    if not FileSystems.match([f"{parent}/**"])[0].metadata_list:
-        delete_tree(parent)
-    return statistics
-
-
-def transform_statistics(output: str) -> dict:
-    """What tf.Transform learned over train: pixel mean/std and the label vocabulary.
-
-    Read back from the written graph (the analyzers' results are constants in it): the
-    transform of a black and a white image gives mean and standard deviation.
-    """
-    import numpy as np
-    import tensorflow as tf
-    import tensorflow_transform as tft
-
-    out = tft.TFTransformOutput(FileSystems.join(output, TRANSFORM))
-    spec = out.transformed_feature_spec()[f.IMAGE_NORMALIZED]
-    pixels = int(np.prod(spec.shape))
-    raw = {
-        name: tf.constant([b"\x00" * pixels, b"\xff" * pixels])
-        if name == f.IMAGE
-        else tf.constant([0, 0], tf.int64)
-        if feature.dtype == tf.int64
-        else tf.constant([b"", b""])
-        for name, feature in f.raw_feature_spec().items()
-    }
-    z = out.transform_raw_features(raw)[f.IMAGE_NORMALIZED].numpy()[:, 0]
-    std = 1.0 / (z[1] - z[0])  # z = (x - mean) / std for x = 0 and x = 1
-    vocabulary = [v.decode() for v in out.vocabulary_by_name(f.LABEL_VOCABULARY)]
-    return {"pixel_mean": float(-z[0] * std), "pixel_std": float(std), "labels": vocabulary}
-
-
 def ingest(config: IngestConfig, beam_options: PipelineOptions) -> dict:
-    """Runs an ingest to the end (inputs checked first, before the graph is built:
-    tf.Transform imports TensorFlow, seconds and log lines); returns its manifest."""
+    """Runs an ingest to the end (inputs checked first, before the graph is built);
+    returns its manifest."""
     check_inputs_exist(config.inputs, config.dicomweb)
     pipeline = build_pipeline(new_pipeline(beam_options), config)
     return execute(pipeline, config.inputs, config.output, config.dicomweb, checked=True)

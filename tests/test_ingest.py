@@ -196,39 +196,60 @@ def test_bad_arguments_fail_before_any_work(extra, message, tmp_path, monkeypatc
 
 
 def test_from_the_emulated_bucket(gcs, tmp_path):
-    """Objects and labels read from gs:// through the emulator (no storage mocks).
+    """Objects and labels read from gs://, and every output written there, the transform
+    graph included (through the emulator: no storage mocks)."""
+    import tensorflow_transform as tft
+    from apache_beam.io.filesystems import FileSystems
 
-    The output is local: tf.Transform writes through TensorFlow's own GCS client, whose
-    endpoint cannot be pointed at an emulator (on real GCS it works unchanged).
-    """
     from pipelines import synth
 
-    corpus, out = f"{gcs}/ingest-corpus", tmp_path / "out"
+    corpus, out = f"{gcs}/ingest-corpus", f"{gcs}/ingest-out"
     synth.run(["--output", corpus, "--patients", "3", "--seed", "9"])
-    argv = ["--input", f"{corpus}/export", "--output", str(out), "--key-env", "DF_INGEST_KEY"]
+    argv = ["--input", f"{corpus}/export", "--output", out, "--key-env", "DF_INGEST_KEY"]
     assert ingest.run([*argv, "--labels", f"{corpus}/labels.csv"]) == 0
-    counts = json.loads((out / "manifest.json").read_text())["counts"]
+    with FileSystems.open(f"{out}/manifest.json") as fh:
+        manifest = json.loads(fh.read())
+    counts = manifest["counts"]
     assert counts["seen"] == counts["converted"] + counts["dead_lettered"] > 0
-    assert len(read_table(str(out / "index"))) == counts["examples"]
-    assert list((out / "tfrecords").rglob("part-*.tfrecord.gz"))
-    assert (out / "transform" / "transform_fn" / "saved_model.pb").exists()
+    assert len(read_table(f"{out}/index")) == counts["examples"]
+    assert FileSystems.match([f"{out}/tfrecords/*/part-*.tfrecord.gz"])[0].metadata_list
+    # The graph, fetched from the bucket, is whole: it loads and holds the vocabulary.
+    (matched,) = FileSystems.match([f"{out}/transform/**"])
+    for meta in matched.metadata_list:
+        local = tmp_path / meta.path[len(out) + 1 :]
+        local.parent.mkdir(parents=True, exist_ok=True)
+        with FileSystems.open(meta.path) as fh:
+            local.write_bytes(fh.read())
+    graph = tft.TFTransformOutput(str(tmp_path / "transform"))
+    vocabulary = [v.decode() for v in graph.vocabulary_by_name(f.LABEL_VOCABULARY)]
+    assert vocabulary == manifest["tf_transform"]["labels"]
+    assert not FileSystems.match([f"{out}/tmp/**"])[0].metadata_list
 
 
-def test_only_our_scratch_goes_after_the_transform(tmp_path):
-    # A job's --temp_location may lie under tmp/ as well: it stays, and so does tmp/.
-    for name in ("tmp/tft/a/b", "tmp/dataflow-temp/c"):
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_bytes(b"x")
-    out = str(tmp_path)
-    stats = ingest._after_transform(None, out, str(tmp_path / ingest.SCRATCH))
-    assert "error" in stats  # no transform/ here: named, not raised
-    assert not (tmp_path / "tmp" / "tft").exists()
-    assert (tmp_path / "tmp" / "dataflow-temp" / "c").exists()
-    (tmp_path / "tmp" / "dataflow-temp" / "c").unlink()
-    (tmp_path / "tmp" / "dataflow-temp").rmdir()
-    (tmp_path / "tmp" / "tft").mkdir()
-    ingest._after_transform(None, out, str(tmp_path / ingest.SCRATCH))
-    assert not (tmp_path / "tmp").exists()  # nothing else was there: the folder goes too
+def test_the_launcher_never_imports_tensorflow(tmp_path):
+    """Building the ingest graph (what a launcher does, Dataflow's included) imports neither
+    TensorFlow nor tf.Transform: only the step that writes the graph does, on a worker."""
+    import subprocess
+    import sys
+
+    script = """
+import sys
+from pipelines import ingest
+from pipelines.options import new_pipeline, parse_options
+opts, beam_options = parse_options("ingest", sys.argv[1:], ingest.IngestOptions)
+ingest.build_pipeline(new_pipeline(beam_options), ingest.configure(opts, beam_options))
+print(sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras", "sklearn")))
+"""
+    (tmp_path / "in").mkdir()
+    argv = ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")]
+    done = subprocess.run(
+        [sys.executable, "-c", script, *argv, "--key-env", "DF_INGEST_KEY"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(Path(ingest.__file__).parents[1])},
+    )
+    assert done.stdout.strip() == "[]"
 
 
 def test_write_tfrecords_writes_gzip_shards_and_removes_stale_ones(tmp_path):
@@ -246,29 +267,3 @@ def test_write_tfrecords_writes_gzip_shards_and_removes_stale_ones(tmp_path):
     assert [p.name for p in files] == names
     read = [r.numpy() for r in tf.data.TFRecordDataset([str(p) for p in files], "GZIP")]
     assert sorted(read) == records
-
-
-def test_analyze_train_learns_the_train_statistics(tmp_path):
-    """Four 2x2 train images, half black and half white, two labels: tf.Transform learns
-    mean 127.5/255, the standard deviation, and the label vocabulary."""
-    from apache_beam.testing.test_pipeline import TestPipeline
-    from apache_beam.testing.util import assert_that, is_not_empty
-
-    from transforms.pixels import PixelConfig
-    from transforms.tfrecord import encode_example
-
-    ids = {name: "x" for name in (f.SOP_INSTANCE_UID, f.PATIENT_ID)}
-    records = [
-        encode_example(bytes([value]) * 4, (2, 2, 1), ids, label, 0)
-        for value, label in ((0, "clear"), (255, "lesion"), (0, "clear"), (255, "clear"))
-    ]
-    with TestPipeline() as p:
-        examples = p | beam.Create(records)
-        published = examples | ingest.AnalyzeTrain(
-            str(tmp_path / ingest.TRANSFORM), str(tmp_path / "tmp"), PixelConfig(size=2)
-        )
-        assert_that(published, is_not_empty())
-    statistics = ingest.transform_statistics(str(tmp_path))
-    assert statistics["pixel_mean"] == pytest.approx(0.5, abs=1e-4)
-    assert statistics["pixel_std"] == pytest.approx(0.5, abs=1e-4)
-    assert sorted(statistics["labels"]) == ["clear", "lesion"]
