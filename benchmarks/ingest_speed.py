@@ -8,7 +8,8 @@ own patient, study and instance identifiers, so de-identification has real work)
     gzipped exactly as ingest gzips (ISA-L at ``transforms.tfrecord.GZIP_LEVEL``, the same
     framing); no de-identification, no labels, no tf.Transform;
 (b) ``dicomflow ingest`` on DirectRunner, 1 worker in memory, with a label per patient
-    (half positive) so tf.Transform analyzes a real train split; full de-identification;
+    (half positive) so the transform graph's statistics come from a real train split; full
+    de-identification;
 (c) with ``--workers``: the same with 2 worker processes.
 Every run is a whole process timed from start to exit, imports included. The machine is
 shared, so runs are interleaved (a N, b N, a 2N, b 2N, then again) and each figure is the
