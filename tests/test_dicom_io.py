@@ -474,6 +474,23 @@ def test_duplicates_are_found_when_the_header_is_past_the_quick_prefix(tmp_path)
         )
 
 
+def test_a_duplicated_archive_loses_every_member_to_the_first(tmp_path):
+    """Archive members are ranked as they are read (an archive is never read again per
+    member); the first archive in sorted order keeps every instance."""
+    for name in ("a.zip", "b.zip"):
+        with zipfile.ZipFile(tmp_path / name, "w") as zf:
+            zf.write(CT, "ct.dcm")
+            zf.write(J2K, "j2k.dcm")
+    paths = [(str(p), p.stat().st_size) for p in sorted(tmp_path.iterdir())]
+    a, b = str(tmp_path / "a.zip"), str(tmp_path / "b.zip")
+    with TestPipeline() as p:
+        found = p | beam.Create(paths) | dicom_io.FindDuplicates()
+        assert_that(
+            found,
+            equal_to([((b, "ct.dcm"), (a, "ct.dcm")), ((b, "j2k.dcm"), (a, "j2k.dcm"))]),
+        )
+
+
 @pytest.mark.parametrize(
     "name",
     [

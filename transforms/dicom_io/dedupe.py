@@ -149,9 +149,9 @@ _PREFIX_BYTES = 64 * 1024
 
 
 def _quick_place(path: str, size: int, limits: Limits):
-    """``(digest, place)`` of a loose Part 10 object from its first bytes, or None when
-    only a full read can say (an archive, an object over the cap, a header that is not
-    in the prefix or not quickly readable)."""
+    """``(digest, place)`` of a loose Part 10 object from its first bytes, its rank left
+    for later, or None when only a full read can say (an archive, an object over the cap,
+    a header that is not in the prefix or not quickly readable)."""
     if not 0 < size <= limits.max_object_bytes:
         return None
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
@@ -161,12 +161,14 @@ def _quick_place(path: str, size: int, limits: Limits):
     uid = _quick_uid(head)
     if not uid:  # unreadable here, or no UID: the full path decides (it may parse one)
         return None
-    return hashlib.sha256(uid.encode()).digest()[:16], (path, "", path, size)
+    return hashlib.sha256(uid.encode()).digest()[:16], (path, "", path, size, None)
 
 
 def _places(path_size: tuple[str, int], limits: Limits):
-    """``(digest, (source, member, path, size))`` for every instance in the object at
-    ``path``: header only, no structural check (that runs for duplicates alone)."""
+    """``(digest, (source, member, path, size, rank))`` for every instance in the object
+    at ``path``. A loose object is read from its first bytes and ranked only if another
+    copy turns up (rank None); an archive member, read whole anyway, is ranked here, so
+    a duplicated archive is never read once per member."""
     path, size = path_size
     try:
         quick = _quick_place(path, size, limits)
@@ -177,35 +179,34 @@ def _places(path_size: tuple[str, int], limits: Limits):
             if isinstance(item, SourceObject):
                 digest = instance_digest(item.data)
                 if digest is not None:
-                    yield digest, (item.source, item.member or "", path, size)
+                    rank = (copy_rank(item.data, limits), -len(item.data))
+                    yield digest, (item.source, item.member or "", path, size, rank)
     except Exception:
         return  # unreadable now: the main pass reads it again and writes its row
 
 
-def _copy_data(place: tuple[str, str, str, int], limits: Limits) -> bytes | None:
-    """The bytes of one copy, read again (only copies of a duplicated instance are)."""
-    _, member, path, size = place
+def _rank_loose(path: str, size: int, limits: Limits) -> tuple[int, int]:
+    """(completeness, minus length) of a loose object, read again whole."""
     try:
         for item in iter_objects(path, size, limits):
-            if isinstance(item, SourceObject) and (item.member or "") == member:
-                return item.data
+            if isinstance(item, SourceObject):
+                return copy_rank(item.data, limits), -len(item.data)
     except Exception:
         pass
-    return None  # gone or unreadable now: ranked last, the main pass writes its row
+    return 1, 0  # gone or unreadable now: ranked last, the main pass writes its row
 
 
 def _losers(element, limits: Limits):
-    """Every copy but the winner, each with the winner's place. Copies are ranked (a
-    structural walk of each) only here, for instances held more than once."""
+    """Every copy but the winner, each with the winner's place: a complete copy before
+    a broken one, then the largest, then the first place in sorted order."""
     _, places = element
     places = list(places)
     if len(places) < 2:
         return
     ranked = []
-    for place in places:
-        data = _copy_data(place, limits)
-        rank = 1 if data is None else copy_rank(data, limits)
-        ranked.append((rank, -(len(data) if data is not None else 0), place[0], place[1]))
+    for source, member, path, size, rank in places:
+        completeness, length = rank if rank is not None else _rank_loose(path, size, limits)
+        ranked.append((completeness, length, source, member))
     (_, _, *winner), *others = sorted(ranked)
     for _, _, *place in others:
         yield tuple(place), tuple(winner)
