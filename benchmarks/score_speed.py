@@ -119,6 +119,7 @@ class PredictEach(beam.DoFn):
 class PredictEachKeras(beam.DoFn):
     def setup(self):
         import keras
+        import models.calibration  # registers the Calibrate layer model.keras ends with
         from models.export import load_serving, resolve_model
         version = resolve_model(sys.argv[1])
         self.serving = load_serving(version)  # its transform graph makes the input
