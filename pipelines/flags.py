@@ -6,6 +6,8 @@ config holds, raising ``UsageError`` with the flag's name before any work starts
 """
 
 import argparse
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
@@ -16,6 +18,8 @@ from transforms import dicom_io
 from transforms.deid import DeidConfig
 from transforms.keys import KeySource, KeySourceError
 from transforms.pixels import PixelConfig
+
+T = TypeVar("T")
 
 
 def add_inputs(parser: argparse.ArgumentParser, help: str = "file, folder, prefix or glob"):
@@ -87,40 +91,40 @@ def key_source(env: str | None, file: str | None, what: str, dataflow: bool) -> 
     return source
 
 
-def load_deid_config(uri: str | None) -> DeidConfig:
-    """``--deid-config``: the de-identification options, or the defaults."""
-    if uri is None:
-        return DeidConfig()
+def load_yaml(flag: str, uri: str, build: Callable[[Any], T]) -> T:
+    """The YAML file at ``uri`` (any filesystem Beam knows) built into a config by
+    ``build``; every failure is one ``UsageError`` naming ``flag``: unreadable, malformed
+    YAML (with line and column), or refused by ``build`` (ValueError, TypeError, KeyError).
+    """
+    import yaml
+
     try:
         with FileSystems.open(dicom_io.normalize_uri(uri)) as fh:
             text = fh.read().decode()
     except Exception as e:
-        raise UsageError(f"--deid-config {uri} cannot be read ({type(e).__name__})") from None
-    import yaml
-
+        raise UsageError(f"{flag} {uri} cannot be read ({type(e).__name__})") from None
     try:
-        return DeidConfig.from_yaml(text)
+        return build(yaml.safe_load(text))
     except yaml.YAMLError as e:
-        raise yaml_error("--deid-config", uri, e) from None
+        raise yaml_error(flag, uri, e) from None
+    except KeyError as e:
+        raise UsageError(f"{flag} {uri}: missing {e}") from None
     except (ValueError, TypeError) as e:
-        raise UsageError(f"--deid-config {uri}: {e}") from None
+        raise UsageError(f"{flag} {uri}: {e}") from None
+
+
+def load_deid_config(uri: str | None) -> DeidConfig:
+    """``--deid-config``: the de-identification options, or the defaults."""
+    if uri is None:
+        return DeidConfig()
+    return load_yaml("--deid-config", uri, DeidConfig.from_mapping)
 
 
 def load_pixel_config(uri: str | None) -> PixelConfig:
     """``--pixel-config``: the pixel settings, or the defaults."""
     if uri is None:
         return PixelConfig()
-    import yaml
-
-    try:
-        with FileSystems.open(dicom_io.normalize_uri(uri)) as fh:
-            return PixelConfig.from_mapping(yaml.safe_load(fh.read().decode()))
-    except yaml.YAMLError as e:
-        raise yaml_error("--pixel-config", uri, e) from None
-    except (ValueError, TypeError) as e:
-        raise UsageError(f"--pixel-config {uri}: {e}") from None
-    except Exception as e:
-        raise UsageError(f"--pixel-config {uri} cannot be read ({type(e).__name__})") from None
+    return load_yaml("--pixel-config", uri, PixelConfig.from_mapping)
 
 
 def inputs_and_output(inputs: list[str] | None, output: str | None) -> tuple[list[str], str]:

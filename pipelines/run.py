@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, fields
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines import state as st
-from pipelines.failures import yaml_error
+from pipelines.flags import load_yaml
 from pipelines.limits import limit_args
 from pipelines.options import OneLineParser, UsageError, command_options, new_run_id
 from transforms import dicom_io
@@ -126,17 +126,7 @@ class RunConfig:
 
 
 def load_config(uri: str) -> RunConfig:
-    import yaml
-
-    try:
-        with FileSystems.open(dicom_io.normalize_uri(uri)) as fh:
-            return RunConfig.from_mapping(yaml.safe_load(fh.read().decode()))
-    except yaml.YAMLError as e:
-        raise yaml_error("--config", uri, e) from None
-    except (ValueError, TypeError) as e:
-        raise UsageError(f"--config {uri}: {e}") from None
-    except OSError as e:
-        raise UsageError(f"--config {uri} cannot be read ({type(e).__name__})") from None
+    return load_yaml("--config", uri, RunConfig.from_mapping)
 
 
 class StageFailed(Exception):

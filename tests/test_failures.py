@@ -126,6 +126,31 @@ def test_malformed_run_yaml_is_one_line(tmp_path, capsys):
     assert "malformed YAML at line 2, column 7" in lines[0]
 
 
+def test_every_config_file_failure_is_one_line(tmp_path):
+    """The three YAML configs share one loader: unreadable, refused and incomplete files
+    are one usage error naming the flag (an entry missing a key was a traceback)."""
+    from pipelines import flags
+    from pipelines.options import UsageError
+    from pipelines.run import load_config
+
+    missing = tmp_path / "missing.yaml"
+    incomplete = tmp_path / "deid.yaml"
+    incomplete.write_text("safe_private:\n  - element: '0x10'\n")
+    unknown = tmp_path / "pixels.yaml"
+    unknown.write_text("colour: red\n")
+    cases = [
+        (lambda: flags.load_deid_config(str(missing)), "--deid-config", "cannot be read"),
+        (lambda: flags.load_deid_config(str(incomplete)), "--deid-config", "missing 'creator'"),
+        (lambda: flags.load_pixel_config(str(unknown)), "--pixel-config", "unknown pixel"),
+        (lambda: load_config(str(missing)), "--config", "cannot be read"),
+    ]
+    for load, flag, what in cases:
+        with pytest.raises(UsageError) as e:
+            load()
+        assert str(e.value).startswith(flag) and what in str(e.value)
+        assert "\n" not in str(e.value)
+
+
 def test_an_unreachable_bucket_is_one_line(tmp_path, monkeypatch, capsys):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
