@@ -7,8 +7,13 @@ from typing import NamedTuple
 
 import apache_beam as beam
 import pydicom
+from apache_beam.metrics import Metrics
 
-from transforms.deadletter import METRICS_NAMESPACE, DeadLetter  # noqa: F401  (re-exported)
+from transforms.deadletter import (
+    DEAD_LETTER,
+    METRICS_NAMESPACE,
+    DeadLetter,
+)
 
 # pydicom reports odd values through warnings and its logger, quoting the values; those
 # are PHI, so neither may reach a worker's log. Not validating on read means the messages
@@ -65,6 +70,25 @@ class SourceObject:
     source: str
     member: str | None
     data: bytes
+
+
+class ReadCounters:
+    """Where a read item goes and what it counts: a ``SourceObject`` to the main output
+    (counters ``objects`` and ``read_bytes``), a ``DeadLetter`` to ``DEAD_LETTER``
+    (counter ``failed``). Built in a DoFn's ``__init__`` or ``setup``."""
+
+    def __init__(self, objects: str, read_bytes: str, failed: str):
+        self._objects = Metrics.counter(METRICS_NAMESPACE, objects)
+        self._bytes = Metrics.counter(METRICS_NAMESPACE, read_bytes)
+        self._failed = Metrics.counter(METRICS_NAMESPACE, failed)
+
+    def route(self, item: "SourceObject | DeadLetter"):
+        if isinstance(item, DeadLetter):
+            self._failed.inc()
+            return beam.pvalue.TaggedOutput(DEAD_LETTER, item)
+        self._objects.inc()
+        self._bytes.inc(len(item.data))
+        return item
 
 
 class ReadOutputs(NamedTuple):

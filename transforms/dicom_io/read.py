@@ -1,7 +1,6 @@
 """Reading as Beam transforms: objects from paths, and every DICOM candidate once."""
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
 
 from transforms.composite import NamedOutputs
 from transforms.deadletter import (
@@ -16,7 +15,7 @@ from transforms.dicom_io.limits import Limits
 from transforms.dicom_io.match import MatchInputs
 from transforms.dicom_io.objects import (
     DEFAULT_MAX_OBJECT_BYTES,
-    METRICS_NAMESPACE,
+    ReadCounters,
     ReadOutputs,
 )
 
@@ -38,9 +37,7 @@ class ReadObjects(NamedOutputs):
 class ReadObjectsFn(beam.DoFn):
     def __init__(self, limits: Limits | int):
         self._limits = Limits.of(limits)
-        self._objects = Metrics.counter(METRICS_NAMESPACE, "read_objects")
-        self._failed = Metrics.counter(METRICS_NAMESPACE, "read_dead_letters")
-        self._bytes = Metrics.counter(METRICS_NAMESPACE, "read_bytes")
+        self._counters = ReadCounters("read_objects", "read_bytes", "read_dead_letters")
 
     def process(self, path_size: tuple[str, int]):
         path, size = path_size
@@ -48,23 +45,14 @@ class ReadObjectsFn(beam.DoFn):
         try:
             for item in iter_objects(path, size, self._limits):
                 yielded += 1
-                if isinstance(item, DeadLetter):
-                    self._failed.inc()
-                    yield beam.pvalue.TaggedOutput(DEAD_LETTER, item)
-                else:
-                    self._objects.inc()
-                    self._bytes.inc(len(item.data))
-                    yield item
+                yield self._counters.route(item)
         except Exception as e:
             if yielded:
                 # Part of this object is already out; a row now would count it twice. Let
                 # the runner retry the bundle (its outputs are discarded and redone).
                 raise
-            self._failed.inc()
             message = unexpected(e).message
-            yield beam.pvalue.TaggedOutput(
-                DEAD_LETTER, DeadLetter(path, None, STAGE_READ, "read_failed", message)
-            )
+            yield self._counters.route(DeadLetter(path, None, STAGE_READ, "read_failed", message))
 
 
 class ReadInstances(NamedOutputs):

@@ -17,7 +17,12 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from transforms.deadletter import DEAD_LETTER, STAGE_READ, DeadLetter, StageError, unexpected
-from transforms.dicom_io.objects import DEFAULT_MAX_OBJECT_BYTES, METRICS_NAMESPACE, SourceObject
+from transforms.dicom_io.objects import (
+    DEFAULT_MAX_OBJECT_BYTES,
+    METRICS_NAMESPACE,
+    ReadCounters,
+    SourceObject,
+)
 from transforms.dicomweb.client import (
     Clients,
     DicomwebSettings,
@@ -181,10 +186,10 @@ class RetrieveFn(beam.DoFn):
     def __init__(self, settings: DicomwebSettings, max_bytes: int = DEFAULT_MAX_OBJECT_BYTES):
         self._settings = settings
         self._max_bytes = max_bytes
-        self._objects = Metrics.counter(METRICS_NAMESPACE, "dicomweb_retrieved")
-        self._bytes = Metrics.counter(METRICS_NAMESPACE, "dicomweb_retrieved_bytes")
+        self._counters = ReadCounters(
+            "dicomweb_retrieved", "dicomweb_retrieved_bytes", "dicomweb_retrieve_dead_letters"
+        )
         self._retries = Metrics.counter(METRICS_NAMESPACE, "dicomweb_retries")
-        self._failed = Metrics.counter(METRICS_NAMESPACE, "dicomweb_retrieve_dead_letters")
 
     def setup(self):
         self._clients = Clients(self._settings)
@@ -221,13 +226,7 @@ class RetrieveFn(beam.DoFn):
 
     def process(self, batch: list[str]) -> Iterator:
         for item in self._pool.map(self.fetch, batch):
-            if isinstance(item, DeadLetter):
-                self._failed.inc()
-                yield beam.pvalue.TaggedOutput(DEAD_LETTER, item)
-            else:
-                self._objects.inc()
-                self._bytes.inc(len(item.data))
-                yield item
+            yield self._counters.route(item)
 
 
 class ReadDicomweb(beam.PTransform):
