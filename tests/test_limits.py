@@ -280,8 +280,8 @@ def test_zip_member_names_survive(tmp_path):
 
 
 def test_an_unknown_vr_is_invalid_at_parse():
-    """Before: it parsed, and the first access (inventory's columns) raised
-    ``NotImplementedError``: an ``unexpected_error``."""
+    """Before: it parsed, and pydicom refused the element only on first access (inventory's
+    columns), which surfaced as an ``unexpected_error`` row."""
     data = bytearray(valid())
     offset, _ = fuzz.element_headers(bytes(data))[10]  # not the first: that sets the VR mode
     data[offset + 4 : offset + 6] = b"\x55\xd3"
