@@ -12,7 +12,7 @@ AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed-stamp
 DEMO_DIR ?= demo-work
 DEMO_PATIENTS ?= 60
 
-.PHONY: demo test lint format clean airflow-venv
+.PHONY: demo test lint format clean airflow-venv transform-templates
 
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ test: $(STAMP) $(AIRFLOW_STAMP)
 	$(BIN)/pytest; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests"; exit 1; fi; \
 	  exit $$rc
+
+# After a change to models/preprocessing.py: rebuild the graphs shipped per image geometry
+# (tests/test_transform_writer.py fails until they match).
+transform-templates: $(STAMP)
+	$(BIN)/python -m models.preprocessing
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

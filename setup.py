@@ -71,7 +71,11 @@ setup(
     packages=find_packages(
         include=["pipelines", "pipelines.*", "transforms", "transforms.*", "models", "models.*"]
     ),
-    package_data={"transforms.deid": ["deid_profile.json"]},
+    package_data={
+        "transforms.deid": ["deid_profile.json"],
+        # The preprocessing graph built per default image geometry (models/transform_writer.py).
+        "models": ["transform_templates/*/*/*", "transform_templates/*/*/*/*"],
+    },
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
     entry_points={"console_scripts": ["dicomflow = pipelines.cli:main"]},

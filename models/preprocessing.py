@@ -1,25 +1,39 @@
 """The preprocessing: how a raw example becomes network input, as a tf.Transform graph.
 
-This is its one definition. ``make_preprocessing_fn`` standardizes pixels with the train
-split's mean and standard deviation (``tft.scale_to_z_score``'s semantics: a split of
-identical pixels is only centred) and maps a label to its id in the train split's
-vocabulary (-1 for an unlabeled example or a label train never saw). The statistics are
-constants: ingest computes them in one Beam pass over the train split
-(``transforms/transform_graph.py``), and ``write_transform`` writes the graph with
-tf.Transform's own writer. There are no tf.Transform analyzers, so no tf.Transform Beam
-analysis: the format is still tf.Transform's, and the trainer and the exported model read
-``transform/`` with ``tft.TFTransformOutput``, so training and serving see the same numbers.
+This is its one definition. The graph standardizes pixels with the train split's mean and
+standard deviation (``tft.scale_to_z_score``'s semantics: a split of identical pixels is
+only centred) and maps a label to its id in the train split's vocabulary (-1 for an
+unlabeled example or a label train never saw). There are no tf.Transform analyzers: ingest
+computes the statistics in one Beam pass over the train split
+(``transforms/transform_graph.py``), and the graph reads them, like the vocabulary, from
+its own asset files (``models/transform_writer.py`` names and formats them). So the graph
+depends only on the image geometry: it is built once per geometry with tf.Transform's own
+writer (``build_graph``), and a run only writes the assets of its split into a copy of it,
+without importing TensorFlow. The trainer and the exported model read ``transform/`` with
+``tft.TFTransformOutput``, so training and serving see the same numbers.
+
+``python -m models.preprocessing`` rebuilds the graphs shipped in
+``models/transform_templates/`` (``make transform-templates``); a test fails when they no
+longer match this definition.
 """
 
 import json
 import os
-import tempfile
-from collections.abc import Sequence
+import shutil
+import sys
+from pathlib import Path
 
 import tensorflow as tf
 import tensorflow_transform as tft
+from tensorflow_transform import impl_helper, tf_utils
 
 from models import features as f
+from models import transform_writer as w
+
+# Where the shipped graphs are built from: the asset paths are part of the table names in
+# the graph, so a fixed folder makes a rebuild byte-identical (the assets are copied into
+# the SavedModel; nothing points back here once it is written).
+TEMPLATE_ASSETS = "/tmp/dicomflow-transform-template-assets"
 
 
 def decode_image(image_bytes: tf.Tensor) -> tf.Tensor:
@@ -27,9 +41,17 @@ def decode_image(image_bytes: tf.Tensor) -> tf.Tensor:
     return tf.cast(tf.io.decode_raw(image_bytes, tf.uint8), tf.float32) / 255.0
 
 
+def _statistics_table(path):
+    return tf.lookup.StaticHashTable(
+        tf.lookup.TextFileInitializer(
+            path, tf.string, 0, tf.float32, 1, delimiter=w.STATISTICS_DELIMITER
+        ),
+        default_value=0.0,
+    )
+
+
 def make_preprocessing_fn(
-    pixel_mean: float,
-    pixel_std: float,
+    statistics_file: str,
     vocabulary_file: str,
     size: int = f.DEFAULT_IMAGE_SIZE,
     channels: int = f.DEFAULT_IMAGE_CHANNELS,
@@ -40,12 +62,14 @@ def make_preprocessing_fn(
     ingest setting, so the function is made for it.
 
     Args:
-        pixel_mean: mean of the train split's pixels, on the [0, 1] scale.
-        pixel_std: their standard deviation; 0 (identical pixels) only centres.
-        vocabulary_file: the label vocabulary, one label a line, label id = line number;
-            tracked as an asset, so the graph carries its own copy.
+        statistics_file: the train split's pixel mean and standard deviation, on the
+            [0, 1] scale (``transform_writer.statistics_text``); a standard deviation of
+            0 (identical pixels) only centres.
+        vocabulary_file: the label vocabulary, one label a line, label id = line number.
         size: image height and width.
         channels: image channels.
+
+    Both files are tracked as assets: the graph carries its own copies.
     """
     pixels = size * size * channels
 
@@ -60,48 +84,68 @@ def make_preprocessing_fn(
             (int64, -1 for an unlabeled example or a label not seen in training).
         """
         image = tf.reshape(decode_image(inputs[f.IMAGE]), [-1, pixels])
-        normalized = image - tf.constant(pixel_mean, tf.float32)
-        if pixel_std > 0:
-            normalized /= tf.constant(pixel_std, tf.float32)
+        keys = tf.constant([w.PIXEL_MEAN, w.PIXEL_STD])
+        statistics, _ = tf_utils.construct_and_lookup_table(
+            _statistics_table, statistics_file, keys
+        )
+        mean, std = statistics[0], statistics[1]
+        normalized = (image - mean) / tf.where(std > 0, std, tf.ones_like(std))
         label_id = tft.apply_vocabulary(inputs[f.LABEL], vocabulary_file, default_value=-1)
         return {f.IMAGE_NORMALIZED: normalized, f.LABEL_ID: label_id}
 
     return preprocessing_fn
 
 
-def write_transform(
-    directory: str,
-    pixel_mean: float,
-    pixel_std: float,
-    labels: Sequence[str],
-    size: int = f.DEFAULT_IMAGE_SIZE,
-    channels: int = f.DEFAULT_IMAGE_CHANNELS,
-) -> None:
-    """Writes the graph under ``directory`` as ``tft_beam.WriteTransformFn`` lays it out:
-    ``transform_fn/`` (a SavedModel, the vocabulary in its assets/ as ``label``) and
-    ``transformed_metadata/`` (the output schema and the asset map).
-
-    Args:
-        directory: a local folder to write in.
-        pixel_mean, pixel_std: see ``make_preprocessing_fn``.
-        labels: the vocabulary, in label-id order; no label empty or with a line break.
-        size, channels: the image geometry.
+def build_graph(directory: str, assets: str, size: int, channels: int) -> None:
+    """Writes the graph for one image geometry under ``directory`` as
+    ``tft_beam.WriteTransformFn`` lays it out (``transform_fn/``, ``transformed_metadata/``
+    with the asset map), from the statistics and vocabulary files in the folder ``assets``.
     """
-    from tensorflow_transform import impl_helper
-
     specs = f.raw_feature_spec()
-    with tempfile.TemporaryDirectory(prefix="dicomflow-vocabulary-") as tmp:
-        vocabulary_file = os.path.join(tmp, f.LABEL_VOCABULARY)
-        with open(vocabulary_file, "wb") as fh:
-            fh.write(b"".join(label.encode() + b"\n" for label in labels))
-        impl_helper.analyze_in_place(
-            make_preprocessing_fn(pixel_mean, pixel_std, vocabulary_file, size, channels),
-            force_tf_compat_v1=False,
-            feature_specs=specs,
-            type_specs=impl_helper.get_type_specs_from_feature_specs(specs),
-            transform_output_path=directory,
-        )
+    impl_helper.analyze_in_place(
+        make_preprocessing_fn(
+            os.path.join(assets, w.STATISTICS_ASSET),
+            os.path.join(assets, f.LABEL_VOCABULARY),
+            size,
+            channels,
+        ),
+        force_tf_compat_v1=False,
+        feature_specs=specs,
+        type_specs=impl_helper.get_type_specs_from_feature_specs(specs),
+        transform_output_path=directory,
+    )
     # What tf.Transform's Beam writer adds: the vocabulary's name → its file in assets/.
     asset_map = os.path.join(directory, tft.TFTransformOutput.TRANSFORMED_METADATA_DIR, "asset_map")
     with open(asset_map, "w") as fh:
         fh.write(json.dumps({f.LABEL_VOCABULARY: f.LABEL_VOCABULARY}))
+
+
+def build_template(directory: str, size: int, channels: int, assets: str) -> None:
+    """The graph for one geometry with placeholder assets (written into the folder
+    ``assets``): what ``transform_writer.write_transform`` copies and fills in."""
+    w.write_assets(assets, 0.0, 0.0, w.TEMPLATE_VOCABULARY)
+    build_graph(directory, assets, size, channels)
+
+
+def rebuild_shipped(root: Path = w.TEMPLATES) -> list[Path]:
+    """Rebuilds every shipped graph under ``root``; returns their folders. Byte-identical
+    to the shipped ones only in a process that has traced nothing before (``python -m
+    models.preprocessing [ROOT]``)."""
+    out = []
+    for size, channels in w.SHIPPED_GEOMETRIES:
+        target = root / w.template_name(size, channels)
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.rmtree(TEMPLATE_ASSETS, ignore_errors=True)
+        os.makedirs(TEMPLATE_ASSETS)
+        try:
+            build_template(str(target), size, channels, TEMPLATE_ASSETS)
+        finally:
+            shutil.rmtree(TEMPLATE_ASSETS, ignore_errors=True)
+        out.append(target)
+    return out
+
+
+if __name__ == "__main__":
+    # A fresh process: the traced functions' names count what the process traced before.
+    for folder in rebuild_shipped(Path(sys.argv[1]) if len(sys.argv) > 1 else w.TEMPLATES):
+        print(folder, file=sys.stderr)

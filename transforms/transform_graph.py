@@ -6,14 +6,16 @@ preprocessing in the launching process (TensorFlow, Keras and scikit-learn impor
 build some 140 Beam transforms, run its analysis phases and write the SavedModel twice:
 seconds of every ingest's start-up for two numbers and a label list. Here one
 ``CombineGlobally`` gathers them in the same pass that writes the TFRecords, and one DoFn
-writes the analyzer-free graph (``models.preprocessing``) with tf.Transform's own writer.
-The graph format and ``tft.TFTransformOutput`` are unchanged; TensorFlow is imported only
-by that DoFn.
+writes the graph: the analyzer-free graph (``models.preprocessing``) reads the statistics
+and the vocabulary from its asset files, so it is the same for every run of one image
+geometry, and ``models.transform_writer`` copies the one built for the geometry and writes
+the run's assets into it. The graph format and ``tft.TFTransformOutput`` are unchanged;
+ingest imports no TensorFlow unless its geometry is not shipped built.
 
 The pixel statistics are exact: pixels are integers k/255, so the accumulator keeps the
 integer count, sum and sum of squares of k, and merging is integer addition. The result
 does not depend on how a runner splits the data into bundles (a float accumulator's
-rounding does), so every runner writes the same constants into the graph.
+rounding does), so every runner writes the same statistics into the graph.
 """
 
 import math
@@ -26,6 +28,7 @@ from typing import NamedTuple, Protocol
 import apache_beam as beam
 import numpy as np
 
+from models.transform_writer import write_transform
 from transforms.storage import delete_tree, publish_tree
 
 _K = np.arange(256, dtype=np.int64)
@@ -171,8 +174,6 @@ class WriteTransformGraphFn(beam.DoFn):
             delete_tree(self._directory)
             yield statistics.describe()
             return
-        from models.preprocessing import write_transform  # TensorFlow: here only
-
         with tempfile.TemporaryDirectory(prefix="dicomflow-transform-") as local:
             write_transform(
                 local,

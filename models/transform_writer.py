@@ -1,0 +1,114 @@
+"""Writes a run's tf.Transform graph without TensorFlow: a copy of the graph built for the
+image geometry, with the run's statistics and vocabulary as its assets.
+
+The graph (``models/preprocessing.py``) reads the pixel mean and standard deviation and the
+label vocabulary from asset files, so it is the same for every run of one geometry. The
+geometries ingest uses by default are shipped built (``models/transform_templates/``);
+any other is built once with TensorFlow when a run needs it. What a run writes is then
+the layout ``tft_beam.WriteTransformFn`` writes, read by ``tft.TFTransformOutput``:
+
+    transform_fn/             the SavedModel; assets/label and assets/pixel_statistics
+    transformed_metadata/     schema.pbtxt (label_id's domain: -1 .. vocabulary size - 1)
+                              and asset_map
+"""
+
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from models import features as f
+
+TEMPLATES = Path(__file__).resolve().parent / "transform_templates"
+SHIPPED_GEOMETRIES = ((224, 1), (224, 3), (64, 1))  # defaults, colour, the demo's
+STATISTICS_ASSET = "pixel_statistics"
+STATISTICS_DELIMITER = "\t"
+PIXEL_MEAN, PIXEL_STD = "pixel_mean", "pixel_std"
+TEMPLATE_VOCABULARY = ("placeholder",)
+TRANSFORM_FN, METADATA = "transform_fn", "transformed_metadata"
+_LABEL_DOMAIN = re.compile(
+    r'(name: "' + f.LABEL_ID + r'"\n  type: INT\n  int_domain \{\n    min: -1\n    max: )-?\d+'
+)
+
+
+def template_name(size: int, channels: int) -> str:
+    return f"{size}x{size}x{channels}"
+
+
+def float32_text(value: float) -> str:
+    """The float32 nearest ``value``, written so that parsing it gives that float32 back
+    (as ``tf.constant(value, tf.float32)`` would have rounded it)."""
+    return repr(float(np.float32(value)))
+
+
+def statistics_text(pixel_mean: float, pixel_std: float) -> str:
+    d = STATISTICS_DELIMITER
+    return f"{PIXEL_MEAN}{d}{float32_text(pixel_mean)}\n{PIXEL_STD}{d}{float32_text(pixel_std)}\n"
+
+
+def write_assets(folder: str, pixel_mean: float, pixel_std: float, labels: Sequence[str]) -> None:
+    """The statistics and vocabulary files in ``folder``.
+
+    Raises:
+        ValueError: an empty vocabulary, or a label that is empty or holds a line break
+            (the vocabulary is one label a line; ingest leaves such labels out).
+    """
+    if not labels or any(not label or "\n" in label or "\r" in label for label in labels):
+        raise ValueError("the vocabulary needs labels, none empty or with a line break")
+    with open(os.path.join(folder, STATISTICS_ASSET), "w") as fh:
+        fh.write(statistics_text(pixel_mean, pixel_std))
+    with open(os.path.join(folder, f.LABEL_VOCABULARY), "wb") as fh:
+        fh.write(b"".join(label.encode() + b"\n" for label in labels))
+
+
+def schema_text(template: str, vocabulary_size: int) -> str:
+    """The template's output schema with label_id's domain for ``vocabulary_size`` labels
+    (what tf.Transform infers from the vocabulary: -1, the default, to size - 1)."""
+    text, found = _LABEL_DOMAIN.subn(rf"\g<1>{vocabulary_size - 1}", template)
+    if found != 1:
+        raise ValueError("the template's schema has no label_id domain to fill in")
+    return text
+
+
+def write_transform(
+    directory: str,
+    pixel_mean: float,
+    pixel_std: float,
+    labels: Sequence[str],
+    size: int = f.DEFAULT_IMAGE_SIZE,
+    channels: int = f.DEFAULT_IMAGE_CHANNELS,
+) -> None:
+    """Writes the graph for ``size`` x ``size`` x ``channels`` images under the local
+    folder ``directory``, with these statistics and this vocabulary (label id i is
+    ``labels[i]``). TensorFlow is imported only for a geometry that is not shipped.
+
+    Raises:
+        ValueError: see ``write_assets``.
+    """
+    shipped = TEMPLATES / template_name(size, channels)
+    if (shipped / TRANSFORM_FN / "saved_model.pb").is_file():
+        _fill(str(shipped), directory, pixel_mean, pixel_std, labels)
+        return
+    from models.preprocessing import build_template  # TensorFlow: only here
+
+    with tempfile.TemporaryDirectory(prefix="dicomflow-template-") as tmp:
+        template, assets = os.path.join(tmp, "graph"), os.path.join(tmp, "assets")
+        os.makedirs(assets)
+        build_template(template, size, channels, assets)
+        _fill(template, directory, pixel_mean, pixel_std, labels)
+
+
+def _fill(template: str, directory: str, mean: float, std: float, labels: Sequence[str]) -> None:
+    shutil.copytree(os.path.join(template, TRANSFORM_FN), os.path.join(directory, TRANSFORM_FN))
+    write_assets(os.path.join(directory, TRANSFORM_FN, "assets"), mean, std, labels)
+    metadata = os.path.join(directory, METADATA)
+    shutil.copytree(os.path.join(template, METADATA), metadata)
+    schema = os.path.join(metadata, "schema.pbtxt")
+    with open(schema) as fh:
+        text = schema_text(fh.read(), len(labels))
+    with open(schema, "w") as fh:
+        fh.write(text)
