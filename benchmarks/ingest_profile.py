@@ -3,9 +3,10 @@
 One in-process run (DirectRunner, 1 worker, in memory) on ``--files`` synthetic CT files
 (the corpus of ``ingest_speed.py``, labels included). Start-up phases are timed with the
 process's CPU clock (steadier than the wall clock on a shared machine) and no profiler:
-interpreter and Beam import, our modules, graph construction, the run (which imports
-TensorFlow where the transform graph is written: the launching process never does, and
-the script says so), interpreter exit is not counted.
+interpreter and Beam import, our modules, graph construction, the run (the transform
+graph is a copy of the one shipped for the image geometry: no TensorFlow import unless
+the geometry is not shipped; the script says whether TensorFlow was imported before and
+during the run); interpreter exit is not counted.
 Then the same run again in a fresh process under cProfile, summarised by stage: each
 stage's cumulative time over the files (profiler overhead included, so read the shares
 rather than the absolute figures), and the runner's own work as the rest.
@@ -63,12 +64,15 @@ pipeline = ingest.build_pipeline(new_pipeline(beam_options), config)
 marks.append(("configuration + graph construction", time.process_time()))
 launcher_tf = "tensorflow" in sys.modules
 execute(pipeline, config.inputs, config.output)
-marks.append(("run (files + runner + TensorFlow import + graph + manifest)", time.process_time()))
+marks.append(("run (files + runner + transform graph + manifest)", time.process_time()))
 last = 0.0
 for name, t in marks:
     print(f"{t - last:6.2f} s  {name}")
     last = t
-print(f"{last:6.2f} s  in all; TensorFlow imported before the run: {launcher_tf}")
+print(
+    f"{last:6.2f} s  in all; TensorFlow imported before the run: {launcher_tf}, "
+    f"by its end: {'tensorflow' in sys.modules}"
+)
 """
 
 

@@ -208,6 +208,21 @@ def report(runs: dict[str, list[dict]], n: int) -> None:
             )
             if "two" in s:
                 print(f"  per file (c)/(b): {b['per_file'] / s['two']['per_file']:.2f} (>= 1.6)")
+    # Within one round (a) and (b) ran minutes apart, not hours: the median of the
+    # per-round ratios is the steadiest figure when the machine's speed drifts.
+    for measure in ("wall", "cpu"):
+        whole, per_file = [], []
+        for i in range(len(runs[f"bare@{n}"])):
+            a = [runs[f"bare@{c}"][i][measure] for c in (n, 2 * n)]
+            b = [runs[f"one@{c}"][i][measure] for c in (n, 2 * n)]
+            whole.append(a[1] / b[1])
+            per_file.append((a[1] - a[0]) / (b[1] - b[0]) if b[1] > b[0] else float("nan"))
+        print(
+            f"per-round ratios, {measure}: whole run at {2 * n} "
+            f"{' '.join(f'{r:.2f}' for r in whole)} (median {statistics.median(whole):.2f}); "
+            f"per file {' '.join(f'{r:.2f}' for r in per_file)} "
+            f"(median {statistics.median(per_file):.2f})"
+        )
     loops = [r["loop"] for r in runs[f"bare@{2 * n}"]]
     print(f"(a)'s loop alone at {2 * n} files (best): {1000 * min(loops) / (2 * n):.2f} ms a file")
 
