@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import tensorflow as tf
@@ -30,10 +31,10 @@ from tensorflow_transform import impl_helper, tf_utils
 from models import features as f
 from models import transform_writer as w
 
-# Where the shipped graphs are built from: the asset paths are part of the table names in
-# the graph, so a fixed folder makes a rebuild byte-identical (the assets are copied into
-# the SavedModel; nothing points back here once it is written).
-TEMPLATE_ASSETS = "/tmp/dicomflow-transform-template-assets"
+# Where the shipped graphs are built from, relative to a private working folder: the asset
+# paths are part of the table names in the graph, so a fixed name makes a rebuild
+# byte-identical (the assets are copied into the SavedModel; nothing points back here).
+TEMPLATE_ASSETS = "template-assets"
 
 
 def decode_image(image_bytes: tf.Tensor) -> tf.Tensor:
@@ -46,7 +47,7 @@ def _statistics_table(path):
         tf.lookup.TextFileInitializer(
             path, tf.string, 0, tf.float32, 1, delimiter=w.STATISTICS_DELIMITER
         ),
-        default_value=0.0,
+        default_value=float("nan"),  # a statistic missing from the file shows, loudly
     )
 
 
@@ -128,24 +129,32 @@ def build_template(directory: str, size: int, channels: int, assets: str) -> Non
 
 
 def rebuild_shipped(root: Path = w.TEMPLATES) -> list[Path]:
-    """Rebuilds every shipped graph under ``root``; returns their folders. Byte-identical
-    to the shipped ones only in a process that has traced nothing before (``python -m
-    models.preprocessing [ROOT]``)."""
+    """Rebuilds every shipped graph under ``root``; returns their folders. Run from an
+    empty private working folder (``python -m models.preprocessing [ROOT]`` makes one):
+    the assets are built there under the relative name ``TEMPLATE_ASSETS``. Byte-identical
+    to the shipped ones only in a process that has traced nothing before. A graph is
+    swapped in only once it is built whole; ``fingerprint.pb`` (a random id on every
+    build, which every run's copy would share) is left out."""
     out = []
     for size, channels in w.SHIPPED_GEOMETRIES:
         target = root / w.template_name(size, channels)
-        shutil.rmtree(target, ignore_errors=True)
+        building = root / f".{target.name}.building"
+        shutil.rmtree(building, ignore_errors=True)
         shutil.rmtree(TEMPLATE_ASSETS, ignore_errors=True)
         os.makedirs(TEMPLATE_ASSETS)
-        try:
-            build_template(str(target), size, channels, TEMPLATE_ASSETS)
-        finally:
-            shutil.rmtree(TEMPLATE_ASSETS, ignore_errors=True)
+        build_template(str(building), size, channels, TEMPLATE_ASSETS)
+        (building / w.TRANSFORM_FN / "fingerprint.pb").unlink(missing_ok=True)
+        shutil.rmtree(target, ignore_errors=True)
+        building.rename(target)
         out.append(target)
     return out
 
 
 if __name__ == "__main__":
-    # A fresh process: the traced functions' names count what the process traced before.
-    for folder in rebuild_shipped(Path(sys.argv[1]) if len(sys.argv) > 1 else w.TEMPLATES):
-        print(folder, file=sys.stderr)
+    # A fresh process: the traced functions' names count what the process traced before;
+    # a private working folder: the assets' relative names are in the graph.
+    root = Path(sys.argv[1]).resolve() if len(sys.argv) > 1 else w.TEMPLATES
+    with tempfile.TemporaryDirectory(prefix="dicomflow-templates-") as work:
+        os.chdir(work)
+        for folder in rebuild_shipped(root):
+            print(folder, file=sys.stderr)

@@ -12,6 +12,7 @@ the layout ``tft_beam.WriteTransformFn`` writes, read by ``tft.TFTransformOutput
                               and asset_map
 """
 
+import logging
 import os
 import re
 import shutil
@@ -30,6 +31,15 @@ STATISTICS_DELIMITER = "\t"
 PIXEL_MEAN, PIXEL_STD = "pixel_mean", "pixel_std"
 TEMPLATE_VOCABULARY = ("placeholder",)
 TRANSFORM_FN, METADATA = "transform_fn", "transformed_metadata"
+# What a shipped graph must hold to be copied (fingerprint.pb is not shipped: its random id
+# would be every run's); the assets are written fresh.
+TEMPLATE_FILES = (
+    "transform_fn/saved_model.pb",
+    "transform_fn/variables/variables.index",
+    "transform_fn/variables/variables.data-00000-of-00001",
+    "transformed_metadata/schema.pbtxt",
+    "transformed_metadata/asset_map",
+)
 _LABEL_DOMAIN = re.compile(
     r'(name: "' + f.LABEL_ID + r'"\n  type: INT\n  int_domain \{\n    min: -1\n    max: )-?\d+'
 )
@@ -90,9 +100,11 @@ def write_transform(
         ValueError: see ``write_assets``.
     """
     shipped = TEMPLATES / template_name(size, channels)
-    if (shipped / TRANSFORM_FN / "saved_model.pb").is_file():
+    if all((shipped / name).is_file() for name in TEMPLATE_FILES):
         _fill(str(shipped), directory, pixel_mean, pixel_std, labels)
         return
+    if (size, channels) in SHIPPED_GEOMETRIES:
+        logging.warning("the shipped graph %s is incomplete: building it", shipped.name)
     from models.preprocessing import build_template  # TensorFlow: only here
 
     with tempfile.TemporaryDirectory(prefix="dicomflow-template-") as tmp:
@@ -103,10 +115,20 @@ def write_transform(
 
 
 def _fill(template: str, directory: str, mean: float, std: float, labels: Sequence[str]) -> None:
-    shutil.copytree(os.path.join(template, TRANSFORM_FN), os.path.join(directory, TRANSFORM_FN))
-    write_assets(os.path.join(directory, TRANSFORM_FN, "assets"), mean, std, labels)
+    # Plain copies (not copy2): a read-only installed package gives writable files.
+    skip = shutil.ignore_patterns("fingerprint.pb", STATISTICS_ASSET, f.LABEL_VOCABULARY)
+    for part in (TRANSFORM_FN, METADATA):
+        shutil.copytree(
+            os.path.join(template, part),
+            os.path.join(directory, part),
+            ignore=skip,
+            copy_function=shutil.copyfile,
+            dirs_exist_ok=True,
+        )
+    assets = os.path.join(directory, TRANSFORM_FN, "assets")
+    os.makedirs(assets, exist_ok=True)
+    write_assets(assets, mean, std, labels)
     metadata = os.path.join(directory, METADATA)
-    shutil.copytree(os.path.join(template, METADATA), metadata)
     schema = os.path.join(metadata, "schema.pbtxt")
     with open(schema) as fh:
         text = schema_text(fh.read(), len(labels))

@@ -3,8 +3,10 @@
 read → parse → join labels (original identifiers) → de-identify → normalize pixels → split
 by patient → TFRecords per split + the train split's statistics → the tf.Transform graph,
 index, errors, manifest. One Beam pipeline; the heavy steps fuse, so a dataset travels
-between them in memory and nothing collects the corpus on one worker. The launching
-process never imports TensorFlow: only the step that writes the graph does.
+between them in memory and nothing collects the corpus on one worker. No step imports
+TensorFlow: the graph is a copy of the one shipped for the image geometry, with the run's
+statistics as its assets (``models.transform_writer``); only a geometry that is not
+shipped is built, with TensorFlow, in the step that writes the graph.
 """
 
 import sys

@@ -68,6 +68,37 @@ def constants_graph(directory, mean, std, vocabulary, size, channels):
     )
 
 
+def test_the_package_data_globs_ship_every_template_file():
+    """setup.py's package_data patterns must keep up with the templates' layout."""
+    import fnmatch
+    import re as regex
+
+    setup = (REPO / "setup.py").read_text()
+    patterns = regex.findall(r'"(transform_templates/[^"]+)"', setup)
+    models = REPO / "models"
+    shipped = [str(p.relative_to(models)) for p in w.TEMPLATES.rglob("*") if p.is_file()]
+    assert shipped
+    missed = [p for p in shipped if not any(fnmatch.fnmatch(p, pat) for pat in patterns)]
+    assert missed == []
+    for geometry in w.SHIPPED_GEOMETRIES:
+        folder = w.TEMPLATES / w.template_name(*geometry)
+        assert all((folder / name).is_file() for name in w.TEMPLATE_FILES)
+        assert not (folder / w.TRANSFORM_FN / "fingerprint.pb").exists()
+
+
+def test_an_incomplete_shipped_graph_is_built_instead(tmp_path, monkeypatch, caplog):
+    broken = tmp_path / "templates"
+    name = w.template_name(*w.SHIPPED_GEOMETRIES[-1])
+    (broken / name / w.TRANSFORM_FN).mkdir(parents=True)
+    (broken / name / w.TRANSFORM_FN / "saved_model.pb").write_bytes(b"not a graph")
+    monkeypatch.setattr(w, "TEMPLATES", broken)
+    w.write_transform(str(tmp_path / "g"), 0.5, 0.5, ["a"], *w.SHIPPED_GEOMETRIES[-1])
+    assert "incomplete" in caplog.text
+    assert tft.TFTransformOutput(str(tmp_path / "g")).vocabulary_by_name(f.LABEL_VOCABULARY) == [
+        b"a"
+    ]
+
+
 def transform(directory: str, records: list[bytes]) -> dict:
     output = tft.TFTransformOutput(directory)
     raw = tf.io.parse_example(tf.constant(records), f.raw_feature_spec())
