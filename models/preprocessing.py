@@ -97,6 +97,11 @@ def make_preprocessing_fn(
     return preprocessing_fn
 
 
+# A run's graph, written from the statistics and vocabulary (the writer imports no
+# TensorFlow and lives in transform_writer; here too, beside the graph it writes).
+write_transform = w.write_transform
+
+
 def build_graph(directory: str, assets: str, size: int, channels: int) -> None:
     """Writes the graph for one image geometry under ``directory`` as
     ``tft_beam.WriteTransformFn`` lays it out (``transform_fn/``, ``transformed_metadata/``
