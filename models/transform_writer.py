@@ -60,14 +60,20 @@ def statistics_text(pixel_mean: float, pixel_std: float) -> str:
     return f"{PIXEL_MEAN}{d}{float32_text(pixel_mean)}\n{PIXEL_STD}{d}{float32_text(pixel_std)}\n"
 
 
+def vocabulary_token(label: str) -> bool:
+    """Whether ``label`` can be a line of the vocabulary file: not empty, no line break
+    (tf.Transform's own vocabulary leaves such tokens out the same way)."""
+    return bool(label) and "\n" not in label and "\r" not in label
+
+
 def write_assets(folder: str, pixel_mean: float, pixel_std: float, labels: Sequence[str]) -> None:
     """The statistics and vocabulary files in ``folder``.
 
     Raises:
-        ValueError: an empty vocabulary, or a label that is empty or holds a line break
-            (the vocabulary is one label a line; ingest leaves such labels out).
+        ValueError: an empty vocabulary, or a label that cannot be a line of it
+            (``vocabulary_token``; ingest leaves such labels out).
     """
-    if not labels or any(not label or "\n" in label or "\r" in label for label in labels):
+    if not labels or not all(vocabulary_token(label) for label in labels):
         raise ValueError("the vocabulary needs labels, none empty or with a line break")
     with open(os.path.join(folder, STATISTICS_ASSET), "w") as fh:
         fh.write(statistics_text(pixel_mean, pixel_std))

@@ -1,7 +1,9 @@
 """The run's graph written from a shipped build: the same graph TensorFlow would build,
 the run's statistics and vocabulary as its assets, and no TensorFlow imported to write it."""
 
+import fnmatch
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -70,11 +72,8 @@ def constants_graph(directory, mean, std, vocabulary, size, channels):
 
 def test_the_package_data_globs_ship_every_template_file():
     """setup.py's package_data patterns must keep up with the templates' layout."""
-    import fnmatch
-    import re as regex
-
     setup = (REPO / "setup.py").read_text()
-    patterns = regex.findall(r'"(transform_templates/[^"]+)"', setup)
+    patterns = re.findall(r'"(transform_templates/[^"]+)"', setup)
     models = REPO / "models"
     shipped = [str(p.relative_to(models)) for p in w.TEMPLATES.rglob("*") if p.is_file()]
     assert shipped

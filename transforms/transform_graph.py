@@ -28,7 +28,7 @@ from typing import NamedTuple, Protocol
 import apache_beam as beam
 import numpy as np
 
-from models.transform_writer import write_transform
+from models.transform_writer import vocabulary_token, write_transform
 from transforms.storage import delete_tree, publish_tree
 
 _K = np.arange(256, dtype=np.int64)
@@ -64,13 +64,9 @@ def label_vocabulary(counts: dict[str, int]) -> tuple[str, ...]:
     """Labels in tf.Transform's vocabulary order (``tft.vocabulary`` without top_k): by
     count, most frequent first, ties by the label's UTF-8 bytes, largest first (its sort of
     (count, token) pairs in reverse); empty labels and labels with a line break left out."""
-    kept = [(n, label.encode()) for label, n in counts.items() if label and not _breaks(label)]
+    kept = [(n, label.encode()) for label, n in counts.items() if vocabulary_token(label)]
     kept.sort(reverse=True)
     return tuple(token.decode() for _, token in kept) or EMPTY_VOCABULARY
-
-
-def _breaks(label: str) -> bool:
-    return "\n" in label or "\r" in label
 
 
 @dataclass(frozen=True)
