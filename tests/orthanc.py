@@ -71,9 +71,10 @@ class Orthanc:
         return next(iter(self.users.items()), None)
 
     def upload(self, data: bytes) -> bool:
-        """Stores one Part 10 object through Orthanc's REST API; False when it refuses it."""
+        """Stores one Part 10 object through Orthanc's REST API; False when it refuses it
+        or holds an instance with that SOP Instance UID already (it keeps the first)."""
         response = requests.post(f"{self.rest}/instances", data=data, auth=self.auth, timeout=30)
-        return response.status_code == 200
+        return response.status_code == 200 and response.json().get("Status") != "AlreadyStored"
 
     def sop_instance_uids(self) -> list[str]:
         """Every stored instance's SOP Instance UID (Orthanc's own REST API, not DICOMweb)."""

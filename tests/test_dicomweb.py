@@ -81,6 +81,43 @@ def web(url: str) -> str:
     return "dicomweb+" + url
 
 
+PUBLIC_FILES = Path(pydicom.__file__).parent / "data" / "test_files"  # pydicom's own
+
+
+def hex_uid_instance() -> bytes:
+    """A public test instance whose Study, Series and SOP Instance UIDs are 64 hex digits,
+    as some anonymizers write them (malformed, but a PACS holds and serves it)."""
+    ds = pydicom.dcmread(PUBLIC_FILES / "CT_small.dcm")
+    for name in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+        setattr(ds, name, hashlib.sha256(name.encode()).hexdigest())
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    out = io.BytesIO()
+    ds.save_as(out)
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def public_pacs(tmp_path_factory):
+    """Orthanc holding pydicom's public test files and the hex-UID instance, and the same
+    instances as files. One copy per SOP Instance UID: Orthanc cannot serve either copy of
+    one held twice (its WADO-RS answers 404), which the duplicate test covers."""
+    files = tmp_path_factory.mktemp("public-files")
+    objects = [(p.name, p.read_bytes()) for p in sorted(PUBLIC_FILES.glob("*.dcm"))]
+    objects.append(("hex-uids.dcm", hex_uid_instance()))
+    with running_orthanc() as server:
+        held = set()
+        for name, data in objects:
+            try:
+                uid = sop_uid(data)
+            except Exception:
+                continue
+            if uid not in held and server.upload(data):
+                held.add(uid)
+                (files / name).write_bytes(data)
+        assert len(held) >= 30
+        yield server, files
+
+
 def test_queries_and_flags_are_checked_before_any_work(pacs):
     opts, _ = parse_options(
         "dicomflow inventory",
@@ -120,6 +157,59 @@ def test_inventory_from_the_store_equals_inventory_from_the_files(pacs, tmp_path
     manifest = json.loads((tmp_path / "web" / "manifest.json").read_text())
     assert manifest["counts"]["seen"] == len(instances)
     assert manifest["inputs"] == [web(server.url)]
+
+
+def _rows(output: Path, table: str) -> list[dict]:
+    found = list((output / table).glob("*.parquet"))
+    return read_table(str(output / table)) if found else []
+
+
+def test_public_files_in_a_store_are_each_one_row_hex_uids_included(public_pacs, tmp_path):
+    server, files = public_pacs
+    held = len(server.sop_instance_uids())
+    inventory.run(["--input", web(server.url), "--output", str(tmp_path / "web")])
+    rows, errors = _rows(tmp_path / "web", "inventory"), _rows(tmp_path / "web", "errors")
+    assert len(rows) + len(errors) == held
+    assert not errors
+    hexuid = hashlib.sha256(b"SOPInstanceUID").hexdigest()
+    assert [r for r in rows if StoreUrl.parse(r["source"]).instance == hexuid]
+    inventory.run(["--input", str(files), "--output", str(tmp_path / "files")])
+    assert len(_rows(tmp_path / "files", "inventory")) == len(rows)
+
+
+def test_ingest_from_a_store_of_public_files_equals_ingest_from_the_files(
+    public_pacs, tmp_path, monkeypatch
+):
+    server, files = public_pacs
+    monkeypatch.setenv("DW_KEY", KEY)
+    for name, uri in (("web", web(server.url)), ("files", str(files))):
+        argv = ["--input", uri, "--output", str(tmp_path / name), "--key-env", "DW_KEY"]
+        assert ingest.run(argv) == 0
+    index = {n: _rows(tmp_path / n, "index") for n in ("web", "files")}
+    errors = {n: _rows(tmp_path / n, "errors") for n in ("web", "files")}
+    assert index["web"] and len(index["web"]) == len(index["files"])
+    key = lambda r: (r["sop_instance_uid"], r["frame"])  # noqa: E731
+    assert sorted(map(key, index["web"])) == sorted(map(key, index["files"]))
+    kinds = {n: sorted((e["stage"], e["error_type"]) for e in errors[n]) for n in errors}
+    assert kinds["web"] == kinds["files"]
+
+
+def test_an_instance_held_twice_is_one_row_per_listing_never_a_store_failure(tmp_path):
+    data = (PUBLIC_FILES / "CT_small.dcm").read_bytes()
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds.SeriesInstanceUID = "1.2.3.4.5.6"  # the same SOP Instance UID in a second series
+    copy = io.BytesIO()
+    ds.save_as(copy)
+    with running_orthanc() as server:
+        assert server.upload(data) and server.upload(copy.getvalue())
+        assert server.upload(hex_uid_instance())
+        inventory.run(["--input", web(server.url), "--output", str(tmp_path)])
+    rows, errors = _rows(tmp_path, "inventory"), _rows(tmp_path, "errors")
+    assert len(rows) + len(errors) == 3
+    assert [e["error_type"] for e in errors].count("duplicate_instance") == 1
+    # Orthanc answers 404 for both copies (its look-up by SOP Instance UID finds two)
+    assert {e["error_type"] for e in errors} <= {"duplicate_instance", "retrieve_failed"}
+    assert len(rows) == 1 + (len(errors) == 1)
 
 
 def test_a_query_selects_studies(pacs, tmp_path):
@@ -260,7 +350,7 @@ def test_retrieval_keeps_within_the_per_worker_cap(pacs):
         for fn in fns:
             fn.setup()
         with ThreadPoolExecutor(2) as pool:
-            halves = [uris[::2], uris[1::2]]
+            halves = [[(u,) for u in uris[::2]], [(u,) for u in uris[1::2]]]
             outputs = pool.map(lambda fn, part: list(fn.process(part)), fns, halves)
             retrieved = [o for out in outputs for o in out]
     finally:
@@ -313,7 +403,7 @@ def test_dataflow_dry_run_builds_with_cloud_healthcare_stores(gcs, monkeypatch):
         *DATAFLOW_DRY_RUN,
     ]  # fmt: skip
     names = dry_run_steps(build(deidentify, deidentify.DeidentifyOptions, argv).run())
-    for step in ("SearchStudies", "SpreadInstances", "Retrieve", "Deidentify", "StoreDicomweb"):
+    for step in ("SearchStudies", "OnePerInstance", "Retrieve", "Deidentify", "StoreDicomweb"):
         assert any(step in name for name in names), step
     monkeypatch.setenv("DW_TOKEN", "t")
     opts, beam_options = parse_options(

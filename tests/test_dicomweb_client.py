@@ -17,6 +17,12 @@ from transforms.dicomweb import DicomwebSettings, StoreUrl
         ("dicomweb+http://h/dw/studies/1.2.3", "study", "http://h/dw"),
         ("dicomweb+http://h/dw/studies/1.2/series/1.3", "series", "http://h/dw"),
         ("dicomweb+http://h/dw/studies/1.2/series/1.3/instances/1.4", "instance", "http://h/dw"),
+        # a non-conformant UID as some anonymizers write it: asked for by its own string
+        (
+            f"dicomweb+http://h/dw/studies/{'ab' * 32}/series/x-1/instances/Y_2",
+            "instance",
+            "http://h/dw",
+        ),
     ],
 )
 def test_store_urls_parse_at_every_level(uri, level, base):
@@ -30,7 +36,8 @@ def test_store_urls_parse_at_every_level(uri, level, base):
     [
         ("dicomweb+https://user:secret@h/dw", "credentials do not belong"),
         ("dicomweb+https://h/dw?StudyDate=2020", "--dicomweb-query"),
-        ("dicomweb+https://h/dw/studies/../x", "valid UID"),
+        ("dicomweb+https://h/dw/studies/../x", "needs a UID"),
+        ("dicomweb+https://h/dw/studies/1.2/series/a%20b", "needs a UID"),
         ("dicomweb+https://h/dw/studies/1.2/instances/1.3", "ends in /studies/S"),
         ("https://h/dw", "starts with dicomweb"),
     ],
@@ -110,3 +117,70 @@ def test_retries_back_off_on_429_and_5xx_and_give_up_with_the_status():
     assert "1.2.3" not in str(info.value)  # no URL (UIDs) in messages
     with pytest.raises(RequestFailed, match=r"^HTTP 404$"):  # not retryable: at once
         call_with_retries(failing([404, 200]), settings, sleep=sleeps.append)
+
+
+class Answers:
+    """A dicomweb-client stand-in that answers searches with given QIDO-RS results (the
+    parsing of odd answers is what is tested; the HTTP side runs against Orthanc)."""
+
+    def __init__(self, studies: list, instances: list):
+        self._studies = studies
+        self._instances = instances
+
+    def search_for_studies(self, search_filters, fields, limit, offset):
+        return self._studies[offset : offset + limit]
+
+    def search_for_instances(self, study_instance_uid, series_instance_uid, fields, limit, offset):
+        return self._instances[offset : offset + limit]
+
+
+def _uid(tag: str, value) -> dict:
+    return {tag: {"vr": "UI", "Value": [value]}}
+
+
+def test_odd_search_answers_are_one_row_each_and_odd_uids_are_followed():
+    from transforms.dicomweb.source import (
+        SERIES_UID,
+        SOP_UID,
+        STUDY_UID,
+        search_instances,
+        search_studies,
+    )
+
+    hexuid = "ab" * 32  # as some anonymizers write UIDs: the store is asked for it as it is
+    store = StoreUrl.parse("dicomweb+http://h/dw")
+    studies = [
+        _uid(STUDY_UID, "1.2"),
+        _uid(STUDY_UID, hexuid),
+        {},  # no Study Instance UID
+        {STUDY_UID: {"vr": "UI", "Value": [7]}},  # not a string
+        _uid(STUDY_UID, "a/b"),  # no URL can carry it
+        "not an object",
+    ]
+    found = search_studies(Answers(studies, []), store, DicomwebSettings())
+    assert [f.study for f in found if isinstance(f, StoreUrl)] == ["1.2", hexuid]
+    errors = [f for f in found if not isinstance(f, StoreUrl)]
+    assert [e.error_type for e in errors] == ["invalid_uid"] * 4
+    instances = [
+        {**_uid(SERIES_UID, "1.3"), **_uid(SOP_UID, "1.4")},
+        {**_uid(SERIES_UID, "1.3"), **_uid(SOP_UID, "1.4")},  # held twice: both count
+        {**_uid(SERIES_UID, hexuid), **_uid(SOP_UID, hexuid)},
+        _uid(SERIES_UID, "1.3"),  # no SOP Instance UID
+        {SOP_UID: {"vr": "UI"}},  # no value
+    ]
+    found = search_instances(Answers([], instances), store.child(study="1.2"), DicomwebSettings())
+    urls = [f for f in found if isinstance(f, StoreUrl)]
+    assert [(u.series, u.instance) for u in urls] == [("1.3", "1.4"), ("1.3", "1.4"), (hexuid,) * 2]
+    assert [f.error_type for f in found if not isinstance(f, StoreUrl)] == ["invalid_uid"] * 2
+
+
+def test_a_store_that_ignores_offset_is_searched_once():
+    from transforms.dicomweb.source import PAGE, STUDY_UID, search_studies
+
+    class Repeating(Answers):
+        def search_for_studies(self, search_filters, fields, limit, offset):
+            return self._studies[:limit]
+
+    studies = [_uid(STUDY_UID, f"1.{i}") for i in range(PAGE)]
+    store = StoreUrl.parse("dicomweb+http://h/dw")
+    assert len(search_studies(Repeating(studies, []), store, DicomwebSettings())) == PAGE

@@ -150,10 +150,13 @@ def make_client(store: StoreUrl, settings: DicomwebSettings):
     """A dicomweb-client for the store's root; its own retries are off (ours apply)."""
     from dicomweb_client.api import DICOMwebClient
 
+    # permissive_uid: a store that holds an instance under a non-conformant UID (64 hex
+    # digits, as some anonymizers write) is asked for it by that string.
     client = DICOMwebClient(
         url=store.base,
         session=make_session(store, settings),
         timeout=settings.timeout_seconds,
+        permissive_uid=True,
     )
     client.set_http_retry_params(retry=False)
     return client

@@ -62,9 +62,11 @@ def list_instances(uris: list[str], settings: DicomwebSettings) -> dict[str, str
     for uri in uris:
         store = StoreUrl.parse(uri)
         client = make_client(store, settings)
-        studies = search_studies(client, store, settings)
+        # A result that cannot be followed is left out of the plan here; the run's read
+        # of the store gives it its dead letter.
+        studies = [s for s in search_studies(client, store, settings) if isinstance(s, StoreUrl)]
         with ThreadPoolExecutor(settings.max_concurrency) as pool:
             n = len(studies)
             for instances in pool.map(search_instances, [client] * n, studies, [settings] * n):
-                found.update((instance.uri, LISTED) for instance in instances)
+                found.update((i.uri, LISTED) for i in instances if isinstance(i, StoreUrl))
     return dict(sorted(found.items()))

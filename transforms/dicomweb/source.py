@@ -10,7 +10,8 @@ cannot be listed gets one row of its own.
 """
 
 import functools
-from collections.abc import Iterator
+import json
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import apache_beam as beam
@@ -30,7 +31,7 @@ from transforms.dicomweb.client import (
     call_with_retries,
     worker_slots,
 )
-from transforms.dicomweb.urls import StoreUrl, is_uid
+from transforms.dicomweb.urls import StoreUrl, is_reference
 
 STUDY_UID = "0020000D"
 SERIES_UID = "0020000E"
@@ -48,12 +49,22 @@ RETRIEVE_HEADERS = {
 PAGE = 500  # QIDO-RS results per request
 
 
-def _value(result: dict, tag: str) -> str | None:
-    values = (result.get(tag) or {}).get("Value") or [None]
-    return str(values[0]) if values[0] is not None else None
+def _value(result: object, tag: str) -> str | None:
+    """The first value of ``tag`` in one QIDO-RS result, or None when the result, the
+    attribute or its value is missing or not a string (a malformed answer is data)."""
+    element = result.get(tag) if isinstance(result, dict) else None
+    values = element.get("Value") if isinstance(element, dict) else None
+    first = values[0] if isinstance(values, list) and values else None
+    return first.strip() if isinstance(first, str) else None
 
 
-def search_all(search, settings: DicomwebSettings, key: str) -> list[dict]:
+def _identity(result: object) -> str:
+    """What tells a page's results from an earlier page's: the whole answer, so that a
+    page repeated by a server is read once and two different results are never merged."""
+    return json.dumps(result, sort_keys=True, default=str)
+
+
+def search_all(search, settings: DicomwebSettings) -> list:
     """Every result of a QIDO-RS search, page by page (``limit``/``offset``), each page
     retried on its own.
 
@@ -61,24 +72,36 @@ def search_all(search, settings: DicomwebSettings, key: str) -> list[dict]:
     happens on a server that ignores ``offset`` for some filters (Orthanc does, for
     ModalitiesInStudy): here a short page, or one with nothing new, ends the search.
     """
-    results: dict[str | None, dict] = {}
+    results: list = []
+    seen: set[str] = set()
     offset = 0
     while True:
         page = call_with_retries(functools.partial(search, limit=PAGE, offset=offset), settings)
-        new = {_value(r, key): r for r in page if _value(r, key) not in results}
-        results.update(new)
+        if not isinstance(page, list):
+            raise StageError("bad_response", "the store answered a search with no result list")
+        # Within a page every result counts (a store may hold two instances under one set
+        # of UIDs); a page that only repeats earlier ones ends the search.
+        new = [r for r in page if _identity(r) not in seen]
+        seen.update(_identity(r) for r in new)
+        results += new
         if len(page) < PAGE or not new:
-            return list(results.values())
+            return results
         offset += len(page)
 
 
-def search_studies(client, store: StoreUrl, settings: DicomwebSettings) -> list[StoreUrl]:
+# One item a search finds: a URL to search further or retrieve, or the dead letter of one
+# result the store answered with but that cannot be followed (a missing UID, a UID that no
+# URL can carry). One bad result is one row, never the whole store's failure.
+Found = StoreUrl | StageError
+
+
+def search_studies(client, store: StoreUrl, settings: DicomwebSettings) -> list[Found]:
     """The studies an input stands for: QIDO-RS at the store's root with the query's filters,
     or the input itself when it names a study, series or instance.
 
     Raises:
         RequestFailed: when the search fails after retries.
-        StageError: ``invalid_uid`` when the server answers with a malformed UID.
+        StageError: ``bad_response`` when the answer is not a list of results.
     """
     if store.level != "store":
         return [store]
@@ -87,18 +110,22 @@ def search_studies(client, store: StoreUrl, settings: DicomwebSettings) -> list[
             search_filters=settings.filters(), fields=[STUDY_UID], **page
         ),
         settings,
-        STUDY_UID,
     )
-    studies = []
+    studies: list[StoreUrl] = []
+    errors: list[Found] = []
     for result in found:
         uid = _value(result, STUDY_UID)
-        if not is_uid(uid):
-            raise StageError("invalid_uid", "the store answered a search with a malformed UID")
-        studies.append(store.child(study=uid))
-    return sorted(set(studies), key=lambda s: s.uri)
+        if is_reference(uid):
+            studies.append(store.child(study=uid))
+        else:
+            what = "no" if uid is None else "an unusable"
+            errors.append(
+                StageError("invalid_uid", f"the store listed a study with {what} Study UID")
+            )
+    return [*sorted(set(studies), key=lambda s: s.uri), *errors]
 
 
-def search_instances(client, study: StoreUrl, settings: DicomwebSettings) -> list[StoreUrl]:
+def search_instances(client, study: StoreUrl, settings: DicomwebSettings) -> list[Found]:
     """Every instance of a study (or series) by QIDO-RS; an instance URL stands for itself.
 
     Raises:
@@ -114,16 +141,24 @@ def search_instances(client, study: StoreUrl, settings: DicomwebSettings) -> lis
             **page,
         ),
         settings,
-        SOP_UID,
     )
-    instances = []
+    instances: list[StoreUrl] = []
+    errors: list[Found] = []
     for result in found:
         series = _value(result, SERIES_UID) or study.series
         sop = _value(result, SOP_UID)
-        if not (is_uid(series) and is_uid(sop)):
-            raise StageError("invalid_uid", "the store listed an instance with a malformed UID")
-        instances.append(study.child(series=series, instance=sop))
-    return sorted(set(instances), key=lambda s: s.uri)
+        if is_reference(series) and is_reference(sop):
+            instances.append(study.child(series=series, instance=sop))
+        else:
+            errors.append(
+                StageError(
+                    "invalid_uid",
+                    "the store listed an instance with a missing or unusable Series or "
+                    "SOP Instance UID",
+                )
+            )
+    # Repeats stay: two instances listed under one set of UIDs are two rows downstream.
+    return [*sorted(instances, key=lambda s: s.uri), *errors]
 
 
 def retrieve_instance(client, instance: StoreUrl) -> bytes:
@@ -168,16 +203,23 @@ class _SearchFn(beam.DoFn):
             error = unexpected(e)
         else:
             for item in found:
-                self._found.inc()
-                yield item.uri
+                if isinstance(item, StageError):
+                    yield self._letter(uri, item)
+                else:
+                    self._found.inc()
+                    yield item.uri
             return
+        yield self._letter(uri, error)
+
+    def _letter(self, uri: str, error: StageError):
         self._failed.inc()
         letter = DeadLetter(uri, None, STAGE_READ, error.error_type, error.message)
-        yield beam.pvalue.TaggedOutput(DEAD_LETTER, letter)
+        return beam.pvalue.TaggedOutput(DEAD_LETTER, letter)
 
 
 class RetrieveFn(beam.DoFn):
-    """Batches of instance URLs → SourceObjects, or a dead letter per instance.
+    """Batches of candidate URLs (one tuple per instance) → SourceObjects, or a dead letter
+    per instance and one per duplicate listing.
 
     The batch is fetched by a thread pool of ``max_concurrency``; a process-wide semaphore
     of the same size keeps every DoFn instance on the worker together within the cap.
@@ -203,7 +245,7 @@ class RetrieveFn(beam.DoFn):
         with self._slots:
             return retrieve_instance(client, url)
 
-    def fetch(self, uri: str) -> SourceObject | DeadLetter:
+    def fetch_one(self, uri: str) -> SourceObject | DeadLetter:
         """One instance, retried; every failure becomes this instance's dead letter."""
         try:
             url = StoreUrl.parse(uri)
@@ -224,9 +266,58 @@ class RetrieveFn(beam.DoFn):
                 return SourceObject(uri, None, data)
         return DeadLetter(uri, None, STAGE_READ, error.error_type, error.message)
 
-    def process(self, batch: list[str]) -> Iterator:
-        for item in self._pool.map(self.fetch, batch):
-            yield self._counters.route(item)
+    def fetch(self, urls: tuple[str, ...]) -> list[SourceObject | DeadLetter]:
+        """One instance from the first of its URLs that the store serves; one row for each
+        URL: the object, or its dead letter (the first failure), and ``duplicate_instance``
+        rows for the other places it is listed."""
+        first: DeadLetter | None = None
+        read: SourceObject | None = None
+        for uri in dict.fromkeys(urls):
+            item = self.fetch_one(uri)
+            if isinstance(item, SourceObject):
+                read = item
+                break
+            first = first or item
+        kept = read or first
+        assert kept is not None
+        rows: list[SourceObject | DeadLetter] = [kept]
+        others = list(urls)
+        others.remove(kept.source)
+        for uri in others:
+            message = "the store lists this SOP Instance UID more than once; one copy is read"
+            if read is None:
+                message = "the store lists this SOP Instance UID more than once and serves none"
+            rows.append(DeadLetter(uri, None, STAGE_READ, "duplicate_instance", message))
+        return rows
+
+    def process(self, batch: list[tuple[str, ...]]) -> Iterator:
+        for items in self._pool.map(self.fetch, batch):
+            for item in items:
+                yield self._counters.route(item)
+
+
+def by_sop_instance_uid(uri: str) -> tuple[str, str]:
+    return StoreUrl.parse(uri).instance or "", uri
+
+
+def candidates(sop_urls: tuple[str, Iterable[str]]) -> tuple[str, ...]:
+    """One SOP Instance UID's URLs (as often as the store listed it), in sorted order."""
+    return tuple(sorted(sop_urls[1]))
+
+
+class OneUrlPerInstance(beam.PTransform):
+    """Instance URLs → one tuple of candidate URLs per SOP Instance UID. Retrieval reads
+    the first the store can serve and gives each other one a ``duplicate_instance`` row:
+    a store that holds one instance twice (in two series, or under two patients) yields
+    it once, as the file reader does."""
+
+    def expand(self, urls):
+        return (
+            urls
+            | "BySopInstanceUid" >> beam.Map(by_sop_instance_uid)
+            | "Group" >> beam.GroupByKey()
+            | "Candidates" >> beam.Map(candidates)
+        )
 
 
 class ReadDicomweb(beam.PTransform):
@@ -255,17 +346,18 @@ class ReadDicomweb(beam.PTransform):
         )
         instances = (
             studies.found
+            | "OnePerStudy" >> beam.Distinct()  # inputs may name a study twice
             | "SpreadStudies" >> beam.Reshuffle()
             | "SearchInstances"
             >> beam.ParDo(_SearchFn(settings, search_instances, "dicomweb_instances")).with_outputs(
                 DEAD_LETTER, main="found"
             )
         )
+        # Grouping by SOP Instance UID also spreads retrieval over all workers (listing
+        # happened on few).
+        unique = instances.found | "OnePerInstance" >> OneUrlPerInstance()
         retrieved = (
-            instances.found
-            | "OnePerInstance" >> beam.Distinct()
-            # Listing happened on few workers; the reshuffle spreads retrieval over all.
-            | "SpreadInstances" >> beam.Reshuffle()
+            unique
             | "Batch"
             >> beam.BatchElements(
                 min_batch_size=settings.max_concurrency,

@@ -1,5 +1,6 @@
 """DICOMweb input URLs: ``dicomweb+https://host/path/dicom-web[/studies/S[/series/R[/instances/I]]]``."""
 
+import re
 from dataclasses import dataclass
 from typing import TypeGuard
 from urllib.parse import urlsplit
@@ -16,9 +17,22 @@ def is_dicomweb(uri: str) -> bool:
     return uri.startswith(SCHEMES)
 
 
+# What a store may be asked for by its own string: a UID, or a non-conformant one that
+# some anonymizers write (64 hex digits, letters, dashes). Nothing that a URL path would
+# read differently (slashes, spaces, percent signs, query or fragment marks, "..").
+_REFERENCE = re.compile(r"(?=.*[0-9A-Za-z])[0-9A-Za-z._-]{1,64}")
+
+
 def is_uid(value: str | None) -> TypeGuard[str]:
     """A well-formed DICOM UID: digits and dots, at most 64 characters."""
     return value is not None and value != "" and is_valid_uid(value)
+
+
+def is_reference(value: str | None) -> TypeGuard[str]:
+    """A UID string the store can be asked for in a URL path: a well-formed UID, or a
+    malformed one that is still plain letters, digits, dots, dashes and underscores (the
+    store holds the instance under it, so it is read like any other)."""
+    return value is not None and bool(_REFERENCE.fullmatch(value))
 
 
 @dataclass(frozen=True)
@@ -61,8 +75,8 @@ class StoreUrl:
                 value = tail[i + 1] if i + 1 < len(tail) else None
                 if i // 2 >= len(_LEVELS) or level != _LEVELS[i // 2]:
                     raise ValueError("a DICOMweb URL ends in /studies/S[/series/R[/instances/I]]")
-                if not is_uid(value):
-                    raise ValueError(f"the {level} part of a DICOMweb URL needs a valid UID")
+                if not is_reference(value):
+                    raise ValueError(f"the {level} part of a DICOMweb URL needs a UID")
                 uids.append(value)
         base = f"{parts.scheme}://{parts.netloc}" + "".join(f"/{s}" for s in segments)
         return cls(base, *uids)
