@@ -11,8 +11,10 @@ AIRFLOW_VENV ?= .venv-airflow
 AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed-stamp
 DEMO_DIR ?= demo-work
 DEMO_PATIENTS ?= 60
+# Material for MkDocs prints a banner about MkDocs 2.0 on every build unless told not to.
+MKDOCS := NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs
 
-.PHONY: demo test lint format clean airflow-venv transform-templates
+.PHONY: demo test docs lint format clean airflow-venv transform-templates
 
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -40,10 +42,18 @@ test: $(STAMP) $(AIRFLOW_STAMP)
 	@# pipelines → transforms → models (pyproject.toml [tool.importlinter]).
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	@# The docs site: --strict fails on a broken link, a page left out of the nav or an API
+	@# name that is gone; --quiet prints only those.
+	$(MKDOCS) build --strict --quiet
 	@# pytest exits 5 when it collects nothing: a vanished suite fails, loudly.
 	$(BIN)/pytest; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests"; exit 1; fi; \
 	  exit $$rc
+
+# The documentation site (mkdocs.yml, docs/) into site/; open site/index.html.
+docs: $(STAMP)
+	$(MKDOCS) build --strict --quiet
+	@echo "docs: site/index.html"
 
 # After a change to models/preprocessing.py: rebuild the graphs shipped per image geometry
 # (tests/test_transform_writer.py fails until they match).
@@ -57,4 +67,4 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf $(DEMO_DIR) .pytest_cache .ruff_cache .mypy_cache .import_linter_cache *.egg-info
+	rm -rf $(DEMO_DIR) site .pytest_cache .ruff_cache .mypy_cache .import_linter_cache *.egg-info

@@ -60,6 +60,12 @@ EXTRAS_REQUIRE = {
         "pydicom-data==1.0.0",  # the wheel holds its files: the leak scan reads them offline
         # The score tables are queried with DuckDB in a test, as users query them.
         "duckdb==2.0.0",
+        # The docs site (mkdocs.yml): make docs, and mkdocs build --strict in make test;
+        # the API reference is generated from the code by mkdocstrings.
+        "mkdocs==1.6.1",
+        "mkdocs-material==9.8.1",
+        "mkdocstrings[python]==1.0.8",
+        "mkdocstrings-python==2.0.11",
     ],
 }
 

@@ -5,7 +5,7 @@ parameters and Dataflow's own options, and expects the program to exit once the 
 submitted (Dataflow's docs: do not wait for the job in a launcher). So this parses the
 command's options, checks them with the command's ``configure``, builds the pipeline with
 its ``build_pipeline`` and calls ``run()`` without waiting. ``pipelines.<command>.run``
-cannot be used here: it waits for the job, which a launcher must not do (README, Deploy);
+cannot be used here: it waits for the job, which a launcher must not do (docs/deploy.md);
 both pipelines complete their own output, manifest included, so nothing is lost by not
 waiting.
 

@@ -39,7 +39,9 @@ def add_key(parser: argparse.ArgumentParser, what: str = "key", noun: str = "sec
 
 
 def add_deid_config(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--deid-config", help="YAML with de-identification options (README)")
+    parser.add_argument(
+        "--deid-config", help="YAML with de-identification options (docs/commands/deidentify.md)"
+    )
 
 
 def add_pixel_config(parser: argparse.ArgumentParser, help: str) -> None:

@@ -7,7 +7,7 @@ declared sizes or counted while streaming, never after the allocation, and each 
 own dead-letter type, so an operator can tell what to raise.
 
 The defaults keep a 2-core, 24 GB machine safe with two workers of any runner mode (about
-3 GB peak for the whole run): see README, "Limits".
+3 GB peak for the whole run): see docs/limits.md.
 """
 
 from __future__ import annotations
