@@ -5,6 +5,7 @@ and docs/architecture.md names every module of pipelines/, transforms/ and model
 nothing that is gone. `make test` also builds the site with `mkdocs build --strict`."""
 
 import functools
+import json
 import re
 from pathlib import Path
 
@@ -107,6 +108,15 @@ def test_every_command_has_its_manual_page(command):
     # ... and the README's command table links to it.
     assert f"`dicomflow {command}`" in README.read_text()
     assert f"(docs/commands/{command}.md)" in README.read_text()
+
+
+def test_the_keep_list_counts_are_the_generated_files():
+    keeplist = json.loads((ROOT / "transforms" / "deid" / "deid_keeplist.json").read_text())
+    keep = keeplist["keep"]
+    code_strings = sum(1 for entry in keep.values() if entry["vr"] == "CS")
+    page = " ".join((DOCS / "commands" / "deidentify.md").read_text().split())
+    stated = f"keeps {len(keep)} attributes ({code_strings} CS), with term lists for "
+    assert f"{stated}{len(keeplist['terms'])}." in page
 
 
 # --- the API reference ----------------------------------------------------------------------
