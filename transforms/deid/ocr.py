@@ -18,60 +18,142 @@ import numpy as np
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels of the frame, end-exclusive
 
-# The detector sees text best when glyphs are 10-40 px tall. Small frames (ultrasound
-# crops, thumbnails) are enlarged so that their short side reaches MIN_SIDE; large frames
-# (2048² radiographs) are shrunk so that their long side stays within MAX_SIDE, which
-# bounds the time per frame (the network's cost grows with the pixel count).
-MIN_SIDE = 512
-MAX_SIDE = 1280
+# The detector finds a line when its glyphs are at least DETECTOR_GLYPH px tall in its input
+# (measured on DejaVu and PIL bitmap text over noise: 6 px found every line, 4-5 px half
+# of them). The smallest text to find, MIN_TEXT_HEIGHT px in the frame, so sets the scale:
+# frames are neither enlarged nor shrunk by default, whatever their side; a 7 px line on a
+# 2048² radiograph is seen at 7 px, not shrunk to 4.
+DETECTOR_GLYPH = 6
+MIN_TEXT_HEIGHT = 6
+# Text touching an edge is found whole only with background beyond it: frames are padded
+# by this many pixels of their own border colour before detection.
+PAD = 16
 _STRIDE = 32  # the network's input sides must be multiples of this
+# Frames per detector call where the provider batches (CUDA); one at a time on a CPU,
+# where a batch costs the same per frame and only holds more memory.
+GPU_BATCH = 8
+
+
+def providers(available: list[str]) -> list[str]:
+    """The onnxruntime providers to run on: CUDA first where the installed onnxruntime
+    offers it (onnxruntime-gpu in the GPU worker image), else the CPU alone."""
+    if "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def session_options(threads: int):
+    """onnxruntime settings for one OCR model on one worker.
+
+    The memory arena stays on (rapidocr turns it off, which doubles the detector's time on
+    frames above 1000²: every run allocates its activations anew); threads do not spin
+    while idle, so that a worker's idle pool does not take CPU from the other workers."""
+    import onnxruntime
+
+    opts = onnxruntime.SessionOptions()
+    opts.log_severity_level = 3
+    opts.enable_cpu_mem_arena = True
+    opts.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return opts
+
+
+def detector_scale(min_text_height: float = MIN_TEXT_HEIGHT) -> float:
+    """How much a frame is resized for the detector so that text ``min_text_height`` px
+    tall reaches the detector's smallest reliable glyph (never below a quarter)."""
+    return max(0.25, DETECTOR_GLYPH / min_text_height)
 
 
 @dataclass
 class Ocr:
     """The loaded PP-OCR detector and recognizer, and the provider they run on."""
 
-    detector: Callable[..., Any]  # onnxruntime session wrapper
+    detector: Callable[..., Any]  # onnxruntime InferenceSession.run bound to its input
     postprocess: Callable[..., Any]  # DB post-processing: probability map → boxes
     recognizer: Callable[..., Any] | None  # rapidocr TextRecognizer, built on first use
     provider: str
     _rec_config: dict
+    _options: Any = None
 
-    def detect(self, frame: np.ndarray) -> list[Box]:
+    @property
+    def batch(self) -> int:
+        return GPU_BATCH if self.provider == "CUDAExecutionProvider" else 1
+
+    def detect(self, frame: np.ndarray, scale: float | None = None) -> list[Box]:
         """Text boxes in an 8-bit frame (height x width x 3), in the frame's pixels."""
-        import cv2
+        return self.detect_many([frame], scale)[0]
 
-        h, w = frame.shape[:2]
-        scale = max(1.0, MIN_SIDE / min(h, w))
-        scale = min(scale, MAX_SIDE / max(h, w))
-        rh = max(_STRIDE, round(h * scale / _STRIDE) * _STRIDE)
-        rw = max(_STRIDE, round(w * scale / _STRIDE) * _STRIDE)
-        resized = cv2.resize(frame, (rw, rh), interpolation=cv2.INTER_LINEAR)
-        x = (resized.astype(np.float32) / 255.0 - 0.5) / 0.5
-        x = x.transpose(2, 0, 1)[np.newaxis]
-        pred = self.detector(x)[0]
-        polys, _ = self.postprocess(pred, (h, w))  # mapped back to the frame's pixels
-        boxes = []
-        for poly in polys:
-            xs, ys = poly[:, 0], poly[:, 1]
-            x0, y0 = int(np.floor(xs.min())), int(np.floor(ys.min()))
-            x1, y1 = int(np.ceil(xs.max())) + 1, int(np.ceil(ys.max())) + 1
-            x0, y0, x1, y1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
-            if x1 > x0 and y1 > y0:
-                boxes.append((x0, y0, x1, y1))
-        return boxes
+    def detect_many(self, frames: list[np.ndarray], scale: float | None = None) -> list[list[Box]]:
+        """``detect`` for several frames, batched where the provider gains from it (frames
+        of one shape go through the network together on a GPU)."""
+        scale = detector_scale() if scale is None else scale
+        inputs = [_network_input(f, scale) for f in frames]
+        out: list[list[Box]] = [[] for _ in frames]
+        order = sorted(range(len(frames)), key=lambda i: inputs[i][0].shape)
+        for start in range(0, len(order), self.batch):
+            group = [order[start]]
+            for i in order[start + 1 : start + self.batch]:
+                if inputs[i][0].shape == inputs[group[0]][0].shape:
+                    group.append(i)
+            pred = self.detector(np.concatenate([inputs[i][0] for i in group]))[0]
+            for k, i in enumerate(group):
+                out[i] = _boxes(self.postprocess, pred[k : k + 1], inputs[i][1], frames[i])
+            # a frame left out of a mixed-shape group is run on its own
+            for i in order[start + 1 : start + self.batch]:
+                if i not in group:
+                    p = self.detector(inputs[i][0])[0]
+                    out[i] = _boxes(self.postprocess, p, inputs[i][1], frames[i])
+        return out
 
     def recognize(self, frame: np.ndarray, boxes: list[Box]) -> list[tuple[str, float]]:
         """The text in each box of an 8-bit frame, with the recognizer's confidence."""
         if not boxes:
             return []
         if self.recognizer is None:
+            import onnxruntime
             from rapidocr_onnxruntime.ch_ppocr_rec import TextRecognizer
 
-            self.recognizer = TextRecognizer(self._rec_config)
+            recognizer = TextRecognizer(self._rec_config)
+            path = self._rec_config["model_path"]
+            use = providers(onnxruntime.get_available_providers())
+            recognizer.session.session = onnxruntime.InferenceSession(
+                path, self._options, providers=use
+            )
+            self.recognizer = recognizer
         crops = [np.ascontiguousarray(frame[y0:y1, x0:x1]) for x0, y0, x1, y1 in boxes]
         results, _ = self.recognizer(crops)
         return [(str(text), float(score)) for text, score in results]
+
+
+def _network_input(frame: np.ndarray, scale: float) -> tuple[np.ndarray, tuple[int, int]]:
+    """The padded, resized, normalized frame (1 x 3 x H x W) and the padded frame's shape."""
+    import cv2
+
+    border = np.concatenate([frame[0], frame[-1], frame[:, 0], frame[:, -1]])
+    colour = [int(v) for v in np.median(border, axis=0)]
+    padded = cv2.copyMakeBorder(frame, PAD, PAD, PAD, PAD, cv2.BORDER_CONSTANT, value=colour)
+    h, w = padded.shape[:2]
+    rh = max(_STRIDE, round(h * scale / _STRIDE) * _STRIDE)
+    rw = max(_STRIDE, round(w * scale / _STRIDE) * _STRIDE)
+    resized = padded if (rh, rw) == (h, w) else cv2.resize(padded, (rw, rh))
+    x = resized.astype(np.float32) * np.float32(2 / 255) - np.float32(1)
+    return x.transpose(2, 0, 1)[np.newaxis], (h, w)
+
+
+def _boxes(postprocess, pred: np.ndarray, padded: tuple[int, int], frame) -> list[Box]:
+    polys, _ = postprocess(pred, padded)  # mapped back to the padded frame's pixels
+    h, w = frame.shape[:2]
+    boxes = []
+    for poly in polys:
+        xs, ys = poly[:, 0] - PAD, poly[:, 1] - PAD
+        x0, y0 = int(np.floor(xs.min())), int(np.floor(ys.min()))
+        x1, y1 = int(np.ceil(xs.max())) + 1, int(np.ceil(ys.max())) + 1
+        x0, y0, x1, y1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
+        if x1 > x0 and y1 > y0:
+            boxes.append((x0, y0, x1, y1))
+    return boxes
 
 
 @functools.cache
@@ -80,7 +162,7 @@ def load_ocr(threads: int = 1) -> Ocr:
 
     Args:
         threads: onnxruntime threads per model; 1 by default, because Beam runs one
-            worker per core and each would otherwise spread over every core.
+            SDK process per core and each would otherwise spread over every core.
 
     Raises:
         RuntimeError: when rapidocr-onnxruntime or its model files are not installed.
@@ -90,21 +172,21 @@ def load_ocr(threads: int = 1) -> Ocr:
         import rapidocr_onnxruntime
         import yaml
         from rapidocr_onnxruntime.ch_ppocr_det.utils import DBPostProcess
-        from rapidocr_onnxruntime.utils import OrtInferSession
     except ImportError as e:
         raise RuntimeError(f"the OCR package is not installed ({type(e).__name__})") from None
     root = Path(rapidocr_onnxruntime.__file__).parent
     config = yaml.safe_load((root / "config.yaml").read_text())
-    cuda = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
-    sessions = {}
+    options = session_options(threads)
+    use = providers(onnxruntime.get_available_providers())
+    configs = {}
     for part in ("Det", "Rec"):
         cfg = dict(config[part])
         cfg["model_path"] = str(root / cfg["model_path"])
         if not Path(cfg["model_path"]).is_file():
             raise RuntimeError(f"OCR model file missing from the installed package ({part})")
-        cfg.update(intra_op_num_threads=threads, inter_op_num_threads=1, use_cuda=cuda)
-        sessions[part] = cfg
-    det = sessions["Det"]
+        cfg.update(use_cuda="CUDAExecutionProvider" in use)
+        configs[part] = cfg
+    det = configs["Det"]
     post = DBPostProcess(
         thresh=det["thresh"],
         box_thresh=det["box_thresh"],
@@ -113,9 +195,13 @@ def load_ocr(threads: int = 1) -> Ocr:
         use_dilation=det["use_dilation"],
         score_mode=det["score_mode"],
     )
-    session = OrtInferSession(det)
-    provider = session.session.get_providers()[0]
-    return Ocr(session, post, None, provider, sessions["Rec"])
+    session = onnxruntime.InferenceSession(det["model_path"], options, providers=use)
+    name = session.get_inputs()[0].name
+
+    def run(x: np.ndarray) -> list:
+        return session.run(None, {name: x})
+
+    return Ocr(run, post, None, session.get_providers()[0], configs["Rec"], options)
 
 
 def frames_8bit(ds, arr: np.ndarray) -> np.ndarray:
@@ -124,18 +210,34 @@ def frames_8bit(ds, arr: np.ndarray) -> np.ndarray:
     Monochrome frames are windowed from their 0.5th percentile to their maximum (burned-in
     text is usually drawn at or near the brightest value), and MONOCHROME1 is inverted so
     that text drawn "white" on the display is bright here too. Colour frames (RGB, or YBR
-    that pydicom already converted) are scaled to 8 bits when stored wider.
+    that pydicom already converted) are scaled to 8 bits when stored wider; PALETTE COLOR
+    frames are shown through their palette.
     """
     frames = arr if int(ds.get("NumberOfFrames", 1) or 1) > 1 else arr[np.newaxis]
     return np.stack([frame_8bit(ds, frame) for frame in frames])
 
 
+def _photometric(ds) -> str:
+    return str(ds.get("PhotometricInterpretation", "")).strip()
+
+
+def _displayed(ds, frame: np.ndarray) -> np.ndarray:
+    """The frame's values as displayed: a PALETTE COLOR frame through its lookup table."""
+    if _photometric(ds) == "PALETTE COLOR":
+        from pydicom.pixels import apply_color_lut
+
+        return apply_color_lut(frame, ds)
+    return frame
+
+
 def frame_window(ds, frame: np.ndarray) -> tuple[float, float]:
     """The (low, high) stored values that ``frame_8bit`` maps to black and white."""
+    if _photometric(ds) == "PALETTE COLOR":
+        return 0.0, max(255.0, float(_displayed(ds, frame).max()))
     f = frame.astype(np.float32)
     if int(ds.get("SamplesPerPixel", 1) or 1) > 1:
         return 0.0, max(255.0, float(f.max()))
-    if str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1":
+    if _photometric(ds) == "MONOCHROME1":
         return float(f.min()), float(np.percentile(f, 99.5))
     return float(np.percentile(f, 0.5)), float(f.max())
 
@@ -145,9 +247,10 @@ def frame_8bit(ds, frame: np.ndarray, window: tuple[float, float] | None = None)
     redacted frame is checked in the window of the original, so that blanking the
     brightest text does not stretch noise into glyph-like texture)."""
     lo, hi = window or frame_window(ds, frame)
-    g = np.clip((frame.astype(np.float32) - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
-    if int(ds.get("SamplesPerPixel", 1) or 1) > 1:
+    shown = _displayed(ds, frame)
+    g = np.clip((shown.astype(np.float32) - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
+    if shown.ndim == 3:
         return (g * 255.0 + 0.5).astype(np.uint8)[..., :3]
-    if str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1":
+    if _photometric(ds) == "MONOCHROME1":
         g = 1.0 - g
     return np.repeat((g * 255.0 + 0.5).astype(np.uint8)[..., np.newaxis], 3, axis=2)

@@ -27,7 +27,14 @@ def burned_in_risk(ds: Dataset, policy: PixelPolicy) -> str | None:
 
 
 def blank_value(ds: Dataset, dtype: np.dtype, frames: np.ndarray | None = None) -> int:
-    """Blank means black on the display: the lowest value, or the highest in MONOCHROME1."""
+    """Blank means black on the display: the lowest value, the highest in MONOCHROME1, or
+    in PALETTE COLOR the index whose palette entry is darkest."""
+    if str(ds.get("PhotometricInterpretation", "")).strip() == "PALETTE COLOR":
+        from pydicom.pixels import apply_color_lut
+
+        top = min(1 << int(ds.get("BitsStored", 8)), 1 << 16)
+        index = np.arange(top).astype(dtype)
+        return int(index[np.argmin(apply_color_lut(index, ds).sum(axis=-1))])
     if int(ds.get("PixelRepresentation", 0)) == 1:
         if np.dtype(dtype).kind == "i":
             return int(np.iinfo(dtype).min)
