@@ -44,6 +44,10 @@ INSTALL_REQUIRES = [
     # examples (ours are in the index).
     "scikit-learn==1.9.1",
     "scipy==1.17.1",
+    # The content check's person-name detector (transforms/deid/content.py): the given and
+    # family names of every locale Faker maintains (2 MB, pure Python; names-dataset would
+    # cost gigabytes of memory on every worker).
+    "faker==40.40.0",
 ]
 
 EXTRAS_REQUIRE = {
@@ -78,7 +82,7 @@ setup(
         include=["pipelines", "pipelines.*", "transforms", "transforms.*", "models", "models.*"]
     ),
     package_data={
-        "transforms.deid": ["deid_profile.json"],
+        "transforms.deid": ["deid_profile.json", "deid_keeplist.json", "deid_vocabulary.json"],
         # The preprocessing graph built per default image geometry (models/transform_writer.py).
         "models": ["transform_templates/*/*/*", "transform_templates/*/*/*/*"],
     },

@@ -6,6 +6,7 @@ config holds, raising ``UsageError`` with the flag's name before any work starts
 """
 
 import argparse
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -119,7 +120,10 @@ def load_deid_config(uri: str | None) -> DeidConfig:
     """``--deid-config``: the de-identification options, or the defaults."""
     if uri is None:
         return DeidConfig()
-    return load_yaml("--deid-config", uri, DeidConfig.from_mapping)
+    config = load_yaml("--deid-config", uri, DeidConfig.from_mapping)
+    for line in config.warnings():
+        print(f"dicomflow: warning: {line}", file=sys.stderr)
+    return config
 
 
 def load_pixel_config(uri: str | None) -> PixelConfig:

@@ -325,7 +325,7 @@ def test_private_tags_go_unless_listed_as_safe():
     ds = dataset()
     block = ds.private_block(0x0011, "ACME 1.0", create=True)
     block.add_new(0x01, "LO", "DOE^JANE")
-    block.add_new(0x02, "LO", "harmless")
+    block.add_new(0x02, "LO", "HELICAL MODE")
     item = Dataset()
     item.PatientName = "DOE^JANE"
     block.add_new(0x03, "SQ", Sequence([item]))
@@ -339,7 +339,7 @@ def test_private_tags_go_unless_listed_as_safe():
     engine(safe).deidentify(ds)
     kept = {e.tag: e for e in ds if e.tag.is_private}
     assert 0x00110010 in kept  # the creator stays with its kept elements
-    assert ds.get_private_item(0x0011, 0x02, "ACME 1.0").value == "harmless"
+    assert ds.get_private_item(0x0011, 0x02, "ACME 1.0").value == "HELICAL MODE"
     with pytest.raises(KeyError):
         ds.get_private_item(0x0011, 0x01, "ACME 1.0")
     nested = ds.get_private_item(0x0011, 0x03, "ACME 1.0").value[0]

@@ -1,8 +1,10 @@
 """The de-identification configuration: which Annex E options apply, pixels, safe private."""
 
+import re
 from dataclasses import dataclass, field, fields
 
 import yaml
+from pydicom.datadict import dictionary_description, tag_for_keyword
 
 from transforms.deid.profile import CID_7050
 
@@ -13,6 +15,67 @@ class SafePrivate:
 
     creator: str
     element: int  # the low byte of the element number, e.g. 0x08 for (0029,xx08)
+
+
+# Annex E action letters a site may give an attribute: keep, remove, empty, dummy, clean,
+# replace UIDs.
+OVERRIDE_ACTIONS = ("K", "X", "Z", "D", "C", "U")
+_OVERRIDE_LISTS = {"keep": "K", "remove": "X", "replace": "D"}
+
+
+@dataclass(frozen=True)
+class Override:
+    """A site rule for one attribute: an Annex E action letter, by tag; ``trust_content``
+    (keep only) skips the content check for it."""
+
+    tag: int
+    action: str
+    trust_content: bool = False
+
+
+def parse_tag(name: str) -> int:
+    """A keyword (``StationName``) or a tag (``(0008,1010)``, ``0008,1010``, ``00081010``).
+
+    Raises:
+        ValueError: for a keyword the data dictionary does not know, or a malformed tag.
+    """
+    text = str(name).strip()
+    match = re.fullmatch(r"\(?([0-9A-Fa-f]{4}),?\s*([0-9A-Fa-f]{4})\)?", text)
+    if match:
+        return int(match[1] + match[2], 16)
+    tag = tag_for_keyword(text)
+    if tag is None:
+        raise ValueError(f"overrides: unknown keyword or tag {text!r}")
+    return tag
+
+
+def _overrides(data) -> tuple[Override, ...]:
+    """``overrides:`` as ``keep:``/``remove:``/``replace:`` lists and ``tags:`` (keyword or
+    tag → letter, or {action, trust_content})."""
+    if not isinstance(data, dict):
+        raise ValueError("overrides must be a mapping of keep, remove, replace and tags")
+    unknown = sorted(set(data) - {*_OVERRIDE_LISTS, "tags"})
+    if unknown:
+        raise ValueError(f"unknown de-id config keys: overrides.{', overrides.'.join(unknown)}")
+    out: dict[int, Override] = {}
+    for key, letter in _OVERRIDE_LISTS.items():
+        for name in data.get(key) or []:
+            out[parse_tag(name)] = Override(parse_tag(name), letter)
+    for name, rule in (data.get("tags") or {}).items():
+        rule = rule if isinstance(rule, dict) else {"action": rule}
+        extra = sorted(set(rule) - {"action", "trust_content"})
+        if extra:
+            raise ValueError(f"overrides.tags.{name}: unknown keys {', '.join(extra)}")
+        action = str(rule.get("action", "")).upper()
+        if action not in OVERRIDE_ACTIONS:
+            raise ValueError(
+                f"overrides.tags.{name}: action must be one of {', '.join(OVERRIDE_ACTIONS)}"
+            )
+        trust = bool(rule.get("trust_content", False))
+        if trust and action != "K":
+            raise ValueError(f"overrides.tags.{name}: trust_content applies to K only")
+        out[parse_tag(name)] = Override(parse_tag(name), action, trust)
+    return tuple(out[t] for t in sorted(out))
 
 
 PIXEL_POLICIES = ("redact", "exclude", "mask", "keep")
@@ -60,6 +123,8 @@ class DeidConfig:
     safety_net: str = "allowlist"
     safe_private: tuple[SafePrivate, ...] = ()
     pixels: PixelPolicy = field(default_factory=PixelPolicy)
+    # The site's per-tag rules (Annex E letters), applied before the table.
+    overrides: tuple[Override, ...] = ()
 
     def __post_init__(self):
         if self.retain_long_full_dates and self.retain_long_modified_dates:
@@ -100,6 +165,8 @@ class DeidConfig:
                 SafePrivate(str(e["creator"]), int(str(e["element"]), 0))
                 for e in data["safe_private"]
             )
+        if "overrides" in data:
+            data["overrides"] = _overrides(data["overrides"] or {})
         if "pixels" in data:
             pixels = dict(data["pixels"] or {})
             unknown = sorted(set(pixels) - {f.name for f in fields(PixelPolicy)})
@@ -122,6 +189,15 @@ class DeidConfig:
     def from_yaml(cls, text: str) -> "DeidConfig":
         return cls.from_mapping(yaml.safe_load(text))
 
+    def warnings(self) -> list[str]:
+        """Lines to print when the config is read: overrides that skip the content check."""
+        return [
+            f"overrides: {_name(o.tag)} is kept with trust_content: its values are not "
+            "checked for identifying content"
+            for o in self.overrides
+            if o.trust_content
+        ]
+
     def describe(self) -> dict:
         """The config as recorded in manifests (no secrets live here)."""
         out = {}
@@ -140,7 +216,19 @@ class DeidConfig:
                 }
             elif f.name == "safe_private":
                 value = [{"creator": s.creator, "element": s.element} for s in value]
+            elif f.name == "overrides":
+                value = [
+                    {"tag": f"{o.tag:08X}", "action": o.action, "trust_content": o.trust_content}
+                    for o in value
+                ]
             elif isinstance(value, tuple):
                 value = list(value)
             out[f.name] = value
         return out
+
+
+def _name(tag: int) -> str:
+    try:
+        return f"{dictionary_description(tag)} ({tag >> 16:04X},{tag & 0xFFFF:04X})"
+    except KeyError:
+        return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"

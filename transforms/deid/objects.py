@@ -25,7 +25,8 @@ class DeidResult:
     patient_id: str
     modality: str
     data: bytes | None  # None when the caller did not ask for the encoded file
-    # What the allowlist net removed: ((keyword or "invalid_modality", count), ...).
+    # What was removed or changed beyond the table: ((counter, count), ...), counters as
+    # engine.Deidentifier.deidentify_counted names them.
     net_counts: tuple[tuple[str, int], ...] = ()
     redaction: Redaction | None = None  # what pixels.policy redact did (counts only)
 
@@ -110,14 +111,27 @@ def deidentify_dataset(
     return result, link
 
 
+# Counter prefixes (engine.Deidentifier.deidentify_counted) → manifest count names.
+MANIFEST_COUNTS = {
+    "patient_identifier": "deid_identifiers_removed",
+    "content": "deid_content_changed",
+    "vr": "deid_vr_invalid",
+    "code": "deid_local_codes",
+    "override": "deid_overrides",
+    "pixels": "deid_pixel_streams",
+}
+
+
 def count_keys(net_counts: tuple[tuple[str, int], ...]) -> list:
-    """Manifest keys for what the net removed: keywords and counts only, never values."""
+    """Manifest keys for what de-identification removed or changed beyond the table:
+    keywords and counts only, never values."""
     keys: list = []
     for name, n in net_counts:
+        prefix, _, rest = name.partition(":")
         if name == "invalid_modality":
             keys += ["invalid_modality"] * n
-        elif name.startswith("patient_identifier:"):
-            keys += [("deid_identifiers_removed", name.split(":", 1)[1])] * n
+        elif rest and prefix in MANIFEST_COUNTS:
+            keys += [(MANIFEST_COUNTS[prefix], rest)] * n
         else:
             keys += [("deid_net_removed", name)] * n
     return keys

@@ -35,6 +35,10 @@ class Pseudonymizer:
     def accession(self, value: str) -> str:
         return "ACC" + base64.b32encode(self._digest("accession", value)[:10]).decode()[:13]
 
+    def token(self, label: str, value: str) -> str:
+        """A keyed token of 16 upper-case letters and digits (local codes and the like)."""
+        return base64.b32encode(self._digest(label, value)[:10]).decode()
+
     def date_shift(self, patient_id: str) -> int:
         """Days added to every date of this patient: the same in every run and worker."""
         lo, hi = self._shift_range
