@@ -196,6 +196,7 @@ def _gather(ds: Dataset, encodings: tuple[str, ...], out: dict, depth: int = 0) 
 
 # Whole words for the short tokens: letter runs and digit runs apart ("ab12": "ab", "12").
 _WORD_RE = re.compile(r"[^\W\d_]+|\d+")
+_HAS_MONTH = re.compile("|".join(_MONTHS))
 
 
 @functools.lru_cache(maxsize=256)
@@ -239,6 +240,10 @@ class PatientIdentifiers:
         for value in dates:
             date_tokens += _numeric_spellings(value)
         self._tokens = tuple(sorted(set(tokens + id_tokens + date_tokens)))
+        # The birth date with a month name: looked for only where a month name appears.
+        self._month_dates = frozenset(
+            fold(s) for value in dates for s in date_spellings(value) if any(c.isalpha() for c in s)
+        )
         # Found as substrings: long or non-ASCII tokens and those with separators; found as
         # whole words (letters) or whole digit runs: short ones ("Li" is not in "CLIP").
         self._substrings: set[str] = set()
@@ -281,6 +286,9 @@ class PatientIdentifiers:
         if any(s in folded for s in self._substrings):
             return True
         if self._words and not self._words.isdisjoint(_WORD_RE.findall(folded)):
+            return True
+        months = self._month_dates and _HAS_MONTH.search(folded)
+        if months and any(s in folded for s in self._month_dates):
             return True
         if self.squashed:
             squashed = re.sub(r"[\W_]+", "", folded)
