@@ -4,6 +4,7 @@ every command has its manual page and its contract, the API reference names what
 and docs/architecture.md names every module of pipelines/, transforms/ and models/ and
 nothing that is gone. `make test` also builds the site with `mkdocs build --strict`."""
 
+import dataclasses
 import functools
 import json
 import re
@@ -14,6 +15,7 @@ import pytest
 import yaml
 
 from pipelines.cli import COMMANDS
+from transforms.dicom_io import Limits
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -117,6 +119,23 @@ def test_the_keep_list_counts_are_the_generated_files():
     page = " ".join((DOCS / "commands" / "deidentify.md").read_text().split())
     stated = f"keeps {len(keep)} attributes ({code_strings} CS), with term lists for "
     assert f"{stated}{len(keeplist['terms'])}." in page
+
+
+def _size(value: float, name: str) -> str:
+    if not name.endswith("_bytes"):
+        return f"{value:g}"
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if value % size == 0:
+            return f"{value // size} {unit}"
+    return str(value)
+
+
+def test_the_limits_table_gives_every_limit_with_its_default():
+    rows = (DOCS / "limits.md").read_text()
+    for field in dataclasses.fields(Limits):
+        flag = "--" + field.name.replace("_", "-")
+        default = _size(getattr(Limits(), field.name), field.name)
+        assert f"| `{flag}` ({default}) |" in rows, (flag, default)
 
 
 # --- the API reference ----------------------------------------------------------------------
