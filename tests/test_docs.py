@@ -164,6 +164,21 @@ def test_the_api_reference_names_what_exists(module, members):
     assert not missing, f"{module}: {missing}"
 
 
+DOTTED = re.compile(r"`((?:pipelines|transforms|models)(?:\.\w+)+)[`(]")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=_page_id)
+def test_python_names_in_the_docs_exist(page):
+    """`transforms.convert.PrepareInstances`, `models.launchers.start_local(config)`: the
+    module and the name in it are there (refactors move names)."""
+    for dotted in DOTTED.findall(page.read_text()):
+        parts = dotted.split(".")
+        obj = _package(parts[0])
+        for i, part in enumerate(parts[1:], 2):
+            assert part in obj.members, f"{'.'.join(parts[:i])} is not there"
+            obj = obj.members[part]
+
+
 # --- docs/architecture.md names every module ------------------------------------------------
 
 PY_NAME = re.compile(r"(?<![\w./{])((?:[\w-]+/)*(?:\{[\w,]+\}|\w+)\.py)\b")
