@@ -192,3 +192,10 @@ SCORES_SCHEMA = pa.schema(
         pa.field(EXPLANATION, pa.string()),
     ]
 )
+
+
+# The classifiers ``--network`` names (built in models/networks.py; recorded in model.json).
+CNN = "cnn"
+RESNET50 = "resnet50"
+DENSENET121 = "densenet121"
+NETWORKS = (CNN, RESNET50, DENSENET121)

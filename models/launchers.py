@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from models import export
+from models.configs import REQUIRED, arg
 from models.train_config import TrainConfig, new_run_id
 
 TRAINER_COMMAND = ["python", "-m", "models.trainer"]  # inside the container image
@@ -50,6 +50,8 @@ def _with_run_id(config: TrainConfig) -> TrainConfig:
 
 def _result(config: TrainConfig, exit_status: int, failure: str) -> TrainingResult:
     assert config.model_dir and config.run_id  # validated, and _with_run_id set the run id
+    from models import export  # TensorFlow: only once a job has finished
+
     record = export.read_run_record(config.model_dir, config.run_id) if exit_status == 0 else None
     if record is None:
         reason = failure if exit_status else "the trainer finished without a run record"
@@ -105,21 +107,21 @@ def start_local(config: TrainConfig, output: TextIO | None = None) -> LocalJob:
     return LocalJob(config, output)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class VertexConfig:
-    """Where and on what a Vertex AI custom job runs.
+    """Where and on what a Vertex AI custom job runs: run.yaml's ``train.vertex`` section
+    (a declared config, ``models.configs``); ``dicomflow train --launcher vertex`` takes the
+    same from ``--image``, ``--machine-type``... and Beam's ``--project`` and ``--region``."""
 
-    image: a container with this package installed (``deploy/trainer.Dockerfile``).
-    accelerator_type: an ``aiplatform_v1.AcceleratorType`` name; count 0 runs on CPU.
-    """
-
-    project: str
-    region: str
-    image: str
-    machine_type: str = DEFAULT_MACHINE_TYPE
-    accelerator_type: str = DEFAULT_ACCELERATOR
-    accelerator_count: int = 1
-    service_account: str | None = None
+    project: str = arg(REQUIRED, "Google Cloud project")
+    region: str = arg(REQUIRED, "Vertex AI region")
+    image: str = arg(REQUIRED, "a container with this package installed (deploy/)")
+    machine_type: str = arg(DEFAULT_MACHINE_TYPE, "machine")
+    accelerator_type: str = arg(
+        DEFAULT_ACCELERATOR, "an aiplatform_v1.AcceleratorType name (GPU type)"
+    )
+    accelerator_count: int = arg(1, "GPUs (0: CPU only)")
+    service_account: str | None = arg(None, "the job's service account")
 
 
 def vertex_request(config: TrainConfig, vertex: VertexConfig):

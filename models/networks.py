@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import keras
 
-CNN = "cnn"
-RESNET50 = "resnet50"
-DENSENET121 = "densenet121"
-NETWORKS = (CNN, RESNET50, DENSENET121)
+from models.features import CNN, DENSENET121, NETWORKS, RESNET50
 
 # Smallest input side each keras.applications backbone accepts without the top.
 _MIN_SIDE = {RESNET50: 32, DENSENET121: 32}

@@ -9,12 +9,11 @@ import hashlib
 import json
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from models.inputs import (
-    Augment,
-)
-from models.networks import CNN, NETWORKS
+from models import configs
+from models.configs import arg
+from models.features import CNN, NETWORKS
 from models.operating_point import OperatingPoint
 
 OPTIMIZERS = ("adam", "sgd")
@@ -26,41 +25,37 @@ MIXED_PRECISION = ("auto", "on", "off")
 DEFAULT_AUGMENT = "flip,rotate=10,crop=0.9,noise=0.05"
 
 
-def _arg(default, help_: str, **kwargs):
-    return field(default=default, metadata={"help": help_, **kwargs})
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     """Every training argument; the command line, the container and Vertex use the same."""
 
-    data: str | None = _arg(None, "ingest output (local or gs://): tfrecords/, transform/")
-    model_dir: str | None = _arg(None, "model directory: versions, latest, checkpoints")
-    network: str = _arg(CNN, "classifier", choices=NETWORKS)
-    epochs: int = _arg(30, "most epochs (early stopping on eval AUC may end sooner)")
-    batch_size: int = _arg(32, "examples per step and replica")
-    optimizer: str = _arg("adam", "optimizer (sgd: with momentum)", choices=OPTIMIZERS)
-    learning_rate: float = _arg(1e-3, "learning rate")
-    momentum: float = _arg(0.9, "momentum of sgd")
-    weight_decay: float = _arg(1e-4, "L2 factor on every kernel")
-    dropout: float = _arg(0.25, "dropout before the output layer")
-    augment: str = _arg(
+    data: str | None = arg(None, "ingest output (local or gs://): tfrecords/, transform/")
+    model_dir: str | None = arg(None, "model directory: versions, latest, checkpoints")
+    network: str = arg(CNN, "classifier", choices=NETWORKS)
+    epochs: int = arg(30, "most epochs (early stopping on eval AUC may end sooner)")
+    batch_size: int = arg(32, "examples per step and replica")
+    optimizer: str = arg("adam", "optimizer (sgd: with momentum)", choices=OPTIMIZERS)
+    learning_rate: float = arg(1e-3, "learning rate")
+    momentum: float = arg(0.9, "momentum of sgd")
+    weight_decay: float = arg(1e-4, "L2 factor on every kernel")
+    dropout: float = arg(0.25, "dropout before the output layer")
+    augment: str = arg(
         DEFAULT_AUGMENT, "train-split augmentation: flip,rotate=DEG,crop=F,noise=S or none"
     )
-    class_weights: bool = _arg(True, "weight examples by inverse label frequency")
-    patience: int = _arg(5, "epochs without a better eval AUC before stopping")
-    min_auc: float = _arg(0.7, "promotion gate: the least test ROC AUC for latest")
-    operating_point: str = _arg(
+    class_weights: bool = arg(True, "weight examples by inverse label frequency")
+    patience: int = arg(5, "epochs without a better eval AUC before stopping")
+    min_auc: float = arg(0.7, "promotion gate: the least test ROC AUC for latest")
+    operating_point: str = arg(
         "youden", "threshold rule on eval: youden, sensitivity=T or specificity=T"
     )
-    seed: int = _arg(0, "seed for weights, shuffling and augmentation")
-    weights: str | None = _arg(None, "a Keras weights file for a backbone (never downloaded)")
-    checkpoint_dir: str | None = _arg(None, "checkpoints (default: <model-dir>/_work/<key>)")
-    mixed_precision: str = _arg(
+    seed: int = arg(0, "seed for weights, shuffling and augmentation")
+    weights: str | None = arg(None, "a Keras weights file for a backbone (never downloaded)")
+    checkpoint_dir: str | None = arg(None, "checkpoints (default: <model-dir>/_work/<key>)")
+    mixed_precision: str = arg(
         "auto", "float16 compute (auto: when a GPU is present)", choices=MIXED_PRECISION
     )
-    cache_mb: int = _arg(1024, "cache a split's transformed examples in memory up to this size")
-    run_id: str | None = _arg(None, "names this run's record in <model-dir>/_runs/")
+    cache_mb: int = arg(1024, "cache a split's transformed examples in memory up to this size")
+    run_id: str | None = arg(None, "names this run's record in <model-dir>/_runs/")
 
     def validate(self) -> None:
         """Raises ValueError (one line) for a missing or out-of-range argument."""
@@ -83,18 +78,13 @@ class TrainConfig:
             OperatingPoint.parse(self.operating_point)
         except ValueError as e:
             raise ValueError(f"--operating-point: {e}") from None
+        from models.inputs import Augment  # TensorFlow: only when a config is checked
+
         Augment.parse(self.augment)
 
     def to_argv(self) -> list[str]:
         """The arguments that give back this config through ``add_arguments``."""
-        argv = []
-        for item in dataclasses.fields(self):
-            value, flag = getattr(self, item.name), "--" + item.name.replace("_", "-")
-            if isinstance(value, bool):
-                argv.append(flag if value else f"--no-{flag[2:]}")
-            elif value is not None:
-                argv += [flag, str(value)]
-        return argv
+        return configs.to_argv(self)
 
     def key(self) -> str:
         """Hash of the arguments that change the trained weights: names the checkpoints."""
@@ -105,26 +95,13 @@ class TrainConfig:
 _NOT_IN_KEY = {"model_dir", "checkpoint_dir", "min_auc", "cache_mb", "run_id", "operating_point"}
 
 
-_TYPES = {"str": str, "str | None": str, "int": int, "float": float}
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds one flag per ``TrainConfig`` field (``--batch-size``, ``--no-class-weights``...)."""
-    for item in dataclasses.fields(TrainConfig):
-        flag = "--" + item.name.replace("_", "-")
-        meta = dict(item.metadata)
-        if item.type == "bool":
-            parser.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=item.default, **meta
-            )
-        else:
-            parser.add_argument(flag, type=_TYPES[str(item.type)], default=item.default, **meta)
+    configs.add_arguments(parser, TrainConfig)
 
 
 def config_from_args(namespace: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(
-        **{k.name: getattr(namespace, k.name) for k in dataclasses.fields(TrainConfig)}
-    )
+    return configs.from_namespace(TrainConfig, namespace)
 
 
 def new_run_id() -> str:

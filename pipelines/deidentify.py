@@ -16,6 +16,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from models import configs
+from models.configs import arg, nested
 from models.uids import is_valid_uid
 from pipelines import dicomweb_args, flags
 from pipelines.options import (
@@ -46,22 +48,28 @@ from transforms.storage import write_bytes
 DEID_DIR = "deid_dicom"
 
 
+@dataclass(frozen=True, kw_only=True)
+class DeidentifyArgs:
+    """The flags of ``dicomflow deidentify``, declared once (``models.configs``)."""
+
+    input: list[str] = arg([], flags.INPUT_HELP)
+    output: str | None = arg(None, flags.OUTPUT_HELP)
+    key: flags.KeyFlags = nested(flags.KeyFlags, "key-")
+    deid_config: str | None = arg(None, flags.DEID_CONFIG_HELP)
+    limits: dicom_io.Limits = nested(dicom_io.Limits)
+    linkage_output: str | None = arg(None, "write the encrypted original→pseudonym table here")
+    linkage_key: flags.KeyFlags = nested(flags.KeyFlags, "linkage-key-")
+    dicomweb: DicomwebSettings = nested(DicomwebSettings, "dicomweb-")
+    output_store: dicomweb_args.OutputStore = nested(dicomweb_args.OutputStore, "output-")
+
+
 class DeidentifyOptions(CommandOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
-        flags.add_inputs(parser)
-        flags.add_output(parser)
-        flags.add_key(parser)
-        flags.add_deid_config(parser)
-        flags.add_limits(parser)
-        parser.add_argument(
-            "--linkage-output", help="write the encrypted original→pseudonym table here"
-        )
-        flags.add_key(parser, "linkage-key", "linkage key")
-        dicomweb_args.add_arguments(parser, sink=True)
+        configs.add_arguments(parser, DeidentifyArgs)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DeidentifyConfig:
     """Everything a deidentify pipeline is built from, checked (``configure``)."""
 
@@ -77,42 +85,39 @@ class DeidentifyConfig:
     output_dicomweb: str | None = None  # STOW-RS here instead of files under deid_dicom/
     output_dicomweb_settings: DicomwebSettings = field(default_factory=DicomwebSettings)
 
-    @property
-    def max_object_bytes(self) -> int:
-        return self.limits.max_object_bytes
 
-
-def configure(opts: DeidentifyOptions, beam_options: PipelineOptions) -> DeidentifyConfig:
+def configure(
+    opts: DeidentifyOptions | DeidentifyArgs, beam_options: PipelineOptions
+) -> DeidentifyConfig:
     """Checks the flags and both keys; returns the config or raises UsageError."""
-    inputs, output = flags.inputs_and_output(opts.input, opts.output)
+    args = flags.parsed(DeidentifyArgs, opts)
+    inputs, output = flags.inputs_and_output(args.input, args.output)
     check_output_outside(output, inputs)
-    limits = flags.limits(opts)
     dataflow = flags.on_dataflow(beam_options)
-    key = flags.key_source(opts.key_env, opts.key_file, "key", dataflow)
-    deid = flags.load_deid_config(opts.deid_config)
+    key = flags.key_source(args.key, "key", dataflow)
+    deid = flags.load_deid_config(args.deid_config)
     linkage_key = None
-    if opts.linkage_output:
-        linkage_key = flags.key_source(
-            opts.linkage_key_env, opts.linkage_key_file, "linkage-key", dataflow
-        )
+    if args.linkage_output:
+        linkage_key = flags.key_source(args.linkage_key, "linkage-key", dataflow)
         if fingerprint(linkage_key.resolve()) == fingerprint(key.resolve()):
             raise UsageError("the linkage key must differ from the pseudonymization key")
-    elif opts.linkage_key_env or opts.linkage_key_file:
+    elif args.linkage_key.env or args.linkage_key.file:
         raise UsageError("--linkage-key-* needs --linkage-output")
-    linkage_output = dicom_io.normalize_uri(opts.linkage_output) if opts.linkage_output else None
-    dicomweb = dicomweb_args.settings(opts, inputs, dataflow, opts.output_dicomweb)
-    sink = dicomweb_args.output_settings(opts, dataflow, dicomweb)
+    linkage_output = dicom_io.normalize_uri(args.linkage_output) if args.linkage_output else None
+    store = args.output_store
+    dicomweb = dicomweb_args.settings(args.dicomweb, inputs, dataflow, store.dicomweb)
+    sink = dicomweb_args.output_settings(store, dataflow, dicomweb)
     return DeidentifyConfig(
-        tuple(inputs),
-        output,
-        key,
-        deid,
-        limits,
-        linkage_output,
-        linkage_key,
-        new_run_id(),
+        inputs=tuple(inputs),
+        output=output,
+        key=key,
+        deid=deid,
+        limits=args.limits,
+        linkage_output=linkage_output,
+        linkage_key=linkage_key,
+        run_id=new_run_id(),
         dicomweb=dicomweb,
-        output_dicomweb=opts.output_dicomweb,
+        output_dicomweb=store.dicomweb,
         output_dicomweb_settings=sink,
     )
 

@@ -188,11 +188,11 @@ def run(argv: Sequence[str]) -> int:
     started = time.monotonic()
     console.rule("dicomflow demo")
     corpus = synth.SynthConfig(
-        os.path.join(workdir, "bucket"),
-        args.patients,
-        args.seed,
-        args.positive_rate,
-        Difficulty.parse(args.difficulty),  # checked in _parse
+        output=os.path.join(workdir, "bucket"),
+        patients=args.patients,
+        seed=args.seed,
+        positive_rate=args.positive_rate,
+        difficulty=Difficulty.parse(args.difficulty),  # checked in _parse
     )
     with console.status("synth: writing a synthetic PACS export ..."):
         synth.synthesize(corpus, PipelineOptions([]))

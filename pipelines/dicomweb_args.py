@@ -1,55 +1,44 @@
 """The DICOMweb flags every reading command shares, and their checks (no I/O but the probe).
 
-Added to a command's options by ``add_arguments(parser)``; ``settings(opts, inputs, ...)``
-checks them against the inputs and returns the ``DicomwebSettings`` the transforms take.
+A command's declared args hold the reading flags as ``nested(DicomwebSettings, "dicomweb-")``
+and, for deidentify, the STOW-RS output as ``nested(OutputStore, "output-")``;
+``settings(...)`` checks them against the inputs and returns the ``DicomwebSettings`` the
+transforms take.
 """
 
 import dataclasses
 from collections.abc import Sequence
+from dataclasses import dataclass
 
+from models.configs import arg
 from pipelines.options import UsageError
 from transforms import dicomweb
 
 
-def add_arguments(parser, sink: bool = False) -> None:
-    parser.add_argument(
-        "--dicomweb-query",
-        help='QIDO-RS study filters for dicomweb+http(s):// inputs, e.g. "ModalitiesInStudy=CR'
-        '&StudyDate=20260101-"',
+@dataclass(frozen=True, kw_only=True)
+class OutputStore:
+    """``--output-dicomweb`` and its own credentials (deidentify only; ``nested(OutputStore,
+    "output-")``)."""
+
+    dicomweb: str | None = arg(
+        None,
+        "store de-identified instances here by STOW-RS (dicomweb+https://.../dicom-web)",
     )
-    parser.add_argument(
-        "--dicomweb-credentials-env",
-        help="variable holding a bearer token or user:password for the DICOMweb store(s)",
+    dicomweb_credentials_env: str | None = arg(
+        None, "variable holding a bearer token or user:password for the output store"
     )
-    parser.add_argument(
-        "--dicomweb-credentials-file",
-        help="file (local or gs://) holding a bearer token or user:password",
+    dicomweb_credentials_file: str | None = arg(
+        None, "file (local or gs://) holding the output store's token or user:password"
     )
-    parser.add_argument(
-        "--dicomweb-max-concurrency",
-        type=int,
-        default=dicomweb.DicomwebSettings.max_concurrency,
-        help="DICOMweb requests in flight at once per worker",
-    )
-    if sink:
-        parser.add_argument(
-            "--output-dicomweb",
-            help="store de-identified instances here by STOW-RS (dicomweb+https://.../dicom-web)",
-        )
-        parser.add_argument(
-            "--output-dicomweb-credentials-env",
-            help="variable holding a bearer token or user:password for the output store",
-        )
-        parser.add_argument(
-            "--output-dicomweb-credentials-file",
-            help="file (local or gs://) holding the output store's token or user:password",
-        )
 
 
 def settings(
-    opts, inputs: Sequence[str], dataflow: bool, output_url: str | None = None
+    given: dicomweb.DicomwebSettings,
+    inputs: Sequence[str],
+    dataflow: bool,
+    output_url: str | None = None,
 ) -> dicomweb.DicomwebSettings:
-    """The checked settings.
+    """The checked settings (``given``: the parsed ``--dicomweb-*`` flags).
 
     Raises:
         UsageError: for a malformed DICOMweb URL or query, both credential flags, a flag
@@ -57,14 +46,8 @@ def settings(
             do not share the launcher's environment).
     """
     stores = [u for u in inputs if dicomweb.is_dicomweb(u)]
-    result = dicomweb.DicomwebSettings(
-        query=opts.dicomweb_query,
-        credentials_env=opts.dicomweb_credentials_env,
-        credentials_file=opts.dicomweb_credentials_file,
-        max_concurrency=opts.dicomweb_max_concurrency,
-    )
     try:
-        result.check()
+        given.check()
         for uri in stores:
             dicomweb.StoreUrl.parse(uri)
         if output_url:
@@ -72,34 +55,35 @@ def settings(
     except ValueError as e:
         raise UsageError(str(e)) from None
     used = bool(stores)
-    given = [
+    named = [
         flag
         for flag, value in (
-            ("--dicomweb-query", opts.dicomweb_query),
-            ("--dicomweb-credentials-env", opts.dicomweb_credentials_env),
-            ("--dicomweb-credentials-file", opts.dicomweb_credentials_file),
+            ("--dicomweb-query", given.query),
+            ("--dicomweb-credentials-env", given.credentials_env),
+            ("--dicomweb-credentials-file", given.credentials_file),
         )
         if value
     ]
-    if given and not used:
-        raise UsageError(f"{', '.join(given)}: for dicomweb+http(s):// inputs only")
-    if dataflow and opts.dicomweb_credentials_env:
+    if named and not used:
+        raise UsageError(f"{', '.join(named)}: for dicomweb+http(s):// inputs only")
+    if dataflow and given.credentials_env:
         raise UsageError(
             "Dataflow workers read DICOMweb credentials from --dicomweb-credentials-file only"
         )
-    return result
+    return given
 
 
-def output_settings(opts, dataflow: bool, reading: dicomweb.DicomwebSettings):
+def output_settings(
+    store: OutputStore, dataflow: bool, reading: dicomweb.DicomwebSettings
+) -> dicomweb.DicomwebSettings:
     """The settings for ``--output-dicomweb``: its own credentials (none given: none, or
     Google's for the Cloud Healthcare API), the rest as for reading.
 
     Raises:
         UsageError: as ``settings``.
     """
-    env = opts.output_dicomweb_credentials_env
-    file = opts.output_dicomweb_credentials_file
-    if (env or file) and not opts.output_dicomweb:
+    env, file = store.dicomweb_credentials_env, store.dicomweb_credentials_file
+    if (env or file) and not store.dicomweb:
         raise UsageError("--output-dicomweb-credentials-*: for --output-dicomweb only")
     if env and file:
         raise UsageError("give only one of --output-dicomweb-credentials-env and -file")

@@ -1,18 +1,21 @@
-"""Flags that several commands take, declared once, and their values checked and loaded.
+"""Flags that several commands take, and their values checked and loaded.
 
-Each ``add_*`` function declares flags on a command's parser (``_add_argparse_args``);
-the functions below them turn the parsed values into the typed objects a pipeline's
-config holds, raising ``UsageError`` with the flag's name before any work starts.
+Each command declares its flags once, as a frozen dataclass (``models.configs``): ``KeyFlags``
+and the help lines here are the parts several commands share. The functions below turn the
+parsed values into the typed objects a pipeline's config holds, raising ``UsageError`` with
+the flag's name before any work starts.
 """
 
-import argparse
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from models import configs
+from models.configs import arg
 from pipelines.failures import yaml_error
 from pipelines.options import UsageError
 from transforms import dicom_io
@@ -23,63 +26,42 @@ from transforms.pixels import PixelConfig
 T = TypeVar("T")
 
 
-def add_inputs(parser: argparse.ArgumentParser, help: str = "file, folder, prefix or glob"):
-    parser.add_argument("--input", action="append", help=help)
+INPUT_HELP = "file, folder, prefix or glob"
+OUTPUT_HELP = "output root (local path or gs://)"
+DEID_CONFIG_HELP = "YAML with de-identification options (docs/commands/deidentify.md)"
 
 
-def add_output(
-    parser: argparse.ArgumentParser, help: str = "output root (local path or gs://)"
-) -> None:
-    parser.add_argument("--output", help=help)
+@dataclass(frozen=True, kw_only=True)
+class KeyFlags:
+    """``--<what>-env`` and ``--<what>-file`` (``nested(KeyFlags, "key-")``): where a key is
+    read from, never the key; ``key_source`` checks them."""
+
+    env: str | None = arg(None, "environment variable holding the key")
+    file: str | None = arg(None, "file (local or gs://) holding the key")
 
 
-def add_key(parser: argparse.ArgumentParser, what: str = "key", noun: str = "secret key"):
-    """``--<what>-env`` and ``--<what>-file``: where a key is read from (never the key)."""
-    parser.add_argument(f"--{what}-env", help=f"environment variable holding the {noun}")
-    parser.add_argument(f"--{what}-file", help=f"file (local or gs://) holding the {noun}")
+def parsed(declared: type[T], opts: Any) -> T:
+    """A command's declared args from its parsed options (or the args themselves, for
+    callers that build them in code: ``dicomflow run``, the demo).
 
-
-def add_deid_config(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--deid-config", help="YAML with de-identification options (docs/commands/deidentify.md)"
-    )
-
-
-def add_pixel_config(parser: argparse.ArgumentParser, help: str) -> None:
-    parser.add_argument("--pixel-config", help=help)
-
-
-def add_max_object_bytes(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--max-object-bytes",
-        type=int,
-        default=dicom_io.DEFAULT_MAX_OBJECT_BYTES,
-        help="objects and archive members above this size get a too_large error row",
-    )
-
-
-def add_limits(parser: argparse.ArgumentParser) -> None:
-    """``--max-object-bytes`` and the other resource limits (``pipelines.limits``)."""
-    from pipelines.limits import add_limit_arguments
-
-    add_max_object_bytes(parser)
-    add_limit_arguments(parser)
-
-
-def limits(opts: PipelineOptions) -> dicom_io.Limits:
-    """The Limits the parsed limit flags give (UsageError naming a flag that is not
-    positive)."""
-    from pipelines.limits import limits_from
-
-    return limits_from(opts)
+    Raises:
+        UsageError: naming a flag whose value is out of range.
+    """
+    if isinstance(opts, declared):
+        return opts
+    try:
+        return configs.from_namespace(declared, opts)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 def on_dataflow(beam_options: PipelineOptions) -> bool:
     return "Dataflow" in str(beam_options.view_as(StandardOptions).runner or "")
 
 
-def key_source(env: str | None, file: str | None, what: str, dataflow: bool) -> KeySource:
+def key_source(flags: KeyFlags, what: str, dataflow: bool) -> KeySource:
     """A validated key source; the key is read once here to fail before any work."""
+    env, file = flags.env, flags.file
     if env is None and file is None:
         raise UsageError(f"{what} is required: --{what}-env VAR or --{what}-file PATH")
     if env is not None and file is not None:

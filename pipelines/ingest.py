@@ -17,7 +17,9 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from models import configs
 from models import features as f
+from models.configs import arg, nested
 from pipelines import dicomweb_args, flags
 from pipelines.deidentify import deid_header
 from pipelines.options import (
@@ -52,24 +54,30 @@ INDEX_TABLE = "index"
 ALL_SPLITS = (*SPLITS, UNLABELED)
 
 
+@dataclass(frozen=True, kw_only=True)
+class IngestArgs:
+    """The flags of ``dicomflow ingest``, declared once (``models.configs``); ``configure``
+    checks them into an ``IngestConfig``."""
+
+    input: list[str] = arg([], flags.INPUT_HELP)
+    output: str | None = arg(None, flags.OUTPUT_HELP)
+    labels: str | None = arg(None, "CSV or Parquet label export (original keys)")
+    key: flags.KeyFlags = nested(flags.KeyFlags, "key-")
+    deid_config: str | None = arg(None, flags.DEID_CONFIG_HELP)
+    pixel_config: str | None = arg(None, "YAML: size, channels, frame_policy, windows")
+    split: str | None = arg(None, "train,eval,test fractions, e.g. 0.8,0.1,0.1")
+    tfrecord_shards: int = arg(0, "shards per split (0: the runner's)")
+    limits: dicom_io.Limits = nested(dicom_io.Limits)
+    dicomweb: DicomwebSettings = nested(DicomwebSettings, "dicomweb-")
+
+
 class IngestOptions(CommandOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
-        flags.add_inputs(parser)
-        flags.add_output(parser)
-        parser.add_argument("--labels", help="CSV or Parquet label export (original keys)")
-        flags.add_key(parser)
-        flags.add_deid_config(parser)
-        flags.add_pixel_config(parser, "YAML: size, channels, frame_policy, windows")
-        parser.add_argument("--split", help="train,eval,test fractions, e.g. 0.8,0.1,0.1")
-        parser.add_argument(
-            "--tfrecord-shards", type=int, default=0, help="shards per split (0: the runner's)"
-        )
-        flags.add_limits(parser)
-        dicomweb_args.add_arguments(parser)
+        configs.add_arguments(parser, IngestArgs)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class IngestConfig:
     """Everything an ingest pipeline is built from, checked (``configure``)."""
 
@@ -89,24 +97,21 @@ class IngestConfig:
     run_id: str = ""
     dicomweb: DicomwebSettings = field(default_factory=DicomwebSettings)
 
-    @property
-    def max_object_bytes(self) -> int:
-        return self.limits.max_object_bytes
 
-
-def configure(opts: IngestOptions, beam_options: PipelineOptions) -> IngestConfig:
+def configure(opts: IngestOptions | IngestArgs, beam_options: PipelineOptions) -> IngestConfig:
     """Checks the flags, the key and the label file (read here, to refuse a bad one before
     any work) and returns the config; raises UsageError."""
-    inputs, output = flags.inputs_and_output(opts.input, opts.output)
+    args = flags.parsed(IngestArgs, opts)
+    inputs, output = flags.inputs_and_output(args.input, args.output)
     check_output_outside(output, inputs)
-    if opts.max_object_bytes <= 0 or opts.tfrecord_shards < 0:
-        raise UsageError("--max-object-bytes must be positive and --tfrecord-shards >= 0")
-    limits = flags.limits(opts)
-    key = flags.key_source(opts.key_env, opts.key_file, "key", flags.on_dataflow(beam_options))
-    deid = flags.load_deid_config(opts.deid_config)
-    pixels = flags.load_pixel_config(opts.pixel_config)
-    split = parse_split(opts.split)
-    labels = dicom_io.normalize_uri(opts.labels) if opts.labels else None
+    if args.tfrecord_shards < 0:
+        raise UsageError("--tfrecord-shards must be >= 0")
+    dataflow = flags.on_dataflow(beam_options)
+    key = flags.key_source(args.key, "key", dataflow)
+    deid = flags.load_deid_config(args.deid_config)
+    pixels = flags.load_pixel_config(args.pixel_config)
+    split = parse_split(args.split)
+    labels = dicom_io.normalize_uri(args.labels) if args.labels else None
     label_rows = label_source = conflicting_rows = None
     if labels:
         try:
@@ -116,20 +121,20 @@ def configure(opts: IngestOptions, beam_options: PipelineOptions) -> IngestConfi
         label_rows, label_source = table.rows, SNAKE_CASE[table.key]
         conflicting_rows = table.conflicting_rows
     return IngestConfig(
-        tuple(inputs),
-        output,
-        key,
-        deid,
-        pixels,
-        split,
-        labels,
-        label_rows,
-        label_source,
-        conflicting_rows,
-        opts.tfrecord_shards,
-        limits,
-        new_run_id(),
-        dicomweb=dicomweb_args.settings(opts, inputs, flags.on_dataflow(beam_options)),
+        inputs=tuple(inputs),
+        output=output,
+        key=key,
+        deid=deid,
+        pixels=pixels,
+        split=split,
+        labels=labels,
+        label_rows=label_rows,
+        label_source=label_source,
+        label_conflicting_rows=conflicting_rows,
+        tfrecord_shards=args.tfrecord_shards,
+        limits=args.limits,
+        run_id=new_run_id(),
+        dicomweb=dicomweb_args.settings(args.dicomweb, inputs, dataflow),
     )
 
 

@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from models import configs
 from models import features as f
+from models.configs import arg, nested
 from pipelines import dicomweb_args, flags
 from pipelines.options import (
     CommandOptions,
@@ -26,16 +28,23 @@ from transforms.parquet import WriteParquet, table_dir
 INVENTORY_TABLE = "inventory"
 
 
+@dataclass(frozen=True, kw_only=True)
+class InventoryArgs:
+    """The flags of ``dicomflow inventory``, declared once (``models.configs``)."""
+
+    input: list[str] = arg([], "file, folder, gs:// prefix or glob; repeat for several")
+    output: str | None = arg(None, flags.OUTPUT_HELP)
+    limits: dicom_io.Limits = nested(dicom_io.Limits)
+    dicomweb: DicomwebSettings = nested(DicomwebSettings, "dicomweb-")
+
+
 class InventoryOptions(CommandOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
-        flags.add_inputs(parser, "file, folder, gs:// prefix or glob; repeat for several")
-        flags.add_output(parser)
-        flags.add_limits(parser)
-        dicomweb_args.add_arguments(parser)
+        configs.add_arguments(parser, InventoryArgs)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class InventoryConfig:
     """Everything an inventory pipeline is built from, checked (``configure``)."""
 
@@ -44,10 +53,6 @@ class InventoryConfig:
     limits: dicom_io.Limits = field(default_factory=dicom_io.Limits)
     run_id: str = ""
     dicomweb: DicomwebSettings = field(default_factory=DicomwebSettings)
-
-    @property
-    def max_object_bytes(self) -> int:
-        return self.limits.max_object_bytes
 
 
 def inventory_keys(row: dict) -> list:
@@ -63,13 +68,21 @@ def inventory_keys(row: dict) -> list:
     return keys
 
 
-def configure(opts: InventoryOptions, beam_options: PipelineOptions) -> InventoryConfig:
+def configure(
+    opts: InventoryOptions | InventoryArgs, beam_options: PipelineOptions
+) -> InventoryConfig:
     """Checks the flags (no I/O); returns the config or raises UsageError."""
-    inputs, output = flags.inputs_and_output(opts.input, opts.output)
-    limits = flags.limits(opts)
+    args = flags.parsed(InventoryArgs, opts)
+    inputs, output = flags.inputs_and_output(args.input, args.output)
     check_output_outside(output, inputs)
-    dicomweb = dicomweb_args.settings(opts, inputs, flags.on_dataflow(beam_options))
-    return InventoryConfig(tuple(inputs), output, limits, new_run_id(), dicomweb=dicomweb)
+    dicomweb = dicomweb_args.settings(args.dicomweb, inputs, flags.on_dataflow(beam_options))
+    return InventoryConfig(
+        inputs=tuple(inputs),
+        output=output,
+        limits=args.limits,
+        run_id=new_run_id(),
+        dicomweb=dicomweb,
+    )
 
 
 def build_pipeline(pipeline: beam.Pipeline, config: InventoryConfig) -> beam.Pipeline:
@@ -82,7 +95,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: InventoryConfig) -> beam.Pip
         "code_version": code_version(),
         "started_at": utc_now(),
         "inputs": describe_inputs(list(config.inputs)),
-        "options": {"max_object_bytes": config.max_object_bytes},
+        "options": {"max_object_bytes": config.limits.max_object_bytes},
         "limits": limits.describe(),
     }
 

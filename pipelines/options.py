@@ -74,28 +74,6 @@ def parse_options(
     return command(argv), PipelineOptions(beam_argv)
 
 
-def command_options(
-    prog: str,
-    command: type[Options],
-    given: dict,
-    argv: Sequence[str] = (),
-) -> tuple[Options, PipelineOptions]:
-    """A command's options from values already typed (``given``, by option name, e.g.
-    ``{"input": [...], "key_env": "K"}``) and further flags (``argv``: the command's own
-    and Beam's), for callers that drive a command from code (``dicomflow run``, the demo).
-
-    Raises:
-        UsageError: as ``parse_options``, and for a name that is not one of the command's.
-    """
-    opts, beam_options = parse_options(prog, argv, command)
-    for name, value in given.items():
-        try:
-            setattr(opts, name, value)
-        except AttributeError:
-            raise UsageError(f"{prog} has no option {name}") from None
-    return opts, beam_options
-
-
 def _bare_dry_run(argv: list[str]) -> list[str]:
     """Beam's ``--dry_run`` wants a value; accept it bare, as Dataflow's docs write it."""
     out = []

@@ -22,52 +22,110 @@ Layout under the output root::
     runs/<run_id>/score/        scores/model_version=V/run_id=R/, errors/, manifest.json
 """
 
+import dataclasses
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 from apache_beam.io.filesystems import FileSystems
 
+from models import configs
+from models.configs import arg, nested
+from models.launchers import VertexConfig
+from models.train_config import TrainConfig
+from pipelines import flags
 from pipelines import state as st
-from pipelines.flags import load_yaml
-from pipelines.limits import limit_args
-from pipelines.options import OneLineParser, UsageError, command_options, new_run_id
+from pipelines.flags import KeyFlags, load_yaml
+from pipelines.options import OneLineParser, UsageError, new_run_id, parse_options
 from transforms import dicom_io
-from transforms.dicomweb import CredentialsError, RequestFailed, is_dicomweb
+from transforms.dicom_io import Limits
+from transforms.dicomweb import CredentialsError, DicomwebSettings, RequestFailed, is_dicomweb
 from transforms.manifest import utc_now
 
 STAGES = ("ingest", "train", "score")
-DICOMWEB_KEYS = ("query", "credentials_env", "credentials_file", "max_concurrency")
+LAUNCHERS = ("local", "vertex")
 INGEST_DIR = "ingest"
 MODELS_DIR = "models"
 SCORE_DIR = "score"
 
 
-@dataclass
-class RunConfig:
-    """run.yaml, checked. Unknown keys are refused (a typo must not be ignored)."""
+@dataclass(frozen=True, kw_only=True)
+class StageArgs:
+    """run.yaml's ``score:`` section: the stage command's own flags, as on its command line."""
 
-    inputs: list[str]
-    output: str
-    key_env: str | None = None
-    key_file: str | None = None
-    labels: str | None = None
-    deid_config: str | None = None
-    pixel_config: str | None = None
-    lock_stale_minutes: float = 10.0  # a holder silent this long (no heartbeat) is dead
-    limits: dict = field(default_factory=dict)  # Limits fields → flags of ingest and score
-    ingest: dict = field(default_factory=dict)  # min_new_objects, args, beam_args
-    train: dict = field(default_factory=dict)  # launcher, vertex, TrainConfig fields
-    score: dict = field(default_factory=dict)  # beam_args, args
-    dicomweb: dict = field(default_factory=dict)  # query, credentials_env/_file, max_concurrency
+    args: list[str] = arg([], "the command's own flags, e.g. [--explain-top, '20']")
+    beam_args: list[str] = arg([], "Beam's options for the stage, e.g. [--runner=...]")
+
+    def argv(self) -> list[str]:
+        return [*self.args, *self.beam_args]
+
+
+@dataclass(frozen=True, kw_only=True)
+class IngestStage(StageArgs):
+    """run.yaml's ``ingest:`` section."""
+
+    min_new_objects: int | None = arg(
+        None, "re-ingest and retrain once this many objects are new or changed"
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainStage:
+    """run.yaml's ``train:`` section: ``launcher``, ``vertex`` and ``TrainConfig``'s fields
+    (all but data, model_dir and run_id, which the run sets)."""
+
+    launcher: str = "local"
+    vertex: VertexConfig | None = None
+    config: TrainConfig = field(default_factory=TrainConfig)
 
     @classmethod
-    def from_mapping(cls, data: dict) -> "RunConfig":
+    def from_mapping(cls, data) -> "TrainStage":
+        if not isinstance(data, dict | None):
+            raise ValueError("train must be a mapping")
+        data = dict(data or {})
+        launcher = data.pop("launcher", "local")
+        if launcher not in LAUNCHERS:
+            raise ValueError(f"train.launcher must be local or vertex, not {launcher!r}")
+        vertex = data.pop("vertex", None)
+        if launcher == "vertex" and not vertex:
+            raise ValueError("train.launcher vertex needs train.vertex (project, region, image)")
+        return cls(
+            launcher=launcher,
+            vertex=configs.from_mapping(VertexConfig, vertex, "train.vertex") if vertex else None,
+            config=configs.from_mapping(
+                TrainConfig, data, "train", data=None, model_dir=None, run_id=None
+            ),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """run.yaml, checked: a declared config (``models.configs``). Unknown keys are refused
+    (a typo must not be ignored)."""
+
+    inputs: list[str] = arg([], "objects to watch (folders, prefixes, globs)")
+    output: str = arg("", "output root: everything below lives here")
+    key_env: str | None = arg(None, "environment variable holding the key")
+    key_file: str | None = arg(None, "file (local or gs://) holding the key")
+    labels: str | None = arg(None, "label export")
+    deid_config: str | None = arg(None, "de-identification options (YAML)")
+    pixel_config: str | None = arg(None, "pixel settings (YAML)")
+    lock_stale_minutes: float = arg(
+        10.0, "a holder silent this long (no heartbeat) is dead", positive=True
+    )
+    limits: Limits = nested(Limits)  # passed to ingest and score
+    ingest: IngestStage = nested(IngestStage)
+    train: TrainStage = field(default_factory=TrainStage)
+    score: StageArgs = nested(StageArgs)
+    dicomweb: DicomwebSettings = nested(DicomwebSettings)
+
+    @classmethod
+    def from_mapping(cls, data) -> "RunConfig":
         if not isinstance(data, dict):
             raise ValueError("the run config must be a YAML mapping")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+        known = [*configs.keys(cls), "train"]
+        unknown = sorted(set(data) - set(known), key=str)
         if unknown:
             raise ValueError(f"unknown keys {unknown} (known: {sorted(known)})")
         missing = [k for k in ("inputs", "output") if not data.get(k)]
@@ -75,51 +133,27 @@ class RunConfig:
             raise ValueError(f"missing {', '.join(missing)}")
         if bool(data.get("key_env")) == bool(data.get("key_file")):
             raise ValueError("give exactly one of key_env and key_file")
-        config = cls(**data)
-        if isinstance(config.inputs, str):
-            config.inputs = [config.inputs]
-        config.inputs = [dicom_io.normalize_uri(u) for u in config.inputs]
-        config.output = dicom_io.normalize_uri(config.output)
-        for name, allowed in (
-            ("ingest", {"min_new_objects", "args", "beam_args"}),
-            ("score", {"beam_args", "args"}),
-        ):
-            extra = set(getattr(config, name)) - allowed
-            if extra:
-                raise ValueError(f"{name}: unknown keys {sorted(extra)}")
-        extra = set(config.dicomweb) - set(DICOMWEB_KEYS)
-        if extra:
-            raise ValueError(f"dicomweb: unknown keys {sorted(extra)} (known: {DICOMWEB_KEYS})")
+        rest = {k: v for k, v in data.items() if k != "train"}
         try:
-            config.dicomweb_settings().check()
-        except (TypeError, ValueError) as e:
+            train = TrainStage.from_mapping(data.get("train"))
+            config = configs.from_mapping(cls, rest, "run.yaml", train=train)
+        except ValueError as e:
+            raise ValueError(str(e).removeprefix("run.yaml: ")) from None
+        try:
+            config.dicomweb.check()
+        except ValueError as e:
             raise ValueError(f"dicomweb: {e}") from None
-        limit_args(config.limits)  # refuses unknown keys now, not at the ingest stage
-        launcher = config.train.get("launcher", "local")
-        if launcher not in ("local", "vertex"):
-            raise ValueError(f"train.launcher must be local or vertex, not {launcher!r}")
-        if launcher == "vertex" and not config.train.get("vertex"):
-            raise ValueError("train.launcher vertex needs train.vertex (project, region, image)")
-        return config
+        return dataclasses.replace(
+            config,
+            inputs=[dicom_io.normalize_uri(u) for u in config.inputs],
+            output=dicom_io.normalize_uri(config.output),
+        )
 
-    def dicomweb_settings(self):
-        from transforms.dicomweb import DicomwebSettings
+    def has_dicomweb(self) -> bool:
+        return any(is_dicomweb(u) for u in self.inputs)
 
-        return DicomwebSettings(**self.dicomweb)
-
-    def dicomweb_options(self, query: bool = True) -> dict:
-        """The ``--dicomweb-*`` options for a stage (by option name). Score gets no query:
-        its inputs are the planned instances themselves."""
-        if not any(is_dicomweb(u) for u in self.inputs):
-            return {}
-        return {
-            "dicomweb_" + key: value
-            for key, value in self.dicomweb.items()
-            if query or key != "query"
-        }
-
-    def key_options(self) -> dict[str, str | None]:
-        return {"key_env": self.key_env, "key_file": self.key_file}
+    def key_flags(self) -> KeyFlags:
+        return KeyFlags(env=self.key_env, file=self.key_file)
 
     def path(self, *parts: str) -> str:
         return FileSystems.join(self.output, *parts)
@@ -133,30 +167,53 @@ class StageFailed(Exception):
     """A stage ended badly; the chain stops and earlier outputs stay."""
 
 
-def stage_flags(settings: dict) -> list[str]:
-    """A stage's own flags from run.yaml (``args``, then ``beam_args``), as given there."""
-    return [*settings.get("args", []), *settings.get("beam_args", [])]
+def ingest_args(config: RunConfig):
+    """The ingest stage's args: run.yaml's limits, then ``ingest.args``, parsed as the
+    command parses them; inputs, output, key, labels and configs from run.yaml."""
+    from pipelines import ingest
+
+    argv = [*configs.to_argv(config.limits), *config.ingest.argv()]
+    opts, beam_options = parse_options("dicomflow ingest", argv, ingest.IngestOptions)
+    args = flags.parsed(ingest.IngestArgs, opts)
+    args = dataclasses.replace(
+        args,
+        input=list(config.inputs),
+        output=config.path(INGEST_DIR),
+        key=config.key_flags(),
+        labels=config.labels,
+        deid_config=config.deid_config,
+        pixel_config=config.pixel_config,
+        dicomweb=config.dicomweb if config.has_dicomweb() else args.dicomweb,
+    )
+    return args, beam_options
+
+
+def score_args(config: RunConfig, run_id: str, objects: list[str], model: str):
+    """The score stage's args, as ``ingest_args``; its inputs are the planned objects, so
+    the DICOMweb query is not applied again."""
+    from pipelines import score
+
+    argv = [*configs.to_argv(config.limits), *config.score.argv()]
+    opts, beam_options = parse_options("dicomflow score", argv, score.ScoreOptions)
+    args = flags.parsed(score.ScoreArgs, opts)
+    dicomweb = dataclasses.replace(config.dicomweb, query=None)
+    args = dataclasses.replace(
+        args,
+        input=list(objects),
+        model=model,
+        output=config.path(st.RUNS_DIR, run_id, SCORE_DIR),
+        run_id=run_id,
+        key=config.key_flags(),
+        dicomweb=dicomweb if config.has_dicomweb() else args.dicomweb,
+    )
+    return args, beam_options
 
 
 def run_ingest(config: RunConfig, record: dict, objects: list[str]) -> dict:
     from pipelines import ingest
 
-    given = {
-        "input": list(config.inputs),
-        "output": config.path(INGEST_DIR),
-        **config.key_options(),
-        **config.dicomweb_options(),
-        "labels": config.labels,
-        "deid_config": config.deid_config,
-        "pixel_config": config.pixel_config,
-    }
-    opts, beam_options = command_options(
-        "dicomflow ingest",
-        ingest.IngestOptions,
-        given,
-        [*limit_args(config.limits), *stage_flags(config.ingest)],
-    )
-    ingest_config = ingest.configure(opts, beam_options)
+    args, beam_options = ingest_args(config)
+    ingest_config = ingest.configure(args, beam_options)
     manifest = ingest.ingest(ingest_config, beam_options)
     print(ingest.summary(manifest, ingest_config.output), file=sys.stderr)
     return {"counts": manifest.get("counts", {})}
@@ -164,24 +221,21 @@ def run_ingest(config: RunConfig, record: dict, objects: list[str]) -> dict:
 
 def run_train(config: RunConfig, record: dict, objects: list[str]) -> dict:
     from models import launchers
-    from models.train_config import TrainConfig
 
-    settings = {k: v for k, v in config.train.items() if k not in ("launcher", "vertex")}
+    stage = config.train
+    train_config = dataclasses.replace(
+        stage.config,
+        data=config.path(INGEST_DIR),
+        model_dir=config.path(MODELS_DIR),
+        run_id=record["run_id"],
+    )
     try:
-        train_config = TrainConfig(
-            data=config.path(INGEST_DIR),
-            model_dir=config.path(MODELS_DIR),
-            run_id=record["run_id"],
-            **settings,
-        )
         train_config.validate()
-    except (TypeError, ValueError) as e:
+    except ValueError as e:
         raise StageFailed(f"train settings: {e}") from None
     job: launchers.VertexJob | launchers.LocalJob
-    if config.train.get("launcher", "local") == "vertex":
-        job = launchers.submit_vertex(
-            train_config, launchers.VertexConfig(**config.train["vertex"])
-        )
+    if stage.vertex is not None and stage.launcher == "vertex":
+        job = launchers.submit_vertex(train_config, stage.vertex)
     else:
         job = launchers.start_local(train_config, output=sys.stderr)
     result = job.wait()
@@ -201,21 +255,8 @@ def run_score(config: RunConfig, record: dict, objects: list[str]) -> dict:
         resolve_model(model)
     except ValueError as e:
         raise StageFailed(f"nothing to score with: {e}") from None
-    given = {
-        "input": list(objects),
-        "model": model,
-        "output": config.path(st.RUNS_DIR, record["run_id"], SCORE_DIR),
-        "run_id": record["run_id"],
-        **config.key_options(),
-        **config.dicomweb_options(query=False),
-    }
-    opts, beam_options = command_options(
-        "dicomflow score",
-        score.ScoreOptions,
-        given,
-        [*limit_args(config.limits), *stage_flags(config.score)],
-    )
-    manifest = score.score(score.configure(opts, beam_options), beam_options)
+    args, beam_options = score_args(config, record["run_id"], objects, model)
+    manifest = score.score(score.configure(args, beam_options), beam_options)
     print(score.summary(manifest), file=sys.stderr)
     return {"counts": manifest.get("counts", {})}
 
@@ -236,7 +277,7 @@ def plan(config: RunConfig, state: dict, from_stage: str | None, current: dict) 
     changed = st.changed_objects(current, state.get("processed", {}))
     labels_version = st.list_objects([config.labels]).get(config.labels) if config.labels else None
     last = state.get("last_ingest")
-    threshold = config.ingest.get("min_new_objects")
+    threshold = config.ingest.min_new_objects
     since_ingest = st.changed_objects(current, (last or {}).get("objects", {}))
     reasons = []
     if last is None:
@@ -269,7 +310,7 @@ def execute_run(config: RunConfig, from_stage: str | None = None, log=print) -> 
     except KeySourceError as e:
         raise UsageError(str(e)) from None
     with st.Lock(config.output, new_run_id(), config.lock_stale_minutes * 60) as lock:
-        listed = st.list_objects(config.inputs, config.dicomweb_settings())
+        listed = st.list_objects(config.inputs, config.dicomweb)
         by_digest = {st.object_digest(key, uri): uri for uri in listed}
         current = st.digests(key, listed)
         state = st.read_json(config.path(st.STATE_NAME)) or {}

@@ -22,9 +22,10 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from models import features as f
 from pipelines.deidentify import deid_header
 from pipelines.options import execute, new_pipeline, parse_options
-from pipelines.score_config import (  # noqa: F401  (ScoreOptions, configure: the command's API)
+from pipelines.score_config import (  # noqa: F401  (ScoreArgs, ScoreOptions, configure: the command's API)
     DICOM,
     RawDicom,
+    ScoreArgs,
     ScoreConfig,
     ScoreOptions,
     configure,

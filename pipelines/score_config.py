@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 
+from models import configs
+from models.configs import arg, nested
+from models.inference import DEFAULT_BATCH_SIZE, DEFAULT_MAX_BATCH_BYTES
 from pipelines import dicomweb_args, flags
 from pipelines.ingest import ALL_SPLITS, TFRECORDS
 from pipelines.options import (
@@ -33,47 +36,48 @@ TFRECORD_SUFFIXES = (".tfrecord.gz", ".tfrecord")
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
+@dataclass(frozen=True, kw_only=True)
+class ScoreArgs:
+    """The flags of ``dicomflow score``, declared once (``models.configs``); ``configure``
+    checks them into a ``ScoreConfig``."""
+
+    input: list[str] = arg(
+        [],
+        "DICOM (files, folders, archives, globs), an ingest output root, or TFRecord files; "
+        "may be repeated",
+    )
+    input_format: str = arg(
+        AUTO,
+        "auto: TFRecords for an ingest root or *.tfrecord.gz, else DICOM",
+        choices=INPUT_FORMATS,
+    )
+    splits: str | None = arg(
+        None, f"splits of an ingest root, comma-separated (default all: {','.join(ALL_SPLITS)})"
+    )
+    model: str | None = arg(None, "model dir, its latest pointer, or a version")
+    output: str | None = arg(None, flags.OUTPUT_HELP)
+    run_id: str | None = arg(None, "names the scores partition (default: new)")
+    key: flags.KeyFlags = nested(flags.KeyFlags, "key-")
+    deid_config: str | None = arg(None, flags.DEID_CONFIG_HELP)
+    pixel_config: str | None = arg(
+        None, "YAML pixel settings (default: the model's, from model.json)"
+    )
+    batch_size: int = arg(DEFAULT_BATCH_SIZE, "images per batch")
+    max_batch_bytes: int = arg(
+        DEFAULT_MAX_BATCH_BYTES, "input bytes per batch (bounds accelerator memory)"
+    )
+    share_model_across_processes: bool = arg(
+        False, "one model per machine instead of one per worker process", switch=True
+    )
+    explain_top: int = arg(0, "Grad-CAM PNGs for the K top scores")
+    limits: dicom_io.Limits = nested(dicom_io.Limits)
+    dicomweb: DicomwebSettings = nested(DicomwebSettings, "dicomweb-")
+
+
 class ScoreOptions(CommandOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
-        from models.inference import DEFAULT_BATCH_SIZE, DEFAULT_MAX_BATCH_BYTES
-
-        parser.add_argument(
-            "--input", action="append", help="DICOM (files, folders, archives, globs), an "
-            "ingest output root, or TFRecord files; may be repeated"
-        )  # fmt: skip
-        parser.add_argument(
-            "--input-format", default=AUTO, choices=INPUT_FORMATS,
-            help="auto: TFRecords for an ingest root or *.tfrecord.gz, else DICOM",
-        )  # fmt: skip
-        parser.add_argument(
-            "--splits", help=f"splits of an ingest root, comma-separated (default all: "
-            f"{','.join(ALL_SPLITS)})"
-        )  # fmt: skip
-        parser.add_argument("--model", help="model dir, its latest pointer, or a version")
-        flags.add_output(parser)
-        parser.add_argument("--run-id", help="names the scores partition (default: new)")
-        flags.add_key(parser)
-        flags.add_deid_config(parser)
-        flags.add_pixel_config(
-            parser, "YAML pixel settings (default: the model's, from model.json)"
-        )
-        parser.add_argument(
-            "--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="images per batch"
-        )
-        parser.add_argument(
-            "--max-batch-bytes", type=int, default=DEFAULT_MAX_BATCH_BYTES,
-            help="input bytes per batch (bounds accelerator memory)",
-        )  # fmt: skip
-        parser.add_argument(
-            "--share-model-across-processes", action="store_true",
-            help="one model per machine instead of one per worker process",
-        )  # fmt: skip
-        parser.add_argument(
-            "--explain-top", type=int, default=0, help="Grad-CAM PNGs for the K top scores"
-        )
-        flags.add_limits(parser)
-        dicomweb_args.add_arguments(parser)
+        configs.add_arguments(parser, ScoreArgs)
 
 
 def is_ingest_root(uri: str) -> bool:
@@ -160,7 +164,7 @@ def pixel_config(uri: str | None, info: dict) -> PixelConfig:
     return pixels
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RawDicom:
     """Scoring raw DICOM: the key, de-identification options and pixel settings (ingest's)."""
 
@@ -170,12 +174,8 @@ class RawDicom:
     limits: dicom_io.Limits = field(default_factory=dicom_io.Limits)
     dicomweb: DicomwebSettings = field(default_factory=DicomwebSettings)
 
-    @property
-    def max_object_bytes(self) -> int:
-        return self.limits.max_object_bytes
 
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ScoreConfig:
     """Everything a score pipeline is built from, checked (``configure``).
 
@@ -206,66 +206,72 @@ class ScoreConfig:
         return DICOM if self.dicom is not None else TFRECORD_FORMAT
 
 
-def configure(opts: ScoreOptions, beam_options: PipelineOptions) -> ScoreConfig:
+def configure(opts: ScoreOptions | ScoreArgs, beam_options: PipelineOptions) -> ScoreConfig:
     """Checks the flags, the model and (raw DICOM) the key; returns the config or raises
     UsageError."""
-    inputs, output = flags.inputs_and_output(opts.input, opts.output)
-    model_uri = dicom_io.normalize_uri(require(opts.model, "--model"))
+    args = flags.parsed(ScoreArgs, opts)
+    inputs, output = flags.inputs_and_output(args.input, args.output)
+    model_uri = dicom_io.normalize_uri(require(args.model, "--model"))
     check_output_outside(output, inputs)
-    run_id = opts.run_id or new_run_id()
+    run_id = args.run_id or new_run_id()
     if not _RUN_ID.match(run_id):
         raise UsageError("--run-id takes letters, digits, '.', '_' and '-' (128 at most)")
-    if opts.batch_size < 1 or opts.explain_top < 0 or opts.max_object_bytes <= 0:
-        raise UsageError(
-            "--batch-size must be >= 1, --explain-top >= 0, --max-object-bytes positive"
-        )
-    limits = flags.limits(opts)
+    if args.batch_size < 1 or args.explain_top < 0:
+        raise UsageError("--batch-size must be >= 1, --explain-top >= 0")
     dataflow = flags.on_dataflow(beam_options)
     if dataflow and not model_uri.startswith("gs://"):
         raise UsageError("Dataflow workers read the model from --model gs://... only")
-    dicomweb = dicomweb_args.settings(opts, inputs, dataflow)
+    dicomweb = dicomweb_args.settings(args.dicomweb, inputs, dataflow)
     # Before the model is read (TensorFlow: seconds, log lines): an input that matches
     # nothing is one line at once. A dry run only builds the job: its inputs may not exist.
     if not beam_options.view_as(TestOptions).dry_run:
         check_inputs_exist(inputs, dicomweb)
-    fmt = resolve_format(inputs, opts.input_format)
+    fmt = resolve_format(inputs, args.input_format)
     if fmt == TFRECORD_FORMAT:
-        given = [name for name in ("key_env", "key_file", "deid_config", "pixel_config")
-                 if getattr(opts, name)]  # fmt: skip
+        given = [
+            flag
+            for flag, value in (
+                ("--key-env", args.key.env),
+                ("--key-file", args.key.file),
+                ("--deid-config", args.deid_config),
+                ("--pixel-config", args.pixel_config),
+            )
+            if value
+        ]
         if given:
-            names = ", ".join("--" + g.replace("_", "-") for g in given)
+            names = ", ".join(given)
             raise UsageError(f"{names}: for raw DICOM input only (these inputs are TFRecords)")
-    elif opts.splits:
+    elif args.splits:
         raise UsageError("--splits selects splits of an ingest output; these inputs are DICOM")
     version_dir, info = resolve_model_info(model_uri)
     shape = model_shape(info)
     image_bytes = shape[0] * shape[1] * shape[2]
-    if opts.max_batch_bytes < image_bytes:
+    if args.max_batch_bytes < image_bytes:
         raise UsageError(f"--max-batch-bytes must hold one image ({image_bytes} bytes)")
     dicom, patterns, splits = None, [], []
     if fmt == DICOM:
         dicom = RawDicom(
-            flags.key_source(opts.key_env, opts.key_file, "key", dataflow),
-            flags.load_deid_config(opts.deid_config),
-            pixel_config(opts.pixel_config, info),
-            limits,
-            dicomweb,
+            key=flags.key_source(args.key, "key", dataflow),
+            deid=flags.load_deid_config(args.deid_config),
+            pixels=pixel_config(args.pixel_config, info),
+            limits=args.limits,
+            dicomweb=dicomweb,
         )
     else:
-        splits = parse_splits(opts.splits)
+        splits = parse_splits(args.splits)
         patterns = tfrecord_patterns(inputs, splits)
     return ScoreConfig(
-        tuple(inputs),
-        output,
-        model_uri,
-        version_dir,
-        info,
-        run_id,
-        opts.batch_size,
-        opts.max_batch_bytes,
-        dicom,
-        tuple(patterns),
-        tuple(splits),
-        opts.share_model_across_processes,
-        opts.explain_top,
+        inputs=tuple(inputs),
+        output=output,
+        model_uri=model_uri,
+        version_dir=version_dir,
+        model_info=info,
+        run_id=run_id,
+        batch_size=args.batch_size,
+        max_batch_bytes=args.max_batch_bytes,
+        dicom=dicom,
+        patterns=tuple(patterns),
+        splits=tuple(splits),
+        share_model_across_processes=args.share_model_across_processes,
+        explain_top=args.explain_top,
     )

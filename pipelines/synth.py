@@ -16,6 +16,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from models import configs
+from models.configs import arg
 from pipelines import flags
 from pipelines.options import CommandOptions, UsageError, new_pipeline, parse_options, require
 from transforms import testing as synth
@@ -30,24 +32,25 @@ _PHI = "phi"
 _LABELS = "labels"
 
 
+@dataclass(frozen=True, kw_only=True)
+class SynthArgs:
+    """The flags of ``dicomflow synth``, declared once (``models.configs``)."""
+
+    output: str | None = arg(None, "corpus root (local path or gs://)")
+    patients: int | None = arg(None, "number of patients")
+    seed: int = arg(0, "same seed, same bytes")
+    positive_rate: float = arg(0.2, "share of studies that carry a lesion (label 1)")
+    difficulty: str = arg(
+        synth.DIFFICULTY_NAME,
+        "lesion task: easy, standard, hard or ske (signal known exactly on white "
+        "noise), then contrast=, size=, noise= multipliers, e.g. 'ske,contrast=1.5'",
+    )
+
+
 class SynthOptions(CommandOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
-        flags.add_output(parser, "corpus root (local path or gs://)")
-        parser.add_argument("--patients", type=int, help="number of patients")
-        parser.add_argument("--seed", type=int, default=0, help="same seed, same bytes")
-        parser.add_argument(
-            "--positive-rate",
-            type=float,
-            default=0.2,
-            help="share of studies that carry a lesion (label 1)",
-        )
-        parser.add_argument(
-            "--difficulty",
-            default=synth.DIFFICULTY_NAME,
-            help="lesion task: easy, standard, hard or ske (signal known exactly on white "
-            "noise), then contrast=, size=, noise= multipliers, e.g. 'ske,contrast=1.5'",
-        )
+        configs.add_arguments(parser, SynthArgs)
 
 
 class SynthFn(beam.DoFn):
@@ -97,7 +100,7 @@ def write_labels(rows: list[dict[str, str]], output: str) -> None:
     write_bytes(FileSystems.join(output, LABELS_NAME), text.getvalue().encode(), "text/csv")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SynthConfig:
     """A synthetic corpus: where, how many patients, its seed, share of positives and how
     hard its lesion task is."""
@@ -117,15 +120,22 @@ class SynthConfig:
             raise UsageError("--seed must be 0 or more")
 
 
-def configure(opts: SynthOptions, beam_options: PipelineOptions) -> SynthConfig:
+def configure(opts: SynthOptions | SynthArgs, beam_options: PipelineOptions) -> SynthConfig:
     """Checks the flags (no I/O); returns the config or raises UsageError."""
-    output = normalize_uri(require(opts.output, "--output"))
-    patients = require(opts.patients, "--patients")
+    args = flags.parsed(SynthArgs, opts)
+    output = normalize_uri(require(args.output, "--output"))
+    patients = require(args.patients, "--patients")
     try:
-        difficulty = synth.Difficulty.parse(opts.difficulty)
+        difficulty = synth.Difficulty.parse(args.difficulty)
     except ValueError as e:
         raise UsageError(f"--difficulty: {e}") from None
-    return SynthConfig(output, patients, opts.seed, opts.positive_rate, difficulty)
+    return SynthConfig(
+        output=output,
+        patients=patients,
+        seed=args.seed,
+        positive_rate=args.positive_rate,
+        difficulty=difficulty,
+    )
 
 
 def build_pipeline(pipeline: beam.Pipeline, config: SynthConfig) -> beam.Pipeline:

@@ -560,19 +560,19 @@ def test_cron_line_runs_dicomflow_run_under_flock_with_a_log():
 
 
 def test_run_example_is_a_valid_run_config():
-    from models.launchers import VertexConfig
-    from models.train_config import TrainConfig
+    import dataclasses
+
     from pipelines.run import RunConfig
 
     config = RunConfig.from_mapping(yaml.safe_load((DEPLOY / "run.example.yaml").read_text()))
-    assert config.key_file.startswith("gs://") and config.key_env is None
+    assert config.key_file and config.key_file.startswith("gs://") and config.key_env is None
     beam = beam_flags()
-    for args in (config.ingest["beam_args"], config.score["beam_args"]):
+    for args in (config.ingest.beam_args, config.score.beam_args):
         for arg in args:
             assert arg.split("=")[0] in beam, arg
-    settings = {k: v for k, v in config.train.items() if k not in ("launcher", "vertex")}
-    TrainConfig(data="gs://b/i", model_dir="gs://b/m", **settings).validate()
-    VertexConfig(**config.train["vertex"])
+    dataclasses.replace(config.train.config, data="gs://b/i", model_dir="gs://b/m").validate()
+    assert config.train.launcher == "vertex" and config.train.vertex is not None
+    assert config.train.vertex.accelerator_type == "NVIDIA_TESLA_T4"
 
 
 def test_airflow_dags_import_in_a_real_airflow(tmp_path):

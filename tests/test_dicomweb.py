@@ -452,11 +452,9 @@ def test_run_plans_by_instance_uids_and_fetches_only_what_is_new(pacs, tmp_path,
         assert calls == [("score", [uids[3]])]
     state = (tmp_path / "out" / "state.json").read_text()
     assert not any(uid in state for uid in uids)  # instances are named by keyed digests
-    # The stages get the flags by their option names (unknown names are refused).
-    from pipelines import score
-    from pipelines.options import command_options
-
-    opts, _ = command_options("ingest", ingest.IngestOptions, config.dicomweb_options())
-    assert (opts.dicomweb_query, opts.dicomweb_max_concurrency) == ("StudyDate=19000101-", 2)
-    opts, _ = command_options("score", score.ScoreOptions, config.dicomweb_options(query=False))
-    assert (opts.dicomweb_query, opts.dicomweb_max_concurrency) == (None, 2)
+    # The stages get run.yaml's settings as typed args; score's inputs are the planned
+    # instances themselves, so the query is not applied again.
+    args, _ = run_mod.ingest_args(config)
+    assert (args.dicomweb.query, args.dicomweb.max_concurrency) == ("StudyDate=19000101-", 2)
+    args, _ = run_mod.score_args(config, "r1", [web(server.url)], "/m")
+    assert (args.dicomweb.query, args.dicomweb.max_concurrency) == (None, 2)

@@ -199,7 +199,7 @@ def test_dataflow_dry_run_builds_the_job(tmp_path):
     shipped = pipeline.options.get_all_options(retain_unknown_options=True)
     assert not {"input", "output", "max_object_bytes"} & set(shipped)
     opts, beam_options = parse_options("dicomflow inventory", argv, inventory.InventoryOptions)
-    assert inventory.configure(opts, beam_options).max_object_bytes == 1000000
+    assert inventory.configure(opts, beam_options).limits.max_object_bytes == 1000000
 
 
 @pytest.mark.parametrize(
@@ -234,7 +234,9 @@ def test_build_pipeline_takes_a_test_pipeline_and_a_config(tmp_path):
     export.mkdir()
     shutil.copy(get_testdata_file("CT_small.dcm"), export / "ct.dcm")
     (export / "junk.bin").write_bytes(b"not DICOM")
-    config = inventory.InventoryConfig((str(export),), str(tmp_path / "out"), run_id="r1")
+    config = inventory.InventoryConfig(
+        inputs=(str(export),), output=str(tmp_path / "out"), run_id="r1"
+    )
     pipeline = TestPipeline()
     assert inventory.build_pipeline(pipeline, config) is pipeline
     pipeline.run().wait_until_finish()

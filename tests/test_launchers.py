@@ -50,7 +50,8 @@ def test_vertex_request_runs_the_trainer_with_the_same_arguments():
 
 def test_a_cpu_only_job_names_no_accelerator():
     request = launchers.vertex_request(
-        CONFIG, launchers.VertexConfig("p", "us-central1", "img", accelerator_count=0)
+        CONFIG,
+        launchers.VertexConfig(project="p", region="us-central1", image="img", accelerator_count=0),
     )
     machine = request.custom_job.job_spec.worker_pool_specs[0].machine_spec
     assert machine.accelerator_count == 0
@@ -60,7 +61,10 @@ def test_a_cpu_only_job_names_no_accelerator():
 def test_an_unknown_accelerator_is_refused():
     with pytest.raises(ValueError, match="unknown accelerator type 'NVIDIA_GTX_1080'"):
         launchers.vertex_request(
-            CONFIG, launchers.VertexConfig("p", "r", "img", accelerator_type="NVIDIA_GTX_1080")
+            CONFIG,
+            launchers.VertexConfig(
+                project="p", region="r", image="img", accelerator_type="NVIDIA_GTX_1080"
+            ),
         )
 
 

@@ -14,7 +14,7 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipelines.limits import limit_args
+from models import configs
 from pipelines.options import UsageError, parse_options
 from transforms import dicom_io
 from transforms.convert import ConvertError, convert
@@ -216,25 +216,29 @@ def test_a_complete_copy_wins_over_a_truncated_one(tmp_path):
 
 
 def test_limit_flags_reach_the_limits():
-    from pipelines.inventory import InventoryOptions
-    from pipelines.limits import limits_from
+    from pipelines.flags import parsed
+    from pipelines.inventory import InventoryArgs, InventoryOptions
 
-    opts, _ = parse_options("p", ["--max-frames", "7", "--parse-seconds", "2.5"], InventoryOptions)
-    limits = limits_from(opts)
+    argv = ["--max-frames", "7", "--parse-seconds", "2.5"]
+    limits = parsed(InventoryArgs, parse_options("p", argv, InventoryOptions)[0]).limits
     assert (limits.max_frames, limits.parse_seconds) == (7, 2.5)
     assert limits.max_decoded_bytes == Limits().max_decoded_bytes
     opts, _ = parse_options("p", ["--max-frame-bytes", "0"], InventoryOptions)
     with pytest.raises(UsageError, match="--max-frame-bytes must be positive"):
-        limits_from(opts)
+        parsed(InventoryArgs, opts)
 
 
-def test_run_yaml_limits_become_flags():
-    assert limit_args({"max_frames": 9, "max_object_bytes": 5}) == [
-        "--max-frames=9",
-        "--max-object-bytes=5",
-    ]
-    with pytest.raises(ValueError, match="unknown key"):
-        limit_args({"max_franes": 9})
+def test_run_yaml_limits_are_the_same_limits_as_the_flags():
+    limits = configs.from_mapping(Limits, {"max_frames": 9, "max_object_bytes": 5}, "limits")
+    assert (limits.max_frames, limits.max_object_bytes) == (9, 5)
+    argv = configs.to_argv(limits)
+    assert argv[:2] == ["--max-object-bytes", "5"] and "--max-frames" in argv
+    with pytest.raises(ValueError, match="limits: unknown keys"):
+        configs.from_mapping(Limits, {"max_franes": 9}, "limits")
+    with pytest.raises(ValueError, match=r"limits\.max_frames must be positive"):
+        configs.from_mapping(Limits, {"max_frames": 0}, "limits")
+    with pytest.raises(ValueError, match=r"limits\.parse_seconds must be float"):
+        configs.from_mapping(Limits, {"parse_seconds": "soon"}, "limits")
 
 
 def test_limits_refuse_nonsense():

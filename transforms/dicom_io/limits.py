@@ -16,6 +16,7 @@ import io
 import time
 from dataclasses import asdict, dataclass, fields
 
+from models.configs import arg
 from transforms.deadletter import StageError
 
 # Dead-letter types, one per limit.
@@ -29,9 +30,10 @@ PARSE_TIMEOUT = "parse_timeout"
 MiB = 1 << 20
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Limits:
-    """What one object may cost.
+    """What one object may cost; a declared config (``models.configs``): its fields are the
+    limit flags of every reading command and the ``limits:`` section of run.yaml.
 
     Attributes:
         max_object_bytes: bytes of one loose object or archive member, as read.
@@ -46,14 +48,49 @@ class Limits:
         parse_seconds: CPU seconds the structural check of one object may take.
     """
 
-    max_object_bytes: int = 1024 * MiB
-    max_inflated_bytes: int = 256 * MiB
-    max_archive_bytes: int = 64 * 1024 * MiB
-    max_decoded_bytes: int = 512 * MiB
-    max_frame_bytes: int = 128 * MiB
-    max_frames: int = 4096
-    max_sequence_depth: int = 32
-    parse_seconds: float = 20.0
+    max_object_bytes: int = arg(
+        1024 * MiB,
+        "objects and archive members above this size get a too_large error row",
+        positive=True,
+    )
+    max_inflated_bytes: int = arg(
+        256 * MiB,
+        "bytes one deflated dataset, gzip object or compressed archive member may inflate "
+        "to (counted while inflating): inflate_limit (default %(default)s)",
+        positive=True,
+    )
+    max_archive_bytes: int = arg(
+        64 * 1024 * MiB,
+        "inflated bytes of one compressed archive, all members together: inflate_limit "
+        "(default %(default)s)",
+        positive=True,
+    )
+    max_decoded_bytes: int = arg(
+        512 * MiB,
+        "decoded pixel bytes of the frames one instance decodes at once: too_large_decoded "
+        "(default %(default)s)",
+        positive=True,
+    )
+    max_frame_bytes: int = arg(
+        128 * MiB,
+        "decoded bytes of one frame (Rows x Columns x Samples x Bits): too_large_decoded "
+        "(default %(default)s)",
+        positive=True,
+    )
+    max_frames: int = arg(
+        4096,
+        "Number of Frames of one instance: too_many_frames (default %(default)s)",
+        positive=True,
+    )
+    max_sequence_depth: int = arg(
+        32, "nesting of sequences in one object: too_deep (default %(default)s)", positive=True
+    )
+    parse_seconds: float = arg(
+        20.0,
+        "CPU seconds the structural check of one object may take: parse_timeout "
+        "(default %(default)s)",
+        positive=True,
+    )
 
     def __post_init__(self) -> None:
         for f in fields(self):

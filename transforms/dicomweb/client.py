@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl
 
 import requests
 
+from models.configs import arg
 from transforms.dicomweb.urls import StoreUrl
 
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
@@ -41,9 +42,12 @@ class RequestFailed(Exception):
         self.message = str(self)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DicomwebSettings:
     """How DICOMweb inputs and outputs are reached. Holds names of secrets, never secrets.
+
+    A declared config (``models.configs``): the first four fields are the ``--dicomweb-*``
+    flags (``nested(DicomwebSettings, "dicomweb-")``) and run.yaml's ``dicomweb:`` section.
 
     Attributes:
         query: QIDO-RS study filters, ``"ModalitiesInStudy=CR&StudyDate=20260101-"``.
@@ -56,15 +60,24 @@ class DicomwebSettings:
         store_batch: instances per STOW-RS request.
     """
 
-    query: str | None = None
-    credentials_env: str | None = None
-    credentials_file: str | None = None
-    max_concurrency: int = 8
-    attempts: int = 5
-    backoff_seconds: float = 0.5
-    max_backoff_seconds: float = 30.0
-    timeout_seconds: float = 60.0
-    store_batch: int = 20
+    query: str | None = arg(
+        None,
+        'QIDO-RS study filters for dicomweb+http(s):// inputs, e.g. "ModalitiesInStudy=CR'
+        '&StudyDate=20260101-"',
+    )
+    credentials_env: str | None = arg(
+        None, "variable holding a bearer token or user:password for the DICOMweb store(s)"
+    )
+    credentials_file: str | None = arg(
+        None, "file (local or gs://) holding a bearer token or user:password"
+    )
+    max_concurrency: int = arg(8, "DICOMweb requests in flight at once per worker")
+    # Set from code only (tests, benchmarks): no flag, no run.yaml key.
+    attempts: int = arg(5, flag=False)
+    backoff_seconds: float = arg(0.5, flag=False)
+    max_backoff_seconds: float = arg(30.0, flag=False)
+    timeout_seconds: float = arg(60.0, flag=False)
+    store_batch: int = arg(20, flag=False)
 
     def filters(self) -> dict[str, str]:
         """The QIDO filters as a dict.
