@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 import adversarial as adv
+import adversarial_keeplist as ak
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
@@ -76,6 +77,86 @@ def test_the_scanner_finds_what_it_looks_for(corpus, tmp_path):
     assert "charset" in adv.leaks(adv.output_texts(tmp_path))
 
 
+# --- the keep-list corpus: one case per leak class of issue 23 -----------------------------
+
+
+@pytest.fixture(scope="module")
+def keeplist_corpus(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("keeplist") / "export"
+    ak.write_corpus(root)
+    return root
+
+
+def test_keeplist_plants_sit_in_keep_listed_attributes():
+    """The corpus tests the content check, not the keep-list: every attribute it plants in
+    is one the keep-list lets through."""
+    keep = deid.KeepList.load().keep
+    for name in ak.KEEPLISTED:
+        assert pydicom.datadict.tag_for_keyword(name) in keep, name
+
+
+def test_deidentify_keeps_no_value_planted_where_the_keep_list_lets_values_through(
+    keeplist_corpus, tmp_path, monkeypatch, capfd, caplog
+):
+    monkeypatch.setenv("DF_LEAK_KEY", KEY)
+    out = tmp_path / "deid"
+    argv = ["--input", str(keeplist_corpus), "--output", str(out), "--key-env", "DF_LEAK_KEY"]
+    logs = _run(deidentify, argv, capfd, caplog)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["deidentified"] == 3
+    found = adv.output_texts(out, logs)
+    assert adv.leaks(found, ak.PLANTED) == {}
+    counts = manifest["counts"]
+    # Each class is counted per keyword: content, own identifiers, VRs, codes, pixels.
+    assert counts["deid_content_changed"]["ProcessingFunction"] == 1
+    assert counts["deid_content_changed"]["RealWorldValueLUTData"] == 1
+    assert counts["deid_identifiers_removed"]["AcquisitionNumber"] == 1
+    assert counts["deid_identifiers_removed"]["TransmitCoilName"] == 1
+    assert counts["deid_vr_invalid"]["PositionerType"] == 1
+    assert counts["deid_local_codes"]["CodingSchemeDesignator"] == 3
+    assert counts["deid_pixel_streams"] == {
+        "bits_above_stored": 2,
+        "icc_profile_text": 1,
+        "stream_segments": 1,
+        "trailing_bytes": 1,
+    }
+    outputs = {p.name: pydicom.dcmread(p) for p in out.rglob("*.dcm")}
+    assert len(outputs) == 3
+    for ds in outputs.values():
+        assert not ak.bits_above_stored(ds)
+        assert list(ds.ImageType)[:3] in (
+            ["ORIGINAL", "PRIMARY", "AXIAL"],
+            ["ORIGINAL", "PRIMARY", "OTHER"],  # value 3 was the patient's name
+        )
+    kernels = {str(ds.get("ConvolutionKernel", "")) for ds in outputs.values()}
+    assert "B30f" in kernels  # the technical part of a cleaned value stays
+    models = {str(ds.get("ManufacturerModelName", "")) for ds in outputs.values()}
+    assert "SOMATOM Definition AS+" in models
+    jpeg = [ds for ds in outputs.values() if ds.file_meta.TransferSyntaxUID.is_encapsulated]
+    assert len(jpeg) == 1 and jpeg[0].pixel_array.shape == (16, 16)
+
+
+def test_ingest_keeps_no_value_planted_where_the_keep_list_lets_values_through(
+    keeplist_corpus, tmp_path, monkeypatch, capfd, caplog
+):
+    monkeypatch.setenv("DF_LEAK_KEY", KEY)
+    out = tmp_path / "ingest"
+    argv = ["--input", str(keeplist_corpus), "--output", str(out), "--key-env", "DF_LEAK_KEY"]
+    logs = _run(ingest, argv, capfd, caplog)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["converted"] == 3
+    found = adv.output_texts(out, logs)
+    assert any("tfrecord" in k for k in found) and any("index" in k for k in found)
+    assert adv.leaks(found, ak.PLANTED) == {}
+
+
+def test_the_scanner_finds_every_keeplist_plant_in_the_raw_corpus(keeplist_corpus):
+    found = adv.output_texts(keeplist_corpus)
+    assert set(adv.leaks(found, ak.PLANTED)) == set(adv.counts_by_category(ak.PLANTED))
+    raw = [pydicom.dcmread(p) for p in sorted(keeplist_corpus.glob("*.dcm"))]
+    assert sum(ak.bits_above_stored(ds) for ds in raw) == 2
+
+
 # --- public test files ---------------------------------------------------------------------
 
 _IDENTIFYING_VRS = {"PN", "LO", "SH", "ST", "LT", "UT", "UC"}
@@ -115,12 +196,14 @@ def _identifiers(ds, table: deid.Deidentifier) -> set[str]:
     return {v for v in out if not any(v in k for k in kept)}
 
 
-def test_public_files_keep_none_of_their_identifiers():
-    """pydicom's test files and deid-data: no removed identifier reappears in the output."""
+@pytest.fixture(scope="module")
+def public_results() -> list[tuple[str, pydicom.Dataset, bytes, set[str]]]:
+    """(name, original, de-identified bytes, the original's identifiers) for every public
+    test file the engine accepts."""
     engine = deid.Deidentifier(
         deid.Profile.load(), deid.DeidConfig(pixels=deid.PixelPolicy(policy="keep")), b"k" * 32
     )
-    checked, leaked = 0, []
+    out = []
     for path in _public_files():
         try:
             data = path.read_bytes()
@@ -129,9 +212,54 @@ def test_public_files_keep_none_of_their_identifiers():
             result, _ = deid.deidentify_object(data, engine)
         except Exception:  # unreadable or refused files are the parser tests' business
             continue
-        text = result.data.decode("latin-1")
-        decoded = " ".join(str(e.value) for e in pydicom.dcmread(io.BytesIO(result.data)).iterall())
-        checked += 1
-        leaked += [(path.name, v) for v in values if v in text or v in decoded]
-    assert checked >= 140
+        out.append((str(path), original, result.data, values))
+    return out
+
+
+def test_public_files_keep_none_of_their_identifiers(public_results):
+    """pydicom's test files and deid-data: no removed identifier reappears in the output."""
+    leaked = []
+    for name, _original, data, values in public_results:
+        text = data.decode("latin-1")
+        decoded = " ".join(str(e.value) for e in pydicom.dcmread(io.BytesIO(data)).iterall())
+        leaked += [(Path(name).name, v) for v in values if v in text or v in decoded]
+    assert len(public_results) >= 140
     assert leaked == [], leaked[:20]
+
+
+# Technical values of real exports: vendor, model, kernel, sequence, geometry, exposure.
+TECHNICAL = (
+    "Manufacturer ManufacturerModelName ConvolutionKernel SequenceName ScanningSequence "
+    "SequenceVariant ScanOptions MRAcquisitionType ImageType BodyPartExamined "
+    "PatientPosition ViewPosition SliceThickness PixelSpacing SpacingBetweenSlices "
+    "ImageOrientationPatient ImagePositionPatient SliceLocation KVP ExposureTime "
+    "XRayTubeCurrent Exposure RepetitionTime EchoTime InversionTime FlipAngle "
+    "MagneticFieldStrength EchoTrainLength FilterType FocalSpots ReceiveCoilName "
+    "TransmitCoilName Rows Columns PhotometricInterpretation BitsStored"
+).split()
+
+
+def _as_list(ds: pydicom.Dataset, keyword: str) -> list[str]:
+    elem = ds.data_element(keyword)
+    if elem is None or elem.value is None or elem.value == "":
+        return []
+    return [str(v) for v in (elem.value if elem.VM > 1 else [elem.value])]
+
+
+def test_public_image_files_keep_their_technical_values(public_results):
+    """Utility: at least 98 % of the technical values of pydicom's and pydicom-data's image
+    files leave unchanged (the content check cleans values, it must not empty exports);
+    ImageType never leaves with a required value empty."""
+    kept = total = 0
+    for name, original, data, _values in public_results:
+        if "PixelData" not in original or "deid_data" in Path(name).parts:
+            continue  # image files of pydicom and pydicom-data only
+        out = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+        for keyword in TECHNICAL:
+            before, after = _as_list(original, keyword), _as_list(out, keyword)
+            total += len(before)
+            kept += sum(1 for i, v in enumerate(before) if i < len(after) and after[i] == v)
+        image_type = _as_list(out, "ImageType")
+        assert "" not in image_type[:3], (Path(name).name, image_type)
+    assert total > 1000
+    assert kept / total >= 0.98, f"{kept}/{total}"

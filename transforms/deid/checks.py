@@ -146,6 +146,8 @@ class LocalCodes:
             return "V" + digest[:8]
         if t == URN_CODE:
             return "urn:oid:" + self.pseudonyms.uid(f"code\0{scheme}\0{value}")
+        if t == LONG_CODE:
+            return "L" + digest  # 17 characters: a LongCodeValue is longer than 16
         return "L" + digest[:12]
 
 

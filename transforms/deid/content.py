@@ -258,6 +258,12 @@ class ContentCheck:
 def _tidy(text: str) -> str | None:
     """Collapses what cutting left behind; None when no meaningful word is left."""
     out = re.sub(r"\s{2,}", " ", text).strip(" ,;:-^/._\\()[]")
+    words = out.split(" ")
+    while words and fold(words[-1].strip(".,;:")) in _STOPWORDS:  # "Processed by Dr."
+        words.pop()
+    while words and fold(words[0].strip(".,;:")) in _STOPWORDS:
+        words.pop(0)
+    out = " ".join(words).strip(" ,;:-^/._\\()[]")
     words = [w for w in re.findall(r"\w+", out) if fold(w) not in _STOPWORDS]
     if not any(sum(c.isalnum() for c in w) >= 2 for w in words):
         return None

@@ -72,7 +72,7 @@ class WalkState:
                 size = len(old) if isinstance(old, bytes) else 2
                 _set(ds, t, vr, b"\x00" * max(2, size + size % 2))
             else:
-                _set(ds, t, vr, DUMMY.get(vr) or "ANONYMIZED")
+                _set(ds, t, vr, DUMMY.get(vr, "ANONYMIZED"))
         elif kind == "2" and vr != "SQ":
             _set(ds, t, vr, None)
         elif t in ds:
