@@ -240,8 +240,10 @@ TECHNICAL = (
 
 
 def _as_list(ds: pydicom.Dataset, keyword: str) -> list[str]:
-    elem = ds.data_element(keyword)
-    if elem is None or elem.value is None or elem.value == "":
+    if keyword not in ds:
+        return []
+    elem = ds[keyword]
+    if elem.value is None or elem.value == "":
         return []
     return [str(v) for v in (elem.value if elem.VM > 1 else [elem.value])]
 
