@@ -51,6 +51,9 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS_REQUIRE = {
+    # The GPU worker image (deploy/worker-gpu.Dockerfile) swaps onnxruntime for this build
+    # with CUDA; its newest release is one minor version behind the CPU pin.
+    "gpu": ["onnxruntime-gpu==1.31.1"],
     "test": [
         "pytest==9.2.0",
         "ruff==0.17.6",

@@ -1,12 +1,16 @@
-"""Burned-in text redaction: recall of planted PHI text boxes, false-blank area, speed.
+"""Burned-in text redaction: recall of planted PHI text boxes, false-blank area, speed,
+today's code against the code of 2026-12-06 (``redact_baseline.py``) in one run.
 
 Recall and false blanks are measured on the synthetic corpus (every image that phi.json
-lists with text: CR, DX, US, SC and XA, several fonts, sizes, contrasts, corners).
-Throughput is one core (onnxruntime on one thread, as each Beam worker runs it) on a 512²
-and a 2048² radiograph with text, against the baseline of normalizing the same image
-(decode, window, resize: what ingest does to every image anyway).
+lists with text: CR, DX, US, SC and XA, several fonts, sizes, contrasts, corners) and on
+hard text (``burnin.hard_case``: glyphs 6-10 px, lines flush against an edge, low
+contrast, dark on light, coloured on RGB, over textured anatomy, text on some frames of a
+run only), per kind and per size band of the line's height. Throughput is one core
+(onnxruntime on one thread, as each Beam worker runs it) on a 512² and a 2048² radiograph
+with text, today's code and the baseline interleaved, with the cost of normalizing the
+same image (decode, window, resize: what ingest does to every image anyway) beside it.
 
-    PYTHONPATH=. python benchmarks/redact_speed.py [--patients 12] [--seed 11]
+    PYTHONPATH=. python benchmarks/redact_speed.py [--patients 12] [--hard 6] [--seed 11]
 """
 
 import argparse
@@ -20,12 +24,13 @@ import zipfile
 import numpy as np
 from pydicom import dcmread
 
+from benchmarks import redact_baseline
 from transforms import testing as synth
 from transforms.deadletter import StageError
 from transforms.deid import PixelPolicy, load_ocr, redact_pixels
 from transforms.deid.pixels import blank_value
 from transforms.pixels import PixelConfig, normalize
-from transforms.testing.burnin import burn_text, text_lines
+from transforms.testing.burnin import HARD_KINDS, burn_text, hard_case, size_band, text_lines
 
 
 def _members(f) -> dict:
@@ -43,8 +48,14 @@ def _frames(ds):
     return arr if int(ds.get("NumberOfFrames", 1) or 1) > 1 else arr[np.newaxis]
 
 
-def recall(patients: int, seed: int) -> dict:
-    policy = PixelPolicy()
+def _redact(ds, baseline: bool) -> None:
+    if baseline:
+        redact_baseline.redact_pixels(ds)
+    else:
+        redact_pixels(ds, PixelPolicy())
+
+
+def recall(patients: int, seed: int, baseline: bool = False) -> dict:
     n = collections.Counter()
     false_blank, non_text = 0, 0
     for i in range(patients):
@@ -58,7 +69,7 @@ def recall(patients: int, seed: int) -> dict:
             before = _frames(ds).copy()
             n["images"] += 1
             try:
-                redact_pixels(ds, policy)
+                _redact(ds, baseline)
             except StageError as e:
                 n[e.error_type] += 1  # dead-lettered: nothing leaks, the image is lost
                 n["phi_boxes_in_dead_letters"] += sum(b["phi"] for b in boxes)
@@ -105,49 +116,134 @@ def _radiograph(side: int):
     return ds
 
 
-def throughput(side: int, repeats: int) -> tuple[float, float, float]:
-    """Seconds per image: redaction (wall, CPU) and the normalize baseline (CPU).
+def _hard_dataset(case):
+    """A hard case as an 8-bit US dataset (MONOCHROME2, or RGB when coloured)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPInstanceUID = generate_uid()
+    ds.Modality, ds.PatientName, ds.PatientID = "US", "BENCH^HARD", "PID000002"
+    ds.Rows, ds.Columns = case.frames.shape[1:3]
+    if len(case.frames) > 1:
+        ds.NumberOfFrames = len(case.frames)
+    ds.SamplesPerPixel = 3 if case.rgb else 1
+    ds.PhotometricInterpretation = "RGB" if case.rgb else "MONOCHROME2"
+    if case.rgb:
+        ds.PlanarConfiguration = 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = case.frames.tobytes()
+    return ds
+
+
+def hard_recall(per_kind: int, seed: int) -> dict:
+    """Boxes fully blanked per kind and per size band, pixels changed outside the text
+    (beyond the margin allowance), images dead-lettered: today's code and the baseline."""
+    out = {name: collections.Counter() for name in ("today", "baseline")}
+    rng = np.random.default_rng(seed)
+    for kind in HARD_KINDS:
+        for _ in range(per_kind):
+            case = hard_case(kind, rng)
+            for name, n in out.items():
+                ds = _hard_dataset(case)
+                n["images"] += 1
+                try:
+                    _redact(ds, name == "baseline")
+                except StageError as e:
+                    n[e.error_type] += 1
+                    for b in case.boxes:
+                        n[f"{kind} boxes"] += 1
+                        n[f"{size_band(b.box)} px boxes"] += 1
+                    continue
+                after = _frames(ds)
+                planted = np.zeros(after.shape[:3], bool)
+                for b in case.boxes:
+                    x0, y0, x1, y1 = b.box
+                    done = bool((after[b.frame, y0:y1, x0:x1] == 0).all())
+                    for key in (kind, f"{size_band(b.box)} px"):
+                        n[f"{key} boxes"] += 1
+                        n[f"{key} blanked"] += done
+                    h = y1 - y0
+                    planted[b.frame, max(0, y0 - h) : y1 + h, max(0, x0 - 2 * h) : x1 + 2 * h] = 1
+                changed = case.frames != after
+                changed = changed.any(axis=3) if changed.ndim == 4 else changed
+                n["changed outside"] += int(changed[~planted].sum())
+                n["outside"] += int((~planted).sum())
+    return out
+
+
+def throughput(side: int, repeats: int) -> dict[str, float]:
+    """CPU seconds per image (median): today's redaction, the baseline's, normalize.
 
     CPU time (this process, one onnxruntime thread) is the per-core cost; on a shared
-    machine the wall time also holds the time spent waiting for a core."""
+    machine the wall time also holds the time spent waiting for a core. The two codes
+    alternate, so that drift in the machine's speed hits both alike."""
     original = _radiograph(side)
-    redact_pixels(copy.deepcopy(original), PixelPolicy())  # first run of a shape: warm-up
-    wall, cpu, base = [], [], []
+    _redact(copy.deepcopy(original), False)  # first run of a shape: warm-up
+    _redact(copy.deepcopy(original), True)
+    times: dict[str, list[float]] = {"today": [], "baseline": [], "normalize": [], "wall": []}
     for _ in range(repeats):
-        ds = copy.deepcopy(original)
-        start, start_cpu = time.perf_counter(), time.process_time()
-        redact_pixels(ds, PixelPolicy())
-        wall.append(time.perf_counter() - start)
-        cpu.append(time.process_time() - start_cpu)
+        for name in ("today", "baseline"):
+            ds = copy.deepcopy(original)
+            start, start_cpu = time.perf_counter(), time.process_time()
+            _redact(ds, name == "baseline")
+            times[name].append(time.process_time() - start_cpu)
+            if name == "today":
+                times["wall"].append(time.perf_counter() - start)
         ds = copy.deepcopy(original)
         start_cpu = time.process_time()
         normalize(ds, PixelConfig(size=224))
-        base.append(time.process_time() - start_cpu)
-    return float(np.median(wall)), float(np.median(cpu)), float(np.median(base))
+        times["normalize"].append(time.process_time() - start_cpu)
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def _ratio(n: collections.Counter, key: str) -> str:
+    boxes = n[f"{key} boxes"]
+    return f"{n[f'{key} blanked']}/{boxes} = {n[f'{key} blanked'] / max(boxes, 1):.1%}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--patients", type=int, default=12)
+    parser.add_argument("--hard", type=int, default=6, help="hard images per kind")
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--repeats", type=int, default=5, help="timing repeats at 512²")
     args = parser.parse_args()
     start = time.perf_counter()
     ocr = load_ocr()
     print(f"OCR models loaded in {time.perf_counter() - start:.2f} s on {ocr.provider}")
-    r = recall(args.patients, args.seed)
-    print(f"corpus: {args.patients} patients, seed {args.seed}: {r}")
-    print(
-        f"recall of planted PHI boxes in redacted output: "
-        f"{r['phi_boxes_blanked']}/{r['phi_boxes']} = {r['phi_boxes_blanked'] / r['phi_boxes']:.2%}"
-        f"; dead-lettered images (text remaining): {r.get('burned_in_text_remaining', 0)}"
-        f" of {r['images']}; false-blank area: {r['false_blank_fraction']:.3%} of non-text pixels"
-    )
-    for side, repeats in ((512, 5), (2048, 3)):
-        wall, cpu, baseline = throughput(side, repeats)
+    for name in ("today", "baseline"):
+        r = recall(args.patients, args.seed, baseline=name == "baseline")
         print(
-            f"{side}x{side}: redaction {cpu:.3f} CPU s/image = {1 / cpu:.2f} images/s per core"
-            f" (wall {wall:.3f} s); normalize baseline {baseline:.3f} CPU s;"
-            f" redaction/baseline = {cpu / baseline:.1f}x"
+            f"{name}: corpus ({args.patients} patients, seed {args.seed}) planted PHI boxes"
+            f" blanked {r['phi_boxes_blanked']}/{r['phi_boxes']}"
+            f" = {r['phi_boxes_blanked'] / max(r['phi_boxes'], 1):.2%}; dead-lettered"
+            f" {r.get('burned_in_text_remaining', 0)} of {r['images']} images; changed"
+            f" outside text {r['false_blank_fraction']:.3%}"
+        )
+    hard = hard_recall(args.hard, args.seed)
+    for name, n in hard.items():
+        kinds = "; ".join(f"{k} {_ratio(n, k)}" for k in HARD_KINDS)
+        bands = "; ".join(f"{b} px {_ratio(n, b + ' px')}" for b in ("6-10", "11-20", "21-48"))
+        total_boxes = sum(n[f"{k} boxes"] for k in HARD_KINDS)
+        total = sum(n[f"{k} blanked"] for k in HARD_KINDS)
+        print(
+            f"{name}: hard text ({args.hard} per kind, {n['images']} images): boxes blanked"
+            f" {total}/{total_boxes} = {total / max(total_boxes, 1):.1%}; dead-lettered"
+            f" {n['burned_in_text_remaining'] + n['redact_failed']};"
+            f" changed outside text {n['changed outside'] / max(n['outside'], 1):.3%}"
+        )
+        print(f"  by kind: {kinds}")
+        print(f"  by size: {bands}")
+    for side, repeats in ((512, args.repeats), (2048, max(2, args.repeats // 2))):
+        t = throughput(side, repeats)
+        print(
+            f"{side}x{side}: today {t['today']:.3f} CPU s/image ({1 / t['today']:.2f} images/s"
+            f" per core; wall {t['wall']:.3f} s), baseline {t['baseline']:.3f} CPU s/image:"
+            f" ratio {t['today'] / t['baseline']:.2f}; normalize {t['normalize']:.3f} CPU s"
+            f" (redaction/normalize = {t['today'] / t['normalize']:.0f}x)"
         )
 
 

@@ -81,19 +81,24 @@ FLEX_ENVIRONMENT_FIELDS = {
 
 
 def setup_py() -> dict:
-    """setup.py's version and pins, read with ast (setup.py is not imported)."""
+    """setup.py's version and pins (install and extras), read with ast (not imported)."""
     tree = ast.parse((ROOT / "setup.py").read_text())
     pins, version = {}, None
     for node in ast.walk(tree):
-        if (
-            isinstance(node, ast.Assign)
-            and getattr(node.targets[0], "id", "") == "INSTALL_REQUIRES"
-        ):
-            for item in ast.literal_eval(node.value):
-                req = Requirement(item)
-                pins[canonicalize_name(req.name)] = str(req.specifier)
         if isinstance(node, ast.keyword) and node.arg == "version":
             version = ast.literal_eval(node.value)
+        if not isinstance(node, ast.Assign):
+            continue
+        name = getattr(node.targets[0], "id", "")
+        if name == "INSTALL_REQUIRES":
+            items = ast.literal_eval(node.value)
+        elif name == "EXTRAS_REQUIRE":
+            items = [i for group in ast.literal_eval(node.value).values() for i in group]
+        else:
+            items = []
+        for item in items:
+            req = Requirement(item)
+            pins.setdefault(canonicalize_name(req.name), str(req.specifier))
     return {"pins": pins, "version": version}
 
 
@@ -220,6 +225,12 @@ def test_worker_images_carry_the_package_on_the_beam_sdk_image():
     assert flex["env"]["DICOMFLOW_TEMPLATE"] == "${TEMPLATE}"
     gpu = {canonicalize_name(r.name): r for r in dockerfile("worker-gpu")["requirements"]}
     assert "and-cuda" in gpu["tensorflow"].extras
+    # The OCR detector runs on CUDA there: onnxruntime-gpu replaces the CPU build.
+    assert "onnxruntime-gpu" in gpu
+    assert "pip uninstall -y onnxruntime" in DOCKERFILES["worker-gpu"].read_text()
+    assert "onnxruntime-gpu" not in {
+        canonicalize_name(r.name) for r in dockerfile("worker")["requirements"]
+    }
 
 
 def test_trainer_image_runs_models_trainer_without_the_dicom_stack():

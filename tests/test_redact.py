@@ -1,5 +1,6 @@
 """Burned-in text redaction: planted text boxes blanked, the rest untouched, no text left."""
 
+import dataclasses
 import io
 import re
 import shutil
@@ -17,7 +18,14 @@ from transforms.deadletter import StageError
 from transforms.deid.ocr import frames_8bit, load_ocr
 from transforms.deid.pixels import blank_value
 from transforms.deid.redact import identifiers, is_identifying, redact_pixels
-from transforms.testing.burnin import TextBox, burn_text, text_lines
+from transforms.testing.burnin import (
+    HARD_KINDS,
+    TextBox,
+    burn_text,
+    hard_case,
+    size_band,
+    text_lines,
+)
 
 KEY = b"r" * 32
 FIELDS = {
@@ -283,7 +291,7 @@ def test_public_images_converge_with_their_text_blanked(package, name, frame, tm
     ds = _public(package, name, frame)
     before = frames_8bit(ds, ds.pixel_array)[0]
     result = redact_pixels(ds, deid.PixelPolicy())
-    assert result.regions >= 2 and result.fraction < 0.2, result
+    assert result.regions >= 1 and result.fraction < 0.2, result
     after = frames_8bit(ds, ds.pixel_array)[0]
     read_before = _tesseract_words(before, tmp_path / "before.png")
     read_after = _tesseract_words(after, tmp_path / "after.png")
@@ -304,3 +312,85 @@ def test_palette_color_is_shown_through_its_palette_and_blanked_to_its_darkest_e
     assert apply_color_lut(np.array([fill], np.uint8), ds).sum() == rgb.reshape(-1, 3).sum(1).min()
     redact_pixels(ds, deid.PixelPolicy())
     assert ds.PhotometricInterpretation == "PALETTE COLOR"  # indices stay indices
+
+
+# --- hard text, frames, providers ---------------------------------------------------------
+
+
+def _hard_dataset(case) -> Dataset:
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPInstanceUID = generate_uid()
+    ds.Modality, ds.PatientName, ds.PatientID = "US", "MORALES^ANA", "PID123456"
+    ds.Rows, ds.Columns = case.frames.shape[1:3]
+    if len(case.frames) > 1:
+        ds.NumberOfFrames = len(case.frames)
+    ds.SamplesPerPixel = 3 if case.rgb else 1
+    ds.PhotometricInterpretation = "RGB" if case.rgb else "MONOCHROME2"
+    if case.rgb:
+        ds.PlanarConfiguration = 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = case.frames.tobytes()
+    return ds
+
+
+@pytest.mark.parametrize("kind", HARD_KINDS)
+def test_hard_text_is_blanked_whole_and_frames_without_text_stay_untouched(kind):
+    """Small, edge, low-contrast, inverted, coloured, textured, some-frames-only text:
+    every line's box (antialiased edges included) blanked, little else changed, and in a
+    run the frames without text are left as they were."""
+    case = hard_case(kind, np.random.default_rng(HARD_KINDS.index(kind)), rows=320, cols=320)
+    ds = _hard_dataset(case)
+    redact_pixels(ds, deid.PixelPolicy())
+    after = _frames(ds)
+    allowed = np.zeros(after.shape[:3], bool)
+    for b in case.boxes:
+        x0, y0, x1, y1 = b.box
+        assert (after[b.frame, y0:y1, x0:x1] == 0).all(), (kind, size_band(b.box), b.text)
+        h = y1 - y0
+        allowed[b.frame, max(0, y0 - h) : y1 + h, max(0, x0 - 2 * h) : x1 + 2 * h] = True
+    changed = case.frames != after
+    changed = changed.any(axis=3) if changed.ndim == 4 else changed
+    assert changed[~allowed].mean() < 0.01, kind
+    for f in set(range(len(after))) - {b.frame for b in case.boxes}:
+        assert not changed[f].any(), f"frame {f} has no text and was changed"
+
+
+def test_identical_frames_are_detected_once():
+    ds, _boxes = _image(("XA", "MONOCHROME2", 8, 255, 4), seed=9)
+    ocr = load_ocr()
+    calls = []
+
+    def counting(x):
+        calls.append(x.shape)
+        return ocr.detector(x)
+
+    result = redact_pixels(ds, deid.PixelPolicy(), ocr=dataclasses.replace(ocr, detector=counting))
+    single, _ = _image(("XA", "MONOCHROME2", 8, 255, 1), seed=9)
+    once = []
+    redact_pixels(
+        single,
+        deid.PixelPolicy(),
+        ocr=dataclasses.replace(ocr, detector=lambda x: once.append(1) or ocr.detector(x)),
+    )
+    assert len(calls) == len(once)  # four identical frames cost what one does
+    after = _frames(ds)
+    assert result.regions == 4 * (result.regions // 4) and (after == after[0]).all()
+
+
+def test_the_provider_is_cuda_where_onnxruntime_offers_it_and_frames_are_batched_there():
+    from transforms.deid.ocr import providers
+
+    assert providers(["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    gpu = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert providers(gpu) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    ocr = load_ocr()
+    assert ocr.provider == "CPUExecutionProvider" and ocr.batch == 1  # this machine
+    # The batched path (as on CUDA) gives each frame the boxes it gets alone.
+    batched = dataclasses.replace(ocr, provider="CUDAExecutionProvider")
+    shapes = []
+    batched.detector = lambda x: shapes.append(x.shape[0]) or ocr.detector(x)
+    views = [frames_8bit(ds, ds.pixel_array)[0] for ds, _ in (_image(k, seed=5) for k in KINDS)]
+    assert batched.detect_many(views) == [ocr.detect(v) for v in views]
+    assert max(shapes) > 1  # frames of one shape went through together

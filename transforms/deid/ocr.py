@@ -25,6 +25,7 @@ Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels of the frame, end-ex
 # 2048² radiograph is seen at 7 px, not shrunk to 4.
 DETECTOR_GLYPH = 6
 MIN_TEXT_HEIGHT = 6
+MIN_SIDE = 512
 # Text touching an edge is found whole only with background beyond it: frames are padded
 # by this many pixels of their own border colour before detection.
 PAD = 16
@@ -60,10 +61,17 @@ def session_options(threads: int):
     return opts
 
 
-def detector_scale(min_text_height: float = MIN_TEXT_HEIGHT) -> float:
-    """How much a frame is resized for the detector so that text ``min_text_height`` px
-    tall reaches the detector's smallest reliable glyph (never below a quarter)."""
-    return max(0.25, DETECTOR_GLYPH / min_text_height)
+def detector_scale(
+    shape: tuple[int, ...] | None = None, min_text_height: float = MIN_TEXT_HEIGHT
+) -> float:
+    """How much a frame is resized for the detector: enough that text ``min_text_height``
+    px tall reaches the detector's smallest reliable glyph, and, for a frame whose short
+    side is under MIN_SIDE, enough to reach it (its boxes are then tighter, and a small
+    frame costs little however it is scaled)."""
+    scale = max(0.25, DETECTOR_GLYPH / min_text_height)
+    if shape is not None:
+        scale = max(scale, min(4.0, MIN_SIDE / max(1, min(shape[:2]))))
+    return scale
 
 
 @dataclass
@@ -88,7 +96,7 @@ class Ocr:
     def detect_many(self, frames: list[np.ndarray], scale: float | None = None) -> list[list[Box]]:
         """``detect`` for several frames, batched where the provider gains from it (frames
         of one shape go through the network together on a GPU)."""
-        scale = detector_scale() if scale is None else scale
+        scale = detector_scale(frames[0].shape) if scale is None else scale
         inputs = [_network_input(f, scale) for f in frames]
         out: list[list[Box]] = [[] for _ in frames]
         order = sorted(range(len(frames)), key=lambda i: inputs[i][0].shape)

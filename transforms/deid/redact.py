@@ -34,15 +34,18 @@ MIN_CONTEXT = 16
 # detection scale (a quarter of the pixels): it looks for text that detection missed
 # anywhere, at twice the smallest text size.
 CHECK_SCALE = 0.5
-# A box the detector finds after redaction, away from any blanked line, is text when the
-# recognizer reads it with at least this confidence (rapidocr's own threshold). The
-# detector's answer depends on the whole frame: once the text is gone it calls the most
-# text-like structure left (a Doppler blob, an ECG trace, a sector's edge) "text", which
-# the recognizer reads as nothing or as noise at 0.0-0.2.
+# A box that is taller than a line of text (MAX_LINE px as the detector sees it), or one
+# the detector finds after redaction away from any blanked line, is text only when the
+# recognizer reads it (or a line-high strip of it) with at least this confidence
+# (rapidocr's own threshold). The detector judges each region against the whole frame:
+# on a frame without text, or once the text is gone, it calls the most text-like
+# structure left "text" (a whole body, a Doppler blob, an ECG trace, a sector's edge),
+# which the recognizer reads as nothing or as noise at 0.0-0.2.
 TEXT_SCORE = 0.5
-# A box next to a blanked line is the rest of that line when it is at most this many
-# times the line's height (taller boxes are structure and must be read as text).
-LINE_GROWTH = 2.0
+MAX_LINE = 64
+# A box found again beside a blanked line, on the same row and at most this many times
+# as tall, is the rest of that line (a glyph cut at its end) and is blanked unread.
+LINE_GROWTH = 1.5
 _SHRINK = 4  # blanked regions are filled in at 1/_SHRINK of the frame's size
 
 _DATE = re.compile(r"\d{1,4}\s*[-/.]\s*\d{1,2}\s*[-/.]\s*\d{1,4}")
@@ -114,11 +117,13 @@ def is_identifying(text: str, confidence: float, tokens: frozenset[str]) -> bool
 def _grow(box: Box, margin: float, shape: tuple[int, int]) -> Box:
     x0, y0, x1, y1 = box
     pad = max(2, int(np.ceil(margin * (y1 - y0))))
-    # Twice the margin along the line: a lone glyph at its end is the likeliest miss.
+    # Along the line twice the margin, and at least a line height: a thin glyph at its
+    # end (an "I", a "1") is the likeliest miss, and small text over texture loses it.
+    along = max(2 * pad, y1 - y0)
     return (
-        max(0, x0 - 2 * pad),
+        max(0, x0 - along),
         max(0, y0 - pad),
-        min(shape[1], x1 + 2 * pad),
+        min(shape[1], x1 + along),
         min(shape[0], y1 + pad),
     )
 
@@ -197,7 +202,7 @@ class _Frame:
         self.original = self.view.copy()
         self.shown_fill = frame_8bit(ds, np.full((1, 1), fill, stored.dtype), window)[0, 0]
         self.mask = np.zeros(self.view.shape[:2], bool)
-        self.blanked: list[tuple[Box, int]] = []  # grown region, height of its line
+        self.blanked: list[tuple[Box, Box]] = []  # each box blanked, and as grown
         self.kept: list[Box] = []
 
     def select(self, boxes: list[Box]) -> list[Box]:
@@ -217,30 +222,70 @@ class _Frame:
             x0, y0, x1, y1 = grown = _grow(box, self.policy.redact_margin, shape)
             self.mask[y0:y1, x0:x1] = True
             self.view[y0:y1, x0:x1] = self.shown_fill
-            self.blanked.append((grown, box[3] - box[1]))
+            self.blanked.append((box, grown))
         self.stored[self.mask] = self.fill
 
+    def line_like(self, box: Box) -> bool:
+        """Whether a box is at most a line high, as the detector sees it."""
+        return (box[3] - box[1]) * self.scale <= MAX_LINE
+
+    def lines_in(self, view: np.ndarray, box: Box) -> list[Box]:
+        """The lines in a box: the box itself when it is a line high; in a taller one
+        (a block of lines, or structure called text for want of any) the line-high boxes
+        that the detector finds when it sees that region alone."""
+        if self.line_like(box):
+            return [box]
+        x0, y0, x1, y1 = box
+        found = self.ocr.detect(np.ascontiguousarray(view[y0:y1, x0:x1]), self.scale)
+        return [
+            (b0 + x0, c0 + y0, b1 + x0, c1 + y0)
+            for b0, c0, b1, c1 in found
+            if (c1 - c0) * self.scale <= MAX_LINE
+        ]
+
+    def reads(self, view: np.ndarray, boxes: list[Box]) -> list[Box]:
+        """The boxes that the recognizer reads as text with confidence."""
+        readings = self.ocr.recognize(view, boxes)
+        return [
+            b for b, (t, c) in zip(boxes, readings, strict=True) if t.strip() and c >= TEXT_SCORE
+        ]
+
+    def first(self, boxes: list[Box]) -> list[Box]:
+        """The first pass's boxes to blank: every line the detector finds (a taller box
+        gives the lines found in it alone)."""
+        return [line for b in boxes for line in self.lines_in(self.view, b)]
+
     def found(self, windows: list[Box], scale: float) -> list[Box]:
-        """Text found again in the windows of the redacted frame, in frame pixels."""
+        """Text found again in the windows of the redacted frame, in frame pixels: the
+        rest of a blanked line, or a line that the recognizer reads."""
         out = []
         for window in windows:
             crop = _smooth(self.view, self.mask, window)
+            unread = []
             for b0, c0, b1, c1 in self.ocr.detect(crop, scale):
                 box = (b0 + window[0], c0 + window[1], b1 + window[0], c1 + window[1])
-                if not _covered(box, self.kept) and self._is_text_in(box, crop, window):
+                if _covered(box, self.kept):
+                    continue
+                if self.continues_line(box):
                     out.append(box)
+                else:
+                    unread += self.lines_in(crop, (b0, c0, b1, c1))
+            for s0, t0, s1, t1 in self.reads(crop, unread) if unread else []:
+                out.append((s0 + window[0], t0 + window[1], s1 + window[0], t1 + window[1]))
         return out
 
-    def _is_text_in(self, box: Box, crop: np.ndarray, window: Box) -> bool:
-        """Whether a box found after redaction is text: the rest of a blanked line (next
-        to it and about as tall) or a region that the recognizer reads with confidence."""
-        local = (box[0] - window[0], box[1] - window[1], box[2] - window[0], box[3] - window[1])
-        for (g0, h0, g1, h1), line in self.blanked:
-            near = (g0 - line, h0 - line, g1 + line, h1 + line)
-            if _overlap(box, near) and box[3] - box[1] <= LINE_GROWTH * max(line, 1):
+    def continues_line(self, box: Box) -> bool:
+        """Whether a box found after redaction is the rest of a blanked line: on its row
+        (overlapping it by half its own height or more), beside it (within a line
+        height), and at most LINE_GROWTH times as tall."""
+        height = box[3] - box[1]
+        for (x0, y0, x1, y1), _ in self.blanked:
+            line = y1 - y0
+            row = min(box[3], y1) - max(box[1], y0)
+            beside = box[0] <= x1 + line and x0 - line <= box[2]
+            if row >= height / 2 and beside and height <= LINE_GROWTH * max(line, 1):
                 return True
-        ((text, score),) = self.ocr.recognize(crop, [local])
-        return bool(text.strip()) and score >= TEXT_SCORE
+        return False
 
 
 def _redact_frame(frame: _Frame, first: list[Box], where: str) -> int:
@@ -251,7 +296,7 @@ def _redact_frame(frame: _Frame, first: list[Box], where: str) -> int:
         StageError: ``burned_in_text_remaining`` when text is still found after ROUNDS.
     """
     h, w = frame.view.shape[:2]
-    pending = frame.select(first)
+    pending = frame.select(frame.first(first))
     for whole in (False, True):
         if whole:
             pending = frame.select(frame.found([(0, 0, w, h)], frame.scale * CHECK_SCALE))
@@ -259,7 +304,7 @@ def _redact_frame(frame: _Frame, first: list[Box], where: str) -> int:
             if not pending:
                 break
             frame.blank(pending)
-            windows = _merged([_around(g, (h, w)) for g, _ in frame.blanked[-len(pending) :]])
+            windows = _merged([_around(g, (h, w)) for _, g in frame.blanked[-len(pending) :]])
             pending = frame.select(frame.found(windows, frame.scale))
         if pending:
             message = f"text still detected after redaction ({where})"
@@ -288,7 +333,7 @@ def redact_pixels(ds: Dataset, policy: PixelPolicy, ocr: Ocr | None = None) -> R
     frames = arr if int(ds.get("NumberOfFrames", 1) or 1) > 1 else arr[np.newaxis]
     tokens = identifiers(ds) if policy.redact == "identifying_text" else frozenset()
     fill = blank_value(ds, frames.dtype, frames)
-    scale = detector_scale()
+    scale = detector_scale(frames.shape[1:3])
     keys = [hashlib.blake2b(f.tobytes(), digest_size=16).digest() for f in frames]
     done: dict[bytes, tuple[np.ndarray, int]] = {}
     todo = []

@@ -139,3 +139,152 @@ def _draw(canvas, draw, xy, text, font, phi) -> tuple[tuple[int, int, int, int],
     ys, xs = np.nonzero((np.asarray(canvas) > 127) & ~(before > 127))
     box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
     return box, text, phi
+
+
+# --- hard text: what detectors miss -------------------------------------------------------
+
+# Each kind renders one way that burned-in text is hard to find: glyphs 6-10 px tall, lines
+# flush against an edge, low contrast, dark text on a light screen, coloured text on RGB,
+# text over textured anatomy, and a multi-frame run with text on some frames only.
+HARD_KINDS = ("small", "edge", "low_contrast", "inverted", "colour", "textured", "some_frames")
+# Bands of a line's ink height in pixels, for recall per size.
+SIZE_BANDS = ((6, 10), (11, 20), (21, 48))
+_COLOURS = ((1.0, 1.0, 0.0), (0.0, 1.0, 0.0), (0.0, 1.0, 1.0), (1.0, 0.2, 0.2), (1.0, 0.6, 0.0))
+
+
+@dataclass(frozen=True)
+class HardCase:
+    """A rendered image with hard text: frames (n, rows, cols[, 3]) of 8-bit display values
+    in [0, 255] (``rgb`` when coloured), and the box of every line actually drawn, which
+    covers the whole line and its antialiased edges."""
+
+    kind: str
+    frames: np.ndarray
+    rgb: bool
+    boxes: list[TextBox]
+
+
+def size_band(box: tuple[int, int, int, int]) -> str:
+    """The size band of a line's box, by its height: ``6-10``, ``11-20`` or ``21-48``."""
+    height = box[3] - box[1]
+    for lo, hi in SIZE_BANDS:
+        if height <= hi:
+            return f"{lo}-{hi}"
+    return f"{SIZE_BANDS[-1][0]}-{SIZE_BANDS[-1][1]}"
+
+
+def _anatomy(rows: int, cols: int, rng: np.random.Generator, texture: float) -> np.ndarray:
+    """A body-like field in [0, 1]: an ellipse of soft tissue with bone-like bands, speckle
+    and, with ``texture``, fine trabecular structure of that strength."""
+    yy, xx = np.mgrid[:rows, :cols] / max(rows, cols)
+    cy, cx = rows / max(rows, cols) / 2, cols / max(rows, cols) / 2
+    body = (((yy - cy) / (0.45 * rows / max(rows, cols))) ** 2 + ((xx - cx) / 0.4) ** 2) <= 1
+    img = body * 0.45
+    for _ in range(3):  # bone-like bands
+        angle, offset = rng.uniform(0, np.pi), rng.uniform(-0.2, 0.2)
+        d = np.abs((xx - cx) * np.cos(angle) + (yy - cy) * np.sin(angle) - offset)
+        img = img + body * 0.25 * (d < rng.uniform(0.02, 0.05))
+    if texture:
+        fine = np.zeros((rows, cols))
+        for _ in range(6):
+            f = rng.uniform(20, 90)
+            fine += np.sin(f * xx + rng.uniform(0, 6)) * np.sin(f * 0.8 * yy + rng.uniform(0, 6))
+        img = img + body * texture * fine / 6
+    img = img + rng.normal(0, 0.02, (rows, cols))
+    return np.clip(img, 0, 1)
+
+
+def _line_layer(
+    rows: int, cols: int, lines: list[str], font, rng, place: str, margin: int
+) -> list[tuple[np.ndarray, tuple[int, int, int, int], str]]:
+    """Each line as an antialiased alpha layer (0-1) with the box of its nonzero alpha."""
+    probe = ImageDraw.Draw(Image.new("L", (1, 1)))
+    lines = [_fit(probe, t, font, cols - 2 * margin - 2) for t in lines]
+    bboxes = [tuple(round(v) for v in probe.textbbox((0, 0), t, font=font)) for t in lines]
+    ink = max(b[3] - b[1] for b in bboxes)
+    step = ink + max(2, ink // 3)
+    edge = str(rng.choice(["top", "bottom", "left", "right"])) if place == "edge" else ""
+    if place == "center":
+        y = int(rng.integers(rows // 4, max(rows // 4 + 1, rows * 3 // 4 - step * len(lines))))
+    elif edge == "bottom" or (place == "corner" and rng.integers(2)):
+        y = rows - margin - step * (len(lines) - 1) - ink
+    else:
+        y = margin
+    out = []
+    right = edge == "right" or (place == "corner" and bool(rng.integers(2)))
+    for text, bbox in zip(lines, bboxes, strict=True):
+        width = bbox[2] - bbox[0]
+        if place == "center":
+            x = int(rng.integers(cols // 5, max(cols // 5 + 1, cols * 4 // 5 - width)))
+        else:
+            x = cols - margin - width if right else margin
+        canvas = Image.new("L", (cols, rows), 0)
+        # Ink placed so that its top-left is at (x, y): edge lines touch the edge exactly.
+        ImageDraw.Draw(canvas).text((x - bbox[0], y - bbox[1]), text, fill=255, font=font)
+        alpha = np.asarray(canvas, np.float32) / 255
+        ys, xs = np.nonzero(alpha > 0)
+        if len(ys) and y >= 0 and y + ink <= rows:
+            box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+            out.append((alpha, box, text))
+        y += step
+    return out
+
+
+def hard_case(kind: str, rng: np.random.Generator, rows: int = 448, cols: int = 448) -> HardCase:
+    """One image of ``kind`` (see HARD_KINDS) with a few lines of PHI-like text.
+
+    Text is antialiased (as devices draw it) and its boxes cover every pixel it touched.
+    Sizes are drawn from 6 to 40 px of ink height (6-10 px for ``small``).
+    """
+    fields = {
+        "family": str(rng.choice(["MORALES", "OKAFOR", "LINDQVIST", "NAKAMURA", "BRENNAN"])),
+        "given": str(rng.choice(["ANA", "PETER", "YUKI", "GRACE", "TOMAS"])),
+        "pid": f"PID{int(rng.integers(10**5, 10**6))}",
+        "date": f"{int(rng.integers(1990, 2025))}{int(rng.integers(1, 13)):02d}"
+        f"{int(rng.integers(1, 29)):02d}",
+        "time": f"{int(rng.integers(0, 24)):02d}{int(rng.integers(0, 60)):02d}00",
+        "institution": str(rng.choice(["Riverside General", "St Anne Clinic", "North Imaging"])),
+        "accession": f"AC{int(rng.integers(10**5, 10**6))}",
+    }
+    lines = [t for t, _ in text_lines(fields, rng)]
+    name = str(rng.choice([f for f in FONTS if f != "bitmap"]))
+    ink = int(rng.integers(6, 11)) if kind == "small" else int(rng.integers(6, 41))
+    font = _font(name, max(6, round(ink / 0.78)))  # DejaVu's caps are ~0.73 of the size
+    texture = 0.35 if kind == "textured" else 0.0
+    background = _anatomy(rows, cols, rng, texture)
+    n = 6 if kind == "some_frames" else 1
+    frames = np.stack([np.clip(background + rng.normal(0, 0.01, background.shape), 0, 1)] * n)
+    if kind == "inverted":
+        frames = 1 - 0.85 * frames  # a light screen, dark anatomy and dark text
+    place = {"edge": "edge", "textured": "center"}.get(kind, "corner")
+    margin = 0 if kind == "edge" else int(rng.integers(2, 8))
+    layers = _line_layer(rows, cols, lines, font, rng, place, margin)
+    on = sorted(rng.choice(n, size=max(1, n // 3), replace=False)) if n > 1 else [0]
+    rgb = kind == "colour"
+    if rgb:
+        frames = np.repeat(frames[..., np.newaxis], 3, axis=3)
+    if kind == "low_contrast" and layers:  # a uniform text panel, as screens draw them
+        x0 = max(0, min(b[0] for _, b, _ in layers) - 4)
+        y0 = max(0, min(b[1] for _, b, _ in layers) - 4)
+        x1, y1 = max(b[2] for _, b, _ in layers) + 4, max(b[3] for _, b, _ in layers) + 4
+        frames[on, y0:y1, x0:x1] = rng.uniform(0.05, 0.5)
+    boxes = []
+    value: float | np.ndarray
+    for alpha, box, text in layers:
+        for f in on:
+            under = frames[f][alpha > 0]
+            under = under.mean(axis=-1) if rgb else under
+            if kind == "low_contrast":
+                value = float(np.median(under)) + float(rng.uniform(0.1, 0.2))
+            elif kind == "inverted":
+                value = float(rng.uniform(0.0, 0.15))
+            elif rgb:
+                value = np.array(_COLOURS[int(rng.integers(len(_COLOURS)))])
+            elif np.percentile(under, 5) > 0.5:  # wholly on a bright region: dark text
+                value = float(rng.uniform(0.0, 0.1))
+            else:
+                value = float(rng.uniform(0.8, 1.0))
+            a = alpha[..., np.newaxis] if rgb else alpha
+            frames[f] = frames[f] * (1 - a) + value * a
+            boxes.append(TextBox(int(f), box, text, True))
+    return HardCase(kind, np.round(frames * 255).astype(np.uint8), rgb, boxes)
