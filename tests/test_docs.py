@@ -14,7 +14,7 @@ import griffe
 import pytest
 import yaml
 
-from pipelines.cli import COMMANDS
+from pipelines.cli import COMMANDS, main
 from transforms.dicom_io import Limits
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,6 +136,26 @@ def test_the_limits_table_gives_every_limit_with_its_default():
         flag = "--" + field.name.replace("_", "-")
         default = _size(getattr(Limits(), field.name), field.name)
         assert f"| `{flag}` ({default}) |" in rows, (flag, default)
+
+
+OPTION = re.compile(r"^\s+(--[a-z0-9-]+)", re.MULTILINE)
+OPTION_PAGES = ("commands/index.md", "limits.md", "dicomweb.md")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_option_of_a_command_is_in_the_docs(command, capsys):
+    """Every option `dicomflow COMMAND --help` lists is in the command's manual page or on a
+    page of the options several commands share (limits, DICOMweb, the manual's index)."""
+    with pytest.raises(SystemExit) as exited:
+        main([command, "--help"])
+    assert exited.value.code == 0
+    options = set(OPTION.findall(capsys.readouterr().out)) - {"--help"}
+    assert len(options) > 1, options
+    text = "\n".join(
+        (DOCS / page).read_text() for page in (f"commands/{command}.md", *OPTION_PAGES)
+    )
+    missing = sorted(o for o in options if not re.search(re.escape(o) + r"(?![\w-])", text))
+    assert not missing, f"dicomflow {command}: {missing}"
 
 
 # --- the API reference ----------------------------------------------------------------------
