@@ -9,7 +9,6 @@ import re
 import unicodedata
 from collections.abc import Iterable
 
-from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 
 from transforms.deid.values import _encodings, _values
@@ -37,7 +36,11 @@ ID_TAGS = (
     0x00100021,  # IssuerOfPatientID (a site name as often as an issuer code)
 )
 DATE_TAGS = (0x00100030,)  # PatientBirthDate
-_MAX_DEPTH = 8  # identifiers deeper than this are not looked for (nor are they common)
+# Sequences whose items identify the patient, the visit or the order (PS3.3: Other Patient
+# IDs, Request Attributes, Referenced Request, Scheduled Procedure Step, Referenced
+# Patient, Issuer of Patient ID Qualifiers).
+ID_SEQUENCES = frozenset({0x00101002, 0x00400275, 0x0040A370, 0x00400100, 0x00081120, 0x00100024})
+_MAX_DEPTH = 4  # identification sequences nest no deeper
 
 
 def fold(text: str) -> str:
@@ -171,27 +174,18 @@ _WANTED = {
 
 
 def _gather(ds: Dataset, encodings: tuple[str, ...], out: dict, depth: int = 0) -> None:
-    """Values of the identifying tags at any depth of nesting, each item read in its own
-    character set; one pass over the raw elements (nothing else is converted)."""
+    """Values of the identifying tags at the top level and in the sequences that carry
+    the patient's, visit's and order's identification (each item read in its own character
+    set); one pass over the raw elements, nothing else converted."""
     for elem in ds.elements():
         t = int(elem.tag)
         kind = _WANTED.get(t)
         if kind is not None:
             out[kind] += _values(ds, t, encodings)
-            continue
-        if t >> 16 & 1 or depth >= _MAX_DEPTH:
-            continue
-        vr = elem.VR
-        if vr is None:
-            try:
-                vr = dictionary_VR(t)
-            except KeyError:
-                continue
-        if vr != "SQ":
-            continue
-        for item in ds[t].value or []:
-            inner = _encodings(item) if 0x00080005 in item else encodings
-            _gather(item, inner, out, depth + 1)
+        elif t in ID_SEQUENCES and depth < _MAX_DEPTH:
+            for item in ds[t].value or []:
+                inner = _encodings(item) if 0x00080005 in item else encodings
+                _gather(item, inner, out, depth + 1)
 
 
 # Whole words for the short tokens: letter runs and digit runs apart ("ab12": "ab", "12").
@@ -240,6 +234,7 @@ class PatientIdentifiers:
         for value in dates:
             date_tokens += _numeric_spellings(value)
         self._tokens = tuple(sorted(set(tokens + id_tokens + date_tokens)))
+        self._seen: dict[str, bool] = {}
         # The birth date with a month name: looked for only where a month name appears.
         self._month_dates = frozenset(
             fold(s) for value in dates for s in date_spellings(value) if any(c.isalpha() for c in s)
@@ -279,9 +274,18 @@ class PatientIdentifiers:
         return bool(self._tokens)
 
     def found(self, text: str) -> bool:
-        """Whether ``text`` holds any of the identifiers, in any spelling."""
+        """Whether ``text`` holds any of the identifiers, in any spelling (remembered: the
+        instances of a series share this object and most of their values)."""
         if not self._tokens:
             return False
+        hit = self._seen.get(text)
+        if hit is None:
+            hit = self._seen[text] = self._search(text)
+            if len(self._seen) > 4096:
+                self._seen.clear()
+        return hit
+
+    def _search(self, text: str) -> bool:
         folded = fold(text)
         if any(s in folded for s in self._substrings):
             return True

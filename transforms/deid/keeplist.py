@@ -115,6 +115,7 @@ def code_meanings() -> dict[tuple[str, str], str]:
     return out
 
 
+@functools.cache
 def known(t: int) -> bool:
     """Whether the data dictionary knows a public tag."""
     try:

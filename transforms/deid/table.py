@@ -3,6 +3,7 @@ names (and to the 50xx/60xx repeating groups, which go whole)."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag
@@ -195,6 +196,7 @@ def element_vr(ds: Dataset, t: int) -> str:
     return vr.rsplit(" or ", 1)[-1] if " or " in vr else vr
 
 
+@functools.cache
 def dictionary_vr(t: int) -> str | None:
     """The data dictionary's VR for a tag (None when the dictionary does not know it)."""
     try:
@@ -203,6 +205,7 @@ def dictionary_vr(t: int) -> str | None:
         return None
 
 
+@functools.cache
 def keyword(tag: int) -> str:
     """The keyword for a manifest counter; tags nobody names are counted together."""
     return keyword_for_tag(tag) or "unknown_public_tag"
