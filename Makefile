@@ -58,7 +58,7 @@ docs: $(STAMP)
 # After a change to models/preprocessing.py: rebuild the graphs shipped per image geometry
 # (tests/test_transform_writer.py fails until they match).
 transform-templates: $(STAMP)
-	$(BIN)/python -m models.preprocessing
+	$(BIN)/python -m models.transform_writer
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -133,6 +133,11 @@ IMAGE_CHANNELS = "image_channels"
 IMAGE_NORMALIZED = "image_normalized"  # float32, zero mean / unit variance over train
 LABEL_ID = "label_id"  # int64 index into the label vocabulary, -1 when unlabeled
 LABEL_VOCABULARY = "label"  # vocabulary file name under transform/
+# The graph's other asset: the train split's pixel statistics, one "name<TAB>value" a line
+# (written by models/transform_writer.py, read by the graph of models/preprocessing.py).
+STATISTICS_ASSET = "pixel_statistics"
+STATISTICS_DELIMITER = "\t"
+PIXEL_MEAN, PIXEL_STD = "pixel_mean", "pixel_std"
 
 
 def raw_feature_spec() -> dict:
@@ -158,11 +163,7 @@ def raw_feature_spec() -> dict:
     }
 
 
-# --- ingest's output layout, as the trainer reads it -------------------------------------
-# (models/ cannot import pipelines/ or transforms/; these are the names they write.)
-TFRECORDS_DIR = "tfrecords"  # tfrecords/<split>/part-*.tfrecord.gz
-TRANSFORM_DIR = "transform"  # tft.TFTransformOutput
-INDEX_DIR = "index"  # index/part-*.parquet
+# --- splits (ingest's output layout: models/layout.py) ---------------------------------------
 TRAIN, EVAL, TEST = "train", "eval", "test"
 
 # --- scores/ (score) ------------------------------------------------------------------------

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import tensorflow as tf
 
 from models import features as f
+from models.layout import INDEX_DIR, MANIFEST_NAME, TFRECORD_SHARDS, TFRECORDS_DIR, TRANSFORM_DIR
 
 PARSE_BATCH = 256  # records parsed and transformed per call (vectorized)
 CYCLE_LENGTH = 8  # shards read at once
-INGEST_MANIFEST = "manifest.json"
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class DataInfo:
 
     @property
     def transform_dir(self) -> str:
-        return join(self.data, f.TRANSFORM_DIR)
+        return join(self.data, TRANSFORM_DIR)
 
     def labelled(self, split: str) -> int:
         """Examples of ``split`` whose label is in the vocabulary (what training uses)."""
@@ -43,17 +43,17 @@ def join(*parts: str) -> str:
 
 
 def shard_files(data: str, split: str) -> list[str]:
-    return sorted(tf.io.gfile.glob(join(data, f.TFRECORDS_DIR, split, "part-*.tfrecord.gz")))
+    return sorted(tf.io.gfile.glob(join(data, TFRECORDS_DIR, split, TFRECORD_SHARDS)))
 
 
 def check_data(data: str) -> None:
     """Raises ValueError (one line) unless ``data`` holds an ingest output with train data."""
-    transform_fn = join(data, f.TRANSFORM_DIR, "transform_fn", "saved_model.pb")
+    transform_fn = join(data, TRANSFORM_DIR, "transform_fn", "saved_model.pb")
     if not tf.io.gfile.exists(transform_fn):
-        raise ValueError(f"{data} is not an ingest output: no {f.TRANSFORM_DIR}/ graph")
+        raise ValueError(f"{data} is not an ingest output: no {TRANSFORM_DIR}/ graph")
     for split in (f.TRAIN, f.EVAL):
         if not shard_files(data, split):
-            raise ValueError(f"{data} has no {split} examples ({f.TFRECORDS_DIR}/{split}/)")
+            raise ValueError(f"{data} has no {split} examples ({TFRECORDS_DIR}/{split}/)")
 
 
 def read_info(data: str) -> DataInfo:
@@ -69,13 +69,13 @@ def read_info(data: str) -> DataInfo:
         int(example[k]) for k in (f.IMAGE_HEIGHT, f.IMAGE_WIDTH, f.IMAGE_CHANNELS)
     )
     shape = (height, width, channels)
-    output = tft.TFTransformOutput(join(data, f.TRANSFORM_DIR))
+    output = tft.TFTransformOutput(join(data, TRANSFORM_DIR))
     pixels = output.transformed_feature_spec()[f.IMAGE_NORMALIZED].shape[0]
     if math.prod(shape) != pixels:
         raise ValueError(f"train images are {shape} but the transform expects {pixels} pixels")
     labels = tuple(v.decode() for v in output.vocabulary_by_name(f.LABEL_VOCABULARY))
     counts: dict[str, dict[str, int]] = {}
-    for path in sorted(tf.io.gfile.glob(join(data, f.INDEX_DIR, "part-*.parquet"))):
+    for path in sorted(tf.io.gfile.glob(join(data, INDEX_DIR, "part-*.parquet"))):
         with tf.io.gfile.GFile(path, "rb") as fh:
             buffer = pa.BufferReader(fh.read())  # index shards are small: one row per example
         table = pq.read_table(buffer, columns=[f.SPLIT, f.LABEL]).to_pylist()
@@ -89,7 +89,7 @@ def read_info(data: str) -> DataInfo:
 def ingest_pixels(data: str) -> dict | None:
     """The ``pixels`` block of ingest's ``manifest.json`` (size, channels, frame policy,
     windows): how a raw image must be normalized to be what the model was trained on."""
-    uri = join(data, INGEST_MANIFEST)
+    uri = join(data, MANIFEST_NAME)
     if not tf.io.gfile.exists(uri):
         return None
     with tf.io.gfile.GFile(uri) as fh:
@@ -338,7 +338,7 @@ def split_slices(info: DataInfo, split: str) -> dict[str, list[str | None]]:
     keys = split_keys(info, split)
     wanted = (f.MANUFACTURER, f.BODY_PART_EXAMINED, f.LABEL_SOURCE)
     found: dict[tuple[str, int], dict] = {}
-    for path in sorted(tf.io.gfile.glob(join(info.data, f.INDEX_DIR, "part-*.parquet"))):
+    for path in sorted(tf.io.gfile.glob(join(info.data, INDEX_DIR, "part-*.parquet"))):
         with tf.io.gfile.GFile(path, "rb") as fh:
             table = pq.read_table(pa.BufferReader(fh.read()))
         present = [c for c in wanted if c in table.column_names]

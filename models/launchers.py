@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from models.configs import REQUIRED, arg
-from models.train_config import TrainConfig, new_run_id
+from models.layout import new_run_id
+from models.train_config import TrainConfig
 
 TRAINER_COMMAND = ["python", "-m", "models.trainer"]  # inside the container image
 DEFAULT_MACHINE_TYPE = "n1-standard-8"
@@ -45,7 +46,7 @@ class TrainingResult:
 
 
 def _with_run_id(config: TrainConfig) -> TrainConfig:
-    return config if config.run_id else dataclasses.replace(config, run_id=new_run_id())
+    return config if config.run_id else dataclasses.replace(config, run_id=new_run_id("train-"))
 
 
 def _result(config: TrainConfig, exit_status: int, failure: str) -> TrainingResult:

@@ -12,29 +12,19 @@ writer (``build_graph``), and a run only writes the assets of its split into a c
 without importing TensorFlow. The trainer and the exported model read ``transform/`` with
 ``tft.TFTransformOutput``, so training and serving see the same numbers.
 
-``python -m models.preprocessing`` rebuilds the graphs shipped in
+``python -m models.transform_writer`` rebuilds the graphs shipped in
 ``models/transform_templates/`` (``make transform-templates``); a test fails when they no
 longer match this definition.
 """
 
 import json
 import os
-import shutil
-import sys
-import tempfile
-from pathlib import Path
 
 import tensorflow as tf
 import tensorflow_transform as tft
 from tensorflow_transform import impl_helper, tf_utils
 
 from models import features as f
-from models import transform_writer as w
-
-# Where the shipped graphs are built from, relative to a private working folder: the asset
-# paths are part of the table names in the graph, so a fixed name makes a rebuild
-# byte-identical (the assets are copied into the SavedModel; nothing points back here).
-TEMPLATE_ASSETS = "template-assets"
 
 
 def decode_image(image_bytes: tf.Tensor) -> tf.Tensor:
@@ -45,7 +35,7 @@ def decode_image(image_bytes: tf.Tensor) -> tf.Tensor:
 def _statistics_table(path):
     return tf.lookup.StaticHashTable(
         tf.lookup.TextFileInitializer(
-            path, tf.string, 0, tf.float32, 1, delimiter=w.STATISTICS_DELIMITER
+            path, tf.string, 0, tf.float32, 1, delimiter=f.STATISTICS_DELIMITER
         ),
         default_value=float("nan"),  # a statistic missing from the file shows, loudly
     )
@@ -85,7 +75,7 @@ def make_preprocessing_fn(
             (int64, -1 for an unlabeled example or a label not seen in training).
         """
         image = tf.reshape(decode_image(inputs[f.IMAGE]), [-1, pixels])
-        keys = tf.constant([w.PIXEL_MEAN, w.PIXEL_STD])
+        keys = tf.constant([f.PIXEL_MEAN, f.PIXEL_STD])
         statistics, _ = tf_utils.construct_and_lookup_table(
             _statistics_table, statistics_file, keys
         )
@@ -97,11 +87,6 @@ def make_preprocessing_fn(
     return preprocessing_fn
 
 
-# A run's graph, written from the statistics and vocabulary (the writer imports no
-# TensorFlow and lives in transform_writer; here too, beside the graph it writes).
-write_transform = w.write_transform
-
-
 def build_graph(directory: str, assets: str, size: int, channels: int) -> None:
     """Writes the graph for one image geometry under ``directory`` as
     ``tft_beam.WriteTransformFn`` lays it out (``transform_fn/``, ``transformed_metadata/``
@@ -110,7 +95,7 @@ def build_graph(directory: str, assets: str, size: int, channels: int) -> None:
     specs = f.raw_feature_spec()
     impl_helper.analyze_in_place(
         make_preprocessing_fn(
-            os.path.join(assets, w.STATISTICS_ASSET),
+            os.path.join(assets, f.STATISTICS_ASSET),
             os.path.join(assets, f.LABEL_VOCABULARY),
             size,
             channels,
@@ -124,42 +109,3 @@ def build_graph(directory: str, assets: str, size: int, channels: int) -> None:
     asset_map = os.path.join(directory, tft.TFTransformOutput.TRANSFORMED_METADATA_DIR, "asset_map")
     with open(asset_map, "w") as fh:
         fh.write(json.dumps({f.LABEL_VOCABULARY: f.LABEL_VOCABULARY}))
-
-
-def build_template(directory: str, size: int, channels: int, assets: str) -> None:
-    """The graph for one geometry with placeholder assets (written into the folder
-    ``assets``): what ``transform_writer.write_transform`` copies and fills in."""
-    w.write_assets(assets, 0.0, 0.0, w.TEMPLATE_VOCABULARY)
-    build_graph(directory, assets, size, channels)
-
-
-def rebuild_shipped(root: Path = w.TEMPLATES) -> list[Path]:
-    """Rebuilds every shipped graph under ``root``; returns their folders. Run from an
-    empty private working folder (``python -m models.preprocessing [ROOT]`` makes one):
-    the assets are built there under the relative name ``TEMPLATE_ASSETS``. Byte-identical
-    to the shipped ones only in a process that has traced nothing before. A graph is
-    swapped in only once it is built whole; ``fingerprint.pb`` (a random id on every
-    build, which every run's copy would share) is left out."""
-    out = []
-    for size, channels in w.SHIPPED_GEOMETRIES:
-        target = root / w.template_name(size, channels)
-        building = root / f".{target.name}.building"
-        shutil.rmtree(building, ignore_errors=True)
-        shutil.rmtree(TEMPLATE_ASSETS, ignore_errors=True)
-        os.makedirs(TEMPLATE_ASSETS)
-        build_template(str(building), size, channels, TEMPLATE_ASSETS)
-        (building / w.TRANSFORM_FN / "fingerprint.pb").unlink(missing_ok=True)
-        shutil.rmtree(target, ignore_errors=True)
-        building.rename(target)
-        out.append(target)
-    return out
-
-
-if __name__ == "__main__":
-    # A fresh process: the traced functions' names count what the process traced before;
-    # a private working folder: the assets' relative names are in the graph.
-    root = Path(sys.argv[1]).resolve() if len(sys.argv) > 1 else w.TEMPLATES
-    with tempfile.TemporaryDirectory(prefix="dicomflow-templates-") as work:
-        os.chdir(work)
-        for folder in rebuild_shipped(root):
-            print(folder, file=sys.stderr)

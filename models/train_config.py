@@ -7,8 +7,6 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import time
-import uuid
 from dataclasses import dataclass
 
 from models import configs
@@ -102,8 +100,3 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(namespace: argparse.Namespace) -> TrainConfig:
     return configs.from_namespace(TrainConfig, namespace)
-
-
-def new_run_id() -> str:
-    """Sortable and unique; lower case, so it is also a valid Vertex AI label value."""
-    return f"train-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}"

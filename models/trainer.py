@@ -41,6 +41,7 @@ from models.inputs import (
     read_info,
     split_slices,
 )
+from models.layout import new_run_id
 from models.model_card import RELIABILITY_PNG, model_card
 from models.networks import build_network, gradcam_layer
 from models.operating_point import OperatingPoint
@@ -48,7 +49,6 @@ from models.train_config import (
     TrainConfig,
     add_arguments,
     config_from_args,
-    new_run_id,
 )
 
 EXIT_USAGE = 2
@@ -108,7 +108,7 @@ def train(
     """
     config.validate()
     assert config.data and config.model_dir  # validate() refused them missing; narrows the type
-    run_id = config.run_id or new_run_id()
+    run_id = config.run_id or new_run_id("train-")
     started = time.time()
     info = read_info(config.data)
     if len(info.labels) < 2:

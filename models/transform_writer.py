@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,9 +27,6 @@ from models import features as f
 
 TEMPLATES = Path(__file__).resolve().parent / "transform_templates"
 SHIPPED_GEOMETRIES = ((224, 1), (224, 3), (64, 1))  # defaults, colour, the demo's
-STATISTICS_ASSET = "pixel_statistics"
-STATISTICS_DELIMITER = "\t"
-PIXEL_MEAN, PIXEL_STD = "pixel_mean", "pixel_std"
 TEMPLATE_VOCABULARY = ("placeholder",)
 TRANSFORM_FN, METADATA = "transform_fn", "transformed_metadata"
 # What a shipped graph must hold to be copied (fingerprint.pb is not shipped: its random id
@@ -40,6 +38,10 @@ TEMPLATE_FILES = (
     "transformed_metadata/schema.pbtxt",
     "transformed_metadata/asset_map",
 )
+# Where the shipped graphs are built from, relative to a private working folder: the asset
+# paths are part of the table names in the graph, so a fixed name makes a rebuild
+# byte-identical (the assets are copied into the SavedModel; nothing points back here).
+TEMPLATE_ASSETS = "template-assets"
 _LABEL_DOMAIN = re.compile(
     r'(name: "' + f.LABEL_ID + r'"\n  type: INT\n  int_domain \{\n    min: -1\n    max: )-?\d+'
 )
@@ -56,8 +58,8 @@ def float32_text(value: float) -> str:
 
 
 def statistics_text(pixel_mean: float, pixel_std: float) -> str:
-    d = STATISTICS_DELIMITER
-    return f"{PIXEL_MEAN}{d}{float32_text(pixel_mean)}\n{PIXEL_STD}{d}{float32_text(pixel_std)}\n"
+    d, mean, std = f.STATISTICS_DELIMITER, f.PIXEL_MEAN, f.PIXEL_STD
+    return f"{mean}{d}{float32_text(pixel_mean)}\n{std}{d}{float32_text(pixel_std)}\n"
 
 
 def vocabulary_token(label: str) -> bool:
@@ -75,7 +77,7 @@ def write_assets(folder: str, pixel_mean: float, pixel_std: float, labels: Seque
     """
     if not labels or not all(vocabulary_token(label) for label in labels):
         raise ValueError("the vocabulary needs labels, none empty or with a line break")
-    with open(os.path.join(folder, STATISTICS_ASSET), "w") as fh:
+    with open(os.path.join(folder, f.STATISTICS_ASSET), "w") as fh:
         fh.write(statistics_text(pixel_mean, pixel_std))
     with open(os.path.join(folder, f.LABEL_VOCABULARY), "wb") as fh:
         fh.write(b"".join(label.encode() + b"\n" for label in labels))
@@ -111,8 +113,6 @@ def write_transform(
         return
     if (size, channels) in SHIPPED_GEOMETRIES:
         logging.warning("the shipped graph %s is incomplete: building it", shipped.name)
-    from models.preprocessing import build_template  # TensorFlow: only here
-
     with tempfile.TemporaryDirectory(prefix="dicomflow-template-") as tmp:
         template, assets = os.path.join(tmp, "graph"), os.path.join(tmp, "assets")
         os.makedirs(assets)
@@ -122,7 +122,7 @@ def write_transform(
 
 def _fill(template: str, directory: str, mean: float, std: float, labels: Sequence[str]) -> None:
     # Plain copies (not copy2): a read-only installed package gives writable files.
-    skip = shutil.ignore_patterns("fingerprint.pb", STATISTICS_ASSET, f.LABEL_VOCABULARY)
+    skip = shutil.ignore_patterns("fingerprint.pb", f.STATISTICS_ASSET, f.LABEL_VOCABULARY)
     for part in (TRANSFORM_FN, METADATA):
         shutil.copytree(
             os.path.join(template, part),
@@ -140,3 +140,44 @@ def _fill(template: str, directory: str, mean: float, std: float, labels: Sequen
         text = schema_text(fh.read(), len(labels))
     with open(schema, "w") as fh:
         fh.write(text)
+
+
+def build_template(directory: str, size: int, channels: int, assets: str) -> None:
+    """The graph for one geometry with placeholder assets (written into the folder
+    ``assets``): what ``write_transform`` copies and fills in. Imports TensorFlow."""
+    from models.preprocessing import build_graph  # TensorFlow: only here
+
+    write_assets(assets, 0.0, 0.0, TEMPLATE_VOCABULARY)
+    build_graph(directory, assets, size, channels)
+
+
+def rebuild_shipped(root: Path = TEMPLATES) -> list[Path]:
+    """Rebuilds every shipped graph under ``root``; returns their folders. Run from an
+    empty private working folder (``python -m models.transform_writer [ROOT]`` makes one):
+    the assets are built there under the relative name ``TEMPLATE_ASSETS``. Byte-identical
+    to the shipped ones only in a process that has traced nothing before. A graph is
+    swapped in only once it is built whole; ``fingerprint.pb`` (a random id on every
+    build, which every run's copy would share) is left out."""
+    out = []
+    for size, channels in SHIPPED_GEOMETRIES:
+        target = root / template_name(size, channels)
+        building = root / f".{target.name}.building"
+        shutil.rmtree(building, ignore_errors=True)
+        shutil.rmtree(TEMPLATE_ASSETS, ignore_errors=True)
+        os.makedirs(TEMPLATE_ASSETS)
+        build_template(str(building), size, channels, TEMPLATE_ASSETS)
+        (building / TRANSFORM_FN / "fingerprint.pb").unlink(missing_ok=True)
+        shutil.rmtree(target, ignore_errors=True)
+        building.rename(target)
+        out.append(target)
+    return out
+
+
+if __name__ == "__main__":
+    # A fresh process: the traced functions' names count what the process traced before;
+    # a private working folder: the assets' relative names are in the graph.
+    root = Path(sys.argv[1]).resolve() if len(sys.argv) > 1 else TEMPLATES
+    with tempfile.TemporaryDirectory(prefix="dicomflow-templates-") as work:
+        os.chdir(work)
+        for folder in rebuild_shipped(root):
+            print(folder, file=sys.stderr)

@@ -18,6 +18,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from models import configs
 from models.configs import arg, nested
+from models.layout import DEID_DIR, ERRORS_TABLE, new_run_id
 from models.uids import is_valid_uid
 from pipelines import dicomweb_args, flags
 from pipelines.options import (
@@ -26,26 +27,22 @@ from pipelines.options import (
     check_output_outside,
     execute,
     new_pipeline,
-    new_run_id,
     parse_options,
 )
 from transforms import dicom_io
 from transforms.deadletter import (
     DEAD_LETTER,
-    ERRORS_TABLE,
     STAGE_WRITE,
     DeadLetterFn,
     StageError,
     WriteErrors,
 )
-from transforms.deid import DeidConfig, Deidentify, DeidResult, Profile, count_keys
-from transforms.dicomweb import DicomwebSettings, WriteDicomweb, describe_inputs
+from transforms.deid import DeidConfig, Deidentify, DeidResult, count_keys, deid_header
+from transforms.dicomweb import DicomwebSettings, WriteDicomweb
 from transforms.keys import KeySource, fingerprint
 from transforms.linkage import write_linkage
-from transforms.manifest import WriteManifest, code_version, utc_now
+from transforms.manifest import WriteManifest
 from transforms.storage import write_bytes
-
-DEID_DIR = "deid_dicom"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -120,22 +117,6 @@ def configure(
         output_dicomweb=store.dicomweb,
         output_dicomweb_settings=sink,
     )
-
-
-def deid_header(
-    pipeline: str, run_id: str | None, inputs: list[str], key: KeySource, config: DeidConfig
-) -> dict:
-    """The manifest facts every de-identifying pipeline records (the key's fingerprint only)."""
-    return {
-        "pipeline": pipeline,
-        "run_id": run_id or new_run_id(),
-        "code_version": code_version(),
-        "started_at": utc_now(),
-        "inputs": describe_inputs(inputs),
-        "key_fingerprint": fingerprint(key.resolve()),
-        "deid_profile": Profile.load().standard,
-        "deid_options": config.describe(),
-    }
 
 
 class WriteDeidFn(DeadLetterFn):

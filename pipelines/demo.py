@@ -16,6 +16,18 @@ from collections.abc import Sequence
 
 import yaml
 
+from models.layout import (
+    ERRORS_TABLE,
+    INDEX_DIR,
+    INGEST_DIR,
+    MANIFEST_NAME,
+    MODELS_DIR,
+    RUN_RECORD,
+    RUNS_DIR,
+    SCORE_DIR,
+    SCORES_TABLE,
+    STATE_NAME,
+)
 from pipelines.options import OneLineParser, UsageError
 
 KEY_VAR = "DICOMFLOW_DEMO_KEY"
@@ -90,32 +102,33 @@ def summary(workdir: str, record: dict) -> list[str]:
     from pipelines.report import redaction_counts
 
     out = os.path.join(workdir, "out")
-    ingest = st.read_json(os.path.join(out, "ingest", "manifest.json")) or {}
+    ingest = st.read_json(os.path.join(out, INGEST_DIR, MANIFEST_NAME)) or {}
     c = ingest.get("counts", {})
     lines = [
         f"ingest: {c.get('seen', 0)} objects seen, {c.get('converted', 0)} converted "
         f"({c.get('examples', 0)} examples), {c.get('dead_lettered', 0)} dead-lettered",
     ]
     reasons = Counter(
-        f"{r[f.STAGE]}/{r[f.ERROR_TYPE]}" for r in _rows(os.path.join(out, "ingest", "errors"))
+        f"{r[f.STAGE]}/{r[f.ERROR_TYPE]}"
+        for r in _rows(os.path.join(out, INGEST_DIR, ERRORS_TABLE))
     )
     lines.append(
         "dead letters by reason: " + ", ".join(f"{k} {v}" for k, v in reasons.most_common())
     )
-    redacted = redaction_counts(_rows(os.path.join(out, "ingest", "index")))
+    redacted = redaction_counts(_rows(os.path.join(out, INGEST_DIR, INDEX_DIR)))
     remaining = reasons.get("deidentify/burned_in_text_remaining", 0)
     lines.append(
         f"burned-in text: {redacted['images redacted']} images redacted "
         f"({redacted['text regions blanked']} regions blanked), "
         f"{remaining} dead-lettered with text remaining"
     )
-    model_dir = os.path.join(out, "models")
+    model_dir = os.path.join(out, MODELS_DIR)
     version = export.latest_version(model_dir)
     if version:
         metrics = st.read_json(os.path.join(model_dir, version, "metrics.json")) or {}
         lines += model_lines(version, metrics)
-    score_dir = os.path.join(out, "runs", record["run_id"], "score")
-    scores = _rows(os.path.join(score_dir, "scores"))
+    score_dir = os.path.join(out, RUNS_DIR, record["run_id"], SCORE_DIR)
+    scores = _rows(os.path.join(score_dir, SCORES_TABLE))
     top: dict[str, float] = {}
     for row in scores:
         study = row[f.STUDY_INSTANCE_UID]
@@ -220,11 +233,9 @@ def run(argv: Sequence[str]) -> int:
     if code != 0:
         console.print("[red]demo: the run failed; see the messages above[/red]")
         return code
-    state = st.read_json(os.path.join(config.output, st.STATE_NAME))
+    state = st.read_json(os.path.join(config.output, STATE_NAME))
     assert state is not None  # a run that succeeded wrote it
-    record = st.read_json(
-        os.path.join(config.output, st.RUNS_DIR, state["runs"][-1], st.RUN_RECORD)
-    )
+    record = st.read_json(os.path.join(config.output, RUNS_DIR, state["runs"][-1], RUN_RECORD))
     assert record is not None
     for stage, outcome in record["done"].items():
         counts = outcome.get("counts", {})
@@ -235,11 +246,11 @@ def run(argv: Sequence[str]) -> int:
     from models import export
 
     out = config.output
-    version = export.latest_version(os.path.join(out, "models"))
+    version = export.latest_version(os.path.join(out, MODELS_DIR))
     html = build_report(
-        os.path.join(out, "ingest"),
-        os.path.join(out, "models", version) if version else None,
-        os.path.join(out, st.RUNS_DIR, record["run_id"], "score"),
+        os.path.join(out, INGEST_DIR),
+        os.path.join(out, MODELS_DIR, version) if version else None,
+        os.path.join(out, RUNS_DIR, record["run_id"], SCORE_DIR),
         synthetic=os.path.join(workdir, "bucket"),
     )
     report = os.path.join(workdir, "report.html")

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from models.configs import arg
-from pipelines.options import UsageError
+from pipelines.failures import UsageError
 from transforms import dicomweb
 
 

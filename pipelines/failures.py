@@ -13,9 +13,13 @@ import os
 
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines.options import UsageError
-
 BEAM_TEMP = "beam-temp-"
+
+
+class UsageError(Exception):
+    """A wrong or missing argument: reported as one line, before any work starts."""
+
+
 _WRITE_ERRNOS = {
     errno.EACCES: "permission denied",
     errno.EPERM: "operation not permitted",
@@ -121,7 +125,7 @@ def check_buckets(argv: list[str], timeout: float = 15.0) -> None:
 
 def remove_manifest(output: str) -> None:
     """Removes ``output``'s manifest, so that only a finished run leaves one."""
-    from transforms.manifest import MANIFEST_NAME
+    from models.layout import MANIFEST_NAME
 
     uri = FileSystems.join(output, MANIFEST_NAME)
     if FileSystems.exists(uri):

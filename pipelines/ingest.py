@@ -20,8 +20,15 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from models import configs
 from models import features as f
 from models.configs import arg, nested
+from models.layout import (
+    ERRORS_TABLE,
+    INDEX_DIR,
+    TFRECORD_SUFFIX,
+    TFRECORDS_DIR,
+    TRANSFORM_DIR,
+    new_run_id,
+)
 from pipelines import dicomweb_args, flags
-from pipelines.deidentify import deid_header
 from pipelines.options import (
     CommandOptions,
     UsageError,
@@ -29,13 +36,12 @@ from pipelines.options import (
     check_output_outside,
     execute,
     new_pipeline,
-    new_run_id,
     parse_options,
 )
 from transforms import dicom_io
 from transforms.convert import Instance, PrepareInstances
-from transforms.deadletter import ERRORS_TABLE, WriteErrors
-from transforms.deid import DeidConfig, count_keys
+from transforms.deadletter import WriteErrors
+from transforms.deid import DeidConfig, count_keys, deid_header
 from transforms.dicomweb import DicomwebSettings
 from transforms.keys import KeySource
 from transforms.labels import SNAKE_CASE, ReadLabels, load_labels
@@ -44,14 +50,9 @@ from transforms.manifest import (
 )
 from transforms.parquet import WriteParquet, delete_stale_shards, table_dir
 from transforms.pixels import PixelConfig
-from transforms.split import SPLITS, UNLABELED, SplitConfig, assign_split
+from transforms.split import ALL_SPLITS, SplitConfig, assign_split
 from transforms.tfrecord import GzipTFRecordSink, encode_example
 from transforms.transform_graph import AnalyzeTrain, ImageMoments, image_moments
-
-TFRECORDS = "tfrecords"
-TRANSFORM = "transform"
-INDEX_TABLE = "index"
-ALL_SPLITS = (*SPLITS, UNLABELED)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -215,7 +216,7 @@ class WriteTFRecords(beam.PTransform):
     def expand(self, examples: beam.PCollection[bytes]) -> beam.PCollection[list[str]]:
         written = examples | "Write" >> beam.io.Write(
             GzipTFRecordSink(
-                FileSystems.join(self._directory, "part"), ".tfrecord.gz", self._num_shards
+                FileSystems.join(self._directory, "part"), TFRECORD_SUFFIX, self._num_shards
             )
         )
         return (
@@ -223,7 +224,7 @@ class WriteTFRecords(beam.PTransform):
             | "Once" >> beam.Create([None])
             | "DeleteStaleShards"
             >> beam.Map(
-                lambda _, d, files: delete_stale_shards(d, files, suffix=".tfrecord.gz"),
+                lambda _, d, files: delete_stale_shards(d, files, suffix=TFRECORD_SUFFIX),
                 self._directory,
                 beam.pvalue.AsList(written),
             )
@@ -279,17 +280,17 @@ def build_pipeline(pipeline: beam.Pipeline, config: IngestConfig) -> beam.Pipeli
     tables = {}
     for name, part in zip(ALL_SPLITS, by_split, strict=True):
         examples = part | f"{name}Examples" >> beam.FlatMap(lambda c: c.examples)
-        directory = FileSystems.join(output, TFRECORDS, name)
-        tables[f"{TFRECORDS}/{name}"] = examples | f"Write{name.title()}" >> WriteTFRecords(
+        directory = FileSystems.join(output, TFRECORDS_DIR, name)
+        tables[f"{TFRECORDS_DIR}/{name}"] = examples | f"Write{name.title()}" >> WriteTFRecords(
             directory, config.tfrecord_shards
         )
         if name == f.TRAIN:
             sections["tf_transform"] = part | "TfTransform" >> AnalyzeTrain(
-                FileSystems.join(output, TRANSFORM), config.pixels.size, config.pixels.channels
+                FileSystems.join(output, TRANSFORM_DIR), config.pixels.size, config.pixels.channels
             )
     index_rows = instances | "IndexRows" >> beam.FlatMap(lambda c: c.index_rows)
-    tables[INDEX_TABLE] = index_rows | "WriteIndex" >> WriteParquet(
-        table_dir(output, INDEX_TABLE), f.INDEX_SCHEMA
+    tables[INDEX_DIR] = index_rows | "WriteIndex" >> WriteParquet(
+        table_dir(output, INDEX_DIR), f.INDEX_SCHEMA
     )
     errors = (
         (read.dead_letters, prepared.dead_letters)

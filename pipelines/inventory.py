@@ -10,22 +10,20 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from models import configs
 from models import features as f
 from models.configs import arg, nested
+from models.layout import ERRORS_TABLE, INVENTORY_TABLE, new_run_id
 from pipelines import dicomweb_args, flags
 from pipelines.options import (
     CommandOptions,
     check_output_outside,
     execute,
     new_pipeline,
-    new_run_id,
     parse_options,
 )
 from transforms import dicom_io
-from transforms.deadletter import ERRORS_TABLE, WriteErrors
+from transforms.deadletter import WriteErrors
 from transforms.dicomweb import DicomwebSettings, ReadDicomweb, describe_inputs, is_dicomweb
 from transforms.manifest import WriteManifest, code_version, utc_now
 from transforms.parquet import WriteParquet, table_dir
-
-INVENTORY_TABLE = "inventory"
 
 
 @dataclass(frozen=True, kw_only=True)

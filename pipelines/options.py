@@ -1,7 +1,6 @@
 """Command-line parsing shared by every pipeline command: our flags plus Beam's, untouched."""
 
 import contextlib
-import uuid
 from collections.abc import Sequence
 from typing import TypeVar
 
@@ -15,11 +14,7 @@ from apache_beam.options.pipeline_options import (
 from apache_beam.runners.direct.direct_runner import SwitchingDirectRunner
 from apache_beam.runners.runner import create_runner
 
-from transforms.manifest import utc_now
-
-
-class UsageError(Exception):
-    """A wrong or missing argument: reported as one line, before any work starts."""
+from pipelines.failures import UsageError, remove_beam_temp, remove_manifest
 
 
 class CommandOptions(PipelineOptions):
@@ -153,8 +148,7 @@ def execute(
     removed again if the pipeline fails after writing it. After success, ``beam-temp-*``
     leftovers of killed runs are removed.
     """
-    from pipelines.failures import remove_beam_temp, remove_manifest
-    from transforms.manifest import MANIFEST_NAME
+    from models.layout import MANIFEST_NAME
     from transforms.storage import read_json
 
     if not checked:
@@ -171,9 +165,3 @@ def execute(
     if manifest is None:
         raise RuntimeError("the pipeline finished without writing its manifest")
     return manifest
-
-
-def new_run_id() -> str:
-    """A sortable, unique run id: UTC time plus a random suffix."""
-    stamp = utc_now().replace("-", "").replace(":", "").replace("+0000", "Z")
-    return f"{stamp}-{uuid.uuid4().hex[:8]}"

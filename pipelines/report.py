@@ -17,6 +17,8 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from models import features as f
+from models.layout import ERRORS_TABLE, INDEX_DIR, MANIFEST_NAME, SCORES_TABLE, TFRECORDS_DIR
+from transforms.split import ALL_SPLITS
 
 matplotlib.use("Agg")  # before pyplot is imported: no display here
 import matplotlib.pyplot as plt
@@ -72,8 +74,8 @@ def _samples(ingest: str) -> str | None:
     import tensorflow as tf
 
     files = []
-    for split in ("train", "eval", "test", "unlabeled"):
-        folder = os.path.join(ingest, "tfrecords", split)
+    for split in ALL_SPLITS:
+        folder = os.path.join(ingest, TFRECORDS_DIR, split)
         if os.path.isdir(folder):
             files += sorted(os.path.join(folder, n) for n in os.listdir(folder))
     images = []
@@ -242,7 +244,7 @@ def build_report(
             example of burned-in text redaction; only the demo passes it.
     """
     sections: list[tuple[str, str]] = []
-    manifest = _json(os.path.join(ingest, "manifest.json"))
+    manifest = _json(os.path.join(ingest, MANIFEST_NAME))
     counts = manifest.get("counts", {})
     stage_counts = {
         "ingest: objects seen": counts.get("seen", 0),
@@ -250,22 +252,22 @@ def build_report(
         "ingest: dead-lettered": counts.get("dead_lettered", 0),
     }
     score_manifest = None
-    if score and os.path.exists(os.path.join(score, "manifest.json")):
-        score_manifest = _json(os.path.join(score, "manifest.json"))
+    if score and os.path.exists(os.path.join(score, MANIFEST_NAME)):
+        score_manifest = _json(os.path.join(score, MANIFEST_NAME))
         for key, value in score_manifest.get("counts", {}).items():
             if isinstance(value, int):
                 stage_counts[f"score: {key}"] = value
     sections.append(("Counts per stage", _img(_bar(stage_counts, "objects"), "counts")))
 
     reasons = Counter(
-        f"{r[f.STAGE]}: {r[f.ERROR_TYPE]}" for r in read_rows(os.path.join(ingest, "errors"))
+        f"{r[f.STAGE]}: {r[f.ERROR_TYPE]}" for r in read_rows(os.path.join(ingest, ERRORS_TABLE))
     )
     if reasons:
         sections.append(
             ("Dead letters by reason (ingest)", _img(_bar(dict(reasons), "rows"), "reasons"))
         )
 
-    index = read_rows(os.path.join(ingest, "index"))
+    index = read_rows(os.path.join(ingest, INDEX_DIR))
     balance = Counter(f"{r[f.SPLIT]} / label {r[f.LABEL]}" for r in index)
     sections.append(
         ("Label balance per split", _img(_bar(dict(sorted(balance.items())), "images"), "balance"))
@@ -298,7 +300,7 @@ def build_report(
         sections += evaluation_sections(metrics, model_version_dir)
 
     if score:
-        scores = read_rows(os.path.join(score, "scores"))
+        scores = read_rows(os.path.join(score, SCORES_TABLE))
         if scores:
             sections.append(
                 ("Score histogram per modality", _img(_score_histogram(scores), "histogram"))
@@ -311,7 +313,7 @@ def build_report(
                 if os.path.exists(path):
                     caption = f"Grad-CAM of the top-scored image (score {best['score']:.3f})"
                     sections.append((caption, _file_img(path, "grad-cam")))
-        table = os.path.join(score, "scores", "**", "*.parquet")
+        table = os.path.join(score, SCORES_TABLE, "**", "*.parquet")
         queries = f"""-- top scores per study
 SELECT study_instance_uid, max(score) AS top, count(*) AS images
 FROM read_parquet('{table}', hive_partitioning = true)
@@ -324,7 +326,7 @@ FROM read_parquet('{table}', hive_partitioning = true) GROUP BY 1 ORDER BY 1;
 -- join with the ingest index (labels, splits)
 SELECT s.modality, i.label, avg(s.score) AS mean_score, count(*) AS n
 FROM read_parquet('{table}', hive_partitioning = true) s
-JOIN read_parquet('{os.path.join(ingest, "index", "*.parquet")}') i
+JOIN read_parquet('{os.path.join(ingest, INDEX_DIR, "*.parquet")}') i
   USING (sop_instance_uid, frame)
 GROUP BY 1, 2 ORDER BY 1, 2;"""
         sections.append(("DuckDB queries to try", f"<pre>{html.escape(queries)}</pre>"))

@@ -33,11 +33,20 @@ from apache_beam.io.filesystems import FileSystems
 from models import configs
 from models.configs import arg, nested
 from models.launchers import VertexConfig
+from models.layout import (
+    INGEST_DIR,
+    MODELS_DIR,
+    RUN_RECORD,
+    RUNS_DIR,
+    SCORE_DIR,
+    STATE_NAME,
+    new_run_id,
+)
 from models.train_config import TrainConfig
 from pipelines import flags
 from pipelines import state as st
 from pipelines.flags import KeyFlags, load_yaml
-from pipelines.options import OneLineParser, UsageError, new_run_id, parse_options
+from pipelines.options import OneLineParser, UsageError, parse_options
 from transforms import dicom_io
 from transforms.dicom_io import Limits
 from transforms.dicomweb import CredentialsError, DicomwebSettings, RequestFailed, is_dicomweb
@@ -45,9 +54,6 @@ from transforms.manifest import utc_now
 
 STAGES = ("ingest", "train", "score")
 LAUNCHERS = ("local", "vertex")
-INGEST_DIR = "ingest"
-MODELS_DIR = "models"
-SCORE_DIR = "score"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -201,7 +207,7 @@ def score_args(config: RunConfig, run_id: str, objects: list[str], model: str):
         args,
         input=list(objects),
         model=model,
-        output=config.path(st.RUNS_DIR, run_id, SCORE_DIR),
+        output=config.path(RUNS_DIR, run_id, SCORE_DIR),
         run_id=run_id,
         key=config.key_flags(),
         dicomweb=dicomweb if config.has_dicomweb() else args.dicomweb,
@@ -313,10 +319,10 @@ def execute_run(config: RunConfig, from_stage: str | None = None, log=print) -> 
         listed = st.list_objects(config.inputs, config.dicomweb)
         by_digest = {st.object_digest(key, uri): uri for uri in listed}
         current = st.digests(key, listed)
-        state = st.read_json(config.path(st.STATE_NAME)) or {}
+        state = st.read_json(config.path(STATE_NAME)) or {}
         record = None
         if state.get("current_run"):
-            record = st.read_json(config.path(st.RUNS_DIR, state["current_run"], st.RUN_RECORD))
+            record = st.read_json(config.path(RUNS_DIR, state["current_run"], RUN_RECORD))
         if record is not None:
             log(f"run {record['run_id']}: resuming (finished: {', '.join(record['done']) or '-'})")
             if from_stage:
@@ -330,10 +336,10 @@ def execute_run(config: RunConfig, from_stage: str | None = None, log=print) -> 
                 f"run {record['run_id']}: {len(record['objects'])} new or changed objects; "
                 f"stages {' → '.join(record['stages'])} ({why})"
             )
-        record_uri = config.path(st.RUNS_DIR, record["run_id"], st.RUN_RECORD)
+        record_uri = config.path(RUNS_DIR, record["run_id"], RUN_RECORD)
         st.write_json(record_uri, record)
         state["current_run"] = record["run_id"]
-        st.write_json(config.path(st.STATE_NAME), state)
+        st.write_json(config.path(STATE_NAME), state)
 
         # A resumed run scores the objects it planned; one deleted since cannot be scored.
         objects = sorted(by_digest[d] for d in record["objects"] if d in by_digest)
@@ -373,7 +379,7 @@ def execute_run(config: RunConfig, from_stage: str | None = None, log=print) -> 
         state.setdefault("runs", []).append(record["run_id"])
         record["finished_at"] = utc_now()
         st.write_json(record_uri, record)
-        st.write_json(config.path(st.STATE_NAME), state)
+        st.write_json(config.path(STATE_NAME), state)
         log(f"run {record['run_id']}: finished")
         return 0
 

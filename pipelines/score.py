@@ -20,7 +20,7 @@ from apache_beam.ml.inference.base import RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from models import features as f
-from pipelines.deidentify import deid_header
+from models.layout import ERRORS_TABLE, EXPLANATIONS_DIR, SCORES_TABLE
 from pipelines.options import execute, new_pipeline, parse_options
 from pipelines.score_config import (  # noqa: F401  (ScoreArgs, ScoreOptions, configure: the command's API)
     DICOM,
@@ -33,7 +33,8 @@ from pipelines.score_config import (  # noqa: F401  (ScoreArgs, ScoreOptions, co
 )
 from transforms import dicom_io
 from transforms.convert import PrepareInstances
-from transforms.deadletter import DEAD_LETTER, ERRORS_TABLE, WriteErrors
+from transforms.deadletter import DEAD_LETTER, WriteErrors
+from transforms.deid import deid_header
 from transforms.dicomweb import describe_inputs
 from transforms.manifest import WriteManifest, code_version, utc_now
 from transforms.parquet import WriteArrowTables
@@ -46,9 +47,6 @@ from transforms.scoring import (
     candidates,
     inference_dead_letters,
 )
-
-SCORES_TABLE = "scores"
-EXPLANATIONS_DIR = "explanations"
 
 
 def explanations_dir(output: str, version: str, run_id: str) -> str:

@@ -14,14 +14,13 @@ from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 from models import configs
 from models.configs import arg, nested
 from models.inference import DEFAULT_BATCH_SIZE, DEFAULT_MAX_BATCH_BYTES
+from models.layout import TFRECORD_SHARDS, TFRECORD_SUFFIX, TFRECORDS_DIR, new_run_id
 from pipelines import dicomweb_args, flags
-from pipelines.ingest import ALL_SPLITS, TFRECORDS
 from pipelines.options import (
     CommandOptions,
     UsageError,
     check_inputs_exist,
     check_output_outside,
-    new_run_id,
     require,
 )
 from transforms import dicom_io
@@ -29,10 +28,11 @@ from transforms.deid import DeidConfig
 from transforms.dicomweb import DicomwebSettings, is_dicomweb
 from transforms.keys import KeySource
 from transforms.pixels import PixelConfig
+from transforms.split import ALL_SPLITS
 
 DICOM, TFRECORD_FORMAT, AUTO = "dicom", "tfrecords", "auto"
 INPUT_FORMATS = (AUTO, DICOM, TFRECORD_FORMAT)
-TFRECORD_SUFFIXES = (".tfrecord.gz", ".tfrecord")
+TFRECORD_SUFFIXES = (TFRECORD_SUFFIX, ".tfrecord")
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -84,7 +84,7 @@ def is_ingest_root(uri: str) -> bool:
     """Whether ``uri`` is an ingest output: ``tfrecords/<split>/part-*.tfrecord.gz`` below."""
     if dicom_io.has_glob(uri) or is_dicomweb(uri):
         return False
-    pattern = FileSystems.join(uri.rstrip("/"), TFRECORDS, "*", "part-*.tfrecord.gz")
+    pattern = FileSystems.join(uri.rstrip("/"), TFRECORDS_DIR, "*", TFRECORD_SHARDS)
     try:
         return bool(FileSystems.match([pattern], limits=[1])[0].metadata_list)
     except Exception as e:
@@ -113,7 +113,7 @@ def tfrecord_patterns(inputs: list[str], splits: list[str]) -> list[str]:
     for uri in inputs:
         if is_ingest_root(uri):
             root = uri.rstrip("/")
-            patterns += [FileSystems.join(root, TFRECORDS, s, "part-*.tfrecord.gz") for s in splits]
+            patterns += [FileSystems.join(root, TFRECORDS_DIR, s, TFRECORD_SHARDS) for s in splits]
         else:
             patterns.append(uri)
     return patterns

@@ -29,14 +29,10 @@ from dataclasses import dataclass, field
 
 from apache_beam.io.filesystems import FileSystems
 
+from models.layout import LOCK_NAME
 from transforms import storage
 from transforms.manifest import utc_now
 from transforms.storage import read_json
-
-LOCK_NAME = "_lock"
-STATE_NAME = "state.json"
-RUNS_DIR = "runs"
-RUN_RECORD = "run.json"
 
 
 class LockHeld(Exception):

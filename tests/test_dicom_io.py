@@ -660,3 +660,20 @@ def test_inspect_dicom_describes_what_parses_and_dead_letters_what_does_not():
             equal_to([("gs://b/cut.dcm", "parse", "truncated")]),
             label="CheckErrors",
         )
+
+
+def test_importing_the_reading_layer_leaves_pydicom_settings_alone():
+    """pydicom's global settings change by the explicit call parsing makes, not on import."""
+    code = (
+        "import logging, pydicom, transforms.dicom_io as d\n"
+        "from pydicom.data import get_testdata_file\n"
+        "before = pydicom.config.settings.reading_validation_mode\n"
+        "assert before != pydicom.config.IGNORE, before\n"
+        "assert logging.getLogger('pydicom').level <= logging.CRITICAL\n"
+        "d.parse_dataset(open(get_testdata_file('CT_small.dcm'), 'rb').read())\n"
+        "assert pydicom.config.settings.reading_validation_mode == pydicom.config.IGNORE\n"
+        "assert logging.getLogger('pydicom').level > logging.CRITICAL\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]

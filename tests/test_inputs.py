@@ -10,6 +10,7 @@ import tensorflow_transform as tft
 
 from models import features as f
 from models import inputs
+from models.layout import TRANSFORM_DIR
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +131,7 @@ def test_not_an_ingest_output(train_data, tmp_path):
     with pytest.raises(ValueError, match="not an ingest output"):
         inputs.check_data(str(tmp_path))
     partial = tmp_path / "partial"
-    shutil.copytree(train_data / f.TRANSFORM_DIR, partial / f.TRANSFORM_DIR)
+    shutil.copytree(train_data / TRANSFORM_DIR, partial / TRANSFORM_DIR)
     shutil.copytree(train_data / "tfrecords" / "train", partial / "tfrecords" / "train")
     with pytest.raises(ValueError, match="no eval examples"):
         inputs.check_data(str(partial))

@@ -6,7 +6,8 @@ import apache_beam as beam
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from transforms.manifest import MANIFEST_NAME, CountKeysFn, WriteManifest, nest_counts
+from models.layout import MANIFEST_NAME
+from transforms.manifest import CountKeysFn, WriteManifest, nest_counts
 
 
 def test_nest_counts():

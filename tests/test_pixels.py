@@ -23,19 +23,24 @@ from transforms.pixels import (
     NormalizedImage,
     PixelConfig,
     PixelError,
+    apply_window,
     choose_window,
     decode,
+    frame_indices,
     invert_monochrome1,
     modality_lut,
     normalize,
     percentiles,
     resize_pad,
-    select_frames,
     to_channels,
-    voi_window,
 )
 
 SIZE = 32
+
+
+def voi_window(arr, ds, config, frame=0):
+    """Modality values to [0, 1] as normalize windows them: the chosen window, applied."""
+    return apply_window(arr, choose_window(arr, ds, config, frame), ds)
 
 
 def _dataset(arr: np.ndarray, photometric: str = "MONOCHROME2", **attrs: object) -> Dataset:
@@ -265,8 +270,8 @@ def test_ybr_ends_as_rgb():
 def test_frame_policies():
     frames = np.stack([np.full((4, 4), 10 * f, np.uint16) for f in range(5)])
     ds = _dataset(frames, WindowCenter="20", WindowWidth="40")
-    assert [f[0, 0] for f in select_frames(frames, "all")] == [0, 10, 20, 30, 40]
-    assert [f[0, 0] for f in select_frames(frames, "middle")] == [20]
+    assert [frames[i][0, 0] for i in frame_indices(len(frames), "all")] == [0, 10, 20, 30, 40]
+    assert [frames[i][0, 0] for i in frame_indices(len(frames), "middle")] == [20]
     assert decode(ds, index=2).shape == (1, 4, 4)
     for policy, expected in [("first", [0]), ("middle", [2]), ("all", [0, 1, 2, 3, 4])]:
         images = normalize(ds, PixelConfig(size=4, frame_policy=policy))

@@ -6,7 +6,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from models import features as f
-from models.preprocessing import write_transform
+from models.transform_writer import write_transform
 from transforms.tfrecord import make_example, parse_example, quantize
 from transforms.transform_graph import TrainStatisticsFn, image_moments
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from models.layout import LOCK_NAME, STATE_NAME
 from pipelines import run as run_mod
 from pipelines import state as st
 from pipelines.options import UsageError
@@ -53,7 +54,7 @@ def test_first_run_ingests_trains_and_scores_everything(setup):
     assert quiet(config) == 0
     run_id = calls[0][1]
     assert calls == [(s, run_id, ["a.dcm", "b.dcm"]) for s in ("ingest", "train", "score")]
-    state_text = (tmp / "out" / st.STATE_NAME).read_text()
+    state_text = (tmp / "out" / STATE_NAME).read_text()
     state = json.loads(state_text)
     assert state["current_run"] is None and len(state["processed"]) == 2
     record_text = (tmp / "out" / "runs" / run_id / "run.json").read_text()
@@ -61,7 +62,7 @@ def test_first_run_ingests_trains_and_scores_everything(setup):
     for text in (state_text, record_text):  # object names may carry patient names
         assert "a.dcm" not in text and str(tmp / "in") not in text
     assert list(record["done"]) == ["ingest", "train", "score"] and record["finished_at"]
-    assert not (tmp / "out" / st.LOCK_NAME).exists()
+    assert not (tmp / "out" / LOCK_NAME).exists()
 
 
 def test_later_runs_score_only_new_or_changed_objects(setup):
@@ -90,7 +91,7 @@ def test_a_failed_stage_stops_the_chain_and_the_next_run_resumes_it(setup):
     assert quiet(config) == 1
     assert [c[0] for c in calls] == ["ingest", "train"]
     run_id = calls[0][1]
-    state = json.loads((tmp / "out" / st.STATE_NAME).read_text())
+    state = json.loads((tmp / "out" / STATE_NAME).read_text())
     assert state["current_run"] == run_id and "processed" not in state  # nothing marked done
     fail.clear()
     calls.clear()
@@ -192,7 +193,7 @@ def test_the_chain_killed_mid_way_resumes_without_duplicates(small_export, tmp_p
     deadline = time.monotonic() + 300
     run_id = None
     while time.monotonic() < deadline and proc.poll() is None:
-        state = st.read_json(str(root / st.STATE_NAME)) or {}
+        state = st.read_json(str(root / STATE_NAME)) or {}
         run_id = state.get("current_run")
         record = st.read_json(str(root / "runs" / run_id / "run.json")) if run_id else None
         if record and "train" in record["done"]:
@@ -201,13 +202,13 @@ def test_the_chain_killed_mid_way_resumes_without_duplicates(small_export, tmp_p
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert run_id, "the run never got going"
-    assert (root / st.LOCK_NAME).exists()  # a killed run leaves its lock behind
+    assert (root / LOCK_NAME).exists()  # a killed run leaves its lock behind
 
     # Its process is gone, so its lock is taken over at once, fresh heartbeat or not.
     config_obj = run_mod.load_config(str(config))
     assert config_obj.lock_stale_minutes == 10
     assert run_mod.execute_run(config_obj, log=lambda m: None) == 0
-    state = st.read_json(str(root / st.STATE_NAME))
+    state = st.read_json(str(root / STATE_NAME))
     assert state["runs"] == [run_id] and state["current_run"] is None  # the same run resumed
     record = st.read_json(str(root / "runs" / run_id / "run.json"))
     assert list(record["done"]) == ["ingest", "train", "score"]
@@ -227,10 +228,10 @@ def test_the_chain_killed_mid_way_resumes_without_duplicates(small_export, tmp_p
         assert run_mod.execute_run(run_mod.load_config(str(config)), log=lambda m: None) == 0
     finally:
         new.unlink()
-    state = st.read_json(str(root / st.STATE_NAME))
+    state = st.read_json(str(root / STATE_NAME))
     second = st.read_json(str(root / "runs" / state["runs"][-1] / "run.json"))
     assert len(second["objects"]) == 1 and list(second["done"]) == ["score"]
-    for path in (root / st.STATE_NAME, *root.glob("runs/*/run.json")):
+    for path in (root / STATE_NAME, *root.glob("runs/*/run.json")):
         assert str(small_export) not in path.read_text()  # digests, never source paths
     errors = read_table(str(root / "runs" / state["runs"][-1] / "score" / "errors"))
     assert [e["error_type"] for e in errors] == ["not_dicom"]

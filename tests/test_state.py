@@ -9,6 +9,7 @@ import time
 import pytest
 from google.api_core import exceptions
 
+from models.layout import LOCK_NAME, STATE_NAME
 from pipelines import state as st
 
 
@@ -74,7 +75,7 @@ def plant(root: str, **holder) -> None:
         "heartbeat_epoch": now,
         **holder,
     }
-    uri = f"{root}/{st.LOCK_NAME}"
+    uri = f"{root}/{LOCK_NAME}"
     if root.startswith("gs://"):
         st._gcs_blob(uri).upload_from_string(json.dumps(data).encode(), if_generation_match=0)
     else:
@@ -143,7 +144,7 @@ def test_a_holder_elsewhere_is_taken_over_only_when_its_heartbeat_is_stale(root)
     if root.startswith("gs://"):
         FakeBlob.store.clear()
     else:
-        os.remove(f"{root}/{st.LOCK_NAME}")
+        os.remove(f"{root}/{LOCK_NAME}")
     plant(uri_root, host="another-host", pid=1, heartbeat_epoch=time.time() - 120)
     with st.Lock(root, "late", stale_seconds=60) as lock:
         assert lock.holder()["owner"] == "late"
@@ -176,7 +177,7 @@ def test_a_holder_that_was_taken_over_notices(root):
 @pytest.mark.parametrize("where", ["local", "gcs"])
 def test_state_files_round_trip(where, tmp_path, request):
     root = str(tmp_path) if where == "local" else request.getfixturevalue("gcs") + "/state"
-    uri = f"{root}/{st.STATE_NAME}"
+    uri = f"{root}/{STATE_NAME}"
     assert st.read_json(uri) is None
     st.write_json(uri, {"processed": {"a": "1:2"}})
     st.write_json(uri, {"processed": {"a": "1:3"}})

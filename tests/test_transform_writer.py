@@ -36,7 +36,7 @@ def test_the_shipped_graphs_are_what_the_preprocessing_builds_today(tmp_path):
     Rebuilt in a fresh process, as the make target does (traced names count what the
     process traced before)."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    command = [sys.executable, "-m", "models.preprocessing", str(tmp_path)]
+    command = [sys.executable, "-m", "models.transform_writer", str(tmp_path)]
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     names = [w.template_name(*g) for g in w.SHIPPED_GEOMETRIES]

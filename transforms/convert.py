@@ -201,6 +201,7 @@ class ConvertFn(DeadLetterFn):
         self._limits = dicom_io.Limits.of(limits)
 
     def setup(self):
+        dicom_io.quiet_pydicom()  # datasets may arrive parsed in another process
         self._engine = Deidentifier(Profile.load(), self._deid_config, self._key.resolve())
         warm_ocr(self._deid_config)
         self._converted = Metrics.counter(dicom_io.METRICS_NAMESPACE, f"{self._prefix}_converted")

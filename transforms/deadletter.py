@@ -14,6 +14,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from models import features as f
+from models.layout import ERRORS_TABLE
 from transforms.composite import NamedOutputs
 from transforms.manifest import error_keys
 from transforms.parquet import WriteParquet, table_dir
@@ -21,7 +22,6 @@ from transforms.parquet import WriteParquet, table_dir
 # The tagged output that every stage routes its dead letters to.
 DEAD_LETTER = "dead_letter"
 METRICS_NAMESPACE = "dicomflow"
-ERRORS_TABLE = "errors"  # <output>/errors/: one row per dead letter, every pipeline
 
 # Stages, as they appear in the errors table.
 STAGE_READ = "read"

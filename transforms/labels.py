@@ -27,7 +27,7 @@ from apache_beam.metrics import Metrics
 from pydicom.dataset import Dataset
 
 from transforms.composite import NamedOutputs
-from transforms.dicom_io import METRICS_NAMESPACE, normalize_uri
+from transforms.dicom_io import METRICS_NAMESPACE, normalize_uri, quiet_pydicom
 
 # Most specific first: with several present, the one that names the fewest instances wins.
 KEY_COLUMNS = ("SOPInstanceUID", "AccessionNumber", "StudyInstanceUID", "PatientID")
@@ -295,6 +295,7 @@ class JoinLabels(NamedOutputs):
 
 class JoinLabelsFn(beam.DoFn):
     def setup(self):
+        quiet_pydicom()  # reading a dataset's key may validate (and quote) its value
         self._labeled = Metrics.counter(METRICS_NAMESPACE, "labels_matched")
         self._unlabeled = Metrics.counter(METRICS_NAMESPACE, "labels_missing")
 

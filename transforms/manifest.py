@@ -9,9 +9,8 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from models import features
+from models.layout import MANIFEST_NAME
 from transforms.storage import write_json
-
-MANIFEST_NAME = "manifest.json"
 
 
 def code_version() -> str:

@@ -287,11 +287,6 @@ def apply_window(arr: np.ndarray, window: Window, ds: Dataset | None = None) -> 
     return np.nan_to_num(np.clip(out, 0, 1), nan=0.0).astype(np.float32)
 
 
-def voi_window(arr: np.ndarray, ds: Dataset, config: PixelConfig, frame: int = 0) -> np.ndarray:
-    """Modality values to [0, 1]: explicit preset, else the dataset's VOI, else robust min/max."""
-    return apply_window(arr, choose_window(arr, ds, config, frame), ds)
-
-
 def invert_monochrome1(arr01: np.ndarray, ds: Dataset) -> np.ndarray:
     """MONOCHROME1 shows low values bright: flip so that every image reads as MONOCHROME2."""
     if str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1":
@@ -320,11 +315,6 @@ def frame_indices(count: int, policy: str) -> list[int]:
     if policy == "all":
         return list(range(count))
     return [count // 2 if policy == "middle" else 0]
-
-
-def select_frames(arr: np.ndarray, policy: str) -> list[np.ndarray]:
-    """Frames (first axis of ``arr``) that a policy keeps."""
-    return [arr[i] for i in frame_indices(len(arr), policy)]
 
 
 def resize_pad(img: np.ndarray, size: int) -> np.ndarray:

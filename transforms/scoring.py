@@ -23,7 +23,15 @@ from models import features as f
 from transforms import dicom_io
 from transforms.composite import NamedOutputs
 from transforms.convert import Instance
-from transforms.deadletter import DEAD_LETTER, STAGE_PARSE, STAGE_READ, STAGE_SCORE, DeadLetter
+from transforms.deadletter import (
+    DEAD_LETTER,
+    STAGE_PARSE,
+    STAGE_READ,
+    STAGE_SCORE,
+    DeadLetter,
+    DeadLetterFn,
+    StageError,
+)
 from transforms.tfrecord import ExampleError, iter_records, open_stream, parse_example
 
 ROW_GROUP_ROWS = 65_536  # rows per Arrow table, hence per Parquet row group (at most)
@@ -68,26 +76,31 @@ class GeometryError(ValueError):
         self.shape = shape
 
 
-def _geometry_error(source: str, member: str | None, shape, expected) -> DeadLetter:
+def _geometry_mismatch(shape, expected) -> StageError:
     message = (
         f"the image is {'x'.join(map(str, shape))} but the model takes "
         f"{'x'.join(map(str, expected))} (pixel settings differ from the model's ingest)"
     )
-    return DeadLetter(source, member, STAGE_SCORE, "geometry_mismatch", message)
+    return StageError("geometry_mismatch", message, STAGE_SCORE)
 
 
-class FromInstanceFn(beam.DoFn):
+def _geometry_error(source: str, member: str | None, shape, expected) -> DeadLetter:
+    error = _geometry_mismatch(shape, expected)
+    return DeadLetter(source, member, STAGE_SCORE, error.error_type, error.message)
+
+
+class FromInstanceFn(DeadLetterFn):
     """A converted DICOM instance → ``(ScoreKey, images)``, or a geometry dead letter."""
+
+    stage = STAGE_SCORE
 
     def __init__(self, shape: tuple[int, int, int]):
         self._shape = tuple(shape)
 
-    def process(self, instance: Instance):
+    def work(self, instance: Instance):
         for image in instance.images:
             if tuple(image.shape) != self._shape:
-                letter = _geometry_error(instance.source, instance.member, image.shape, self._shape)
-                yield beam.pvalue.TaggedOutput(DEAD_LETTER, letter)
-                return
+                raise _geometry_mismatch(image.shape, self._shape)
         key = ScoreKey(
             instance.source,
             instance.member,

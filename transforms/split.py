@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 
 SPLITS = ("train", "eval", "test")
 UNLABELED = "unlabeled"
+ALL_SPLITS = (*SPLITS, UNLABELED)  # the folders under tfrecords/
 
 _SUM_TOLERANCE = 1e-9
 _UNIT_BITS = 53  # a double's mantissa: integers below 2**53 divide into [0, 1) exactly

@@ -27,7 +27,7 @@ patient IDs, accession numbers and per-patient date shift in every run and on ev
 worker, and nobody without the key can recompute them.
 """
 
-from transforms.deid.beam import LINKAGE, Deidentified, Deidentify, DeidentifyFn
+from transforms.deid.beam import LINKAGE, Deidentified, Deidentify, DeidentifyFn, deid_header
 from transforms.deid.checks import ContentStep, DictionaryVR, LocalCodes
 from transforms.deid.config import DeidConfig, Override, PixelPolicy, SafePrivate
 from transforms.deid.content import VOCABULARY_PATH, ContentCheck, Verdict
@@ -89,6 +89,7 @@ __all__ = [
     "burned_in_risk",
     "clean_text",
     "count_keys",
+    "deid_header",
     "deidentify_dataset",
     "deidentify_object",
     "effective_action",

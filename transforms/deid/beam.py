@@ -6,6 +6,7 @@ from typing import NamedTuple
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+from models.layout import new_run_id
 from transforms.composite import NamedOutputs
 from transforms.deadletter import (
     DEAD_LETTER,
@@ -21,7 +22,9 @@ from transforms.deid.objects import DeidResult, deidentify_dataset
 from transforms.deid.profile import Profile
 from transforms.deid.redact import warm_ocr
 from transforms.dicom_io import METRICS_NAMESPACE, Limits, SourceObject, parse_dataset
-from transforms.keys import KeySource
+from transforms.dicomweb.urls import describe_inputs
+from transforms.keys import KeySource, fingerprint
+from transforms.manifest import code_version, utc_now
 
 LINKAGE = "linkage"
 
@@ -95,3 +98,19 @@ class DeidentifyFn(DeadLetterFn):
         yield (obj.source, obj.member, result)
         if self._linkage:
             yield beam.pvalue.TaggedOutput(LINKAGE, tuple(sorted(link.items())))
+
+
+def deid_header(
+    pipeline: str, run_id: str | None, inputs: list[str], key: KeySource, config: DeidConfig
+) -> dict:
+    """The manifest facts every de-identifying pipeline records (the key's fingerprint only)."""
+    return {
+        "pipeline": pipeline,
+        "run_id": run_id or new_run_id(),
+        "code_version": code_version(),
+        "started_at": utc_now(),
+        "inputs": describe_inputs(inputs),
+        "key_fingerprint": fingerprint(key.resolve()),
+        "deid_profile": Profile.load().standard,
+        "deid_options": config.describe(),
+    }

@@ -122,17 +122,6 @@ def _deletions(word: str) -> set[str]:
     return {word[:i] + word[i + 1 :] for i in range(len(word))}
 
 
-def one_edit(a: str, b: str) -> bool:
-    """Whether two words are at most one edit apart (insert, delete, substitute, or swap
-    two neighbours)."""
-    if a == b:
-        return True
-    if abs(len(a) - len(b)) > 1:
-        return False
-    da, db = _deletions(a), _deletions(b)
-    return a in db or b in da or bool(da & db)
-
-
 @functools.lru_cache(maxsize=256)
 def _cached(names: tuple[str, ...], ids: tuple[str, ...], dates: tuple[str, ...]):
     """The instances of a series share one object: built once, not per instance."""

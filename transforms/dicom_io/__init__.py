@@ -33,6 +33,7 @@ from transforms.dicom_io.objects import (
     PHOTOMETRIC_INTERPRETATIONS,
     ReadOutputs,
     SourceObject,
+    quiet_pydicom,
 )
 from transforms.dicom_io.parse import check_decoded, parse_dataset
 from transforms.dicom_io.read import ReadInstances, ReadObjects, ReadObjectsFn
@@ -70,6 +71,7 @@ __all__ = [
     "match_uri",
     "normalize_uri",
     "parse_dataset",
+    "quiet_pydicom",
     "sniff",
     "to_pattern",
 ]

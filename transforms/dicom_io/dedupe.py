@@ -32,6 +32,7 @@ from transforms.dicom_io.objects import (
     KIND_DICOM,
     ReadOutputs,
     SourceObject,
+    quiet_pydicom,
 )
 from transforms.dicom_io.scan import check_structure
 
@@ -60,6 +61,7 @@ def instance_digest(data: bytes) -> bytes | None:
 
 def _partial_read_uid(data: bytes) -> str | None:
     """The SOPInstanceUID as pydicom reads it, up to the first element past it."""
+    quiet_pydicom()
     try:
         ds = read_partial(
             io.BytesIO(data),

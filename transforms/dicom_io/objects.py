@@ -15,12 +15,25 @@ from transforms.deadletter import (
     DeadLetter,
 )
 
-# pydicom reports odd values through warnings and its logger, quoting the values; those
-# are PHI, so neither may reach a worker's log. Not validating on read means the messages
-# are never built; the logger and warning filters catch what other paths still say.
-pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
-logging.getLogger("pydicom").setLevel(logging.CRITICAL + 1)
-warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
+_pydicom_quiet = False
+
+
+def quiet_pydicom() -> None:
+    """Keeps pydicom from quoting values in this process's logs: call before parsing.
+
+    pydicom reports odd values through warnings and its logger, quoting the values; those
+    are PHI, so neither may reach a worker's log. Not validating on read means the messages
+    are never built; the logger and warning filters catch what other paths still say.
+    These are pydicom's global settings, so they are changed by this explicit call (from
+    ``parse_dataset`` and the DoFns that read datasets, in ``setup``), never on import.
+    """
+    global _pydicom_quiet
+    if _pydicom_quiet:
+        return
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL + 1)
+    warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
+    _pydicom_quiet = True
 
 
 DEFAULT_MAX_OBJECT_BYTES = 1 << 30  # 1 GiB: larger objects get a too_large error row

@@ -14,6 +14,7 @@ from transforms.dicom_io.limits import (
     Deadline,
     Limits,
 )
+from transforms.dicom_io.objects import quiet_pydicom
 from transforms.dicom_io.scan import check_structure
 
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
@@ -31,6 +32,7 @@ def parse_dataset(data: bytes, limits: Limits | None = None) -> Dataset:
             anywhere inside an element, ``too_deep``, ``inflate_limit``, ``parse_timeout``,
             ``too_many_frames`` or ``too_large_decoded``.
     """
+    quiet_pydicom()
     limits = Limits.of(limits)
     deadline = Deadline(limits.parse_seconds)
     check_structure(data, limits)
