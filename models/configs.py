@@ -40,6 +40,7 @@ def arg(
     positive: bool = False,
     flag: bool = True,
     switch: bool = False,
+    cli: bool = True,
 ) -> Any:
     """A field that is one flag and one run.yaml key.
 
@@ -50,9 +51,12 @@ def arg(
         positive: refuse a value <= 0, naming the flag.
         flag: False for a field set from code only: no flag, no run.yaml key.
         switch: a bool given as a bare ``--x`` (default False) instead of ``--x/--no-x``.
+        cli: False for a run.yaml key that has no flag of its own (the command line gives
+            it another way, e.g. Beam's ``--project``): ``from_namespace`` takes it from
+            the caller.
     """
     metadata = {"help": help, "choices": choices, "positive": positive, "flag": flag}
-    metadata["switch"] = switch
+    metadata |= {"switch": switch, "cli": cli}
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
     if default is REQUIRED:
@@ -76,13 +80,15 @@ def _dest(name: str, prefix: str) -> str:
     return (prefix + name).replace("-", "_")
 
 
-def _fields(cls: type) -> list[tuple[dataclasses.Field, Any]]:
-    """The declared fields (``arg`` or ``nested``) with their resolved types."""
+def _fields(cls: type, cli: bool = False) -> list[tuple[dataclasses.Field, Any]]:
+    """The declared fields (``arg`` or ``nested``) with their resolved types; with ``cli``,
+    only those that are flags."""
     hints = typing.get_type_hints(cls)
     return [
         (item, hints[item.name])
         for item in dataclasses.fields(cls)
-        if _NESTED in item.metadata or item.metadata.get("flag")
+        if _NESTED in item.metadata
+        or (item.metadata.get("flag") and (item.metadata.get("cli") or not cli))
     ]
 
 
@@ -98,7 +104,7 @@ def _scalar(kind: Any) -> tuple[Any, bool]:
 
 def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
     """Adds one flag per declared field of ``cls`` to ``parser``."""
-    for item, kind in _fields(cls):
+    for item, kind in _fields(cls, cli=True):
         if _NESTED in item.metadata:
             add_arguments(parser, kind, prefix + item.metadata[_NESTED])
             continue
@@ -122,14 +128,15 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "") 
             parser.add_argument(flag, type=base, default=default, **options)
 
 
-def from_namespace(cls: type[C], namespace: Any, prefix: str = "") -> C:
-    """The config that the flags parsed by ``add_arguments`` give.
+def from_namespace(cls: type[C], namespace: Any, prefix: str = "", /, **given: Any) -> C:
+    """The config that the flags parsed by ``add_arguments`` give (``given``: the fields
+    that are no flags, ``cli=False``).
 
     Raises:
         ValueError: naming the flag of a ``positive`` field that is not.
     """
-    values = {}
-    for item, kind in _fields(cls):
+    values = dict(given)
+    for item, kind in _fields(cls, cli=True):
         if _NESTED in item.metadata:
             values[item.name] = from_namespace(kind, namespace, prefix + item.metadata[_NESTED])
             continue
@@ -149,7 +156,7 @@ def _check_positive(item: dataclasses.Field, value: Any, name: str) -> None:
 def to_argv(config: Any, prefix: str = "") -> list[str]:
     """The flags that give back ``config`` through ``add_arguments`` (None values left out)."""
     argv: list[str] = []
-    for item, _ in _fields(type(config)):
+    for item, _ in _fields(type(config), cli=True):
         value = getattr(config, item.name)
         if _NESTED in item.metadata:
             argv += to_argv(value, prefix + item.metadata[_NESTED])

@@ -108,21 +108,22 @@ def start_local(config: TrainConfig, output: TextIO | None = None) -> LocalJob:
     return LocalJob(config, output)
 
 
+LAUNCHERS = ("local", "vertex")  # where a training job runs: a child process, Vertex AI
+
+
 @dataclass(frozen=True, kw_only=True)
 class VertexConfig:
     """Where and on what a Vertex AI custom job runs: run.yaml's ``train.vertex`` section
-    (a declared config, ``models.configs``); ``dicomflow train --launcher vertex`` takes the
-    same from ``--image``, ``--machine-type``... and Beam's ``--project`` and ``--region``."""
+    and ``dicomflow train``'s vertex flags (a declared config, ``models.configs``; on the
+    command line the project and region are Beam's ``--project`` and ``--region``)."""
 
-    project: str = arg(REQUIRED, "Google Cloud project")
-    region: str = arg(REQUIRED, "Vertex AI region")
-    image: str = arg(REQUIRED, "a container with this package installed (deploy/)")
-    machine_type: str = arg(DEFAULT_MACHINE_TYPE, "machine")
-    accelerator_type: str = arg(
-        DEFAULT_ACCELERATOR, "an aiplatform_v1.AcceleratorType name (GPU type)"
-    )
-    accelerator_count: int = arg(1, "GPUs (0: CPU only)")
-    service_account: str | None = arg(None, "the job's service account")
+    project: str = arg(REQUIRED, "Google Cloud project", cli=False)
+    region: str = arg(REQUIRED, "Vertex AI region", cli=False)
+    image: str = arg(REQUIRED, "vertex: trainer container image (deploy/)")
+    machine_type: str = arg(DEFAULT_MACHINE_TYPE, "vertex: machine")
+    accelerator_type: str = arg(DEFAULT_ACCELERATOR, "vertex: GPU type")
+    accelerator_count: int = arg(1, "vertex: GPUs (0: CPU only)")
+    service_account: str | None = arg(None, "vertex: the job's service account")
 
 
 def vertex_request(config: TrainConfig, vertex: VertexConfig):

@@ -32,7 +32,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from models import configs
 from models.configs import arg, nested
-from models.launchers import VertexConfig
+from models.launchers import LAUNCHERS, VertexConfig
 from models.layout import (
     INGEST_DIR,
     MODELS_DIR,
@@ -53,7 +53,6 @@ from transforms.dicomweb import CredentialsError, DicomwebSettings, RequestFaile
 from transforms.manifest import utc_now
 
 STAGES = ("ingest", "train", "score")
-LAUNCHERS = ("local", "vertex")
 
 
 @dataclass(frozen=True, kw_only=True)

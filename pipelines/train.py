@@ -8,47 +8,41 @@ streamed) or ``vertex`` (a Vertex AI custom job; ``--dry-run`` prints the reques
 import dataclasses
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import tensorflow as tf
 from apache_beam.options.pipeline_options import GoogleCloudOptions
 
-from models import launchers, trainer
+from models import configs, launchers, trainer
+from models.configs import arg
 from models.inputs import check_data
 from pipelines.options import CommandOptions, UsageError, parse_options
 
-LAUNCHERS = ("local", "vertex")
+
+@dataclass(frozen=True, kw_only=True)
+class LaunchArgs:
+    """How ``dicomflow train`` launches the job (``TrainConfig`` is the job itself,
+    ``launchers.VertexConfig`` where a Vertex AI job runs)."""
+
+    launcher: str = arg(
+        "local",
+        "local: a child process here; vertex: a Vertex AI job",
+        choices=launchers.LAUNCHERS,
+    )
+    dry_run: bool = arg(False, "vertex: print the job request, submit nothing", switch=True)
+    wait: bool = arg(False, "vertex: wait for the job and report its result", switch=True)
+    poll_seconds: float = arg(60.0, "vertex: state polling interval")
 
 
 class TrainOptions(CommandOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
-        trainer.add_arguments(parser)
-        parser.add_argument("--launcher", choices=LAUNCHERS, default="local")
-        parser.add_argument("--image", help="vertex: trainer container image (deploy/)")
-        parser.add_argument(
-            "--machine-type", default=launchers.DEFAULT_MACHINE_TYPE, help="vertex: machine"
-        )
-        parser.add_argument(
-            "--accelerator-type", default=launchers.DEFAULT_ACCELERATOR, help="vertex: GPU type"
-        )
-        parser.add_argument(
-            "--accelerator-count", type=int, default=1, help="vertex: GPUs (0: CPU only)"
-        )
-        parser.add_argument("--service-account", help="vertex: the job's service account")
-        parser.add_argument(
-            "--dry-run", action="store_true", help="vertex: print the job request, submit nothing"
-        )
-        parser.add_argument(
-            "--wait", action="store_true", help="vertex: wait for the job and report its result"
-        )
-        parser.add_argument(
-            "--poll-seconds", type=float, default=60.0, help="vertex: state polling interval"
-        )
+        for declared in (trainer.TrainConfig, LaunchArgs, launchers.VertexConfig):
+            configs.add_arguments(parser, declared)
 
 
 def _config(opts: TrainOptions) -> trainer.TrainConfig:
-    values = {f.name: getattr(opts, f.name) for f in dataclasses.fields(trainer.TrainConfig)}
-    config = trainer.TrainConfig(**values)
+    config = configs.from_namespace(trainer.TrainConfig, opts)
     try:
         config.validate()
     except ValueError as e:
@@ -71,14 +65,8 @@ def _vertex(opts: TrainOptions, beam_options, config: trainer.TrainConfig):
     ):
         if uri and not uri.startswith(("gs://", "/gcs/")):
             raise UsageError(f"{flag} must be gs://... (or /gcs/...) for a Vertex AI job")
-    vertex = launchers.VertexConfig(
-        project=cloud.project,
-        region=cloud.region,
-        image=opts.image,
-        machine_type=opts.machine_type,
-        accelerator_type=opts.accelerator_type,
-        accelerator_count=opts.accelerator_count,
-        service_account=opts.service_account,
+    vertex = configs.from_namespace(
+        launchers.VertexConfig, opts, project=cloud.project, region=cloud.region
     )
     try:
         request = launchers.vertex_request(config, vertex)
@@ -102,19 +90,20 @@ def report(result: launchers.TrainingResult, model_dir: str) -> None:
 def run(argv: Sequence[str]) -> int:
     opts, beam_options = parse_options("dicomflow train", argv, TrainOptions)
     config = _config(opts)
-    if opts.launcher == "vertex":
+    launch = configs.from_namespace(LaunchArgs, opts)
+    if launch.launcher == "vertex":
         vertex, request = _vertex(opts, beam_options, config)
-        if opts.dry_run:
+        if launch.dry_run:
             print(launchers.request_json(request))
             return 0
         config = dataclasses.replace(config, run_id=request.custom_job.labels["dicomflow-run"])
         job = launchers.submit_vertex(config, vertex)
         print(f"train: submitted Vertex AI job {job.name} (run {job.run_id})", file=sys.stderr)
-        if not opts.wait:
+        if not launch.wait:
             return 0
-        result = job.wait(opts.poll_seconds)
+        result = job.wait(launch.poll_seconds)
     else:
-        if opts.dry_run or opts.wait or opts.image:
+        if launch.dry_run or launch.wait or opts.image:
             raise UsageError("--dry-run, --wait and --image are for --launcher vertex")
         assert config.data  # _config validated it; narrows the type
         try:

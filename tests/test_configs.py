@@ -82,3 +82,19 @@ def test_keys_set_by_the_caller_are_not_run_yaml_keys():
     with pytest.raises(ValueError, match="unknown keys"):
         configs.from_mapping(Outer, {"name": "n"}, "outer", name="given")
     assert "retries" not in configs.keys(Inner) and "query" in configs.keys(Inner)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Place:
+    project: str = arg(REQUIRED, "from Beam's --project on the command line", cli=False)
+    machine: str = arg("small", "a machine type")
+
+
+def test_a_key_without_a_flag_comes_from_the_caller_on_the_command_line():
+    p = argparse.ArgumentParser()
+    configs.add_arguments(p, Place)
+    assert "--project" not in p.format_help()
+    place = configs.from_namespace(Place, p.parse_args(["--machine", "big"]), project="p")
+    assert place == Place(project="p", machine="big")
+    assert configs.to_argv(place) == ["--machine", "big"]
+    assert configs.from_mapping(Place, {"project": "q"}, "place").project == "q"
