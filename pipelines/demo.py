@@ -5,7 +5,6 @@ summary and ``report.html``. The only command allowed to make its own key: a thr
 one, held in this process's environment and said so, never written.
 """
 
-import argparse
 import os
 import secrets
 import shutil
@@ -13,9 +12,12 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import yaml
 
+from models import configs
+from models.configs import arg
 from models.layout import (
     ERRORS_TABLE,
     INDEX_DIR,
@@ -33,26 +35,28 @@ from pipelines.options import OneLineParser, UsageError
 KEY_VAR = "DICOMFLOW_DEMO_KEY"
 
 
-def _parse(argv: Sequence[str]) -> argparse.Namespace:
+@dataclass(frozen=True, kw_only=True)
+class DemoArgs:
+    """The flags of ``dicomflow demo``, declared once (``models.configs``)."""
+
+    workdir: str = arg("demo-work", "local folder for everything")
+    patients: int = arg(60, "synthetic patients")
+    seed: int = arg(0, "corpus seed")
+    positive_rate: float = arg(
+        0.4, "share of positive studies (high, so that a small corpus has both classes in test)"
+    )
+    difficulty: str = arg("standard", "synth's lesion task (see dicomflow synth)")
+    image_size: int = arg(64, "pixels per side")
+    epochs: int = arg(15, "most training epochs")
+    key_env: str | None = arg(
+        None, "use the key in this variable (reproducible splits), not a throwaway"
+    )
+
+
+def _parse(argv: Sequence[str]) -> DemoArgs:
     parser = OneLineParser(prog="dicomflow demo", allow_abbrev=False)
-    parser.add_argument("--workdir", default="demo-work", help="local folder for everything")
-    parser.add_argument("--patients", type=int, default=60, help="synthetic patients")
-    parser.add_argument("--seed", type=int, default=0, help="corpus seed")
-    parser.add_argument(
-        "--positive-rate",
-        type=float,
-        default=0.4,
-        help="share of positive studies (high, so that a small corpus has both classes in test)",
-    )
-    parser.add_argument(
-        "--difficulty", default="standard", help="synth's lesion task (see dicomflow synth)"
-    )
-    parser.add_argument("--image-size", type=int, default=64, help="pixels per side")
-    parser.add_argument("--epochs", type=int, default=15, help="most training epochs")
-    parser.add_argument(
-        "--key-env", help="use the key in this variable (reproducible splits), not a throwaway"
-    )
-    args = parser.parse_args(list(argv))
+    configs.add_arguments(parser, DemoArgs)
+    args = configs.from_namespace(DemoArgs, parser.parse_args(list(argv)))
     if args.patients < 4 or args.image_size < 32 or args.epochs < 1:
         raise UsageError("--patients >= 4, --image-size >= 32 and --epochs >= 1, please")
     from transforms.testing import Difficulty
@@ -66,7 +70,7 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     return args
 
 
-def write_config(args: argparse.Namespace, workdir: str) -> str:
+def write_config(args: DemoArgs, workdir: str) -> str:
     """The demo's run.yaml (and pixel config): what a team would schedule, scaled down."""
     pixels = os.path.join(workdir, "pixels.yaml")
     with open(pixels, "w") as fh:
