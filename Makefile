@@ -14,7 +14,7 @@ DEMO_PATIENTS ?= 60
 # Material for MkDocs prints a banner about MkDocs 2.0 on every build unless told not to.
 MKDOCS := NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs
 
-.PHONY: demo test docs lint format clean airflow-venv transform-templates
+.PHONY: demo static test check docs lint format clean airflow-venv transform-templates
 
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -35,19 +35,32 @@ demo: $(STAMP)
 	@# The demo makes its own throwaway key (the only command that may) and says so.
 	$(BIN)/dicomflow demo --workdir $(DEMO_DIR) --patients $(DEMO_PATIENTS)
 
-test: $(STAMP) $(AIRFLOW_STAMP)
+# Lint, format, types (config in pyproject.toml [tool.mypy]), the one-way import rule
+# pipelines → transforms → models (pyproject.toml [tool.importlinter]) and the docs site.
+static: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	@# Types (config in pyproject.toml [tool.mypy]) and the one-way import rule
-	@# pipelines → transforms → models (pyproject.toml [tool.importlinter]).
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	@# The docs site: --strict fails on a broken link, a page left out of the nav or an API
 	@# name that is gone; --quiet prints only those.
 	$(MKDOCS) build --strict --quiet
-	@# pytest exits 5 when it collects nothing: a vanished suite fails, loudly.
-	$(BIN)/pytest; rc=$$?; \
+
+# The whole suite, on every core (pytest-xdist; a test file stays on one worker, so its
+# module fixtures are built once). pytest exits 5 when it collects nothing: a vanished
+# suite fails, loudly.
+test: static $(AIRFLOW_STAMP)
+	@start=$$(date +%s); \
+	  $(BIN)/pytest -n auto --dist loadfile; rc=$$?; \
+	  echo "make test: pytest took $$(( $$(date +%s) - start ))s"; \
 	  if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests"; exit 1; fi; \
+	  exit $$rc
+
+# The inner loop of a change: static checks and the tests not marked slow (whole
+# pipelines, servers, training), in about two minutes.
+check: static
+	$(BIN)/pytest -n auto --dist loadfile -m "not slow" -q; rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "make check: pytest collected no tests"; exit 1; fi; \
 	  exit $$rc
 
 # The documentation site (mkdocs.yml, docs/) into site/; open site/index.html.

@@ -56,6 +56,7 @@ EXTRAS_REQUIRE = {
     "gpu": ["onnxruntime-gpu==1.31.1"],
     "test": [
         "pytest==9.2.0",
+        "pytest-xdist==3.8.0",  # make test runs the suite on every core
         "ruff==0.17.6",
         # make test type-checks (mypy) and enforces the one-way import rule (import-linter).
         "mypy==2.4.1",

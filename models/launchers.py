@@ -100,6 +100,8 @@ class LocalJob:
     def wait(self) -> TrainingResult:
         status = self.process.wait()
         self._streamer.join()
+        assert self.process.stdout is not None  # stdout=PIPE
+        self.process.stdout.close()
         return _result(self.config, status, f"the trainer exited with status {status}")
 
 

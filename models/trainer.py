@@ -389,8 +389,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         train(config)
-    except Exception:
-        traceback.print_exc()
+    except Exception as e:
+        # One line with the cause; the traceback where someone asked for it.
+        if os.environ.get("DICOMFLOW_DEBUG") or os.environ.get("DICOMFLOW_LOG"):
+            traceback.print_exc()
+        print(f"trainer: error: {e} ({type(e).__name__})", file=sys.stderr)
         return 1
     return 0
 

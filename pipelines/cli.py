@@ -7,6 +7,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
+from pipelines import quiet
 from pipelines.failures import check_buckets, describe_failure, quiet_beam_errors
 from pipelines.options import UsageError
 
@@ -27,11 +28,22 @@ def _usage() -> str:
     lines = ["usage: dicomflow COMMAND [options] [Beam pipeline options]", "", "commands:"]
     lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += ["", "dicomflow COMMAND --help shows a command's options."]
+    lines += [
+        f"Output is dicomflow's own lines; {quiet.VERBOSE_FLAG} (or {quiet.LOG_ENV}=debug) "
+        "adds the libraries' logs."
+    ]
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Run one command; ``argv`` None reads the process's command line (the console
+    script), which also filters native log lines out of standard error."""
+    console = argv is None
+    try:
+        level, argv = quiet.verbosity(list(sys.argv[1:] if argv is None else argv))
+    except ValueError as e:
+        print(f"dicomflow: error: {e}", file=sys.stderr)
+        return 2
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0 if argv else 2
@@ -41,8 +53,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"dicomflow: error: unknown command {command!r} (see dicomflow --help)", file=sys.stderr
         )
         return 2
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    quiet_beam_errors()
+    quiet.configure(level)
+    if console and level is None:
+        quiet.NativeLogFilter()
+    if level is None or level > logging.DEBUG:
+        quiet_beam_errors()
     module = importlib.import_module(COMMANDS[command][0])
     try:
         if "--dry_run" not in rest and not any(a.startswith("--dry_run=") for a in rest):

@@ -184,7 +184,9 @@ def _places(path_size: tuple[str, int], limits: Limits):
                     rank = (copy_rank(item.data, limits), -len(item.data))
                     yield digest, (item.source, item.member or "", path, size, rank)
     except Exception:
-        return  # unreadable now: the main pass reads it again and writes its row
+        # Unreadable now: the main pass reads it again and writes its row. (A bare return
+        # on its own line: Beam warns about a generator that returns a value.)
+        return
 
 
 def _rank_loose(path: str, size: int, limits: Limits) -> tuple[int, int]:
