@@ -1,8 +1,12 @@
 """Shared fixtures: one synthetic corpus per session, locally and in an emulated bucket."""
 
+import fcntl
 import json
+import os
+import shutil
 import tarfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -15,6 +19,24 @@ from pipelines import synth as synth_pipeline
 CORPUS_PATIENTS = 8
 CORPUS_SEED = 3
 BUCKET = "dicomflow-test"
+
+
+def shared(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
+    """A folder ``build`` fills once per test run, also across pytest-xdist workers (they
+    share the parent of their base temp folders): the first worker builds it under a lock,
+    the others wait and reuse it. Only for outputs that tests read and never change."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    root = base / f"shared-{name}"
+    with open(base / f"shared-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (root / ".complete").exists():
+            shutil.rmtree(root, ignore_errors=True)
+            root.mkdir()
+            build(root)
+            (root / ".complete").touch()
+    return root
 
 
 @pytest.fixture(scope="session")
@@ -150,12 +172,13 @@ TRAIN_DATA_KEY = "i" * 64  # the split follows the keyed patient pseudonyms
 
 @pytest.fixture(scope="session")
 def train_data(tmp_path_factory) -> Path:
-    """A real ingest output (synth → ingest, DirectRunner) to train on."""
-    import os
+    """A real ingest output (synth → ingest, DirectRunner) to train on, built once."""
+    return shared(tmp_path_factory, "train-data", _build_train_data) / "ingest"
 
+
+def _build_train_data(root: Path) -> None:
     from pipelines import ingest
 
-    root = tmp_path_factory.mktemp("train-data")
     corpus, out = root / "corpus", root / "ingest"
     synth = ["--output", str(corpus), "--patients", str(TRAIN_DATA_PATIENTS)]
     synth_pipeline.run(
@@ -167,23 +190,23 @@ def train_data(tmp_path_factory) -> Path:
     argv += ["--labels", str(corpus / "labels.csv"), "--key-env", "DF_TRAIN_DATA_KEY"]
     argv += ["--pixel-config", str(root / "pixels.yaml"), "--split", "0.6,0.2,0.2"]
     assert ingest.run(argv) == 0
-    return out
 
 
 @pytest.fixture(scope="session")
 def score_model(train_data, tmp_path_factory) -> Path:
     """A model directory with one tiny exported version (64 px, one epoch on train_data):
-    scoring needs a real exported model, not a good one."""
+    scoring needs a real exported model, not a good one. Built once."""
     from models import trainer
 
-    model_dir = tmp_path_factory.mktemp("score-model")
-    config = trainer.TrainConfig(
-        data=str(train_data),
-        model_dir=str(model_dir),
-        epochs=1,
-        batch_size=64,
-        augment="none",
-        min_auc=0.0,
-    )
-    trainer.train(config, log=lambda _: None)
-    return model_dir
+    def build(root: Path) -> None:
+        config = trainer.TrainConfig(
+            data=str(train_data),
+            model_dir=str(root / "models"),
+            epochs=1,
+            batch_size=64,
+            augment="none",
+            min_auc=0.0,
+        )
+        trainer.train(config, log=lambda _: None)
+
+    return shared(tmp_path_factory, "score-model", build) / "models"
