@@ -21,6 +21,23 @@ CORPUS_SEED = 3
 BUCKET = "dicomflow-test"
 
 
+# Modules whose tests run whole pipelines, servers (Orthanc, the GCS emulator), training or
+# console commands: `make check` (-m "not slow") leaves them to `make test`. A test
+# elsewhere that is as slow carries @pytest.mark.slow itself.
+SLOW_MODULES = {
+    "test_deid_dciodvfy", "test_deid_leaks", "test_deidentify", "test_demo", "test_deploy",
+    "test_dicomweb", "test_dimse", "test_failures", "test_fuzz", "test_inference",
+    "test_ingest", "test_inputs", "test_inventory", "test_run", "test_score",
+    "test_synth_pipeline", "test_train", "test_trainer", "test_transform_writer",
+}  # fmt: skip
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        if item.module is not None and item.module.__name__ in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
+
 def shared(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
     """A folder ``build`` fills once per test run, also across pytest-xdist workers (they
     share the parent of their base temp folders): the first worker builds it under a lock,
