@@ -142,7 +142,11 @@ OPTION = re.compile(r"^\s+(--[a-z0-9-]+)", re.MULTILINE)
 OPTION_PAGES = ("commands/index.md", "limits.md", "dicomweb.md")
 
 
-@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize(
+    "command",
+    # train's module imports TensorFlow (seconds): make check leaves it to make test.
+    [pytest.param(c, marks=pytest.mark.slow) if c == "train" else c for c in COMMANDS],
+)
 def test_every_option_of_a_command_is_in_the_docs(command, capsys):
     """Every option `dicomflow COMMAND --help` lists is in the command's manual page or on a
     page of the options several commands share (limits, DICOMweb, the manual's index)."""
