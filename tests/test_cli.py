@@ -70,6 +70,7 @@ def test_direct_runner_is_the_fn_api_runner_with_our_worker_options(runner):
     assert encoded["beam:option:direct_running_mode:v1"] == "multi_processing"
 
 
+@pytest.mark.slow
 def test_synth_then_inventory_from_the_command_line(tmp_path):
     corpus, out = tmp_path / "corpus", tmp_path / "out"
     synth = dicomflow("synth", "--output", str(corpus), "--patients", "2", "--seed", "5")

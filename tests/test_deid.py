@@ -485,6 +485,7 @@ def test_risk_rules():
     assert deid.burned_in_risk(ds, policy) is None
 
 
+@pytest.mark.slow
 def test_whole_files_round_trip_through_every_transfer_syntax(corpus):
     """Every synthetic image that is not excluded comes out as valid, readable DICOM."""
     refused = {

@@ -119,6 +119,7 @@ def test_a_run_id_is_made_when_none_is_given():
     assert args[args.index("--run-id") + 1] == run_id
 
 
+@pytest.mark.slow
 def test_local_job_streams_the_trainer_output_and_returns_its_status(tmp_path):
     output = io.StringIO()
     config = TrainConfig(data=str(tmp_path), model_dir=str(tmp_path / "m"))

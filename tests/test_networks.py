@@ -49,6 +49,7 @@ def test_backbones_build_without_downloads_and_are_inlined():
     assert model.get_layer("conv1_conv").kernel.shape[2] == 1
 
 
+@pytest.mark.slow
 def test_backbone_weights_from_a_file_grey_input(tmp_path):
     """An RGB weights file for a grey model: the first kernel summed over colour."""
     source = keras.applications.DenseNet121(
