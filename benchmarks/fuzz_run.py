@@ -26,6 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from models.layout import MANIFEST_NAME  # noqa: E402
 from transforms.testing import fuzz  # noqa: E402
 
 KEY_ENV = "DF_FUZZ_BENCH_KEY"
@@ -72,7 +73,7 @@ def main() -> int:
             done = fuzz.run_watched(argv, int(args.ceiling_gib * 2**30), args.timeout, env=env)
             counts = {}
             if done.returncode == 0:
-                counts = json.loads((out / "manifest.json").read_text())["counts"]
+                counts = json.loads((out / MANIFEST_NAME).read_text())["counts"]
             seen = counts.get("seen", 0)
             conserved = seen == expected if not unknown else seen >= expected + unknown
             row = {

@@ -39,6 +39,8 @@ import pydicom
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
+from models.layout import MANIFEST_NAME
+
 REPO = Path(__file__).resolve().parents[1]
 KEY = "b" * 64
 ONE = ["--direct_num_workers=1", "--direct_running_mode=in_memory"]
@@ -163,7 +165,7 @@ def ingest(root: Path, out: Path, beam_args: list[str]) -> dict:
         f"*{beam_args!r}]))"
     )
     wall, cpu, rss, _ = timed_process(code)
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
     files = sum(1 for _ in root.iterdir())
     assert manifest["counts"]["converted"] == files, manifest["counts"]  # a real, whole run
     assert "pixel_mean" in manifest["tf_transform"], manifest["tf_transform"]

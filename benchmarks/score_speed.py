@@ -40,6 +40,7 @@ SHARDS = 4
 def prepare(workdir: Path, patients: int, images: int) -> tuple[Path, Path]:
     """(model dir, image folder): synth → ingest → train 1 epoch → N examples in shards."""
     from models import trainer
+    from models.layout import TFRECORDS_DIR
     from pipelines import ingest, synth
     from transforms.tfrecord import encode_example, iter_records, parse_example
 
@@ -60,7 +61,7 @@ def prepare(workdir: Path, patients: int, images: int) -> tuple[Path, Path]:
         for path in sorted(ingested.glob("tfrecords/*/part-*.tfrecord.gz")):
             with gzip.open(path) as fh:
                 examples += [parse_example(r) for r in iter_records(fh)]
-        shard_dir = folder / "tfrecords" / "test"
+        shard_dir = folder / TFRECORDS_DIR / "test"
         shard_dir.mkdir(parents=True)
         per_shard = -(-images // SHARDS)
         for shard in range(SHARDS):
