@@ -301,13 +301,14 @@ class JoinLabelsFn(beam.DoFn):
 
     def process(self, pair: tuple[Any, Any], table: LabelTable) -> Iterable:
         key, item = pair
-        value = key_value(item, table.key)
-        label = table.labels.get(value) if value else None
+        label = label_for(item, table)
         yield key, (item, label)
         if label is None:
             self._unlabeled.inc()
             return
         self._labeled.inc()
+        value = key_value(item, table.key)
+        assert value  # label_for found a label by it
         yield beam.pvalue.TaggedOutput(MATCHED, hashlib.sha256(value.encode()).digest()[:16])
 
 
