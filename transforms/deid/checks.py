@@ -67,8 +67,7 @@ class DictionaryVR:
     dictionary's VR, else removed (a dummy where type 1) and counted as ``vr:<keyword>``."""
 
     def __call__(self, ds: Dataset, t: int, state: WalkState) -> bool:
-        elem = ds.get_item(t)
-        file_vr = elem.VR
+        file_vr = state.file_vr
         if not file_vr or file_vr == "UN":
             return False  # read with the dictionary's VR anyway (element_vr)
         expected = dictionary_vr(t)

@@ -232,12 +232,13 @@ class Deidentifier:
             kept_creators=set(),
         )
         steps = self.steps
-        for tag in list(ds.keys()):
+        for tag, elem in list(ds.items()):  # raw elements: nothing converted here
             t = int(tag)
             try:
                 if t & 0xFFFF == 0:  # group lengths: retired, and wrong once we change things
                     del ds[tag]
                     continue
+                state.file_vr = elem.VR
                 for step in steps:
                     if step(ds, t, state):
                         break

@@ -165,13 +165,14 @@ _WANTED = {
 def _gather(ds: Dataset, encodings: tuple[str, ...], out: dict, depth: int = 0) -> None:
     """Values of the identifying tags at the top level and in the sequences that carry
     the patient's, visit's and order's identification (each item read in its own character
-    set); one pass over the raw elements, nothing else converted."""
-    for elem in ds.elements():
-        t = int(elem.tag)
-        kind = _WANTED.get(t)
-        if kind is not None:
+    set); nothing else is read or converted."""
+    for t, kind in _WANTED.items():
+        if t in ds:
             out[kind] += _values(ds, t, encodings)
-        elif t in ID_SEQUENCES and depth < _MAX_DEPTH:
+    if depth >= _MAX_DEPTH:
+        return
+    for t in ID_SEQUENCES:
+        if t in ds:
             for item in ds[t].value or []:
                 inner = _encodings(item) if 0x00080005 in item else encodings
                 _gather(item, inner, out, depth + 1)
@@ -247,6 +248,7 @@ class PatientIdentifiers:
         self._near_ids = _neighbourhood({fold(t) for t in id_tokens if len(t) >= 5})
         numbers = {d.lstrip("0") for t in id_tokens + date_tokens for d in re.findall(r"\d{4,}", t)}
         self.numbers = frozenset(n for n in numbers if len(n) >= 4)
+        self._number_sizes = sorted({len(n) for n in self.numbers})
         # The squashed forms (no separators) of IDs, found inside squashed text.
         self.squashed = frozenset(
             s for s in (re.sub(r"[\W_]+", "", fold(i)) for i in ids) if len(s) >= 4
@@ -301,8 +303,17 @@ class PatientIdentifiers:
 
     def number(self, text: str) -> bool:
         """Whether a number (as written) equals or contains a numeric identifier."""
-        digits = re.sub(r"\D", "", text)
-        return bool(digits) and any(n in digits for n in self.numbers)
+        if not self.numbers:
+            return False
+        digits = "".join(c for c in text if c.isdigit())
+        if len(digits) < 4:
+            return False
+        if len(digits) > 24:  # not a number anyone types: look at it whole
+            return any(n in digits for n in self.numbers)
+        sizes = self._number_sizes
+        return any(
+            digits[i : i + k] in self.numbers for k in sizes for i in range(len(digits) - k + 1)
+        )
 
     def remove(self, text: str) -> str:
         """``text`` with the identifiers cut out (every occurrence, any spelling)."""

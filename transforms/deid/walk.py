@@ -53,6 +53,8 @@ class WalkState:
     originals: dict[int, str] = field(default_factory=dict)
     # What was removed or changed, by counter name (shared by every item of the dataset).
     counts: Counter = field(default_factory=Counter)
+    # The VR the element being offered was read with (None: implicit), as the file says.
+    file_vr: str | None = None
     # Private creators of the item being walked that a kept private element needs.
     kept_creators: set[int] = field(default_factory=set)
 
