@@ -28,7 +28,7 @@ KEPT_OVERLAP = 0.5
 # Verification looks again around each blanked region, this many line heights on each
 # side (at least MIN_CONTEXT px): a glyph left at a line's end or a line hidden by its
 # neighbour lies there.
-CONTEXT = 2.0
+CONTEXT = 1.0
 MIN_CONTEXT = 16
 # The whole-frame check after verification sees the frame at this fraction of the
 # detection scale (a quarter of the pixels): it looks for text that detection missed
@@ -117,9 +117,10 @@ def is_identifying(text: str, confidence: float, tokens: frozenset[str]) -> bool
 def _grow(box: Box, margin: float, shape: tuple[int, int]) -> Box:
     x0, y0, x1, y1 = box
     pad = max(2, int(np.ceil(margin * (y1 - y0))))
-    # Along the line twice the margin, and at least a line height: a thin glyph at its
-    # end (an "I", a "1") is the likeliest miss, and small text over texture loses it.
-    along = max(2 * pad, y1 - y0)
+    # Along the line twice the margin, and at least 1.5 line heights (two narrow glyphs):
+    # the glyphs at a line's ends are the likeliest miss, above all small text over
+    # texture, whose last glyph or two the detector leaves out.
+    along = max(2 * pad, int(np.ceil(1.5 * (y1 - y0))))
     return (
         max(0, x0 - along),
         max(0, y0 - pad),
