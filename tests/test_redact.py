@@ -341,6 +341,10 @@ def test_hard_text_is_blanked_whole_and_frames_without_text_stay_untouched(kind)
     every line's box (antialiased edges included) blanked, little else changed, and in a
     run the frames without text are left as they were."""
     case = hard_case(kind, np.random.default_rng(HARD_KINDS.index(kind)), rows=320, cols=320)
+    inside = np.zeros(case.ink.shape, bool)
+    for b in case.boxes:
+        inside[b.frame, b.box[1] : b.box[3], b.box[0] : b.box[2]] = True
+    assert case.ink.any() and not (case.ink & ~inside).any()  # the boxes hold all the ink
     ds = _hard_dataset(case)
     redact_pixels(ds, deid.PixelPolicy())
     after = _frames(ds)

@@ -155,13 +155,16 @@ _COLOURS = ((1.0, 1.0, 0.0), (0.0, 1.0, 0.0), (0.0, 1.0, 1.0), (1.0, 0.2, 0.2), 
 @dataclass(frozen=True)
 class HardCase:
     """A rendered image with hard text: frames (n, rows, cols[, 3]) of 8-bit display values
-    in [0, 255] (``rgb`` when coloured), and the box of every line actually drawn, which
-    covers the whole line and its antialiased edges."""
+    in [0, 255] (``rgb`` when coloured), the box of every line actually drawn, which
+    covers the whole line and its antialiased edges, the ink (pixels at least a quarter
+    covered by a glyph, per frame) and the patient's fields the text was made from."""
 
     kind: str
     frames: np.ndarray
     rgb: bool
     boxes: list[TextBox]
+    ink: np.ndarray
+    fields: dict
 
 
 def size_band(box: tuple[int, int, int, int]) -> str:
@@ -269,9 +272,11 @@ def hard_case(kind: str, rng: np.random.Generator, rows: int = 448, cols: int = 
         x1, y1 = max(b[2] for _, b, _ in layers) + 4, max(b[3] for _, b, _ in layers) + 4
         frames[on, y0:y1, x0:x1] = rng.uniform(0.05, 0.5)
     boxes = []
+    ink = np.zeros(frames.shape[:3], bool)
     value: float | np.ndarray
     for alpha, box, text in layers:
         for f in on:
+            ink[f] |= alpha >= 0.25
             under = frames[f][alpha > 0]
             under = under.mean(axis=-1) if rgb else under
             if kind == "low_contrast":
@@ -287,4 +292,4 @@ def hard_case(kind: str, rng: np.random.Generator, rows: int = 448, cols: int = 
             a = alpha[..., np.newaxis] if rgb else alpha
             frames[f] = frames[f] * (1 - a) + value * a
             boxes.append(TextBox(int(f), box, text, True))
-    return HardCase(kind, np.round(frames * 255).astype(np.uint8), rgb, boxes)
+    return HardCase(kind, np.round(frames * 255).astype(np.uint8), rgb, boxes, ink, fields)
