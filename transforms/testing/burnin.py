@@ -272,11 +272,11 @@ def hard_case(kind: str, rng: np.random.Generator, rows: int = 448, cols: int = 
         x1, y1 = max(b[2] for _, b, _ in layers) + 4, max(b[3] for _, b, _ in layers) + 4
         frames[on, y0:y1, x0:x1] = rng.uniform(0.05, 0.5)
     boxes = []
-    ink = np.zeros(frames.shape[:3], bool)
+    inked = np.zeros(frames.shape[:3], bool)
     value: float | np.ndarray
     for alpha, box, text in layers:
         for f in on:
-            ink[f] |= alpha >= 0.25
+            inked[f] |= alpha >= 0.25
             under = frames[f][alpha > 0]
             under = under.mean(axis=-1) if rgb else under
             if kind == "low_contrast":
@@ -292,4 +292,4 @@ def hard_case(kind: str, rng: np.random.Generator, rows: int = 448, cols: int = 
             a = alpha[..., np.newaxis] if rgb else alpha
             frames[f] = frames[f] * (1 - a) + value * a
             boxes.append(TextBox(int(f), box, text, True))
-    return HardCase(kind, np.round(frames * 255).astype(np.uint8), rgb, boxes, ink, fields)
+    return HardCase(kind, np.round(frames * 255).astype(np.uint8), rgb, boxes, inked, fields)
