@@ -108,7 +108,7 @@ class Deidentifier:
         if self.net:
             self.table.check_kept = self.content.own_only
         self.steps: list[Step] = [
-            self.overrides,
+            *([self.overrides] if config.overrides else []),
             PrivateElements(config, self.content),
             *([DictionaryVR()] if self.net else []),
             self.table,

@@ -200,10 +200,12 @@ class PixelStreams:
             changed = True
         if allocated in (8, 16, 32) and stored < allocated and len(data) >= size:
             dtype = np.dtype(f"{'>' if big else '<'}u{allocated // 8}")
-            arr = np.frombuffer(data[:size], dtype=dtype)
+            arr = np.frombuffer(memoryview(data)[:size], dtype=dtype)
             low = max(0, high - stored + 1)
             mask = dtype.type(((1 << stored) - 1) << low)
-            if np.any(arr & ~mask):
+            # One pass without a copy in the usual layout (stored bits at the bottom).
+            above = int(arr.max()) >> stored if low == 0 and arr.size else None
+            if above or (above is None and np.any(arr & ~mask)):
                 data = (arr & mask).astype(dtype).tobytes() + data[size:]
                 state.counts["pixels:bits_above_stored"] += 1
                 changed = True
