@@ -243,6 +243,8 @@ def test_jpeg_comment_and_app_segments_go_and_the_pixels_stay():
     frame = buf.getvalue()
     stripped = streams.strip_jpeg(frame)
     assert b"Tollbridge" not in stripped and b"Gantwhistle" not in stripped
+    assert streams.strip_jpeg(frame + b"Hexleigh after EOI") == stripped
+    assert streams.strip_jpeg(stripped + b"\x00") == stripped + b"\x00"  # padding stays
     decoded = np.asarray(Image.open(io.BytesIO(stripped)))
     assert np.array_equal(decoded, np.asarray(Image.open(io.BytesIO(frame))))
     ds = dataset(Rows=16, Columns=16, BitsAllocated=8, BitsStored=8, HighBit=7)

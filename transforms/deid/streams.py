@@ -31,8 +31,9 @@ _NO_LENGTH = {0x01, *range(0xD0, 0xDA)}  # TEM, RSTn, SOI, EOI
 
 
 def strip_jpeg(frame: bytes) -> bytes:
-    """A JPEG or JPEG-LS frame without COM and APPn segments (Adobe APP14 kept); the
-    entropy-coded data, and every other segment, copied byte for byte."""
+    """A JPEG or JPEG-LS frame without COM and APPn segments (Adobe APP14 kept) and without
+    anything but padding after its EOI; the entropy-coded data, and every other segment,
+    copied byte for byte."""
     if not frame.startswith(b"\xff\xd8"):
         return frame
     out = bytearray(b"\xff\xd8")
@@ -62,8 +63,10 @@ def strip_jpeg(frame: bytes) -> bytes:
             out += frame[i : i + 2]
             i += 2
             if marker == 0xD9:
-                out += frame[i:]  # anything after EOI is padding: kept as the frame had it
-                break
+                rest = frame[i:]
+                if not rest.strip(b"\x00"):
+                    out += rest  # padding only: kept as the frame had it
+                break  # anything else after EOI (text, say) goes
             continue
         if i + 4 > n:
             out += frame[i:]
@@ -110,12 +113,12 @@ def strip_j2k(frame: bytes) -> bytes:
         tiles.append(bytes(part))
         i = end
     stripped = [s for s in main if s[:2] != b"\xff\x64"]
-    changed = changed or len(stripped) != len(main)
+    changed = changed or len(stripped) != len(main) or bool(frame[i + 2 :].strip(b"\x00"))
     if not changed:
         return frame
     if any(s[:2] == b"\xff\x55" for s in stripped):
         stripped = [s for s in stripped if s[:2] != b"\xff\x55"]
-    out += b"".join(stripped) + b"".join(tiles) + frame[i:]
+    out += b"".join(stripped) + b"".join(tiles) + frame[i : i + 2]  # EOC, nothing after it
     return bytes(out)
 
 
