@@ -201,9 +201,23 @@ def redaction_counts(index: list[dict]) -> dict[str, int]:
     }
 
 
-def redaction_example(synthetic: str) -> str | None:
-    """Before/after of burned-in text redaction on one synthetic image (never real data):
-    the first loose file of the corpus that phi.json lists with planted text."""
+def outlined(after: np.ndarray, blanked: np.ndarray) -> np.ndarray:
+    """A redacted 8-bit frame (height x width x 3) with each blanked region outlined in
+    red. Only the de-identified pixels are drawn: the outline lies on the region's own
+    border, inside what was blanked, so nothing of the original shows."""
+    import cv2
+
+    out = after.copy()
+    n, _, stats, _ = cv2.connectedComponentsWithStats(blanked.astype(np.uint8), connectivity=8)
+    for x, y, w, h, _ in stats[1:n]:
+        cv2.rectangle(out, (int(x), int(y)), (int(x + w - 1), int(y + h - 1)), (255, 0, 0), 1)
+    return out
+
+
+def redaction_example(synthetic: str, count: int = 3) -> str | None:
+    """A few synthetic images (never real data) as de-identified, with the regions that
+    redaction blanked outlined: the first loose files of the corpus that phi.json lists
+    with planted text."""
     from pydicom import dcmread
 
     from transforms.deid import PixelPolicy, redact_pixels
@@ -211,21 +225,31 @@ def redaction_example(synthetic: str) -> str | None:
 
     boxes = _json(os.path.join(synthetic, "phi.json")).get("text_boxes", [])
     loose = sorted({b["file"] for b in boxes if b.get("member") is None and b["phi"]})
+    shown: list[tuple[str, np.ndarray, int]] = []
     for name in loose:
         ds = dcmread(os.path.join(synthetic, name))
-        before = frames_8bit(ds, ds.pixel_array)[0]
+        stored = ds.pixel_array.copy()
         try:
-            redact_pixels(ds, PixelPolicy())
+            result = redact_pixels(ds, PixelPolicy())
         except Exception:  # this one cannot be cleaned: try the next
             continue
-        after = frames_8bit(ds, ds.pixel_array)[0]
-        fig, axes = plt.subplots(1, 2, figsize=(8, 4))
-        for ax, img, title in zip(axes, (before, after), ("before", "after"), strict=True):
-            ax.imshow(img)
-            ax.set_title(f"{title} ({ds.Modality}, synthetic)")
-            ax.axis("off")
-        return _png(fig)
-    return None
+        after = ds.pixel_array
+        if int(ds.get("NumberOfFrames", 1) or 1) > 1:  # the first frame of a run
+            stored, after = stored[0], after[0]
+        changed = stored != after
+        blanked = changed.any(axis=-1) if changed.ndim == 3 else changed
+        view = frames_8bit(ds, after)[0]  # the de-identified pixels only
+        shown.append((str(ds.Modality), outlined(view, blanked), result.regions))
+        if len(shown) == count:
+            break
+    if not shown:
+        return None
+    fig, axes = plt.subplots(1, len(shown), figsize=(4 * len(shown), 4), squeeze=False)
+    for ax, (modality, img, regions) in zip(axes[0], shown, strict=True):
+        ax.imshow(img)
+        ax.set_title(f"{modality}, synthetic: {regions} regions blanked")
+        ax.axis("off")
+    return _png(fig)
 
 
 def build_report(
@@ -277,7 +301,7 @@ def build_report(
         example = redaction_example(synthetic) if synthetic else None
         content = _img(_bar(redacted, "count"), "redaction")
         if example:
-            content += _img(example, "burned-in text before and after redaction")
+            content += _img(example, "redacted images, blanked regions outlined")
         sections.append(("Burned-in text redacted (pixels.policy redact)", content))
     samples = _samples(ingest)
     if samples:

@@ -29,8 +29,8 @@ def test_demo_runs_the_chain_and_renders_the_report(tmp_path, capsys, monkeypatc
     expected = {"counts", "reasons", "balance", "samples", "training curves", "roc.png", "pr.png"}
     expected |= {"reliability diagram"}
     assert expected | {"histogram", "grad-cam"} <= alts, alts
-    # Burned-in text is redacted by default: counted, shown on a synthetic before/after.
-    assert {"redaction", "burned-in text before and after redaction"} <= alts, alts
+    # Burned-in text is redacted by default: counted, shown redacted with regions outlined.
+    assert {"redaction", "redacted images, blanked regions outlined"} <= alts, alts
     redacted = re.search(r"burned-in text: (\d+) images redacted", out.err)
     assert redacted and int(redacted.group(1)) > 0
     assert "burned_in_annotation" not in out.err  # nothing excluded for its risk alone
