@@ -49,6 +49,7 @@ _MONTH_DATES = (
     re.compile(rf"(?<![\w])\d{{1,2}}(?:st|nd|rd|th)?[\s./-]*(?:{_MONTH})[\s.,/-]*\d{{2,4}}", re.I),
     re.compile(rf"(?<![\w])(?:{_MONTH})[\s./-]*\d{{1,2}}(?:st|nd|rd|th)?[\s.,/-]+\d{{2,4}}", re.I),
 )
+_TITLES = frozenset("dr drs mrs ms miss prof sir herr frau dott mme mlle".split())
 _STOPWORDS = frozenset(
     "a an and at by de der des di du for from in of on or per the to van von with"
     " dr mrs ms prof herr frau".split()
@@ -176,8 +177,8 @@ class ContentCheck:
         folded = fold(part)
         if not folded.isascii() and not folded.isalpha():
             return False
-        if len(folded) <= 3:
-            return folded.isascii()  # short codes and abbreviations (not ideographs)
+        if len(folded) <= 3:  # short codes and abbreviations (not ideographs), not names
+            return folded.isascii() and not (len(folded) == 3 and folded in self.names)
         return folded in self.words and folded not in self.names
 
     def _generic(self, value: str, tokenwise: bool) -> Verdict:
@@ -215,15 +216,22 @@ class ContentCheck:
                 text = text.replace(match[0], " ")
         pieces = _WORDS.split(text)
         kept: list[str] = []
+        title = -1  # where the last word was a title ("Dr", "Prof"): a name follows it
         for i, piece in enumerate(pieces):
             if i % 2:  # a separator
                 kept.append(piece)
                 continue
-            if all(self._word_ok(p) for p in _PARTS.split(piece)):
+            if not piece:
                 kept.append(piece)
-            else:
+                continue
+            if title >= 0 or not all(self._word_ok(p) for p in _PARTS.split(piece)):
                 reason = reason or "word"
                 kept.append(" ")
+                if title >= 0:
+                    kept[title] = " "
+            else:
+                kept.append(piece)
+            title = len(kept) - 1 if fold(piece).rstrip(".") in _TITLES else -1
         if not reason:
             return Verdict(value)
         if not tokenwise:

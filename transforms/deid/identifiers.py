@@ -118,6 +118,16 @@ def id_parts(value: str) -> list[str]:
     return [o for o in out if len(o) >= 2]
 
 
+def id_fragments(value: str) -> set[str]:
+    """Fragments of four digits or more of an identifier's digit runs (``8823`` of
+    ``MRN 88231``): found as whole digit runs beside letters (``QB-8823``), never in
+    numbers, where four digits are too common to mean anything."""
+    out: set[str] = set()
+    for run in re.findall(r"\d{5,}", value):
+        out |= {run[i : i + k] for k in range(4, len(run)) for i in range(len(run) - k + 1)}
+    return out
+
+
 def _deletions(word: str) -> set[str]:
     return {word[:i] + word[i + 1 :] for i in range(len(word))}
 
@@ -224,6 +234,7 @@ class PatientIdentifiers:
         for value in dates:
             date_tokens += _numeric_spellings(value)
         self._tokens = tuple(sorted(set(tokens + id_tokens + date_tokens)))
+        self._fragments = frozenset(f for value in ids for f in id_fragments(value))
         self._seen: dict[str, bool] = {}
         # The birth date with a month name: looked for only where a month name appears.
         self._month_dates = frozenset(
@@ -280,7 +291,11 @@ class PatientIdentifiers:
         folded = fold(text)
         if any(s in folded for s in self._substrings):
             return True
-        if self._words and not self._words.isdisjoint(_WORD_RE.findall(folded)):
+        words = _WORD_RE.findall(folded)
+        if self._words and not self._words.isdisjoint(words):
+            return True
+        fragment = self._fragments and not self._fragments.isdisjoint(words)
+        if fragment and any(c.isalpha() for c in folded):  # "QB-8823", not a bare number
             return True
         months = self._month_dates and _HAS_MONTH.search(folded)
         if months and any(s in folded for s in self._month_dates):
