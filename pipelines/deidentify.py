@@ -20,7 +20,7 @@ from models import configs
 from models.configs import arg, nested
 from models.layout import DEID_DIR, ERRORS_TABLE, new_run_id
 from models.uids import is_valid_uid
-from pipelines import dicomweb_args, flags
+from pipelines import flags, source_args
 from pipelines.options import (
     CommandOptions,
     UsageError,
@@ -38,10 +38,12 @@ from transforms.deadletter import (
     WriteErrors,
 )
 from transforms.deid import DeidConfig, Deidentify, DeidResult, count_keys, deid_header
-from transforms.dicomweb import DicomwebSettings, WriteDicomweb
 from transforms.keys import KeySource, fingerprint
 from transforms.linkage import write_linkage
 from transforms.manifest import WriteManifest
+from transforms.sources import registry
+from transforms.sources.base import Sink
+from transforms.sources.registry import SourceSettings
 from transforms.storage import write_bytes
 
 
@@ -56,8 +58,8 @@ class DeidentifyArgs:
     limits: dicom_io.Limits = nested(dicom_io.Limits)
     linkage_output: str | None = arg(None, "write the encrypted original→pseudonym table here")
     linkage_key: flags.KeyFlags = nested(flags.KeyFlags, "linkage-key-")
-    dicomweb: DicomwebSettings = nested(DicomwebSettings, "dicomweb-")
-    output_store: dicomweb_args.OutputStore = nested(dicomweb_args.OutputStore, "output-")
+    sources: SourceSettings = nested(SourceSettings)
+    output_store: source_args.OutputStore = nested(source_args.OutputStore, "output-")
 
 
 class DeidentifyOptions(CommandOptions):
@@ -78,9 +80,8 @@ class DeidentifyConfig:
     linkage_output: str | None = None
     linkage_key: KeySource | None = None  # given exactly when linkage_output is
     run_id: str = ""
-    dicomweb: DicomwebSettings = field(default_factory=DicomwebSettings)  # for the inputs
-    output_dicomweb: str | None = None  # STOW-RS here instead of files under deid_dicom/
-    output_dicomweb_settings: DicomwebSettings = field(default_factory=DicomwebSettings)
+    sources: SourceSettings = field(default_factory=SourceSettings)  # for the inputs
+    output_store: Sink | None = None  # a store instead of files under deid_dicom/
 
 
 def configure(
@@ -101,9 +102,8 @@ def configure(
     elif args.linkage_key.env or args.linkage_key.file:
         raise UsageError("--linkage-key-* needs --linkage-output")
     linkage_output = dicom_io.normalize_uri(args.linkage_output) if args.linkage_output else None
-    store = args.output_store
-    dicomweb = dicomweb_args.settings(args.dicomweb, inputs, dataflow, store.dicomweb)
-    sink = dicomweb_args.output_settings(store, dataflow, dicomweb)
+    sources = source_args.settings(args.sources, inputs, dataflow)
+    sink = source_args.sink(args.output_store, sources, dataflow)
     return DeidentifyConfig(
         inputs=tuple(inputs),
         output=output,
@@ -113,9 +113,8 @@ def configure(
         linkage_output=linkage_output,
         linkage_key=linkage_key,
         run_id=new_run_id(),
-        dicomweb=dicomweb,
-        output_dicomweb=store.dicomweb,
-        output_dicomweb_settings=sink,
+        sources=sources,
+        output_store=sink,
     )
 
 
@@ -158,24 +157,23 @@ def build_pipeline(pipeline: beam.Pipeline, config: DeidentifyConfig) -> beam.Pi
     """Adds the deidentify graph to ``pipeline`` (not run) and returns it."""
     inputs, output = list(config.inputs), config.output
     header = {
-        **deid_header("deidentify", config.run_id, inputs, config.key, config.deid),
+        **deid_header(
+            "deidentify", config.run_id, registry.describe_uris(inputs), config.key, config.deid
+        ),
         "linkage": bool(config.linkage_output),
         "limits": config.limits.describe(),
     }
-    if config.output_dicomweb:
-        header["output_dicomweb"] = config.output_dicomweb
+    if config.output_store:
+        header["output_store"] = config.output_store.describe()
 
     p = pipeline
-    objects, read_errors = p | "ReadInstances" >> dicom_io.ReadInstances(
-        inputs, config.limits, config.dicomweb
-    )
+    sources = registry.configure_inputs(inputs, config.sources)
+    objects, read_errors = p | "ReadInstances" >> registry.ReadInstances(sources, config.limits)
     results, deid_errors, linkage = objects | "Deidentify" >> Deidentify(
         config.deid, config.key, linkage=bool(config.linkage_output), limits=config.limits
     )
-    if config.output_dicomweb:  # STOW-RS into a store instead of files under deid_dicom/
-        stored, write_errors = results | "StoreDicomweb" >> WriteDicomweb(
-            config.output_dicomweb, config.output_dicomweb_settings
-        )
+    if config.output_store:  # into a store instead of files under deid_dicom/
+        stored, write_errors = results | "StoreInstances" >> config.output_store.write()
     else:
         written = results | "WriteDeidDicom" >> beam.ParDo(
             WriteDeidFn(FileSystems.join(output, DEID_DIR))
@@ -215,9 +213,9 @@ def build_pipeline(pipeline: beam.Pipeline, config: DeidentifyConfig) -> beam.Pi
 def deidentify(config: DeidentifyConfig, beam_options: PipelineOptions) -> dict:
     """Runs a deidentify job to the end (inputs checked first); returns its manifest."""
     pipeline = build_pipeline(new_pipeline(beam_options), config)
-    if config.output_dicomweb:
-        dicomweb_args.check_output(config.output_dicomweb, config.output_dicomweb_settings)
-    return execute(pipeline, config.inputs, config.output, config.dicomweb)
+    if config.output_store:
+        source_args.check_sink(config.output_store)
+    return execute(pipeline, config.inputs, config.output, config.sources)
 
 
 def run(argv: Sequence[str]) -> int:
@@ -230,7 +228,7 @@ def run(argv: Sequence[str]) -> int:
         f"deidentify: {counts.get('seen', 0)} objects seen, "
         f"{counts.get('deidentified', 0)} de-identified, "
         f"{counts.get('dead_lettered', 0)} dead-lettered → {output}"
-        f"{' and ' + config.output_dicomweb if config.output_dicomweb else ''} "
+        f"{' and ' + config.output_store.describe() if config.output_store else ''} "
         f"(key fingerprint {manifest['key_fingerprint']})",
         file=sys.stderr,
     )

@@ -28,7 +28,7 @@ from models.layout import (
     TRANSFORM_DIR,
     new_run_id,
 )
-from pipelines import dicomweb_args, flags
+from pipelines import flags, source_args
 from pipelines.options import (
     CommandOptions,
     UsageError,
@@ -42,7 +42,6 @@ from transforms import dicom_io
 from transforms.convert import Instance, PrepareInstances
 from transforms.deadletter import WriteErrors
 from transforms.deid import DeidConfig, count_keys, deid_header
-from transforms.dicomweb import DicomwebSettings
 from transforms.keys import KeySource
 from transforms.labels import SNAKE_CASE, ReadLabels, load_labels
 from transforms.manifest import (
@@ -50,6 +49,8 @@ from transforms.manifest import (
 )
 from transforms.parquet import WriteParquet, delete_stale_shards, table_dir
 from transforms.pixels import PixelConfig
+from transforms.sources import registry
+from transforms.sources.registry import SourceSettings
 from transforms.split import ALL_SPLITS, SplitConfig, assign_split
 from transforms.tfrecord import GzipTFRecordSink, encode_example
 from transforms.transform_graph import AnalyzeTrain, ImageMoments, image_moments
@@ -69,7 +70,7 @@ class IngestArgs:
     split: str | None = arg(None, "train,eval,test fractions, e.g. 0.8,0.1,0.1")
     tfrecord_shards: int = arg(0, "shards per split (0: the runner's)")
     limits: dicom_io.Limits = nested(dicom_io.Limits)
-    dicomweb: DicomwebSettings = nested(DicomwebSettings, "dicomweb-")
+    sources: SourceSettings = nested(SourceSettings)
 
 
 class IngestOptions(CommandOptions):
@@ -96,7 +97,7 @@ class IngestConfig:
     tfrecord_shards: int = 0
     limits: dicom_io.Limits = field(default_factory=dicom_io.Limits)
     run_id: str = ""
-    dicomweb: DicomwebSettings = field(default_factory=DicomwebSettings)
+    sources: SourceSettings = field(default_factory=SourceSettings)
 
 
 def configure(opts: IngestOptions | IngestArgs, beam_options: PipelineOptions) -> IngestConfig:
@@ -135,7 +136,7 @@ def configure(opts: IngestOptions | IngestArgs, beam_options: PipelineOptions) -
         tfrecord_shards=args.tfrecord_shards,
         limits=args.limits,
         run_id=new_run_id(),
-        dicomweb=dicomweb_args.settings(args.dicomweb, inputs, dataflow),
+        sources=source_args.settings(args.sources, inputs, dataflow),
     )
 
 
@@ -245,7 +246,13 @@ def build_pipeline(pipeline: beam.Pipeline, config: IngestConfig) -> beam.Pipeli
     """Adds the ingest graph to ``pipeline`` (not run) and returns it."""
     split = config.split
     header = {
-        **deid_header("ingest", config.run_id, list(config.inputs), config.key, config.deid),
+        **deid_header(
+            "ingest",
+            config.run_id,
+            registry.describe_uris(config.inputs),
+            config.key,
+            config.deid,
+        ),
         "pixels": config.pixels.describe(),
         "split": {"train": split.train, "eval": split.eval, "test": split.test},
         "labels": {
@@ -258,9 +265,8 @@ def build_pipeline(pipeline: beam.Pipeline, config: IngestConfig) -> beam.Pipeli
     }
     output = config.output
     p = pipeline
-    read = p | "ReadInstances" >> dicom_io.ReadInstances(
-        list(config.inputs), config.limits, config.dicomweb
-    )
+    sources = registry.configure_inputs(config.inputs, config.sources)
+    read = p | "ReadInstances" >> registry.ReadInstances(sources, config.limits)
     table = p | "ReadLabels" >> ReadLabels(config.labels) if config.labels else None
     prepared = read.objects | "PrepareInstances" >> PrepareInstances(
         config.deid, config.key, config.pixels, prefix="ingest", labels=table, limits=config.limits
@@ -312,9 +318,9 @@ def build_pipeline(pipeline: beam.Pipeline, config: IngestConfig) -> beam.Pipeli
 def ingest(config: IngestConfig, beam_options: PipelineOptions) -> dict:
     """Runs an ingest to the end (inputs checked first, before the graph is built);
     returns its manifest."""
-    check_inputs_exist(config.inputs, config.dicomweb)
+    check_inputs_exist(config.inputs, config.sources)
     pipeline = build_pipeline(new_pipeline(beam_options), config)
-    return execute(pipeline, config.inputs, config.output, config.dicomweb, checked=True)
+    return execute(pipeline, config.inputs, config.output, config.sources, checked=True)
 
 
 def summary(manifest: dict, output: str) -> str:

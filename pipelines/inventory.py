@@ -11,7 +11,7 @@ from models import configs
 from models import features as f
 from models.configs import arg, nested
 from models.layout import ERRORS_TABLE, INVENTORY_TABLE, new_run_id
-from pipelines import dicomweb_args, flags
+from pipelines import flags, source_args
 from pipelines.options import (
     CommandOptions,
     check_output_outside,
@@ -21,9 +21,10 @@ from pipelines.options import (
 )
 from transforms import dicom_io
 from transforms.deadletter import WriteErrors
-from transforms.dicomweb import DicomwebSettings, ReadDicomweb, describe_inputs, is_dicomweb
 from transforms.manifest import WriteManifest, code_version, utc_now
 from transforms.parquet import WriteParquet, table_dir
+from transforms.sources import registry
+from transforms.sources.registry import SourceSettings
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -33,7 +34,7 @@ class InventoryArgs:
     input: list[str] = arg([], "file, folder, gs:// prefix or glob; repeat for several")
     output: str | None = arg(None, flags.OUTPUT_HELP)
     limits: dicom_io.Limits = nested(dicom_io.Limits)
-    dicomweb: DicomwebSettings = nested(DicomwebSettings, "dicomweb-")
+    sources: SourceSettings = nested(SourceSettings)
 
 
 class InventoryOptions(CommandOptions):
@@ -50,7 +51,7 @@ class InventoryConfig:
     output: str
     limits: dicom_io.Limits = field(default_factory=dicom_io.Limits)
     run_id: str = ""
-    dicomweb: DicomwebSettings = field(default_factory=DicomwebSettings)
+    sources: SourceSettings = field(default_factory=SourceSettings)
 
 
 def inventory_keys(row: dict) -> list:
@@ -73,13 +74,13 @@ def configure(
     args = flags.parsed(InventoryArgs, opts)
     inputs, output = flags.inputs_and_output(args.input, args.output)
     check_output_outside(output, inputs)
-    dicomweb = dicomweb_args.settings(args.dicomweb, inputs, flags.on_dataflow(beam_options))
+    sources = source_args.settings(args.sources, inputs, flags.on_dataflow(beam_options))
     return InventoryConfig(
         inputs=tuple(inputs),
         output=output,
         limits=args.limits,
         run_id=new_run_id(),
-        dicomweb=dicomweb,
+        sources=sources,
     )
 
 
@@ -87,27 +88,21 @@ def build_pipeline(pipeline: beam.Pipeline, config: InventoryConfig) -> beam.Pip
     """Adds the inventory graph to ``pipeline`` (not run) and returns it."""
     output = config.output
     limits = config.limits
+    sources = registry.configure_inputs(config.inputs, config.sources)
     header = {
         "pipeline": "inventory",
         "run_id": config.run_id or new_run_id(),
         "code_version": code_version(),
         "started_at": utc_now(),
-        "inputs": describe_inputs(list(config.inputs)),
+        "inputs": registry.describe_inputs(sources),
         "options": {"max_object_bytes": config.limits.max_object_bytes},
         "limits": limits.describe(),
     }
 
     p = pipeline
-    files = [u for u in config.inputs if not is_dicomweb(u)]
-    stores = [u for u in config.inputs if is_dicomweb(u)]
-    paths = p | "MatchInputs" >> dicom_io.MatchInputs(files)
-    objects, read_errors = paths | "ReadObjects" >> dicom_io.ReadObjects(limits)
-    if stores:  # one row per instance in the store, as per object in a bucket
-        web_objects, web_errors = p | "ReadDicomweb" >> ReadDicomweb(
-            stores, config.dicomweb, limits.max_object_bytes
-        )
-        objects = (objects, web_objects) | "AllObjects" >> beam.Flatten()
-        read_errors = (read_errors, web_errors) | "AllReadErrors" >> beam.Flatten()
+    # One row per object in a bucket (every copy), as per instance in a store.
+    read = registry.ReadInstances(sources, limits, every_copy=True)
+    objects, read_errors = p | "ReadObjects" >> read
     rows, parse_errors = objects | "InspectDicom" >> dicom_io.InspectDicom(limits)
     errors = (
         (read_errors, parse_errors)
@@ -136,7 +131,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: InventoryConfig) -> beam.Pip
 def inventory(config: InventoryConfig, beam_options: PipelineOptions) -> dict:
     """Runs an inventory to the end (inputs checked first); returns its manifest."""
     pipeline = build_pipeline(new_pipeline(beam_options), config)
-    return execute(pipeline, config.inputs, config.output, config.dicomweb)
+    return execute(pipeline, config.inputs, config.output, config.sources)
 
 
 def run(argv: Sequence[str]) -> int:

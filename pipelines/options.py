@@ -123,26 +123,21 @@ def check_output_outside(output: str, inputs: Sequence[str]) -> None:
             raise UsageError(f"--output {output} lies inside --input {uri}")
 
 
-def check_inputs_exist(inputs: Sequence[str], dicomweb=None) -> None:
-    """Raises UsageError naming an input that matches nothing, or a DICOMweb store that
-    cannot be reached (``dicomweb``: its DicomwebSettings), before any heavy import."""
-    from pipelines import dicomweb_args
-    from transforms import dicom_io
-    from transforms.dicomweb import DicomwebSettings
+def check_inputs_exist(inputs: Sequence[str], sources=None) -> None:
+    """Raises UsageError naming an input that matches nothing, or a store that cannot be
+    reached (``sources``: the SourceSettings that reach them), before any heavy import."""
+    from pipelines import source_args
+    from transforms.sources.registry import SourceSettings
 
-    try:
-        dicom_io.check_inputs(list(inputs))
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    dicomweb_args.check_inputs(inputs, dicomweb or DicomwebSettings())
+    source_args.check_inputs(inputs, sources or SourceSettings())
 
 
 def execute(
-    pipeline: beam.Pipeline, inputs: Sequence[str], output: str, dicomweb=None, *, checked=False
+    pipeline: beam.Pipeline, inputs: Sequence[str], output: str, sources=None, *, checked=False
 ) -> dict:
     """Checks the inputs exist (one line if not, before any work; skipped when the caller
     did with ``checked``), runs the pipeline to the end and returns the manifest it wrote.
-    ``dicomweb``: the DicomwebSettings that reach dicomweb+http(s):// inputs.
+    ``sources``: the SourceSettings that reach the inputs.
 
     Only a finished run leaves a manifest: an old one is removed first, and this run's is
     removed again if the pipeline fails after writing it. After success, ``beam-temp-*``
@@ -152,7 +147,7 @@ def execute(
     from transforms.storage import read_json
 
     if not checked:
-        check_inputs_exist(inputs, dicomweb)
+        check_inputs_exist(inputs, sources)
     remove_manifest(output)
     try:
         pipeline.run().wait_until_finish()

@@ -49,8 +49,9 @@ from pipelines.flags import KeyFlags, load_yaml
 from pipelines.options import OneLineParser, UsageError, parse_options
 from transforms import dicom_io
 from transforms.dicom_io import Limits
-from transforms.dicomweb import CredentialsError, DicomwebSettings, RequestFailed, is_dicomweb
 from transforms.manifest import utc_now
+from transforms.sources.base import ListingFailed
+from transforms.sources.registry import SourceSettings
 
 STAGES = ("ingest", "train", "score")
 
@@ -123,7 +124,7 @@ class RunConfig:
     ingest: IngestStage = nested(IngestStage)
     train: TrainStage = field(default_factory=TrainStage)
     score: StageArgs = nested(StageArgs)
-    dicomweb: DicomwebSettings = nested(DicomwebSettings)
+    sources: SourceSettings = nested(SourceSettings)  # each source's settings, by name
 
     @classmethod
     def from_mapping(cls, data) -> "RunConfig":
@@ -144,18 +145,12 @@ class RunConfig:
             config = configs.from_mapping(cls, rest, "run.yaml", train=train)
         except ValueError as e:
             raise ValueError(str(e).removeprefix("run.yaml: ")) from None
-        try:
-            config.dicomweb.check()
-        except ValueError as e:
-            raise ValueError(f"dicomweb: {e}") from None
+        config.sources.check()
         return dataclasses.replace(
             config,
             inputs=[dicom_io.normalize_uri(u) for u in config.inputs],
             output=dicom_io.normalize_uri(config.output),
         )
-
-    def has_dicomweb(self) -> bool:
-        return any(is_dicomweb(u) for u in self.inputs)
 
     def key_flags(self) -> KeyFlags:
         return KeyFlags(env=self.key_env, file=self.key_file)
@@ -188,20 +183,19 @@ def ingest_args(config: RunConfig):
         labels=config.labels,
         deid_config=config.deid_config,
         pixel_config=config.pixel_config,
-        dicomweb=config.dicomweb if config.has_dicomweb() else args.dicomweb,
+        sources=config.sources.for_inputs(config.inputs),
     )
     return args, beam_options
 
 
 def score_args(config: RunConfig, run_id: str, objects: list[str], model: str):
-    """The score stage's args, as ``ingest_args``; its inputs are the planned objects, so
-    the DICOMweb query is not applied again."""
+    """The score stage's args, as ``ingest_args``; its inputs are the planned objects (a
+    store's instances by their own URLs, which no query narrows again)."""
     from pipelines import score
 
     argv = [*configs.to_argv(config.limits), *config.score.argv()]
     opts, beam_options = parse_options("dicomflow score", argv, score.ScoreOptions)
     args = flags.parsed(score.ScoreArgs, opts)
-    dicomweb = dataclasses.replace(config.dicomweb, query=None)
     args = dataclasses.replace(
         args,
         input=list(objects),
@@ -209,7 +203,7 @@ def score_args(config: RunConfig, run_id: str, objects: list[str], model: str):
         output=config.path(RUNS_DIR, run_id, SCORE_DIR),
         run_id=run_id,
         key=config.key_flags(),
-        dicomweb=dicomweb if config.has_dicomweb() else args.dicomweb,
+        sources=config.sources.for_inputs(objects),
     )
     return args, beam_options
 
@@ -315,7 +309,7 @@ def execute_run(config: RunConfig, from_stage: str | None = None, log=print) -> 
     except KeySourceError as e:
         raise UsageError(str(e)) from None
     with st.Lock(config.output, new_run_id(), config.lock_stale_minutes * 60) as lock:
-        listed = st.list_objects(config.inputs, config.dicomweb)
+        listed = st.list_objects(config.inputs, config.sources)
         by_digest = {st.object_digest(key, uri): uri for uri in listed}
         current = st.digests(key, listed)
         state = st.read_json(config.path(STATE_NAME)) or {}
@@ -394,6 +388,6 @@ def run(argv: Sequence[str]) -> int:
     except st.LockHeld as e:
         print(f"dicomflow run: {e}", file=sys.stderr)
         return 3
-    except (RequestFailed, CredentialsError) as e:
-        print(f"dicomflow run: listing the DICOMweb input failed: {e}", file=sys.stderr)
+    except ListingFailed as e:
+        print(f"dicomflow run: {e}", file=sys.stderr)
         return 1

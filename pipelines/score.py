@@ -31,11 +31,9 @@ from pipelines.score_config import (  # noqa: F401  (ScoreArgs, ScoreOptions, co
     configure,
     model_shape,
 )
-from transforms import dicom_io
 from transforms.convert import PrepareInstances
 from transforms.deadletter import DEAD_LETTER, WriteErrors
 from transforms.deid import deid_header
-from transforms.dicomweb import describe_inputs
 from transforms.manifest import WriteManifest, code_version, utc_now
 from transforms.parquet import WriteArrowTables
 from transforms.scoring import (
@@ -47,6 +45,7 @@ from transforms.scoring import (
     candidates,
     inference_dead_letters,
 )
+from transforms.sources import registry
 
 
 def explanations_dir(output: str, version: str, run_id: str) -> str:
@@ -86,10 +85,11 @@ def build_pipeline(pipeline: beam.Pipeline, config: ScoreConfig) -> beam.Pipelin
         "run_id": run_id,
         "code_version": code_version(),
         "started_at": utc_now(),
-        "inputs": describe_inputs(inputs),
+        "inputs": registry.describe_uris(inputs),
     }
     if dicom is not None:
-        header = {**deid_header("score", run_id, inputs, dicom.key, dicom.deid), **header}
+        described = header["inputs"]
+        header = {**deid_header("score", run_id, described, dicom.key, dicom.deid), **header}
         header["pixels"] = dicom.pixels.describe()
         header["limits"] = dicom.limits.describe()
     else:
@@ -119,7 +119,8 @@ def build_pipeline(pipeline: beam.Pipeline, config: ScoreConfig) -> beam.Pipelin
 
     p = pipeline
     if dicom is not None:
-        read = p | "ReadInstances" >> dicom_io.ReadInstances(inputs, dicom.limits, dicom.dicomweb)
+        sources = registry.configure_inputs(inputs, dicom.sources)
+        read = p | "ReadInstances" >> registry.ReadInstances(sources, dicom.limits)
         prepared = read.objects | "PrepareInstances" >> PrepareInstances(
             dicom.deid, dicom.key, dicom.pixels, prefix="score", limits=dicom.limits
         )
@@ -216,8 +217,8 @@ def score(config: ScoreConfig, beam_options: PipelineOptions) -> dict:
     """Runs a score job to the end (inputs checked first, in ``configure``); returns its
     manifest."""
     pipeline = build_pipeline(new_pipeline(beam_options), config)
-    dicomweb = config.dicom.dicomweb if config.dicom is not None else None
-    return execute(pipeline, config.inputs, config.output, dicomweb, checked=True)
+    sources = config.dicom.sources if config.dicom is not None else None
+    return execute(pipeline, config.inputs, config.output, sources, checked=True)
 
 
 def summary(manifest: dict) -> str:

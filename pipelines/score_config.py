@@ -15,7 +15,7 @@ from models import configs
 from models.configs import arg, nested
 from models.inference import DEFAULT_BATCH_SIZE, DEFAULT_MAX_BATCH_BYTES
 from models.layout import TFRECORD_SHARDS, TFRECORD_SUFFIX, TFRECORDS_DIR, new_run_id
-from pipelines import dicomweb_args, flags
+from pipelines import flags, source_args
 from pipelines.options import (
     CommandOptions,
     UsageError,
@@ -25,9 +25,10 @@ from pipelines.options import (
 )
 from transforms import dicom_io
 from transforms.deid import DeidConfig
-from transforms.dicomweb import DicomwebSettings, is_dicomweb
 from transforms.keys import KeySource
 from transforms.pixels import PixelConfig
+from transforms.sources import registry
+from transforms.sources.registry import SourceSettings
 from transforms.split import ALL_SPLITS
 
 DICOM, TFRECORD_FORMAT, AUTO = "dicom", "tfrecords", "auto"
@@ -71,7 +72,7 @@ class ScoreArgs:
     )
     explain_top: int = arg(0, "Grad-CAM PNGs for the K top scores")
     limits: dicom_io.Limits = nested(dicom_io.Limits)
-    dicomweb: DicomwebSettings = nested(DicomwebSettings, "dicomweb-")
+    sources: SourceSettings = nested(SourceSettings)
 
 
 class ScoreOptions(CommandOptions):
@@ -82,7 +83,7 @@ class ScoreOptions(CommandOptions):
 
 def is_ingest_root(uri: str) -> bool:
     """Whether ``uri`` is an ingest output: ``tfrecords/<split>/part-*.tfrecord.gz`` below."""
-    if dicom_io.has_glob(uri) or is_dicomweb(uri):
+    if dicom_io.has_glob(uri) or not registry.in_object_storage(uri):
         return False
     pattern = FileSystems.join(uri.rstrip("/"), TFRECORDS_DIR, "*", TFRECORD_SHARDS)
     try:
@@ -172,7 +173,7 @@ class RawDicom:
     deid: DeidConfig = field(default_factory=DeidConfig)
     pixels: PixelConfig = field(default_factory=PixelConfig)
     limits: dicom_io.Limits = field(default_factory=dicom_io.Limits)
-    dicomweb: DicomwebSettings = field(default_factory=DicomwebSettings)
+    sources: SourceSettings = field(default_factory=SourceSettings)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -221,11 +222,11 @@ def configure(opts: ScoreOptions | ScoreArgs, beam_options: PipelineOptions) -> 
     dataflow = flags.on_dataflow(beam_options)
     if dataflow and not model_uri.startswith("gs://"):
         raise UsageError("Dataflow workers read the model from --model gs://... only")
-    dicomweb = dicomweb_args.settings(args.dicomweb, inputs, dataflow)
+    sources = source_args.settings(args.sources, inputs, dataflow)
     # Before the model is read (TensorFlow: seconds, log lines): an input that matches
     # nothing is one line at once. A dry run only builds the job: its inputs may not exist.
     if not beam_options.view_as(TestOptions).dry_run:
-        check_inputs_exist(inputs, dicomweb)
+        check_inputs_exist(inputs, sources)
     fmt = resolve_format(inputs, args.input_format)
     if fmt == TFRECORD_FORMAT:
         given = [
@@ -255,7 +256,7 @@ def configure(opts: ScoreOptions | ScoreArgs, beam_options: PipelineOptions) -> 
             deid=flags.load_deid_config(args.deid_config),
             pixels=pixel_config(args.pixel_config, info),
             limits=args.limits,
-            dicomweb=dicomweb,
+            sources=sources,
         )
     else:
         splits = parse_splits(args.splits)

@@ -308,29 +308,18 @@ class Lock:
         self.release()
 
 
-def list_objects(inputs: list[str], dicomweb=None) -> dict[str, str]:
-    """Every object under the inputs → its version (``size:mtime``), sorted by URI.
+def list_objects(inputs: list[str], sources=None) -> dict[str, str]:
+    """Every object under the inputs → its version, sorted by URI, as each source lists
+    it (``sources``: the SourceSettings): a file's ``size:mtime``; a store's instances
+    by their URLs, so a run retrieves only the instances it has not processed yet.
 
-    A DICOMweb input (``dicomweb+http(s)://``) lists its instances by QIDO-RS, with the
-    ``DicomwebSettings`` given: each instance's URL (study/series/instance UIDs) is the
-    object, so a run retrieves only the instances it has not processed yet.
+    Raises:
+        ListingFailed: a source could not list its inputs.
     """
-    from transforms import dicom_io
-    from transforms import dicomweb as web
+    from transforms.sources import registry
 
-    found: dict[str, str] = {}
-    stores = [u for u in inputs if web.is_dicomweb(u)]
-    if stores:
-        found.update(web.list_instances(stores, dicomweb or web.DicomwebSettings()))
-    for uri in inputs:
-        if web.is_dicomweb(uri):
-            continue
-        for meta in FileSystems.match([dicom_io.to_pattern(uri)])[0].metadata_list:
-            if meta.path.endswith("/") or ("://" not in meta.path and os.path.isdir(meta.path)):
-                continue  # folder placeholders, as the reading layer skips them
-            mtime = getattr(meta, "last_updated_in_seconds", 0) or 0
-            found[meta.path] = f"{meta.size_in_bytes}:{mtime:.6f}"
-    return dict(sorted(found.items()))
+    settings = sources or registry.SourceSettings()
+    return registry.list_objects(registry.configure_inputs(inputs, settings))
 
 
 def object_digest(key: bytes, uri: str) -> str:

@@ -265,8 +265,8 @@ def test_deidentify_stores_into_a_second_pacs_idempotently_and_never_logs_the_se
     key_file.write_text(KEY)
     base = ["--input", web(pacs.server.url), "--key-file", str(key_file)]
     sink = [
-        "--output-dicomweb", web(target.url),
-        "--output-dicomweb-credentials-file", str(secret),
+        "--output-store", web(target.url),
+        "--output-store-credentials-file", str(secret),
     ]  # fmt: skip
     caplog.set_level(logging.DEBUG)
     target.clear()
@@ -294,8 +294,8 @@ def test_a_refused_login_is_one_line_before_any_work(pacs, target, tmp_path, cap
     (tmp_path / "key").write_text(KEY)
     argv = [
         "--input", str(pacs.files), "--output", str(tmp_path / "o"),
-        "--key-file", str(tmp_path / "key"), "--output-dicomweb", web(target.url),
-        "--output-dicomweb-credentials-file", str(secret),
+        "--key-file", str(tmp_path / "key"), "--output-store", web(target.url),
+        "--output-store-credentials-file", str(secret),
     ]  # fmt: skip
     with pytest.raises(UsageError, match="HTTP 401") as info:
         deidentify.run(argv)
@@ -399,11 +399,11 @@ def test_dataflow_dry_run_builds_with_cloud_healthcare_stores(gcs, monkeypatch):
     )
     argv = [
         f"--input={store.format('raw')}", "--output=gs://bucket/deid", f"--key-file={key_uri}",
-        "--dicomweb-query=ModalitiesInStudy=CR", f"--output-dicomweb={store.format('deid')}",
+        "--dicomweb-query=ModalitiesInStudy=CR", f"--output-store={store.format('deid')}",
         *DATAFLOW_DRY_RUN,
     ]  # fmt: skip
     names = dry_run_steps(build(deidentify, deidentify.DeidentifyOptions, argv).run())
-    for step in ("SearchStudies", "OnePerInstance", "Retrieve", "Deidentify", "StoreDicomweb"):
+    for step in ("SearchStudies", "OnePerInstance", "Retrieve", "Deidentify", "StoreInstances"):
         assert any(step in name for name in names), step
     monkeypatch.setenv("DW_TOKEN", "t")
     opts, beam_options = parse_options(
@@ -438,7 +438,7 @@ def test_run_plans_by_instance_uids_and_fetches_only_what_is_new(pacs, tmp_path,
                 "inputs": [web(server.url)],
                 "output": str(tmp_path / "out"),
                 "key_env": "DW_KEY",
-                "dicomweb": {"query": "StudyDate=19000101-", "max_concurrency": 2},
+                "sources": {"dicomweb": {"query": "StudyDate=19000101-", "max_concurrency": 2}},
             }
         )
         assert run_mod.execute_run(config, log=lambda m: None) == 0
@@ -453,8 +453,11 @@ def test_run_plans_by_instance_uids_and_fetches_only_what_is_new(pacs, tmp_path,
     state = (tmp_path / "out" / "state.json").read_text()
     assert not any(uid in state for uid in uids)  # instances are named by keyed digests
     # The stages get run.yaml's settings as typed args; score's inputs are the planned
-    # instances themselves, so the query is not applied again.
+    # instances themselves (no query narrows them again), and files get no store settings.
     args, _ = run_mod.ingest_args(config)
-    assert (args.dicomweb.query, args.dicomweb.max_concurrency) == ("StudyDate=19000101-", 2)
+    settings = args.sources.dicomweb
+    assert (settings.query, settings.max_concurrency) == ("StudyDate=19000101-", 2)
     args, _ = run_mod.score_args(config, "r1", [web(server.url)], "/m")
-    assert (args.dicomweb.query, args.dicomweb.max_concurrency) == (None, 2)
+    assert args.sources.dicomweb.max_concurrency == 2
+    args, _ = run_mod.score_args(config, "r1", [str(tmp_path)], "/m")
+    assert args.sources.dicomweb == DicomwebSettings()

@@ -22,7 +22,6 @@ from transforms.deid.objects import DeidResult, deidentify_dataset
 from transforms.deid.profile import Profile
 from transforms.deid.redact import warm_ocr
 from transforms.dicom_io import METRICS_NAMESPACE, Limits, SourceObject, parse_dataset
-from transforms.dicomweb.urls import describe_inputs
 from transforms.keys import KeySource, fingerprint
 from transforms.manifest import code_version, utc_now
 
@@ -103,13 +102,15 @@ class DeidentifyFn(DeadLetterFn):
 def deid_header(
     pipeline: str, run_id: str | None, inputs: list[str], key: KeySource, config: DeidConfig
 ) -> dict:
-    """The manifest facts every de-identifying pipeline records (the key's fingerprint only)."""
+    """The manifest facts every de-identifying pipeline records (the key's fingerprint only).
+    ``inputs``: as the sources describe them (``transforms.sources.registry.describe_uris``:
+    a store by its root, no UIDs)."""
     return {
         "pipeline": pipeline,
         "run_id": run_id or new_run_id(),
         "code_version": code_version(),
         "started_at": utc_now(),
-        "inputs": describe_inputs(inputs),
+        "inputs": list(inputs),
         "key_fingerprint": fingerprint(key.resolve()),
         "deid_profile": Profile.load().standard,
         "deid_options": config.describe(),

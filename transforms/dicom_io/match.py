@@ -49,8 +49,6 @@ def match_uri(uri: str) -> Iterator[tuple[str, int]]:
 def check_inputs(uris: list[str]) -> None:
     """Raises ValueError, naming the URI, when an input matches nothing: before any work."""
     for uri in uris:
-        if uri.startswith("dicomweb+"):
-            continue  # a DICOMweb store: probed by pipelines.dicomweb_args.check_inputs
         pattern = to_pattern(normalize_uri(uri))
         found = FileSystems.match([pattern], limits=[1000])[0].metadata_list
         if not any(not m.path.endswith("/") and not os.path.isdir(m.path) for m in found):

@@ -65,29 +65,12 @@ class ReadInstances(NamedOutputs):
         ``ReadOutputs(objects, dead_letters)``.
     """
 
-    def __init__(
-        self, uris: list[str], limits: Limits | int = DEFAULT_MAX_OBJECT_BYTES, dicomweb=None
-    ):
+    def __init__(self, uris: list[str], limits: Limits | int = DEFAULT_MAX_OBJECT_BYTES):
         super().__init__()
         self._uris = uris
         self._limits = Limits.of(limits)
-        self._dicomweb = dicomweb  # DicomwebSettings for dicomweb+http(s):// inputs
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> ReadOutputs:
-        from transforms.dicomweb import ReadDicomweb, is_dicomweb
-
-        stores = [u for u in self._uris if is_dicomweb(u)]
-        if stores:  # DICOMweb inputs: their own reader, the same SourceObject stream
-            files = [u for u in self._uris if not is_dicomweb(u)]
-            # Retrieved objects are capped at max_object_bytes here, and parsed later within
-            # the same limits as files (ParseFn, InspectFn).
-            web = ReadDicomweb(stores, self._dicomweb, self._limits.max_object_bytes)
-            parts = [pbegin | "ReadDicomweb" >> web]
-            if files:
-                parts.append(pbegin | "ReadFiles" >> ReadInstances(files, self._limits))
-            objects = tuple(o for o, _ in parts) | "AllObjects" >> beam.Flatten()
-            errors = tuple(e for _, e in parts) | "AllReadDeadLetters" >> beam.Flatten()
-            return ReadOutputs(objects, errors)
         paths = pbegin | "MatchInputs" >> MatchInputs(self._uris)
         duplicates = paths | "FindDuplicates" >> FindDuplicates(self._limits)
         # The reshuffle spreads the paths over workers, and it starts a new fused stage

@@ -47,7 +47,8 @@ class DicomwebSettings:
     """How DICOMweb inputs and outputs are reached. Holds names of secrets, never secrets.
 
     A declared config (``models.configs``): the first four fields are the ``--dicomweb-*``
-    flags (``nested(DicomwebSettings, "dicomweb-")``) and run.yaml's ``dicomweb:`` section.
+    flags (``nested(DicomwebSettings, "dicomweb-")`` in ``SourceSettings``) and run.yaml's
+    ``sources: {dicomweb: ...}`` section.
 
     Attributes:
         query: QIDO-RS study filters, ``"ModalitiesInStudy=CR&StudyDate=20260101-"``.

@@ -24,7 +24,7 @@ _FAILED_SOP_SEQUENCE = "FailedSOPSequence"
 
 
 def output_store(url: str) -> StoreUrl:
-    """The store an ``--output-dicomweb`` URL names (``dicomweb+`` prefix optional).
+    """The store an ``--output-store`` URL names (``dicomweb+`` prefix optional).
 
     Raises:
         ValueError: for a malformed URL, or one that names a study or instance.
@@ -32,7 +32,7 @@ def output_store(url: str) -> StoreUrl:
     uri = url if url.startswith("dicomweb+") else f"dicomweb+{url}"
     store = StoreUrl.parse(uri)
     if store.level != "store":
-        raise ValueError("--output-dicomweb names a store's root, not a study or instance")
+        raise ValueError("--output-store names a DICOMweb store's root, not a study or instance")
     return store
 
 
