@@ -57,6 +57,12 @@ class Orthanc:
     proc: subprocess.Popen
     workdir: str
     users: dict[str, str] = field(default_factory=dict)
+    dicom_port: int | None = None  # its DICOM (DIMSE) port, when started with dicom=True
+
+    @property
+    def dimse(self) -> str:
+        """Its DIMSE address as an input URL: ``dimse://ORTHANC@127.0.0.1:P``."""
+        return f"dimse://{DICOM_AET}@127.0.0.1:{self.dicom_port}"
 
     @property
     def rest(self) -> str:
@@ -110,12 +116,24 @@ class Orthanc:
                 self.proc.wait()
 
 
+DICOM_AET = "ORTHANC"
+CALLING_AET = "DICOMFLOW"  # dicomflow's default calling AE title
+_ALLOW = {f"Allow{what}": True for what in ("Echo", "Find", "Get", "Move", "Store")}
+
+
 @contextlib.contextmanager
-def running_orthanc(users: dict[str, str] | None = None) -> Iterator[Orthanc]:
+def running_orthanc(
+    users: dict[str, str] | None = None,
+    dicom: bool = False,
+    modalities: dict[str, tuple[str, int]] | None = None,
+) -> Iterator[Orthanc]:
     """Starts Orthanc on a free loopback port with temporary storage; stops and removes it.
 
     Args:
         users: HTTP basic-auth users (name → password); none means no authentication.
+        dicom: also listen for DIMSE on a free port (AE title ``ORTHANC``), answering
+            C-ECHO, C-FIND, C-GET, C-MOVE and C-STORE from ``DICOMFLOW`` on loopback.
+        modalities: more AE titles → (host, port): the nodes C-MOVE may send to.
     """
     if not available():
         raise RuntimeError(
@@ -124,6 +142,7 @@ def running_orthanc(users: dict[str, str] | None = None) -> Iterator[Orthanc]:
         )
     workdir = tempfile.mkdtemp(prefix="orthanc-")
     port = free_port()
+    dicom_port = free_port() if dicom else None
     config = {
         "Name": "dicomflow-test",
         "StorageDirectory": os.path.join(workdir, "storage"),
@@ -131,7 +150,26 @@ def running_orthanc(users: dict[str, str] | None = None) -> Iterator[Orthanc]:
         "HttpPort": port,
         "HttpBindAddresses": ["127.0.0.1"],
         "RemoteAccessAllowed": False,
-        "DicomServerEnabled": False,
+        "DicomServerEnabled": dicom,
+        "DicomAet": DICOM_AET,
+        "DicomPort": dicom_port or 4242,
+        # Orthanc 1.10 has no DICOM bind address: it answers only the AE titles below,
+        # and only from loopback.
+        "DicomCheckCalledAet": True,
+        "DicomCheckModalityHost": True,
+        "DicomAlwaysAllowEcho": False,
+        "DicomAlwaysAllowStore": False,
+        "DicomAlwaysAllowFind": False,
+        "DicomAlwaysAllowGet": False,
+        "DicomAlwaysAllowMove": False,
+        "UnknownSopClassAccepted": True,
+        "DicomModalities": {
+            aet.lower(): {"AET": aet, "Host": host, "Port": mport, **_ALLOW}
+            for aet, (host, mport) in {
+                CALLING_AET: ("127.0.0.1", 104),
+                **(modalities or {}),
+            }.items()
+        },
         "AuthenticationEnabled": bool(users),
         "RegisteredUsers": users or {},
         "HttpsVerifyPeers": False,
@@ -145,7 +183,7 @@ def running_orthanc(users: dict[str, str] | None = None) -> Iterator[Orthanc]:
         json.dump(config, fh)
     log = open(os.path.join(workdir, "orthanc.log"), "wb")  # noqa: SIM115 (Orthanc's lifetime)
     proc = subprocess.Popen([ORTHANC, config_path], stdout=log, stderr=subprocess.STDOUT)
-    server = Orthanc(port, proc, workdir, dict(users or {}))
+    server = Orthanc(port, proc, workdir, dict(users or {}), dicom_port)
     try:
         _wait_ready(server)
         yield server

@@ -139,7 +139,7 @@ def test_the_limits_table_gives_every_limit_with_its_default():
 
 
 OPTION = re.compile(r"^\s+(--[a-z0-9-]+)", re.MULTILINE)
-OPTION_PAGES = ("commands/index.md", "limits.md", "dicomweb.md")
+OPTION_PAGES = ("commands/index.md", "limits.md", "dicomweb.md", "dimse.md")
 
 
 @pytest.mark.parametrize(
@@ -149,7 +149,7 @@ OPTION_PAGES = ("commands/index.md", "limits.md", "dicomweb.md")
 )
 def test_every_option_of_a_command_is_in_the_docs(command, capsys):
     """Every option `dicomflow COMMAND --help` lists is in the command's manual page or on a
-    page of the options several commands share (limits, DICOMweb, the manual's index)."""
+    page of the options several commands share (limits, DICOMweb, DIMSE, the manual's index)."""
     with pytest.raises(SystemExit) as exited:
         main([command, "--help"])
     assert exited.value.code == 0

@@ -12,6 +12,7 @@ from models import configs
 from transforms.dicomweb import DicomwebSettings
 from transforms.sources import registry
 from transforms.sources.dicomweb import DicomwebSink, DicomwebSource
+from transforms.sources.dimse import DimseSink, DimseSource
 from transforms.sources.files import FileSource
 from transforms.sources.registry import SourceSettings
 
@@ -26,6 +27,7 @@ def parse(argv: list[str]) -> SourceSettings:
     ("uri", "source"),
     [
         ("dicomweb+https://h/dicom-web", DicomwebSource),
+        ("dimse://PACS@10.0.0.5:11112", DimseSource),
         ("gs://bucket/export/", FileSource),
         ("/data/export/*.dcm", FileSource),
         ("file:///data/x.zip", FileSource),
@@ -87,5 +89,9 @@ def test_the_output_store_is_chosen_by_scheme_with_its_own_credentials():
         registry.configure_sink("gs://bucket/out", given)
     with pytest.raises(ValueError, match="root, not a study"):
         registry.configure_sink("dicomweb+https://h/dw/studies/1.2", given)
+    node = registry.configure_sink("dimse://PACS@h:11112", given)
+    assert isinstance(node, DimseSink) and node.describe() == "dimse://PACS@h:11112"
+    with pytest.raises(ValueError, match="a dimse store takes none"):
+        registry.configure_sink("dimse://PACS@h:11112", given, credentials_env="X")
     with pytest.raises(ValueError, match="-file only"):
         registry.configure_sink("dicomweb+https://h/dw", given, credentials_env="X", dataflow=True)

@@ -21,11 +21,12 @@ from transforms.dicom_io.objects import ReadOutputs
 from transforms.dicomweb.client import DicomwebSettings
 from transforms.sources.base import Sink, Source
 from transforms.sources.dicomweb import DicomwebSink, DicomwebSource
+from transforms.sources.dimse import DimseSettings, DimseSink, DimseSource
 from transforms.sources.files import FileSource
 
 # Asked in order; files last, since they take every URL the others do not.
-SOURCES: tuple[type[Source], ...] = (DicomwebSource, FileSource)
-SINKS: tuple[type[Sink], ...] = (DicomwebSink,)
+SOURCES: tuple[type[Source], ...] = (DicomwebSource, DimseSource, FileSource)
+SINKS: tuple[type[Sink], ...] = (DicomwebSink, DimseSink)
 _CREDENTIALS = ("credentials_env", "credentials_file")
 
 
@@ -46,6 +47,7 @@ class SourceSettings:
     """Every registered source's settings (its defaults where none were given)."""
 
     dicomweb: DicomwebSettings = nested(DicomwebSettings, "dicomweb-")
+    dimse: DimseSettings = nested(DimseSettings, "dimse-")
 
     def of(self, source: type[Source] | type[Sink]) -> Any:
         return getattr(self, source.name, None) or source.settings_type()
