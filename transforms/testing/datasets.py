@@ -16,6 +16,7 @@ from transforms.testing.images import (
     _IMPLEMENTATION_UID,
     KINDS,
     LOSSY_SYNTAXES,
+    MANUFACTURERS,
     TRANSFER_SYNTAXES,
     _encode,
     _Kind,
@@ -59,7 +60,7 @@ def _study_module(ds: Dataset, st: _Study, p: _Person) -> None:
     ds.AccessionNumber = st.accession
     ds.StudyDescription = f"{KINDS[st.kind].modality} {_BODY_PART[st.kind]} {p.name}"[:64]
     ds.InstitutionName, ds.InstitutionAddress = st.institution
-    ds.Manufacturer = "ACME Imaging"
+    ds.Manufacturer = MANUFACTURERS[st.kind]
     ds.StationName = f"ACME-{st.kind}-07"
     ds.DeviceSerialNumber = "SN-0042-7781"
 

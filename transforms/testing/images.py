@@ -54,6 +54,10 @@ KINDS = {
 CYCLE = tuple(KINDS)  # any 7 consecutive patient indices cover every kind
 _BODY_PART = {"CT": "CHEST", "CR": "CHEST", "DX": "HAND", "MR": "HEAD", "US": "ABDOMEN"}
 _BODY_PART.update({"XA": "HEART", "SC": "CHEST"})
+# Real vendors' names as their devices write them: de-identification keeps a manufacturer
+# only when its content check passes (a reviewed vendor list), as it would for real exports.
+MANUFACTURERS = {"CT": "SIEMENS", "CR": "AGFA", "DX": "FUJIFILM", "MR": "GE MEDICAL SYSTEMS"}
+MANUFACTURERS.update({"US": "Philips", "XA": "TOSHIBA", "SC": "Carestream Health"})
 
 
 def _phantom(
