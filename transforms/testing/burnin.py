@@ -1,7 +1,8 @@
 """Burned-in text as scanners and PACS print it: demographics, dates, institution, markers.
 
 ``burn_text`` draws a few lines into every frame of an image in one of several fonts (PIL's
-bitmap font and matplotlib's DejaVu TrueType fonts), sizes, contrasts and corners, and
+bitmap font and matplotlib's DejaVu TrueType fonts), sizes, contrasts and corners (mostly in
+the borders, as exports put them; sometimes one line over the anatomy), and
 returns the tight pixel box of each line, so tests and benchmarks know exactly where the
 planted text is. Deterministic for a given rng state.
 """
@@ -76,7 +77,11 @@ def burn_text(
     monochrome1: bool = False,
     frames: bool = False,
 ) -> tuple[np.ndarray, list[TextBox]]:
-    """Draws the lines in one corner of every frame and a laterality marker opposite.
+    """Draws the lines as a device's overlay, in every frame, and a laterality marker.
+
+    Placement follows real exports: the patient's name and ID in one corner, the other
+    lines in the diagonally opposite corner, a laterality marker at a side edge; and in
+    about one image in eight, one line over the anatomy (an annotation typed onto it).
 
     Args:
         arr: stored pixels, (rows, cols), (rows, cols, 3), or frames first if ``frames``.
@@ -90,10 +95,11 @@ def burn_text(
     stack = arr if frames else arr[np.newaxis]
     rows, cols = stack.shape[1:3]
     font_name = str(rng.choice(FONTS))
-    size = int(np.clip(rng.uniform(0.05, 0.08) * min(rows, cols), 11, 40))
+    size = int(np.clip(rng.uniform(0.04, 0.06) * min(rows, cols), 11, 40))
     font = _font(font_name, size)
     contrast = float(rng.uniform(0.7, 1.0))
     corner = int(rng.integers(4))  # 0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right
+    over_anatomy = rng.random() < 0.125
     canvas = Image.new("L", (cols, rows), 0)
     draw = ImageDraw.Draw(canvas)
     placed: list[tuple[tuple[int, int, int, int], str, bool]] = []
@@ -101,15 +107,25 @@ def burn_text(
     lines = [(_fit(draw, t, font, cols - 6), phi) for t, phi in lines]
     heights = [draw.textbbox((0, 0), t, font=font) for t, _ in lines]
     step = max(b[3] for b in heights) + max(2, size // 4)
-    y = 3 if corner < 2 else rows - 3 - step * len(lines)
-    for (text, phi), bbox in zip(lines, heights, strict=True):
-        width = bbox[2] - bbox[0]
-        x = 3 if corner % 2 == 0 else cols - 3 - width
-        if x < 0 or y < 0 or y + step > rows:
+    # Name and ID in the chosen corner, the rest in the opposite one (other edge, other side).
+    columns = [(corner, list(zip(lines[:2], heights[:2], strict=True)))]
+    rest = list(zip(lines[2:], heights[2:], strict=True))
+    if over_anatomy and rest:
+        (text, phi), bbox = rest.pop(int(rng.integers(len(rest))))
+        w, h = int(bbox[2] - bbox[0]), int(bbox[3])
+        ax = int(rng.integers(cols // 4, max(cols // 4 + 1, 3 * cols // 4 - w)))
+        ay = int(rng.integers(rows // 4, max(rows // 4 + 1, 3 * rows // 4 - h)))
+        if ax + w < cols - 3 and ay + step < rows:
+            placed.append(_draw(canvas, draw, (ax, ay), text, font, phi))
+    columns.append((corner ^ 3, rest))
+    for where, column in columns:
+        y = 3 if where < 2 else rows - 3 - step * len(column)
+        for (text, phi), bbox in column:
+            width = bbox[2] - bbox[0]
+            x = 3 if where % 2 == 0 else cols - 3 - width
+            if x >= 0 and y >= 0 and y + step <= rows:
+                placed.append(_draw(canvas, draw, (x, y), text, font, phi))
             y += step
-            continue
-        placed.append(_draw(canvas, draw, (x, y), text, font, phi))
-        y += step
     marker = str(rng.choice(["L", "R"]))
     mx = cols - 6 - size if corner % 2 == 0 else 6
     placed.append(_draw(canvas, draw, (mx, rows // 2), marker, font, False))
