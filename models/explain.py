@@ -73,7 +73,7 @@ class Explainer:
     def __init__(self, version_dir: str, serving: ServingModel | None = None):
         self.serving = serving or load_serving(version_dir)
         info = self.serving.info
-        self.shape = (info["image_height"], info["image_width"], info["image_channels"])
+        self.shape = info.image_shape
         with tempfile.TemporaryDirectory() as tmp:
             path = join(version_dir, MODEL_KERAS)
             if not is_local(path):  # Keras reads local files only
@@ -81,7 +81,7 @@ class Explainer:
                 tf.io.gfile.copy(path, local)
                 path = local
             network = keras.models.load_model(path.removeprefix("file://"), compile=False)
-        layer = network.get_layer(info["gradcam_layer"])
+        layer = network.get_layer(info.gradcam_layer)
         self._grad_model = keras.Model(network.inputs, [layer.output, network.output])
 
     def heat_maps(self, images: list[bytes], class_index: int) -> np.ndarray:

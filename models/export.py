@@ -31,6 +31,7 @@ import tensorflow as tf
 
 from models import features as f
 from models.inputs import join, raw_features, to_image
+from models.tasks import DEFAULT_TASK, Metrics, ModelInfo, Task, get_task
 
 LATEST = "latest"
 RUNS_DIR = "_runs"
@@ -74,12 +75,12 @@ class ServingModel:
     """A loaded version: call it with raw image bytes, read its ``model.json`` in ``info``."""
 
     version_dir: str
-    info: dict
+    info: ModelInfo
     signature: Callable[..., dict[str, tf.Tensor]]
     _loaded: Any  # keeps the SavedModel's variables alive as long as the signature is used
 
     def predict(self, images: list[bytes] | tf.Tensor) -> np.ndarray:
-        """Probabilities [len(images), classes], columns in ``info["labels"]`` order."""
+        """Probabilities [len(images), classes], columns in ``info.labels`` order."""
         return self.signature(**{INPUT: tf.convert_to_tensor(images, tf.string)})[OUTPUT].numpy()
 
     def normalize(self, images: list[bytes]) -> np.ndarray:
@@ -91,16 +92,14 @@ class ServingModel:
         layer = self._loaded.transform  # the restored tf.Transform layer of ServingModule
         raw = raw_features(tf.convert_to_tensor(images, tf.string))
         transformed, _ = layer.call_and_return_all_conditional_losses(raw)
-        shape = tuple(self.info[k] for k in ("image_height", "image_width", "image_channels"))
-        return to_image(transformed, shape).numpy()
+        return to_image(transformed, self.info.image_shape).numpy()
 
 
 def load_serving(version_dir: str) -> ServingModel:
     """Loads ``<version>/saved_model`` with plain TensorFlow, and its ``model.json``."""
     loaded = tf.saved_model.load(join(version_dir, SAVED_MODEL))
-    return ServingModel(
-        version_dir, read_json(join(version_dir, MODEL_JSON)), loaded.signatures[SIGNATURE], loaded
-    )
+    info = ModelInfo.from_json(read_json(join(version_dir, MODEL_JSON)))
+    return ServingModel(version_dir, info, loaded.signatures[SIGNATURE], loaded)
 
 
 def read_json(uri: str) -> dict:
@@ -221,52 +220,57 @@ class Promotion:
     reason: str
 
 
-def version_auc(version_dir: str) -> float:
-    """The version's test ROC AUC from its ``metrics.json`` (NaN when undefined)."""
-    value = read_json(join(version_dir, METRICS_JSON)).get("roc_auc")
-    return math.nan if value is None else float(value)
+def version_task(version_dir: str) -> Task:
+    """The task a version was trained for (``model.json``; a classifier if it says none)."""
+    return get_task(read_json(join(version_dir, MODEL_JSON)).get("task") or DEFAULT_TASK)
 
 
-def version_auc_low(version_dir: str) -> float:
-    """The lower 95 % confidence bound of the version's test ROC AUC; the point estimate
-    for a version exported before intervals were recorded."""
-    metrics = read_json(join(version_dir, METRICS_JSON))
-    low = (metrics.get("ci") or {}).get("roc_auc", {}).get("low")
-    if low is not None:
-        return float(low)
-    return math.nan if metrics.get("roc_auc") is None else float(metrics["roc_auc"])
+def version_metrics(version_dir: str, task: Task | None = None) -> Metrics:
+    """The version's ``metrics.json`` as its task reads it (the promotion metric, its
+    95 % interval, the rest as details)."""
+    task = task or version_task(version_dir)
+    return task.read_metrics(read_json(join(version_dir, METRICS_JSON)))
 
 
-def promote(model_dir: str, version: str, min_auc: float) -> Promotion:
-    """The gate: ``version`` becomes ``latest`` only if its test ROC AUC is at least
-    ``min_auc`` and the *lower bound* of its 95 % confidence interval is at least the
-    current latest's AUC; otherwise it stays a candidate.
+def promote(model_dir: str, version: str, minimum: float) -> Promotion:
+    """The gate: ``version`` becomes ``latest`` only if its task's promotion metric on the
+    test split (ROC AUC for a classifier) is at least ``minimum`` and the *lower bound*
+    of its 95 % confidence interval is at least the current latest's point estimate;
+    otherwise it stays a candidate.
 
     A point estimate on a few dozen test images moves by several hundredths between two
     trainings of the same model; comparing point estimates would swap the served model on
     noise (and with it every score downstream). A candidate replaces latest only when the
-    evidence says it is at least as good.
+    evidence says it is at least as good. A latest of another task is never replaced.
 
     Returns:
         Whether it was promoted, and why (one line).
     """
     folder = join(model_dir, version)
-    auc, low = version_auc(folder), version_auc_low(folder)
-    if math.isnan(auc):
-        return Promotion(False, "its test ROC AUC is undefined (the test split has one class)")
-    if auc < min_auc:
-        return Promotion(False, f"its test ROC AUC {auc:.4f} is below the minimum {min_auc:.4f}")
+    task = version_task(folder)
+    metrics, title = version_metrics(folder, task), task.metric_title
+    if not metrics.defined:
+        return Promotion(False, f"its {title} is undefined (the test split has one class)")
+    value, low = float(metrics.value or 0.0), metrics.lower_bound
+    if value < minimum:
+        return Promotion(False, f"its {title} {value:.4f} is below the minimum {minimum:.4f}")
     current = latest_version(model_dir)
-    why = f"test ROC AUC {auc:.4f} >= minimum {min_auc:.4f}"
+    why = f"{title} {value:.4f} >= minimum {minimum:.4f}"
     if current is not None and current != version:
-        current_auc = version_auc(join(model_dir, current))
-        if low < current_auc:
+        current_task = version_task(join(model_dir, current))
+        if current_task.name != task.name:
+            return Promotion(
+                False, f"latest (version {current}) is a {current_task.name} model, not {task.name}"
+            )
+        current_metrics = version_metrics(join(model_dir, current), current_task)
+        current_value = float(current_metrics.value or 0) if current_metrics.defined else math.nan
+        if low < current_value:
             return Promotion(
                 False,
-                f"the lower 95% bound of its test ROC AUC, {low:.4f} (AUC {auc:.4f}), is "
-                f"below latest (version {current}: {current_auc:.4f})",
+                f"the lower 95% bound of its {title}, {low:.4f} ({task.metric_short} "
+                f"{value:.4f}), is below latest (version {current}: {current_value:.4f})",
             )
-        why += f"; its lower 95% bound {low:.4f} >= latest (version {current}: {current_auc:.4f})"
+        why += f"; its lower 95% bound {low:.4f} >= latest (version {current}: {current_value:.4f})"
     write_text(join(model_dir, LATEST), f"{version}\n")
     return Promotion(True, why)
 
@@ -309,7 +313,7 @@ def model_info(
     labels: list[str],
     image_shape: tuple[int, int, int],
     network: str,
-    gradcam_layer: str,
+    gradcam_layer: str | None,
     created_at: str,
     run_id: str,
     pixels: dict | None = None,
@@ -317,33 +321,29 @@ def model_info(
     threshold: float | None = None,
     operating_point: str | None = None,
     calibration: dict | None = None,
-) -> dict:
-    """``model.json``: what a scorer needs to use the version without reading anything else.
-
-    ``pixels``: ingest's pixel settings (size, channels, frame_policy, windows), so that a
-    scorer normalizes raw DICOM exactly as the training images were. ``threshold``: a
-    binary model's operating point on the (calibrated) positive probability, with the
-    ``operating_point`` rule that chose it; ``calibration``: what the model applies.
-    """
+    task: str = DEFAULT_TASK,
+) -> ModelInfo:
+    """``model.json`` of a new version (see ``ModelInfo``)."""
     height, width, channels = image_shape
-    return {
-        "version": version,
-        "labels": list(labels),
-        "positive_label": positive_label(labels),
-        "image_height": height,
-        "image_width": width,
-        "image_channels": channels,
-        "network": network,
-        "gradcam_layer": gradcam_layer,
-        "created_at": created_at,
-        "run_id": run_id,
-        "signature": {"name": SIGNATURE, "input": INPUT, "output": OUTPUT},
-        "raw_image": f"{f.IMAGE}: uint8 bytes, height x width x channels, row-major",
-        "pixels": pixels,
-        "threshold": threshold,
-        "operating_point": operating_point,
-        "calibration": calibration,
-    }
+    return ModelInfo(
+        version=version,
+        labels=tuple(labels),
+        positive_label=positive_label(labels) if task == DEFAULT_TASK else None,
+        image_height=height,
+        image_width=width,
+        image_channels=channels,
+        network=network,
+        gradcam_layer=gradcam_layer,
+        created_at=created_at,
+        run_id=run_id,
+        signature={"name": SIGNATURE, "input": INPUT, "output": OUTPUT},
+        raw_image=f"{f.IMAGE}: uint8 bytes, height x width x channels, row-major",
+        pixels=pixels,
+        threshold=threshold,
+        operating_point=operating_point,
+        calibration=calibration,
+        task=task,
+    )
 
 
 def positive_label(labels: list[str]) -> str | None:

@@ -13,6 +13,7 @@ import math
 from models import features as f
 from models.inputs import DataInfo
 from models.operating_point import THRESHOLD_METRICS
+from models.tasks import ModelInfo
 
 RELIABILITY_PNG = "reliability.png"
 
@@ -35,14 +36,13 @@ def interval(ci: dict | None, digits: int = 3) -> str:
     )
 
 
-def model_card(model_json: dict, metrics: dict, info: DataInfo, run_config: dict) -> str:
+def model_card(model_json: ModelInfo, metrics: dict, info: DataInfo, run_config: dict) -> str:
     """The card's Markdown text."""
-    labels = model_json["labels"]
+    labels = list(model_json.labels)
     lines = [
-        f"# Model card: {model_json['network']} version {model_json['version']}",
+        f"# Model card: {model_json.network} version {model_json.version}",
         "",
-        f"Created {model_json['created_at']} by training run `{model_json['run_id']}` on "
-        f"`{info.data}`.",
+        f"Created {model_json.created_at} by training run `{model_json.run_id}` on `{info.data}`.",
         "",
         "## Intended use",
         "",
@@ -67,20 +67,20 @@ def model_card(model_json: dict, metrics: dict, info: DataInfo, run_config: dict
     return "\n".join(lines)
 
 
-def _io(model_json: dict, info: DataInfo) -> list[str]:
+def _io(model_json: ModelInfo, info: DataInfo) -> list[str]:
     height, width, channels = info.image_shape
-    positive = model_json["positive_label"]
+    positive = model_json.positive_label
     out = (
         f"Input: `image`, the raw uint8 pixels ingest writes ({height}x{width}x{channels}, "
         "row-major bytes). The tf.Transform graph from ingest is inside the model. Output: "
-        f"`probabilities` over {model_json['labels']}, calibrated"
+        f"`probabilities` over {list(model_json.labels)}, calibrated"
     )
     if positive:
-        threshold = model_json.get("threshold")
+        threshold = model_json.threshold
         out += (
             f"; the score is the probability of `{positive}`, and `{positive}` is predicted "
             f"at a score of {_num(threshold)} or more (the operating point, "
-            f"`{model_json.get('operating_point')}` on the eval split)."
+            f"`{model_json.operating_point}` on the eval split)."
         )
     else:
         out += "; the predicted label is the most probable one."
@@ -103,7 +103,7 @@ def _data(labels: list[str], info: DataInfo) -> list[str]:
     return [*lines, ""]
 
 
-def _figures(model_json: dict, metrics: dict) -> list[str]:
+def _figures(model_json: ModelInfo, metrics: dict) -> list[str]:
     ci = metrics.get("ci", {})
     lines = [
         "## Test-split metrics (95 % confidence intervals)",
@@ -123,7 +123,7 @@ def _figures(model_json: dict, metrics: dict) -> list[str]:
         f"ROC AUC interval: {ci.get('roc_auc', {}).get('method', 'n/a')}; threshold "
         f"metrics: {ci.get('accuracy', {}).get('method', 'n/a')}.",
         "",
-        f"Confusion matrix (rows true, columns predicted, order {model_json['labels']}): "
+        f"Confusion matrix (rows true, columns predicted, order {list(model_json.labels)}): "
         f"{metrics['confusion_matrix']}.",
         "",
     ]

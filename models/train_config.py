@@ -13,6 +13,7 @@ from models import configs
 from models.configs import arg
 from models.features import CNN, NETWORKS
 from models.operating_point import OperatingPoint
+from models.tasks import DEFAULT_TASK, TASKS
 
 OPTIMIZERS = ("adam", "sgd")
 
@@ -29,6 +30,7 @@ class TrainConfig:
 
     data: str | None = arg(None, "ingest output (local or gs://): tfrecords/, transform/")
     model_dir: str | None = arg(None, "model directory: versions, latest, checkpoints")
+    task: str = arg(DEFAULT_TASK, "what the model learns", choices=TASKS)
     network: str = arg(CNN, "classifier", choices=NETWORKS)
     epochs: int = arg(30, "most epochs (early stopping on eval AUC may end sooner)")
     batch_size: int = arg(32, "examples per step and replica")
@@ -60,6 +62,8 @@ class TrainConfig:
         for name in ("data", "model_dir"):
             if not getattr(self, name):
                 raise ValueError(f"--{name.replace('_', '-')} is required")
+        if self.task not in TASKS:
+            raise ValueError(f"--task must be one of {', '.join(TASKS)}")
         if self.network not in NETWORKS:
             raise ValueError(f"--network must be one of {', '.join(NETWORKS)}")
         if self.optimizer not in OPTIMIZERS or self.mixed_precision not in MIXED_PRECISION:

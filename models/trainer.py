@@ -30,7 +30,7 @@ import tensorflow as tf
 
 from models import calibration, evaluation, export
 from models import features as f
-from models.assessment import Assessment, assess, summary_line
+from models.assessment import Assessment
 from models.checkpoints import Checkpoints, _local_copy
 from models.inputs import (
     Augment,
@@ -43,8 +43,9 @@ from models.inputs import (
 )
 from models.layout import new_run_id
 from models.model_card import RELIABILITY_PNG, model_card
-from models.networks import build_network, gradcam_layer
+from models.networks import gradcam_layer
 from models.operating_point import OperatingPoint
+from models.tasks import Metrics, Task, get_task
 from models.train_config import (
     TrainConfig,
     add_arguments,
@@ -75,7 +76,7 @@ class TrainOutcome:
     version_dir: str
     promoted: bool
     reason: str
-    metrics: dict
+    metrics: Metrics
     resumed_from_epoch: int
     epochs_trained: int
 
@@ -109,6 +110,7 @@ def train(
     config.validate()
     assert config.data and config.model_dir  # validate() refused them missing; narrows the type
     run_id = config.run_id or new_run_id("train-")
+    task = get_task(config.task)
     started = time.time()
     info = read_info(config.data)
     if len(info.labels) < 2:
@@ -145,7 +147,7 @@ def train(
             log(f"resuming after epoch {resumed_from} from {work}")
             model = keras.models.load_model(_local_copy(checkpoints.last_model, tmp))
         else:
-            model = build_network(
+            model = task.build_network(
                 config.network,
                 info.image_shape,
                 len(info.labels),
@@ -155,10 +157,8 @@ def train(
             )
             model.compile(
                 optimizer=_optimizer(config),
-                loss=keras.losses.CategoricalCrossentropy(),
-                metrics=[
-                    keras.metrics.AUC(name="auc", multi_label=True, num_labels=len(info.labels))
-                ],
+                loss=task.loss(),
+                metrics=task.train_metrics(len(info.labels)),
             )
     if resumed_from < config.epochs and not checkpoints.state.stopped:
         model.fit(
@@ -177,18 +177,16 @@ def train(
         log(f"best eval AUC {state.best_auc:.4f} after epoch {state.best_epoch}")
 
     labels = list(info.labels)
-    positive = export.positive_label(labels)
     eval_ids, eval_raw = _predict(model, datasets[f.EVAL])
     test_ids, test_raw = _predict(model, datasets[f.TEST])
-    assessed = assess(
+    assessed = task.assess(
         eval_ids,
         eval_raw,
         test_ids,
         test_raw,
         labels,
-        positive,
         OperatingPoint.parse(config.operating_point),
-        split_slices(info, f.TEST) if positive is not None else None,
+        split_slices(info, f.TEST),
         seed=config.seed,
     )
     metrics = assessed.metrics
@@ -200,7 +198,7 @@ def train(
             "counts": info.counts,
         }
     )
-    log(summary_line(metrics))
+    log(task.summary_line(metrics))
     run_config = {
         **dataclasses.asdict(config),
         "run_id": run_id,
@@ -218,18 +216,19 @@ def train(
         "seconds": time.time() - started,
     }
     network = calibration.calibrated_network(
-        float32_copy(model, config, info), assessed.calibration
+        float32_copy(model, config, info, task), assessed.calibration
     )
-    version = _export(config, info, network, transform, run_config, state.history, assessed)
+    version = _export(config, info, network, transform, run_config, state.history, assessed, task)
     version_dir = join(config.model_dir, version)
     promotion = export.promote(config.model_dir, version, config.min_auc)
+    record = task.read_metrics(metrics)
     outcome = TrainOutcome(
         run_id,
         version,
         version_dir,
         promotion.promoted,
         promotion.reason,
-        metrics,
+        record,
         resumed_from,
         state.epoch - resumed_from,
     )
@@ -240,8 +239,9 @@ def train(
             "version": version,
             "promoted": promotion.promoted,
             "reason": promotion.reason,
-            "roc_auc": metrics["roc_auc"],
-            "roc_auc_low": metrics.get("ci", {}).get("roc_auc", {}).get("low"),
+            "task": task.name,
+            record.metric: record.value,
+            f"{record.metric}_low": record.low,
             "finished_at": _now(),
         },
     )
@@ -252,7 +252,9 @@ def train(
     return outcome
 
 
-def float32_copy(model: keras.Model, config: TrainConfig, info: DataInfo) -> keras.Model:
+def float32_copy(
+    model: keras.Model, config: TrainConfig, info: DataInfo, task: Task
+) -> keras.Model:
     """The network to export: computing in float32 whatever it trained in.
 
     Mixed precision pays on a GPU; a scorer on CPUs would pay for float16 instead. The
@@ -263,7 +265,7 @@ def float32_copy(model: keras.Model, config: TrainConfig, info: DataInfo) -> ker
     policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("float32")
     try:
-        copy = build_network(
+        copy = task.build_network(
             config.network,
             info.image_shape,
             len(info.labels),
@@ -312,7 +314,9 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def _export(config, info, model, transform, run_config, history, assessed: Assessment) -> str:
+def _export(
+    config, info, model, transform, run_config, history, assessed: Assessment, task: Task
+) -> str:
     """Writes the version in a local staging folder, then publishes it; returns its name.
 
     ``model`` is the calibrated network: ``model.keras`` and the SavedModel both serve the
@@ -363,8 +367,9 @@ def _export(config, info, model, transform, run_config, history, assessed: Asses
                 threshold=assessed.threshold,
                 operating_point=assessed.operating_point,
                 calibration=assessed.calibration.describe(),
+                task=task.name,
             )
-            export.write_json(os.path.join(folder, export.MODEL_JSON), model_json)
+            export.write_json(os.path.join(folder, export.MODEL_JSON), model_json.to_json())
             with open(os.path.join(folder, "MODEL_CARD.md"), "w") as fh:
                 fh.write(model_card(model_json, metrics, info, run_config))
 

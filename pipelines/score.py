@@ -29,7 +29,6 @@ from pipelines.score_config import (  # noqa: F401  (ScoreArgs, ScoreOptions, co
     ScoreConfig,
     ScoreOptions,
     configure,
-    model_shape,
 )
 from transforms.convert import PrepareInstances
 from transforms.deadletter import DEAD_LETTER, WriteErrors
@@ -74,9 +73,9 @@ def build_pipeline(pipeline: beam.Pipeline, config: ScoreConfig) -> beam.Pipelin
 
     inputs, output, run_id = list(config.inputs), config.output, config.run_id
     info, version_dir, version = config.model_info, config.version_dir, config.version
-    shape = model_shape(info)
+    shape = info.image_shape
     image_bytes = shape[0] * shape[1] * shape[2]
-    labels, positive = list(info["labels"]), info.get("positive_label")
+    labels, positive = list(info.labels), info.positive_label
     positive_index = None if positive is None else labels.index(positive)
     dicom = config.dicom
 
@@ -103,9 +102,9 @@ def build_pipeline(pipeline: beam.Pipeline, config: ScoreConfig) -> beam.Pipelin
                 "version": version,
                 "labels": labels,
                 "positive_label": positive,
-                "threshold": info.get("threshold"),
+                "threshold": info.threshold,
                 "image_shape": list(shape),
-                "network": info.get("network"),
+                "network": info.network,
             },
             "batching": {
                 "batch_size": config.batch_size,
@@ -149,7 +148,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: ScoreConfig) -> beam.Pipelin
     )
 
     tables = {}
-    rows_fn = ScoreRowsFn(labels, positive, version, run_id, threshold=info.get("threshold"))
+    rows_fn = ScoreRowsFn(labels, positive, version, run_id, threshold=info.threshold)
     if config.explain_top:
         directory = explanations_dir(output, version, run_id)
         explained = (

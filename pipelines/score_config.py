@@ -15,6 +15,7 @@ from models import configs
 from models.configs import arg, nested
 from models.inference import DEFAULT_BATCH_SIZE, DEFAULT_MAX_BATCH_BYTES
 from models.layout import TFRECORD_SHARDS, TFRECORD_SUFFIX, TFRECORDS_DIR, new_run_id
+from models.tasks import ModelInfo
 from pipelines import flags, source_args
 from pipelines.options import (
     CommandOptions,
@@ -130,33 +131,30 @@ def parse_splits(text: str | None) -> list[str]:
     return splits
 
 
-def resolve_model_info(uri: str) -> tuple[str, dict]:
+def resolve_model_info(uri: str) -> tuple[str, ModelInfo]:
     """``--model`` → (the version folder, its ``model.json``), pinned for the whole run."""
     from models import export
 
     try:
         version_dir = export.resolve_model(uri)
-        return version_dir, export.read_json(FileSystems.join(version_dir, export.MODEL_JSON))
+        info = export.read_json(FileSystems.join(version_dir, export.MODEL_JSON))
+        return version_dir, ModelInfo.from_json(info)
     except ValueError as e:
         raise UsageError(f"--model: {e}") from None
     except Exception as e:
         raise UsageError(f"--model {uri} cannot be read ({type(e).__name__})") from None
 
 
-def model_shape(info: dict) -> tuple[int, int, int]:
-    return info["image_height"], info["image_width"], info["image_channels"]
-
-
-def pixel_config(uri: str | None, info: dict) -> PixelConfig:
+def pixel_config(uri: str | None, info: ModelInfo) -> PixelConfig:
     """The pixel settings for raw DICOM: ``--pixel-config``, else the model's own (ingest's
     settings recorded in ``model.json``), else the defaults; checked against the model."""
     if uri is not None:
         pixels, origin = flags.load_pixel_config(uri), f"from --pixel-config {uri}"
-    elif info.get("pixels"):
-        pixels, origin = PixelConfig.from_mapping(info["pixels"]), "from model.json"
+    elif info.pixels:
+        pixels, origin = PixelConfig.from_mapping(info.pixels), "from model.json"
     else:
         pixels, origin = PixelConfig(), "the defaults: model.json records none"
-    height, width, channels = model_shape(info)
+    height, width, channels = info.image_shape
     if (pixels.size, pixels.size, pixels.channels) != (height, width, channels):
         raise UsageError(
             f"the pixel settings ({origin}) make {pixels.size}x{pixels.size}x{pixels.channels}"
@@ -188,7 +186,7 @@ class ScoreConfig:
     output: str
     model_uri: str
     version_dir: str
-    model_info: dict  # the version's model.json
+    model_info: ModelInfo  # the version's model.json
     run_id: str
     batch_size: int  # images per batch
     max_batch_bytes: int  # input bytes per batch
@@ -245,7 +243,7 @@ def configure(opts: ScoreOptions | ScoreArgs, beam_options: PipelineOptions) -> 
     elif args.splits:
         raise UsageError("--splits selects splits of an ingest output; these inputs are DICOM")
     version_dir, info = resolve_model_info(model_uri)
-    shape = model_shape(info)
+    shape = info.image_shape
     image_bytes = shape[0] * shape[1] * shape[2]
     if args.max_batch_bytes < image_bytes:
         raise UsageError(f"--max-batch-bytes must hold one image ({image_bytes} bytes)")

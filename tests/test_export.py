@@ -91,6 +91,8 @@ def test_gcs_claim_uses_a_does_not_exist_precondition(monkeypatch):
 
 def with_auc(model_dir: Path, version: str, auc: float | None) -> None:
     (model_dir / version).mkdir(parents=True)
+    # A model.json from before tasks: no "task", so a classifier.
+    export.write_json(str(model_dir / version / "model.json"), {"version": version})
     export.write_json(str(model_dir / version / "metrics.json"), {"roc_auc": auc})
 
 
@@ -117,6 +119,7 @@ def test_gate_promotes_only_a_model_at_least_as_good_as_latest_and_the_minimum(t
 
 def with_ci(model_dir: Path, version: str, auc: float, low: float) -> None:
     (model_dir / version).mkdir(parents=True)
+    export.write_json(str(model_dir / version / "model.json"), {"task": "classification"})
     ci = {"roc_auc": {"value": auc, "low": low, "high": min(1.0, 2 * auc - low)}}
     export.write_json(str(model_dir / version / "metrics.json"), {"roc_auc": auc, "ci": ci})
 
@@ -133,7 +136,7 @@ def test_gate_compares_the_candidates_lower_bound_with_latests_auc(tmp_path):
     clearly_better = export.promote(str(m), "3", 0.5)
     assert clearly_better.promoted and export.latest_version(str(m)) == "3"
     assert "its lower 95% bound 0.9100 >= latest (version 1: 0.9000)" in clearly_better.reason
-    assert export.version_auc_low(str(m / "3")) == 0.91
+    assert export.version_metrics(str(m / "3")).lower_bound == 0.91
 
 
 def test_resolve_model(tmp_path):

@@ -37,7 +37,7 @@ def served(version) -> export.ServingModel:
 
 def test_model_json_records_the_ingest_pixel_settings(served, train_data):
     ingest = json.loads((train_data / "manifest.json").read_text())["pixels"]
-    assert served.info["pixels"] == ingest and ingest["size"] == 64
+    assert served.info.pixels == ingest and ingest["size"] == 64
 
 
 def test_handler_scores_every_image_of_every_element_in_one_call(version, served):

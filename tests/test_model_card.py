@@ -2,17 +2,24 @@
 
 from models.inputs import DataInfo
 from models.model_card import interval, model_card
+from models.tasks import ModelInfo
 
-MODEL_JSON = {
-    "version": "3",
-    "network": "cnn",
-    "created_at": "2026-12-03T12:00:00Z",
-    "run_id": "train-x",
-    "labels": ["0", "1"],
-    "positive_label": "1",
-    "threshold": 0.4213,
-    "operating_point": "youden",
-}
+MODEL_JSON = ModelInfo(
+    version="3",
+    network="cnn",
+    created_at="2026-12-03T12:00:00Z",
+    run_id="train-x",
+    labels=("0", "1"),
+    positive_label="1",
+    image_height=64,
+    image_width=64,
+    image_channels=1,
+    gradcam_layer="block4_pool",
+    signature={},
+    raw_image="image",
+    threshold=0.4213,
+    operating_point="youden",
+)
 CI = {"value": 0.9, "low": 0.8, "high": 0.97, "method": "delong"}
 METRICS = {
     "roc_auc": 0.9,

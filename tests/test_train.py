@@ -57,8 +57,8 @@ def test_train_locally_exports_and_promotes_from_a_fresh_ingest_output(first_run
     )
     assert (model_dir / "latest").read_text() == "1\n"
     served = export.load_serving(export.resolve_model(str(model_dir)))
-    assert served.info["version"] == "1"
-    assert served.info["operating_point"] == "sensitivity=0.9" and served.info["threshold"] > 0
+    assert served.info.version == "1" and served.info.task == "classification"
+    assert served.info.operating_point == "sensitivity=0.9" and (served.info.threshold or 0) > 0
     assert served.predict([bytes(64 * 64)]).shape == (1, 2)  # a black raw image
 
 

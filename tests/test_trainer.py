@@ -42,8 +42,11 @@ def raw_test_images(data) -> list[bytes]:
 
 def test_the_cnn_clearly_beats_chance_on_the_test_split(trained):
     config, outcome, lines = trained
-    assert outcome.metrics["roc_auc"] >= 0.8, outcome.metrics
-    assert outcome.metrics["pr_auc"] > 0.6 and outcome.metrics["accuracy"] > 0.65
+    record = outcome.metrics
+    assert record.task == "classification" and record.metric == "roc_auc"
+    assert record.value is not None and record.value >= 0.8, record
+    assert record.low is not None and record.low <= record.value <= (record.high or 1.0)
+    assert record.details["pr_auc"] > 0.6 and record.details["accuracy"] > 0.65
     assert outcome.version == "1" and outcome.promoted
     assert (export.resolve_model(config.model_dir)) == f"{config.model_dir}/1"
     assert sum(line.startswith("epoch ") for line in lines) == EPOCHS
