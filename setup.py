@@ -49,6 +49,8 @@ INSTALL_REQUIRES = [
     # family names of every locale Faker maintains (2 MB, pure Python; names-dataset would
     # cost gigabytes of memory on every worker).
     "faker==40.40.0",
+    # DICOM SEG: synth --masks writes them, and reads them back in tests.
+    "highdicom==0.28.2",
 ]
 
 EXTRAS_REQUIRE = {

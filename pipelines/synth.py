@@ -45,6 +45,12 @@ class SynthArgs:
         "lesion task: easy, standard, hard or ske (signal known exactly on white "
         "noise), then contrast=, size=, noise= multipliers, e.g. 'ske,contrast=1.5'",
     )
+    masks: bool = arg(
+        False,
+        "also deliver the lesions as segmentation labels: a DICOM SEG per image with a "
+        "lesion, an RTSTRUCT per series for every other positive CT and MR study",
+        switch=True,
+    )
 
 
 class SynthOptions(CommandOptions):
@@ -110,6 +116,7 @@ class SynthConfig:
     seed: int = 0
     positive_rate: float = 0.2
     difficulty: synth.Difficulty = synth.DEFAULT_DIFFICULTY
+    masks: bool = False
 
     def __post_init__(self):
         if self.patients < 1:
@@ -135,6 +142,7 @@ def configure(opts: SynthOptions | SynthArgs, beam_options: PipelineOptions) -> 
         seed=args.seed,
         positive_rate=args.positive_rate,
         difficulty=difficulty,
+        masks=args.masks,
     )
 
 
@@ -146,7 +154,8 @@ def build_pipeline(pipeline: beam.Pipeline, config: SynthConfig) -> beam.Pipelin
         p
         | "PatientIndices" >> beam.Create(range(config.patients))
         | "Spread" >> beam.Reshuffle()
-        | "SynthPatients" >> beam.Map(synth.synth_patient, seed, rate, config.difficulty)
+        | "SynthPatients"
+        >> beam.Map(synth.synth_patient, seed, rate, config.difficulty, config.masks)
     )
     extras = p | "Seed" >> beam.Create([seed]) | "SynthExtras" >> beam.Map(synth.synth_extras)
     written = (
@@ -182,8 +191,10 @@ def summary(config: SynthConfig) -> str:
     """The one line a finished synth prints."""
     output, difficulty = config.output, config.difficulty
     ideal = f", ideal observer AUC {difficulty.ideal_auc():.3f}" if difficulty.mode == "ske" else ""
+    masks = ", with SEG and RTSTRUCT labels" if config.masks else ""
     return (
-        f"synth: {config.patients} patients (seed {config.seed}, difficulty {difficulty}{ideal}) "
+        f"synth: {config.patients} patients (seed {config.seed}, difficulty {difficulty}{ideal}"
+        f"{masks}) "
         f"→ {output}/export, {output}/{LABELS_NAME}, {output}/{PHI_NAME}"
     )
 

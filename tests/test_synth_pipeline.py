@@ -112,3 +112,15 @@ def test_dataflow_dry_run_builds_the_job():
 def test_bad_arguments(argv, message):
     with pytest.raises(UsageError, match=message):
         synth.run(argv)
+
+
+def test_masks_deliver_seg_and_rtstruct_beside_the_images(tmp_path, capsys):
+    out = tmp_path / "masks"
+    argv = ["--output", str(out), "--patients", "1", "--seed", "3", "--positive-rate", "1"]
+    assert synth.run([*argv, "--masks"]) == 0
+    assert "with SEG and RTSTRUCT labels" in capsys.readouterr().err
+    import pydicom
+
+    # Patient 0 of seed 3: a CT study with an RTSTRUCT per series, the rest zipped.
+    found = [pydicom.dcmread(p, stop_before_pixels=True) for p in out.rglob("S98/IMG*")]
+    assert len(found) == 2 and {ds.Modality for ds in found} == {"RTSTRUCT"}

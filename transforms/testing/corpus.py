@@ -39,6 +39,15 @@ from transforms.testing.images import (
     _phantom,
     _set_encapsulated,
     _stored_pixels,
+    lesion_mask,
+    phantom_and_lesion,
+)
+from transforms.testing.masks import (
+    RTSTRUCT_KINDS,
+    RTSTRUCT_SERIES_NUMBER,
+    SEG_SERIES_NUMBER,
+    rtstruct_dataset,
+    seg_dataset,
 )
 
 
@@ -56,6 +65,11 @@ class CorpusPart:
     # Burned-in text, one dict per line per frame: file, member, sop_instance_uid, frame,
     # box [x0, y0, x1, y1] (pixels, end-exclusive), text, phi (False for a marker).
     text_boxes: list[dict] = field(default_factory=list)
+    # With masks: every image's exact lesion mask (rows x cols uint8 0/1; all zero without
+    # a lesion), by the image's original SOP Instance UID; and one row per SEG or RTSTRUCT
+    # written: file, member, kind (seg | rtstruct), sop_instance_uid, referenced (image UIDs).
+    masks: dict[str, np.ndarray] = field(default_factory=dict)
+    mask_objects: list[dict] = field(default_factory=list)
 
 
 UNSUPPORTED_TS = "1.2.840.10008.1.2.4.112"  # JPEG XL: no pydicom decoder exists
@@ -152,22 +166,23 @@ def _study_images(
     rng: np.random.Generator,
     counter: int,
     difficulty: Difficulty = DEFAULT,
-) -> tuple[list[tuple[int, int, bytes]], list[Dataset], list[list[TextBox]]]:
-    """Encoded images (series, number, bytes) of one study, their datasets, and the
-    burned-in text boxes of each image."""
+) -> tuple[list[tuple[int, int, bytes]], list[Dataset], list[list[TextBox]], list]:
+    """Encoded images (series, number, bytes) of one study, their datasets, the burned-in
+    text boxes and the lesion outline (or None) of each image."""
     kind = KINDS[st.kind]
     fits = [ts for ts in available_transfer_syntaxes() if _fits(ts, kind)]
-    images, datasets, texts = [], [], []
+    images, datasets, texts, outlines = [], [], [], []
     for series_no in range(1, int(rng.integers(1, 3)) + 1):
         for number in range(1, int(rng.integers(1, 4)) + 1):
             img_rng = np.random.default_rng([*key, series_no, number])
+            outline = None
             if difficulty.mode == SKE:  # white noise only: no body, no burned-in text
                 img = difficulty.ske_image(img_rng, st.positive)
             else:
                 rows, cols = _image_size(st.kind, img_rng)
                 if st.kind in BURNED_KINDS:
                     rows, cols = max(rows, MIN_SIDE[st.kind]), max(cols, MIN_SIDE[st.kind])
-                img = _phantom(img_rng, rows, cols, st.positive, difficulty)
+                img, outline = phantom_and_lesion(img_rng, rows, cols, st.positive, difficulty)
             arr = _stored_pixels(st.kind, img, img_rng, signed=bool(img_rng.integers(2)))
             # Its own rng: the text changes nothing else about the image or its header.
             text_rng = np.random.default_rng([*key, series_no, number, 7])
@@ -184,10 +199,45 @@ def _study_images(
                     del ds.BurnedInAnnotation
             datasets.append(ds)
             texts.append(boxes)
+            outlines.append(outline)
             # Rotating through the syntaxes spreads them over kinds, series and patients.
             ts = fits[(counter + len(datasets)) % len(fits)]
             images.append((series_no, number, _encode(ds, arr, ts)))
-    return images, datasets, texts
+    return images, datasets, texts, outlines
+
+
+def _mask_objects(
+    st: _Study, datasets: list[Dataset], outlines: list, rtstruct: bool
+) -> tuple[list[tuple[int, int, bytes]], list[Dataset], dict[str, np.ndarray]]:
+    """The study's segmentation objects: one SEG per single-frame image with a lesion, or
+    (``rtstruct``, CT and MR only) one RTSTRUCT per series; and each labelled image's mask."""
+    objects, written, masks = [], [], {}
+    by_series: dict[int, list[tuple[Dataset, np.ndarray]]] = {}
+    for ds, outline in zip(datasets, outlines, strict=True):
+        if outline is None or int(ds.get("NumberOfFrames", 1) or 1) > 1:
+            continue  # no lesion, or a cine run (no frame of reference for its frames)
+        mask = lesion_mask(outline, ds.Rows, ds.Columns)
+        masks[str(ds.SOPInstanceUID)] = mask
+        if rtstruct and st.kind in RTSTRUCT_KINDS:
+            by_series.setdefault(int(ds.SeriesNumber), []).append((ds, outline))
+            continue
+        number = int(ds.SeriesNumber) * 100 + int(ds.InstanceNumber)
+        seg = seg_dataset(ds, mask, _uid(st.uid, "seg"), _uid(st.uid, "seg", number), number)
+        objects.append((SEG_SERIES_NUMBER, number, _dataset_bytes(seg)))
+        written.append(seg)
+    for series_no, members in sorted(by_series.items()):
+        sources, shapes = [m[0] for m in members], [m[1] for m in members]
+        uids = _uid(st.uid, "rtstruct", series_no), _uid(st.uid, "rtstruct", series_no, 1)
+        rt = rtstruct_dataset(sources, shapes, *uids)
+        objects.append((RTSTRUCT_SERIES_NUMBER, series_no, _dataset_bytes(rt)))
+        written.append(rt)
+    return objects, written, masks
+
+
+def _dataset_bytes(ds: Dataset) -> bytes:
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
 
 
 def _burned_text(
@@ -213,7 +263,11 @@ def _burned_text(
 
 
 def synth_patient(
-    index: int, seed: int, positive_rate: float = 0.2, difficulty: Difficulty = DEFAULT
+    index: int,
+    seed: int,
+    positive_rate: float = 0.2,
+    difficulty: Difficulty = DEFAULT,
+    masks: bool = False,
 ) -> CorpusPart:
     """One patient's studies as an export delivers them, with the PHI planted and the labels.
 
@@ -224,6 +278,10 @@ def synth_patient(
         difficulty: lesion contrast, size and noise (pixel values only: files, studies,
             labels and PHI are the same for every phantom difficulty). In SKE mode every
             study is a DX study of ``SKE_SIZE``-pixel white-noise images without text.
+        masks: also deliver segmentation objects with each study (``_mask_objects``): a
+            DICOM SEG per single-frame image with a lesion, or for every other positive CT
+            and MR study an RTSTRUCT per series. Files and PHI of the images are the same
+            either way.
 
     Raises:
         ValueError: if index or seed is negative.
@@ -233,6 +291,8 @@ def synth_patient(
     rng = np.random.default_rng([seed, index])
     person = _person(rng, *_name_parts(index, seed), f"PID{index:06d}")
     phi, labels, files, text_boxes = _Phi(), [], [], []
+    truth: dict[str, np.ndarray] = {}
+    mask_rows: list[dict] = []
     _record_person(phi, person)
     counter = index * 3 - 1  # consecutive patients start 3 syntaxes apart
     for study_no in range(int(rng.integers(1, 4))):
@@ -240,20 +300,53 @@ def synth_patient(
         st = _study(rng, kind, (seed, index, study_no), positive_rate)
         _record_study(phi, st)
         key = (seed, index, study_no)
-        images, datasets, texts = _study_images(person, st, key, rng, counter, difficulty)
+        images, datasets, texts, outlines = _study_images(person, st, key, rng, counter, difficulty)
         counter += len(datasets)
+        extra: list[tuple[int, int, bytes]] = []
+        written: list[Dataset] = []
+        if masks:
+            rtstruct = (index + study_no) % 2 == 0
+            extra, written, study_masks = _mask_objects(st, datasets, outlines, rtstruct)
+            truth.update(study_masks)
         for ds in datasets:
             _record_image(phi, ds)
             row = {"AccessionNumber": st.accession, "SOPInstanceUID": str(ds.SOPInstanceUID)}
             labels.append({**row, "label": str(int(st.positive))})
-        delivered, where = _deliver(person, st, study_no, index, images)
+        delivered, where = _deliver(person, st, study_no, index, images + extra)
         files += delivered
-        for ds, boxes, (path, member) in zip(datasets, texts, where, strict=True):
+        for obj, (path, member) in zip(written, where[len(datasets) :], strict=True):
+            phi.add("uid", obj.SeriesInstanceUID, obj.SOPInstanceUID)
+            mask_rows.append(
+                {
+                    "file": path,
+                    "member": member,
+                    "kind": "seg" if obj.Modality == "SEG" else "rtstruct",
+                    "sop_instance_uid": str(obj.SOPInstanceUID),
+                    "referenced": _referenced(obj),
+                }
+            )
+        for ds, boxes, (path, member) in zip(datasets, texts, where[: len(datasets)], strict=True):
             for b in boxes:
                 loc = {"file": path, "member": member, "sop_instance_uid": ds.SOPInstanceUID}
                 text_boxes.append({**loc, "frame": b.frame, "box": list(b.box), "text": b.text})
                 text_boxes[-1]["phi"] = b.phi
-    return CorpusPart(files=files, phi=dict(phi), labels=labels, text_boxes=text_boxes)
+    return CorpusPart(
+        files=files,
+        phi=dict(phi),
+        labels=labels,
+        text_boxes=text_boxes,
+        masks=truth,
+        mask_objects=mask_rows,
+    )
+
+
+def _referenced(obj: Dataset) -> list[str]:
+    """The image SOP Instance UIDs a SEG or RTSTRUCT labels."""
+    if obj.Modality == "SEG":
+        items = [i for s in obj.ReferencedSeriesSequence for i in s.ReferencedInstanceSequence]
+        return [str(i.ReferencedSOPInstanceUID) for i in items]
+    contours = obj.ROIContourSequence[0].ContourSequence
+    return [str(c.ContourImageSequence[0].ReferencedSOPInstanceUID) for c in contours]
 
 
 def _extra_image(p: _Person, st: _Study, number: int, rng: np.random.Generator) -> tuple:

@@ -73,6 +73,22 @@ def _phantom(
     ``difficulty`` scales the noise and the blob's contrast and width; the draws are the
     same whatever it is, so it changes pixel values and nothing else.
     """
+    return phantom_and_lesion(rng, rows, cols, lesion, difficulty)[0]
+
+
+def phantom_and_lesion(
+    rng: np.random.Generator,
+    rows: int,
+    cols: int,
+    lesion: bool,
+    difficulty: Difficulty = EASY,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """``_phantom``'s image, and the lesion's outline as a closed polygon (None without one).
+
+    The outline is the blob's half-maximum ellipse, as ``LESION_VERTICES`` (x, y) vertices
+    in pixel coordinates (the centre of the top-left pixel is (0, 0)). The lesion's mask,
+    the one segmentation objects carry, is ``lesion_mask`` of this polygon.
+    """
     yy = (np.arange(rows)[:, None] + 0.5) / rows - 0.5
     xx = (np.arange(cols)[None, :] + 0.5) / cols - 0.5
     cy, cx = rng.uniform(-0.04, 0.04, 2)
@@ -88,10 +104,42 @@ def _phantom(
     radius, angle = rng.uniform(0, 0.55), rng.uniform(0, 2 * np.pi)
     sigma, contrast = rng.uniform(0.03, 0.08), rng.uniform(0.25, 0.45)
     sigma, contrast = sigma * difficulty.size, contrast * difficulty.contrast
+    outline = None
     if lesion:
         by, bx = cy + radius * ry * np.sin(angle), cx + radius * rx * np.cos(angle)
         img += contrast * np.exp(-((yy - by) ** 2 + (xx - bx) ** 2) / (2 * sigma**2))
-    return np.clip(img, 0.0, 1.0)
+        # Half maximum at sqrt(2 ln 2) sigma, in the image's normalized units per axis.
+        half = sigma * np.sqrt(2 * np.log(2))
+        t = np.linspace(0, 2 * np.pi, LESION_VERTICES, endpoint=False)
+        xs = (bx + 0.5 + half * np.cos(t)) * cols - 0.5
+        ys = (by + 0.5 + half * np.sin(t)) * rows - 0.5
+        outline = np.stack([xs, ys], axis=1)
+    return np.clip(img, 0.0, 1.0), outline
+
+
+LESION_VERTICES = 48
+
+
+def lesion_mask(outline: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """The pixels whose centres lie inside the closed polygon (x, y vertices), as uint8 0/1.
+
+    Plain even-odd crossing test on pixel centres, vectorized per row: the rule DICOM
+    RTSTRUCT readers use for closed planar contours.
+    """
+    mask = np.zeros((rows, cols), np.uint8)
+    xs, ys = outline[:, 0], outline[:, 1]
+    x2, y2 = np.roll(xs, -1), np.roll(ys, -1)
+    centres = np.arange(cols, dtype=np.float64)
+    for row in range(max(0, int(np.floor(ys.min()))), min(rows, int(np.ceil(ys.max())) + 1)):
+        crosses = (ys <= row) != (y2 <= row)
+        if not crosses.any():
+            continue
+        x_at = xs[crosses] + (row - ys[crosses]) * (x2[crosses] - xs[crosses]) / (
+            y2[crosses] - ys[crosses]
+        )
+        inside = (centres[None, :] < x_at[:, None]).sum(axis=0) % 2 == 1
+        mask[row] = inside
+    return mask
 
 
 def _text_mask(shape: tuple[int, int], lines: list[str]) -> np.ndarray:
