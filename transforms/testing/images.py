@@ -13,6 +13,7 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.pixels.encoders import RLELosslessEncoder
 
+from transforms.masks import polygon_fill
 from transforms.testing.difficulty import PRESETS, Difficulty
 
 EASY = PRESETS["easy"]
@@ -121,25 +122,9 @@ LESION_VERTICES = 48
 
 
 def lesion_mask(outline: np.ndarray, rows: int, cols: int) -> np.ndarray:
-    """The pixels whose centres lie inside the closed polygon (x, y vertices), as uint8 0/1.
-
-    Plain even-odd crossing test on pixel centres, vectorized per row: the rule DICOM
-    RTSTRUCT readers use for closed planar contours.
-    """
-    mask = np.zeros((rows, cols), np.uint8)
-    xs, ys = outline[:, 0], outline[:, 1]
-    x2, y2 = np.roll(xs, -1), np.roll(ys, -1)
-    centres = np.arange(cols, dtype=np.float64)
-    for row in range(max(0, int(np.floor(ys.min()))), min(rows, int(np.ceil(ys.max())) + 1)):
-        crosses = (ys <= row) != (y2 <= row)
-        if not crosses.any():
-            continue
-        x_at = xs[crosses] + (row - ys[crosses]) * (x2[crosses] - xs[crosses]) / (
-            y2[crosses] - ys[crosses]
-        )
-        inside = (centres[None, :] < x_at[:, None]).sum(axis=0) % 2 == 1
-        mask[row] = inside
-    return mask
+    """The pixels whose centres lie inside the closed polygon (x, y vertices), as uint8 0/1
+    (``masks.polygon_fill``: the fill ingest applies to RTSTRUCT contours)."""
+    return polygon_fill(outline, rows, cols).astype(np.uint8)
 
 
 def _text_mask(shape: tuple[int, int], lines: list[str]) -> np.ndarray:

@@ -1,0 +1,160 @@
+"""Masks from SEG and RTSTRUCT objects: on their images' grids, refused when they do not fit."""
+
+from __future__ import annotations
+
+import io
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image, ImageDraw
+from pydicom.dataset import Dataset
+
+from transforms import masks
+from transforms.pixels import resize_pad
+from transforms.testing import synth_patient
+from transforms.testing.masks import rtstruct_dataset, seg_dataset
+
+
+@pytest.fixture(scope="module")
+def synthetic() -> tuple[dict[str, Dataset], list[dict], dict[str, np.ndarray]]:
+    """Loose files of a few all-positive patients with masks: datasets, objects, truth."""
+    found, rows, truth = {}, [], {}
+    for index in (0, 1):  # seed 3: two RTSTRUCTs (patient 0's CT study) and loose SEGs
+        part = synth_patient(index, 3, positive_rate=1.0, masks=True)
+        for f in part.files:
+            if not f.path.endswith((".zip", ".tar.gz")):
+                ds = pydicom.dcmread(io.BytesIO(f.data))
+                found[str(ds.SOPInstanceUID)] = ds
+        rows += [r for r in part.mask_objects if r["member"] is None]
+        truth.update(part.masks)
+    return found, rows, truth
+
+
+def test_synthetic_seg_and_rtstruct_land_on_their_images(synthetic):
+    found, rows, truth = synthetic
+    kinds = set()
+    for row in rows:
+        obj = found[row["sop_instance_uid"]]
+        kinds.add(masks.mask_kind(obj))
+        parts = masks.read_mask_object(obj, row["file"], None)
+        assert sorted(p.referenced for p in parts) == sorted(row["referenced"])
+        for part in parts:
+            label = masks.label_map(found[part.referenced], [part])
+            assert np.array_equal(label, truth[part.referenced]), row["kind"]
+    assert kinds == {masks.SEG, masks.RTSTRUCT}
+
+
+def _image(rows: int = 40, cols: int = 56, **geometry) -> Dataset:
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.4", pydicom.uid.generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = "2.25.11", "2.25.12"
+    ds.FrameOfReferenceUID, ds.Modality = "2.25.13", "MR"
+    ds.PatientID, ds.PatientName, ds.StudyDate, ds.StudyTime = "P", "A^B", "20200101", "1200"
+    ds.PatientBirthDate = ds.PatientSex = ds.StudyID = ds.AccessionNumber = ""
+    ds.ReferringPhysicianName, ds.SliceThickness = "", "1"
+    ds.Rows, ds.Columns, ds.SamplesPerPixel = rows, cols, 1
+    ds.PhotometricInterpretation, ds.BitsAllocated, ds.BitsStored = "MONOCHROME2", 16, 12
+    ds.HighBit, ds.PixelRepresentation = 11, 0
+    ds.ImagePositionPatient = geometry.get("origin", [-10.0, 20.0, 5.0])
+    ds.ImageOrientationPatient = geometry.get("orientation", [1, 0, 0, 0, 1, 0])
+    ds.PixelSpacing = geometry.get("spacing", [0.5, 0.8])  # row spacing, column spacing
+    ds.PixelData = np.zeros((rows, cols), np.uint16).tobytes()
+    return ds
+
+
+def test_a_seg_another_tool_wrote_reads_back_exactly():
+    """highdicom directly, from a mask PIL drew (not synth's writer, not our fill)."""
+    image = _image()
+    canvas = Image.new("L", (image.Columns, image.Rows), 0)
+    ImageDraw.Draw(canvas).ellipse((7, 5, 30, 27), fill=1)
+    ImageDraw.Draw(canvas).rectangle((35, 10, 50, 30), fill=2)
+    drawn = np.asarray(canvas, np.uint8)
+    seg = seg_dataset(image, (drawn == 1).astype(np.uint8), "2.25.21", "2.25.22")
+    two = hd.seg.SegmentDescription(
+        segment_number=2,
+        segment_label="cyst",
+        segmented_property_category=hd.sr.CodedConcept("49755003", "SCT", "Morphologic"),
+        segmented_property_type=hd.sr.CodedConcept("441457006", "SCT", "Cyst"),
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+    )
+    seg = hd.seg.Segmentation(
+        [image],
+        np.stack([drawn == 1, drawn == 2], axis=-1)[np.newaxis].astype(np.uint8),
+        hd.seg.SegmentationTypeValues.BINARY,
+        [seg.SegmentSequence[0], two],
+        series_instance_uid="2.25.23",
+        series_number=5,
+        sop_instance_uid="2.25.24",
+        instance_number=1,
+        manufacturer="other",
+        manufacturer_model_name="tool",
+        software_versions="1",
+        device_serial_number="1",
+    )
+    buf = io.BytesIO()
+    seg.save_as(buf)
+    (part,) = masks.read_mask_object(pydicom.dcmread(io.BytesIO(buf.getvalue())), "s", None)
+    assert part.referenced == image.SOPInstanceUID
+    assert np.array_equal(masks.label_map(image, [part]), drawn)
+
+
+def test_contours_in_an_oblique_plane_fill_the_pixels_they_enclose():
+    """A rectangle whose corners sit on pixel edges, on a coronal image with non-square
+    pixels: the expected pixels are known without any fill rule."""
+    orientation = [1, 0, 0, 0, 0, -1]  # coronal: rows run towards the feet
+    image = _image(origin=[-40.0, 12.0, 60.0], orientation=orientation, spacing=[0.7, 0.4])
+    row_dir, col_dir = np.array(orientation[:3], float), np.array(orientation[3:], float)
+    corners = [(9.5, 4.5), (29.5, 4.5), (29.5, 19.5), (9.5, 19.5)]  # (column, row)
+    origin = np.array([-40.0, 12.0, 60.0])
+    mm = [origin + x * 0.4 * row_dir + y * 0.7 * col_dir for x, y in corners]
+    rt = rtstruct_dataset([image], [np.array(corners)], "2.25.31", "2.25.32")
+    rt.ROIContourSequence[0].ContourSequence[0].ContourData = [float(v) for p in mm for v in p]
+    (part,) = masks.read_mask_object(rt, "s", None)
+    label = masks.label_map(image, [part])
+    expected = np.zeros((40, 56), np.uint8)
+    expected[5:20, 10:30] = 1
+    assert np.array_equal(label, expected)
+
+
+def test_a_mask_that_does_not_fit_its_image_is_refused_by_name():
+    image = _image()
+    small = masks.MaskPart(masks.SEG, image.SOPInstanceUID, "s", None, np.zeros((4, 4), np.uint8))
+    with pytest.raises(masks.MaskError) as caught:
+        masks.label_map(image, [small])
+    assert caught.value.error_type == masks.MASK_GEOMETRY_MISMATCH
+    assert caught.value.message == "a 4x4 SEG frame on a 40x56 image"
+    off_plane = np.array([[-10.0, 20.0, 9.0], [0.0, 20.0, 9.0], [0.0, 30.0, 9.0]])
+    part = masks.MaskPart(masks.RTSTRUCT, image.SOPInstanceUID, "s", None, None, ((1, off_plane),))
+    with pytest.raises(masks.MaskError, match="off its image's plane"):
+        masks.label_map(image, [part])
+    del image.ImagePositionPatient
+    with pytest.raises(masks.MaskError, match="on an image without them"):
+        masks.label_map(image, [part])
+
+
+def test_an_object_that_cannot_be_read_is_named_and_quotes_nothing():
+    broken = Dataset()
+    broken.SOPClassUID, broken.PatientName = masks.SEG_SOP_CLASS, "SECRET^NAME"
+    with pytest.raises(masks.MaskError) as caught:
+        masks.read_mask_object(broken, "s", None)
+    assert caught.value.error_type == masks.MASK_UNREADABLE and "SECRET" not in str(caught.value)
+    rt = Dataset()
+    rt.SOPClassUID, rt.ROIContourSequence = masks.RTSTRUCT_SOP_CLASS, []
+    with pytest.raises(masks.MaskError) as caught:
+        masks.read_mask_object(rt, "s", None)
+    assert caught.value.error_type == masks.MASK_WITHOUT_IMAGE
+    assert masks.mask_kind(_image()) is None
+
+
+def test_the_label_map_gets_the_pixels_geometry_with_nearest_neighbour():
+    label = np.zeros((30, 50), np.uint8)
+    label[5:20, 10:25], label[22:28, 30:45] = 1, 3
+    fitted = masks.fit_label_map(label, 64)
+    assert fitted.shape == (64, 64) and set(np.unique(fitted)) == {0, 1, 3}
+    # The same place as the image's bilinear resize of that map, up to edge pixels.
+    image = resize_pad(label[..., None].astype(np.float32) / 3, 64)[..., 0]
+    assert (np.abs(image * 3 - fitted) > 1).mean() < 0.02
+    padding = image == 0
+    assert not fitted[padding & (np.abs(image * 3 - fitted) > 1)].any()
