@@ -94,6 +94,11 @@ REDACTED_REGIONS = "redacted_regions"  # text regions blanked, over all frames
 REDACTED_AREA = "redacted_area"  # pixels blanked, over all frames
 REDACTED_FRACTION = "redacted_fraction"  # redacted_area / (rows x columns x frames)
 
+# Segmentation (ingest --task segmentation): where an image's mask came from, and the share
+# of its own pixels the mask marks (null for a classification ingest).
+MASK_SOURCE = "mask_source"  # seg | rtstruct | none
+FOREGROUND_FRACTION = "foreground_fraction"
+
 INDEX_SCHEMA = pa.schema(
     [
         pa.field(SOP_INSTANCE_UID, pa.string(), nullable=False),
@@ -117,6 +122,8 @@ INDEX_SCHEMA = pa.schema(
         pa.field(MANUFACTURER, pa.string()),
         pa.field(BODY_PART_EXAMINED, pa.string()),
         pa.field(LABEL_SOURCE, pa.string()),
+        pa.field(MASK_SOURCE, pa.string()),
+        pa.field(FOREGROUND_FRACTION, pa.float32()),
     ]
 )
 
@@ -128,6 +135,9 @@ DEFAULT_IMAGE_CHANNELS = 1
 IMAGE_HEIGHT = "image_height"
 IMAGE_WIDTH = "image_width"
 IMAGE_CHANNELS = "image_channels"
+# Segmentation examples also carry the label map: uint8 bytes, height x width, row-major,
+# 0 background, else the segment (SEG) or ROI (RTSTRUCT) number; all 0 when unlabeled.
+MASK = "mask"
 
 # Outputs of the preprocessing (models.preprocessing.make_preprocessing_fn).
 IMAGE_NORMALIZED = "image_normalized"  # float32, zero mean / unit variance over train

@@ -29,6 +29,7 @@ from models.layout import (
     new_run_id,
 )
 from pipelines import flags, source_args
+from models.tasks import DEFAULT_TASK, INGEST_TASKS, SEGMENTATION
 from pipelines.options import (
     CommandOptions,
     UsageError,
@@ -64,6 +65,15 @@ class IngestArgs:
     input: list[str] = arg([], flags.INPUT_HELP)
     output: str | None = arg(None, flags.OUTPUT_HELP)
     labels: str | None = arg(None, "CSV or Parquet label export (original keys)")
+    task: str = arg(
+        DEFAULT_TASK,
+        "classification (labels from --labels) or segmentation (masks from SEG and RTSTRUCT "
+        "objects in --input or --masks)",
+        choices=INGEST_TASKS,
+    )
+    masks: str | None = arg(
+        None, "segmentation: more SEG/RTSTRUCT objects (file, folder, gs://, DICOMweb)"
+    )
     key: flags.KeyFlags = nested(flags.KeyFlags, "key-")
     deid_config: str | None = arg(None, flags.DEID_CONFIG_HELP)
     pixel_config: str | None = arg(None, "YAML: size, channels, frame_policy, windows")
@@ -98,6 +108,12 @@ class IngestConfig:
     limits: dicom_io.Limits = field(default_factory=dicom_io.Limits)
     run_id: str = ""
     sources: SourceSettings = field(default_factory=SourceSettings)
+    task: str = DEFAULT_TASK
+    masks: str | None = None  # more SEG/RTSTRUCT objects (segmentation)
+
+    @property
+    def segmentation(self) -> bool:
+        return self.task == SEGMENTATION
 
 
 def configure(opts: IngestOptions | IngestArgs, beam_options: PipelineOptions) -> IngestConfig:
@@ -114,6 +130,10 @@ def configure(opts: IngestOptions | IngestArgs, beam_options: PipelineOptions) -
     pixels = flags.load_pixel_config(args.pixel_config)
     split = parse_split(args.split)
     labels = dicom_io.normalize_uri(args.labels) if args.labels else None
+    if args.task == SEGMENTATION and args.labels:
+        raise UsageError("--labels is for --task classification; segmentation reads masks")
+    if args.masks and args.task != SEGMENTATION:
+        raise UsageError("--masks is for --task segmentation")
     label_rows = label_source = conflicting_rows = None
     if labels:
         try:
@@ -137,6 +157,8 @@ def configure(opts: IngestOptions | IngestArgs, beam_options: PipelineOptions) -
         limits=args.limits,
         run_id=new_run_id(),
         sources=source_args.settings(args.sources, inputs, dataflow),
+        task=args.task,
+        masks=dicom_io.normalize_uri(args.masks) if args.masks else None,
     )
 
 
@@ -157,18 +179,34 @@ class Converted:
 
 
 def to_converted(
-    instance: Instance, split_config: SplitConfig, label_source: str | None = None
+    instance: Instance,
+    split_config: SplitConfig,
+    label_source: str | None = None,
+    segmentation: bool = False,
 ) -> Converted:
     """A converted instance → its split, one example and one index row per image.
 
     ``label_source``: the label file's key column, written on labeled rows.
+    ``segmentation``: the label is the mask; an image without one is unlabeled (its
+    example carries an all-background mask), and the example's ``label`` is the highest
+    class its mask marks ("0": none), so splits and counts read as for classification.
     """
     label = instance.label
     ids = instance.ids
+    mask = None
+    if segmentation:
+        label = None
+        if instance.mask is not None:
+            mask = instance.mask
+            label = str(max(mask, default=0))
     split = assign_split(ids[f.PATIENT_ID], label is not None, split_config)
     examples, rows = [], []
     for image in instance.images:
-        examples.append(encode_example(image.data, image.shape, ids, label or "", image.frame))
+        if segmentation:
+            mask = mask or bytes(image.shape[0] * image.shape[1])
+        examples.append(
+            encode_example(image.data, image.shape, ids, label or "", image.frame, mask)
+        )
         rows.append(
             {
                 **ids,
@@ -184,6 +222,8 @@ def to_converted(
                 **(instance.redaction or {}),
                 **dict(instance.attributes),
                 f.LABEL_SOURCE: label_source if label is not None else None,
+                f.MASK_SOURCE: (instance.mask_source or "none") if segmentation else None,
+                f.FOREGROUND_FRACTION: instance.foreground_fraction,
             }
         )
     return Converted(
@@ -262,14 +302,30 @@ def build_pipeline(pipeline: beam.Pipeline, config: IngestConfig) -> beam.Pipeli
             "conflicting_rows": config.label_conflicting_rows,
         },
         "limits": config.limits.describe(),
+        "task": config.task,
     }
+    if config.segmentation:
+        header["masks"] = {"input": "given" if config.masks else None}
     output = config.output
     p = pipeline
     sources = registry.configure_inputs(config.inputs, config.sources)
     read = p | "ReadInstances" >> registry.ReadInstances(sources, config.limits)
     table = p | "ReadLabels" >> ReadLabels(config.labels) if config.labels else None
+    read_dead = [read.dead_letters]
+    mask_objects = None
+    if config.masks:
+        mask_sources = registry.configure_inputs((config.masks,), config.sources)
+        masks_read = p | "ReadMasks" >> registry.ReadInstances(mask_sources, config.limits)
+        mask_objects, read_dead = masks_read.objects, [*read_dead, masks_read.dead_letters]
     prepared = read.objects | "PrepareInstances" >> PrepareInstances(
-        config.deid, config.key, config.pixels, prefix="ingest", labels=table, limits=config.limits
+        config.deid,
+        config.key,
+        config.pixels,
+        prefix="ingest",
+        labels=table,
+        limits=config.limits,
+        masks=config.segmentation,
+        mask_objects=mask_objects,
     )
     sections = {}
     if prepared.unmatched_labels is not None:
@@ -277,7 +333,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: IngestConfig) -> beam.Pipeli
             lambda n, given: {**given, "unmatched_rows": n}, header["labels"]
         )
     instances = prepared.instances | "Split" >> beam.Map(
-        to_converted, config.split, config.label_source
+        to_converted, config.split, config.label_source, config.segmentation
     )
     by_split = instances | "BySplit" >> beam.Partition(
         lambda c, n: ALL_SPLITS.index(c.split),  # type: ignore[arg-type]  # Beam wraps it
@@ -299,7 +355,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: IngestConfig) -> beam.Pipeli
         table_dir(output, INDEX_DIR), f.INDEX_SCHEMA
     )
     errors = (
-        (read.dead_letters, prepared.dead_letters)
+        (*read_dead, prepared.dead_letters)
         | "AllDeadLetters" >> beam.Flatten()
         | "WriteErrors" >> WriteErrors(output)
     )

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.metrics import Metrics
 from pydicom.dataset import Dataset
 
@@ -38,6 +39,15 @@ from transforms.deid import (
 )
 from transforms.keys import KeySource
 from transforms.labels import JoinLabels, LabelTable
+from transforms.masks import (
+    JoinMasks,
+    MaskLabel,
+    NotAMaskFn,
+    ReadMaskPartsFn,
+    SegmentationObjectFn,
+    fit_label_map,
+    mask_kind,
+)
 from transforms.pixels import NormalizedImage, PixelConfig, normalize
 from transforms.tfrecord import quantize
 
@@ -108,6 +118,11 @@ class Instance:
     redaction: dict | None = None  # index columns of pixel redaction (counts only)
     # What evaluation slices by, read after de-identification (only what survives it).
     attributes: tuple[tuple[str, str | None], ...] = ()
+    # Segmentation: the label map in the pixels' geometry (size x size uint8), where from
+    # (seg | rtstruct) and the share of the image's own pixels it marks.
+    mask: bytes | None = None
+    mask_source: str | None = None
+    foreground_fraction: float | None = None
 
 
 # Index column → the de-identified dataset's keyword it is read from.
@@ -171,8 +186,9 @@ class ParseFn(DeadLetterFn):
         yield (obj.source, obj.member), dicom_io.parse_dataset(obj.data, self._limits)
 
 
-# ((source, member), (Dataset, label)): a parsed instance and its label, if any.
-Keyed = tuple[tuple[str, str | None], tuple[Dataset, str | None]]
+# ((source, member), (Dataset, label)): a parsed instance and its label (a class name, or
+# a segmentation mask), if any.
+Keyed = tuple[tuple[str, str | None], tuple[Dataset, str | MaskLabel | None]]
 
 
 class ConvertFn(DeadLetterFn):
@@ -211,6 +227,9 @@ class ConvertFn(DeadLetterFn):
 
     def work(self, element: Keyed) -> Iterator[Instance]:
         (source, member), (ds, label) = element
+        mask = None
+        if isinstance(label, MaskLabel):
+            mask, label = label, None
         result, images = convert(ds, self._engine, self._pixels, self._limits)
         self._converted.inc()
         yield Instance(
@@ -223,21 +242,39 @@ class ConvertFn(DeadLetterFn):
             result.net_counts,
             redaction_columns(result),
             slice_attributes(ds),
+            *mask_columns(mask, self._pixels.size),
         )
+
+
+def mask_columns(
+    mask: MaskLabel | None, size: int
+) -> tuple[bytes | None, str | None, float | None]:
+    """An instance's mask in the pixels' geometry, its source and its foreground share."""
+    if mask is None:
+        return None, None, None
+    fitted = fit_label_map(mask.pixels, size)
+    return fitted.tobytes(), mask.kind, float(np.mean(mask.pixels > 0))
+
+
+def _mask_partition(element: tuple, partitions: int) -> int:
+    """1 for a SEG or RTSTRUCT object, 0 for anything else."""
+    return int(mask_kind(element[1]) is not None)
 
 
 class Prepared(NamedTuple):
     """What ``PrepareInstances`` gives."""
 
     instances: beam.PCollection[Instance]
-    dead_letters: beam.PCollection[DeadLetter]  # stages parse, deidentify and pixels
+    dead_letters: beam.PCollection[DeadLetter]  # stages parse, masks, deidentify and pixels
     unmatched_labels: beam.PCollection[int] | None  # only when labels are joined
 
 
 class PrepareInstances(NamedOutputs):
-    """SourceObjects → converted ``Instance``s: parse → join labels → de-identify and
-    normalize pixels. The chain ingest and scoring share, under one key and config, so
-    both give the very same pseudonyms and pixel bytes.
+    """SourceObjects → converted ``Instance``s: parse → join labels or masks → de-identify
+    and normalize pixels. The chain ingest and scoring share, under one key and config, so
+    both give the very same pseudonyms and pixel bytes. SEG and RTSTRUCT objects are never
+    images: with ``masks`` they label the images they reference, else each is a dead
+    letter ``segmentation_object``.
 
     Args:
         deid_config, key, pixels: de-identification options, the key's source (resolved
@@ -246,6 +283,8 @@ class PrepareInstances(NamedOutputs):
         labels: a one-element PCollection of ``LabelTable`` (``ReadLabels``) to join on
             the original identifiers before they are replaced; None for no labels.
         limits: what one object may cost to parse and decode (``dicom_io.Limits``).
+        masks: join SEG and RTSTRUCT masks on the images they reference (segmentation).
+        mask_objects: more SourceObjects that should all be SEG or RTSTRUCT (``--masks``).
 
     Returns:
         ``Prepared(instances, dead_letters, unmatched_labels)``; ``unmatched_labels`` (the
@@ -261,8 +300,12 @@ class PrepareInstances(NamedOutputs):
         prefix: str,
         labels: beam.PCollection[LabelTable] | None = None,
         limits: dicom_io.Limits | None = None,
+        masks: bool = False,
+        mask_objects: beam.PCollection[dicom_io.SourceObject] | None = None,
     ):
         super().__init__()
+        self._masks = masks
+        self._mask_objects = mask_objects
         self._deid_config = deid_config
         self._key = key
         self._pixels = pixels
@@ -273,15 +316,47 @@ class PrepareInstances(NamedOutputs):
     def expand(self, objects: beam.PCollection[dicom_io.SourceObject]) -> Prepared:
         parse = beam.ParDo(ParseFn(self._limits))
         parsed = objects | "Parse" >> parse.with_outputs(DEAD_LETTER, main="ok")
+        images, segmentations = parsed.ok | "SplitMaskObjects" >> beam.Partition(
+            _mask_partition,  # type: ignore[arg-type]  # Beam wraps it
+            2,
+        )
         unmatched = None
-        if self._labels is not None:
-            joined, unmatched = parsed.ok | "JoinLabels" >> JoinLabels(self._labels)
+        dead = [parsed[DEAD_LETTER]]
+        if self._masks:
+            read = segmentations | "ReadMaskParts" >> beam.ParDo(ReadMaskPartsFn()).with_outputs(
+                DEAD_LETTER, main="parts"
+            )
+            parts, dead = [read.parts], [*dead, read[DEAD_LETTER]]
+            if self._mask_objects is not None:
+                more = self._mask_objects | "ParseMasks" >> beam.ParDo(
+                    ParseFn(self._limits)
+                ).with_outputs(DEAD_LETTER, main="ok")
+                kinds = more.ok | "SplitMasksInput" >> beam.Partition(
+                    _mask_partition,  # type: ignore[arg-type]  # Beam wraps it
+                    2,
+                )
+                extra = kinds[1] | "ReadMoreMaskParts" >> beam.ParDo(
+                    ReadMaskPartsFn()
+                ).with_outputs(DEAD_LETTER, main="parts")
+                strays = kinds[0] | "NotMasks" >> beam.ParDo(NotAMaskFn()).with_outputs(
+                    DEAD_LETTER, main="none"
+                )
+                parts.append(extra.parts)
+                dead += [more[DEAD_LETTER], extra[DEAD_LETTER], strays[DEAD_LETTER]]
+            all_parts = parts | "AllMaskParts" >> beam.Flatten()
+            joined, mask_dead = images | "JoinMasks" >> JoinMasks(all_parts)
+            dead.append(mask_dead)
         else:
-            joined = parsed.ok | "NoLabels" >> beam.Map(lambda kv: (kv[0], (kv[1], None)))
+            skipped = segmentations | "SegmentationObjects" >> beam.ParDo(
+                SegmentationObjectFn()
+            ).with_outputs(DEAD_LETTER, main="none")
+            dead.append(skipped[DEAD_LETTER])
+            if self._labels is not None:
+                joined, unmatched = images | "JoinLabels" >> JoinLabels(self._labels)
+            else:
+                joined = images | "NoLabels" >> beam.Map(lambda kv: (kv[0], (kv[1], None)))
         converted = joined | "Convert" >> beam.ParDo(
             ConvertFn(self._deid_config, self._key, self._pixels, self._prefix, self._limits)
         ).with_outputs(DEAD_LETTER, main="instances")
-        dead_letters = (parsed[DEAD_LETTER], converted[DEAD_LETTER]) | "DeadLetters" >> (
-            beam.Flatten()
-        )
+        dead_letters = (*dead, converted[DEAD_LETTER]) | "DeadLetters" >> beam.Flatten()
         return Prepared(converted.instances, dead_letters, unmatched)

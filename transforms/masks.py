@@ -15,12 +15,19 @@ only numbers.
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
+import apache_beam as beam
 import numpy as np
+from apache_beam.metrics import Metrics
 from pydicom.dataset import Dataset
 
-from transforms.deadletter import StageError
+from transforms.composite import NamedOutputs
+from transforms.deadletter import DEAD_LETTER, DeadLetter, DeadLetterFn, StageError
+from transforms.dicom_io import METRICS_NAMESPACE
 
 STAGE_MASKS = "masks"
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -225,3 +232,158 @@ def fit_label_map(label: np.ndarray, size: int) -> np.ndarray:
     top, left = (size - new_rows) // 2, (size - new_cols) // 2
     out[top : top + new_rows, left : left + new_cols] = label[np.ix_(ys, xs)]
     return out
+
+
+# --- The Beam shell: ingest's mask join ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MaskLabel:
+    """An image's segmentation label, joined on its original UID: the label map on the
+    image's own grid, and what it came from (``seg`` or ``rtstruct``)."""
+
+    pixels: np.ndarray
+    kind: str
+
+
+def uid_digest(uid: str) -> bytes:
+    """What the join keys on: no original identifier goes through a shuffle or side input."""
+    return hashlib.sha256(uid.strip().encode()).digest()[:16]
+
+
+Parsed = tuple[tuple[str, str | None], Dataset]
+
+
+class ReadMaskPartsFn(DeadLetterFn):
+    """((source, member), Dataset) of a SEG/RTSTRUCT → (digest of referenced UID, MaskPart)."""
+
+    stage = STAGE_MASKS
+    failed_counter = "mask_objects_dead_letters"
+
+    def where(self, element: Parsed) -> tuple[str, str | None]:
+        return element[0]
+
+    def work(self, element: Parsed) -> Iterator[tuple[bytes, MaskPart]]:
+        (source, member), ds = element
+        for part in read_mask_object(ds, source, member):
+            yield uid_digest(part.referenced), part
+
+
+class NotAMaskFn(DeadLetterFn):
+    """An image found where only masks were expected (``--masks``): a dead letter."""
+
+    stage = STAGE_MASKS
+
+    def where(self, element: Parsed) -> tuple[str, str | None]:
+        return element[0]
+
+    def work(self, element: Parsed) -> Iterator:
+        raise MaskError("not_a_mask_object", "not a SEG or RTSTRUCT object, in the masks input")
+        yield  # a generator, like every work()
+
+
+class SegmentationObjectFn(DeadLetterFn):
+    """A SEG or RTSTRUCT in a task that reads no masks: never a training image."""
+
+    stage = STAGE_MASKS
+
+    def where(self, element: Parsed) -> tuple[str, str | None]:
+        return element[0]
+
+    def work(self, element: Parsed) -> Iterator:
+        raise MaskError(
+            "segmentation_object", "a SEG or RTSTRUCT object: labels for --task segmentation"
+        )
+        yield
+
+
+class JoinMasksFn(beam.DoFn):
+    """((source, member), Dataset) of an image + the parts referencing it (side input) →
+    ((source, member), (Dataset, MaskLabel or None)); the digest of every matched UID on
+    ``MATCHED``; a mask that does not fit is a dead letter of its object (the image keeps
+    the masks that do fit, or goes on without one)."""
+
+    def setup(self):
+        self._masked = Metrics.counter(METRICS_NAMESPACE, "masks_matched")
+        self._unmasked = Metrics.counter(METRICS_NAMESPACE, "masks_missing")
+
+    def process(self, element: Parsed, parts):
+        key, ds = element
+        digest = uid_digest(str(ds.get("SOPInstanceUID", "")))
+        found = list(parts[digest])  # a multimap side input: empty for an unknown key
+        label = None
+        if found:
+            yield beam.pvalue.TaggedOutput(MATCHED, digest)
+        for part in found:  # one object that does not fit spoils only itself
+            try:
+                pixels = label_map(ds, [part])
+            except MaskError as e:
+                letter = DeadLetter(part.source, part.member, STAGE_MASKS, e.error_type, e.message)
+                yield beam.pvalue.TaggedOutput(DEAD_LETTER, letter)
+                continue
+            if label is None:
+                label = MaskLabel(pixels, part.kind)
+            else:
+                label = MaskLabel(np.maximum(label.pixels, pixels), label.kind)
+        (self._masked if label is not None else self._unmasked).inc()
+        yield key, (ds, label)
+
+
+MATCHED = "matched"
+
+
+def _unmatched_letters(element: tuple[bytes, dict]) -> Iterator[DeadLetter]:
+    _, grouped = element
+    if grouped["matched"]:
+        return
+    for source, member in sorted(set(grouped["parts"])):
+        yield DeadLetter(
+            source,
+            member,
+            STAGE_MASKS,
+            MASK_WITHOUT_IMAGE,
+            "the mask references an image that is not in the input",
+        )
+
+
+class Joined(NamedTuple):
+    joined: beam.PCollection
+    dead_letters: beam.PCollection[DeadLetter]
+
+
+class JoinMasks(NamedOutputs):
+    """Images ``((source, member), Dataset)`` joined with the masks that reference them, on
+    the images' original SOP Instance UIDs (before de-identification, as labels are).
+
+    The parts travel keyed by a digest of the UID they reference, as a side input (one
+    label map per labelled image: the images stay spread over the workers). Parts whose
+    image never shows up are dead letters ``mask_without_image`` of their objects.
+
+    Args:
+        parts: ``(digest, MaskPart)`` from ``ReadMaskPartsFn``.
+    """
+
+    def __init__(self, parts: beam.PCollection):
+        super().__init__()
+        self._parts = parts
+
+    def expand(self, images: beam.PCollection) -> Joined:
+        side = beam.pvalue.AsMultiMap(self._parts)
+        joined = images | "Lookup" >> beam.ParDo(JoinMasksFn(), side).with_outputs(
+            MATCHED, DEAD_LETTER, main="joined"
+        )
+        where = self._parts | "PartSources" >> beam.Map(
+            lambda kv: (kv[0], (kv[1].source, kv[1].member))
+        )
+        matched = (
+            joined[MATCHED]
+            | "DistinctMatches" >> beam.Distinct()
+            | "MatchedKeys" >> beam.Map(lambda d: (d, True))
+        )
+        unmatched = (
+            {"parts": where, "matched": matched}
+            | "GroupByImage" >> beam.CoGroupByKey()
+            | "Unmatched" >> beam.FlatMap(_unmatched_letters)
+        )
+        dead = (joined[DEAD_LETTER], unmatched) | "MaskDeadLetters" >> beam.Flatten()
+        return Joined(joined.joined, dead)

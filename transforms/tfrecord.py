@@ -85,9 +85,15 @@ def make_example(pixels: np.ndarray, ids: dict[str, str], label: str, frame: int
 
 
 def encode_example(
-    image: bytes, shape: tuple[int, int, int], ids: dict[str, str], label: str, frame: int
+    image: bytes,
+    shape: tuple[int, int, int],
+    ids: dict[str, str],
+    label: str,
+    frame: int,
+    mask: bytes | None = None,
 ) -> bytes:
-    """``make_example`` for an image already quantized: uint8 bytes of ``shape`` (H, W, C)."""
+    """``make_example`` for an image already quantized: uint8 bytes of ``shape`` (H, W, C);
+    with ``mask`` (segmentation: H x W uint8 bytes), the ``mask`` feature too."""
     height, width, channels = shape
     feature = {
         f.IMAGE: _bytes_feature(image),
@@ -107,6 +113,8 @@ def encode_example(
             )
         },
     }
+    if mask is not None:
+        feature[f.MASK] = _bytes_feature(mask)
     return serialize_example(feature)
 
 

@@ -15,10 +15,14 @@ from models.tasks.records import Metrics, ModelInfo
 from models.tasks.task import Task
 
 CLASSIFICATION = "classification"
+SEGMENTATION = "segmentation"
 DEFAULT_TASK = CLASSIFICATION
 # name -> the module whose TASK attribute is the task object.
 _MODULES = {CLASSIFICATION: "models.tasks.classification"}
-TASKS = tuple(_MODULES)
+TASKS = tuple(_MODULES)  # the tasks a model can be trained and scored for
+# What ingest can prepare data for: segmentation's masks are ingested (TFRecords with a
+# ``mask`` feature) before its trainer exists.
+INGEST_TASKS = (CLASSIFICATION, SEGMENTATION)
 
 
 def get_task(name: str) -> Task:
@@ -32,4 +36,14 @@ def get_task(name: str) -> Task:
     return importlib.import_module(_MODULES[name]).TASK
 
 
-__all__ = ["CLASSIFICATION", "DEFAULT_TASK", "TASKS", "Metrics", "ModelInfo", "Task", "get_task"]
+__all__ = [
+    "CLASSIFICATION",
+    "DEFAULT_TASK",
+    "INGEST_TASKS",
+    "SEGMENTATION",
+    "TASKS",
+    "Metrics",
+    "ModelInfo",
+    "Task",
+    "get_task",
+]

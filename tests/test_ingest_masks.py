@@ -1,0 +1,155 @@
+"""ingest --task segmentation: masks from SEG and RTSTRUCT joined on original UIDs, in the
+pixels' geometry, beside the images; bad masks are named dead letters."""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import tensorflow as tf
+from conftest import read_table
+
+from models import features as f
+from pipelines import ingest
+from pipelines import synth as synth_pipeline
+from pipelines.options import UsageError
+from transforms import deid, masks
+from transforms.keys import KeySource
+from transforms.testing import synth_patient
+from transforms.testing.masks import seg_dataset
+
+KEY = "m" * 64
+SEED, PATIENTS, SIZE = 3, 5, 48
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> tuple[Path, dict, dict[str, np.ndarray], Path]:
+    """synth --masks (all studies positive) → ingest --task segmentation, with a --masks
+    folder holding a SEG that does not fit its image, one whose image is not in the input,
+    and an image."""
+    os.environ["DF_MASK_KEY"] = KEY
+    root = tmp_path_factory.mktemp("masks")
+    corpus, extra, out = root / "corpus", root / "extra", root / "out"
+    argv = ["--output", str(corpus), "--patients", str(PATIENTS), "--seed", str(SEED)]
+    synth_pipeline.run([*argv, "--positive-rate", "1", "--masks"])
+    truth: dict[str, np.ndarray] = {}
+    for index in range(PATIENTS):
+        truth.update(synth_patient(index, SEED, positive_rate=1.0, masks=True).masks)
+    extra.mkdir()
+    image = next(  # a loose labelled image of the corpus
+        ds
+        for p in sorted((corpus / "export").rglob("IMG*"))
+        if "/S9" not in str(p) and str((ds := pydicom.dcmread(p)).SOPInstanceUID) in truth
+    )
+    wrong = copy.deepcopy(image)  # a SEG drawn on a grid of another size
+    wrong.Rows, wrong.Columns = image.Rows + 8, image.Columns
+    mask = np.zeros((wrong.Rows, wrong.Columns), np.uint8)
+    mask[4:12, 4:12] = 1
+    seg_dataset(wrong, mask, "2.25.901", "2.25.902").save_as(extra / "wrong_size.dcm")
+    stray = copy.deepcopy(image)  # a SEG of an image that is not in the input
+    stray.SOPInstanceUID = "2.25.903"
+    seg_dataset(stray, mask[:-8], "2.25.904", "2.25.905").save_as(extra / "no_image.dcm")
+    image.save_as(extra / "an_image.dcm")
+    (root / "pixels.yaml").write_text(f"size: {SIZE}\n")
+    argv = ["--input", str(corpus / "export"), "--output", str(out), "--task", "segmentation"]
+    argv += ["--masks", str(extra), "--key-env", "DF_MASK_KEY"]
+    argv += ["--pixel-config", str(root / "pixels.yaml")]
+    assert ingest.run(argv) == 0
+    return out, json.loads((out / "manifest.json").read_text()), truth, extra
+
+
+def _examples(out: Path) -> dict[str, tuple[str, dict]]:
+    spec = {
+        f.SOP_INSTANCE_UID: tf.io.FixedLenFeature([], tf.string),
+        f.IMAGE: tf.io.FixedLenFeature([], tf.string),
+        f.MASK: tf.io.FixedLenFeature([], tf.string),
+        f.LABEL: tf.io.FixedLenFeature([], tf.string),
+    }
+    found = {}
+    for path in sorted((out / "tfrecords").rglob("part-*.tfrecord.gz")):
+        for record in tf.data.TFRecordDataset(str(path), "GZIP"):
+            ex = {k: v.numpy() for k, v in tf.io.parse_single_example(record, spec).items()}
+            found[ex[f.SOP_INSTANCE_UID].decode()] = (path.parent.name, ex)
+    return found
+
+
+def test_every_labelled_image_carries_its_mask_in_the_pixels_geometry(run):
+    out, manifest, truth, _ = run
+    pseudonym = deid.Deidentifier(
+        deid.Profile.load(), deid.DeidConfig(), KeySource(env="DF_MASK_KEY").resolve()
+    ).pseudonyms.uid
+    found = _examples(out)
+    rows = {r[f.SOP_INSTANCE_UID]: r for r in read_table(str(out / "index"))}
+    checked = 0
+    for original, mask in truth.items():
+        uid = pseudonym(original)
+        if uid not in rows:
+            continue  # a multi-frame run or a file ingest refused: not an image here
+        split, ex = found[uid]
+        row = rows[uid]
+        assert row[f.MASK_SOURCE] in (masks.SEG, masks.RTSTRUCT) and split != "unlabeled"
+        assert row[f.FOREGROUND_FRACTION] == pytest.approx(mask.mean(), rel=1e-5)
+        got = np.frombuffer(ex[f.MASK], np.uint8).reshape(SIZE, SIZE)
+        assert np.array_equal(got, masks.fit_label_map(mask, SIZE))
+        assert ex[f.LABEL] == b"1"
+        # The lesion is where the mask says: brighter inside than around it (window aside).
+        image = np.frombuffer(ex[f.IMAGE], np.uint8).reshape(SIZE, SIZE, -1)[..., 0]
+        if got.sum() >= 4:
+            ring = np.zeros_like(got, bool)
+            ys, xs = np.nonzero(got)
+            ring[max(0, ys.min() - 3) : ys.max() + 4, max(0, xs.min() - 3) : xs.max() + 4] = True
+            ring &= got == 0
+            assert image[got > 0].mean() != image[ring].mean()
+        checked += 1
+    assert checked >= 10
+    sources = {r[f.MASK_SOURCE] for r in rows.values()}
+    assert {masks.SEG, masks.RTSTRUCT} <= sources <= {masks.SEG, masks.RTSTRUCT, masks.NONE}
+    for row in rows.values():  # images without a mask: unlabeled, never trained on
+        if row[f.MASK_SOURCE] == masks.NONE:
+            assert row[f.SPLIT] == "unlabeled" and row[f.FOREGROUND_FRACTION] is None
+    assert manifest["task"] == "segmentation"
+
+
+def test_seg_and_rtstruct_objects_are_never_images(run):
+    out, _, _, _ = run
+    rows = read_table(str(out / "index"))
+    assert {r[f.MODALITY] for r in rows}.isdisjoint({"SEG", "RTSTRUCT"})
+    assert len(rows) == len(_examples(out))
+
+
+def test_bad_masks_are_named_dead_letters(run):
+    out, _, _, extra = run
+    errors = read_table(str(out / "errors"))
+    by_file = {Path(e[f.SOURCE]).name: e for e in errors if e[f.STAGE] == masks.STAGE_MASKS}
+    assert by_file["wrong_size.dcm"][f.ERROR_TYPE] == masks.MASK_GEOMETRY_MISMATCH
+    assert by_file["no_image.dcm"][f.ERROR_TYPE] == masks.MASK_WITHOUT_IMAGE
+    assert by_file["an_image.dcm"][f.ERROR_TYPE] == "not_a_mask_object"
+    for e in by_file.values():
+        assert str(extra) in e[f.SOURCE] and "2.25.90" not in e[f.MESSAGE]
+
+
+def test_the_task_and_its_inputs_are_checked_first(tmp_path, monkeypatch):
+    monkeypatch.setenv("DF_MASK_KEY", KEY)
+    (tmp_path / "in").mkdir()
+    base = ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "o")]
+    base += ["--key-env", "DF_MASK_KEY"]
+    with pytest.raises(UsageError, match="--masks is for --task segmentation"):
+        ingest.run([*base, "--masks", str(tmp_path)])
+    with pytest.raises(UsageError, match="--labels is for --task classification"):
+        ingest.run([*base, "--task", "segmentation", "--labels", str(tmp_path / "l.csv")])
+
+
+def test_a_classification_ingest_takes_no_segmentation_object_for_an_image():
+    buf = io.BytesIO()
+    image = pydicom.Dataset()
+    image.SOPClassUID = masks.SEG_SOP_CLASS
+    fn = masks.SegmentationObjectFn()
+    (letter,) = [o.value for o in fn.process((("s", "m"), image))]
+    assert (letter.stage, letter.error_type) == (masks.STAGE_MASKS, "segmentation_object")
+    assert not buf.getvalue()
