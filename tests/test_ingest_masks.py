@@ -86,7 +86,7 @@ def test_every_labelled_image_carries_its_mask_in_the_pixels_geometry(run):
     ).pseudonyms.uid
     found = _examples(out)
     rows = {r[f.SOP_INSTANCE_UID]: r for r in read_table(str(out / "index"))}
-    checked = 0
+    checked, brighter = 0, []
     for original, mask in truth.items():
         uid = pseudonym(original)
         if uid not in rows:
@@ -98,16 +98,16 @@ def test_every_labelled_image_carries_its_mask_in_the_pixels_geometry(run):
         got = np.frombuffer(ex[f.MASK], np.uint8).reshape(SIZE, SIZE)
         assert np.array_equal(got, masks.fit_label_map(mask, SIZE))
         assert ex[f.LABEL] == b"1"
-        # The lesion is where the mask says: brighter inside than around it (window aside).
+        # The lesion is where the mask says: brighter inside than in a ring around it.
         image = np.frombuffer(ex[f.IMAGE], np.uint8).reshape(SIZE, SIZE, -1)[..., 0]
-        if got.sum() >= 4:
-            ring = np.zeros_like(got, bool)
-            ys, xs = np.nonzero(got)
-            ring[max(0, ys.min() - 3) : ys.max() + 4, max(0, xs.min() - 3) : xs.max() + 4] = True
-            ring &= got == 0
-            assert image[got > 0].mean() != image[ring].mean()
+        ring = np.zeros_like(got, bool)
+        ys, xs = np.nonzero(got)
+        ring[max(0, ys.min() - 3) : ys.max() + 4, max(0, xs.min() - 3) : xs.max() + 4] = True
+        ring &= got == 0
+        brighter.append(image[got > 0].mean() > image[ring].mean())
         checked += 1
-    assert checked >= 10
+    # Not every one: text redacted over the lesion, or a window that clips it, flattens some.
+    assert checked >= 10 and np.mean(brighter) >= 0.8, brighter
     sources = {r[f.MASK_SOURCE] for r in rows.values()}
     assert {masks.SEG, masks.RTSTRUCT} <= sources <= {masks.SEG, masks.RTSTRUCT, masks.NONE}
     for row in rows.values():  # images without a mask: unlabeled, never trained on

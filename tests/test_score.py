@@ -19,6 +19,7 @@ from conftest import (
 )
 
 from models import features as f
+from models.tasks import ModelInfo
 from pipelines import ingest, score, score_config
 from pipelines.options import UsageError
 from transforms.storage import write_bytes
@@ -288,11 +289,19 @@ def test_bad_arguments_fail_before_any_work(
 
 
 def test_pixel_settings_come_from_the_model_or_fit_it():
-    geometry = {"image_height": 64, "image_width": 64, "image_channels": 1}
-    recorded = {**geometry, "pixels": {"size": 64, "channels": 1, "frame_policy": "all"}}
+    def info(size: int, pixels: dict | None = None) -> ModelInfo:
+        return ModelInfo.from_json(
+            {"version": "1", "labels": ["0", "1"], "positive_label": "1", "network": "cnn"}
+            | {"gradcam_layer": None, "created_at": "", "run_id": "", "signature": {}}
+            | {"raw_image": "", "image_height": size, "image_width": size, "image_channels": 1}
+            | {"pixels": pixels}
+        )
+
+    geometry = info(64)
+    recorded = info(64, {"size": 64, "channels": 1, "frame_policy": "all"})
     assert score_config.pixel_config(None, recorded).frame_policy == "all"
     # A model exported before model.json recorded them: the defaults, if they fit.
-    old = {"image_height": 224, "image_width": 224, "image_channels": 1}
+    old = info(224)
     assert score_config.pixel_config(None, old) == score_config.PixelConfig()
     with pytest.raises(UsageError, match=r"the defaults: model\.json records none"):
         score_config.pixel_config(None, geometry)
