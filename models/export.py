@@ -32,6 +32,7 @@ import tensorflow as tf
 from models import features as f
 from models.inputs import join, raw_features, to_image
 from models.tasks import DEFAULT_TASK, Metrics, ModelInfo, Task, get_task
+from models.tasks.classification import positive_label
 
 LATEST = "latest"
 RUNS_DIR = "_runs"
@@ -344,11 +345,3 @@ def model_info(
         calibration=calibration,
         task=task,
     )
-
-
-def positive_label(labels: list[str]) -> str | None:
-    """The label whose probability is the score: binary → "1" if present, else the second
-    vocabulary entry; multi-class → None."""
-    if len(labels) != 2:
-        return None
-    return "1" if "1" in labels else labels[1]

@@ -81,7 +81,6 @@ class Classification:
         seed: int = 0,
     ) -> Assessment:
         from models.assessment import assess
-        from models.export import positive_label
 
         positive = positive_label(list(labels))
         return assess(
@@ -118,6 +117,14 @@ def _number(value: Any) -> float | None:
         return None
     value = float(value)
     return value if math.isfinite(value) else None
+
+
+def positive_label(labels: list[str]) -> str | None:
+    """The label whose probability is the score: binary → "1" if present, else the second
+    vocabulary entry; multi-class → None."""
+    if len(labels) != 2:
+        return None
+    return "1" if "1" in labels else labels[1]
 
 
 TASK = Classification()
