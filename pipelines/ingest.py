@@ -28,8 +28,8 @@ from models.layout import (
     TRANSFORM_DIR,
     new_run_id,
 )
-from pipelines import flags, source_args
 from models.tasks import DEFAULT_TASK, INGEST_TASKS, SEGMENTATION
+from pipelines import flags, source_args
 from pipelines.options import (
     CommandOptions,
     UsageError,
