@@ -34,6 +34,8 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, Predi
 
 from models.uids import is_valid_uid
 
+_LOG = logging.getLogger(__name__)
+
 if TYPE_CHECKING:  # TensorFlow loads with the model, not with the command's options
     from models.export import ServingModel
 
@@ -199,7 +201,7 @@ class ExplainFn(beam.DoFn):
                 ) as fh:
                     fh.write(png)
             except Exception as e:
-                logging.warning("Grad-CAM failed for one image (%s)", type(e).__name__)
+                _LOG.warning("Grad-CAM failed for one image (%s)", type(e).__name__)
                 self._failed.inc()
                 continue
             yield (candidate.sop_instance_uid, candidate.frame), uri

@@ -25,6 +25,8 @@ import numpy as np
 
 from models import features as f
 
+_LOG = logging.getLogger(__name__)
+
 TEMPLATES = Path(__file__).resolve().parent / "transform_templates"
 SHIPPED_GEOMETRIES = ((224, 1), (224, 3), (64, 1))  # defaults, colour, the demo's
 TEMPLATE_VOCABULARY = ("placeholder",)
@@ -112,7 +114,7 @@ def write_transform(
         _fill(str(shipped), directory, pixel_mean, pixel_std, labels)
         return
     if (size, channels) in SHIPPED_GEOMETRIES:
-        logging.warning("the shipped graph %s is incomplete: building it", shipped.name)
+        _LOG.warning("the shipped graph %s is incomplete: building it", shipped.name)
     with tempfile.TemporaryDirectory(prefix="dicomflow-template-") as tmp:
         template, assets = os.path.join(tmp, "graph"), os.path.join(tmp, "assets")
         os.makedirs(assets)

@@ -114,7 +114,7 @@ def chain(tmp_path_factory):
             *("--epochs", "1", "--min-auc", "0", "--augment", "none"),
         ],
         "score": [
-            *("--input", export, "--model", str(root / "models" / "latest")),
+            *("--input", export, "--model", str(root / "models" / "1")),
             *("--output", str(root / "scores"), *key),
         ],
     }
