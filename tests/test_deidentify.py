@@ -123,6 +123,13 @@ def test_every_object_is_accounted_for(corpus, deid_run):
     assert len(errors) == counts["dead_lettered"]
     kinds = {(e[f.STAGE], e[f.ERROR_TYPE]) for e in errors}
     assert ("deidentify", "burned_in_annotation") not in kinds  # redacted by default
+    # The audit view: images whose text was blanked, per modality and per region height.
+    by_modality = counts["redacted_images_by_modality"]
+    assert 0 < sum(by_modality.values()) <= counts["deidentified"]
+    assert set(by_modality) <= {"US", "SC", "OT", "XA", "CR", "DX", "XC", "ES"}
+    by_height = counts["redacted_images_by_region_height"]
+    assert set(by_height) <= {"1-10", "11-20", "21-48", "49+"}
+    assert max(by_height.values()) <= sum(by_modality.values()) <= sum(by_height.values())
     assert ("deidentify", "unsupported_transfer_syntax") in kinds
     assert ("deidentify", "not_an_instance") in kinds  # the DICOMDIR
     assert manifest["key_fingerprint"] == fingerprint(KEY.encode())

@@ -15,9 +15,10 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from transforms import deid
 from transforms.deadletter import StageError
+from transforms.deid.objects import redaction_counts
 from transforms.deid.ocr import frames_8bit, load_ocr
 from transforms.deid.pixels import blank_value
-from transforms.deid.redact import identifiers, is_identifying, redact_pixels
+from transforms.deid.redact import identifiers, is_identifying, redact_pixels, region_band
 from transforms.testing.burnin import (
     HARD_KINDS,
     TextBox,
@@ -207,6 +208,13 @@ def test_deidentify_redacts_by_default_and_marks_clean_pixel_data():
     engine = deid.Deidentifier(deid.Profile.load(), deid.DeidConfig(), KEY)
     result, _ = deid.deidentify_object(buf.getvalue(), engine)
     assert result.redaction.mode == "all_text" and result.redaction.regions >= 2
+    # The manifest's audit counts: the image once under its modality and once under each
+    # size band of its regions (the planted lines are 11-20 px tall as detected).
+    keys = deid.count_keys(result.net_counts)
+    assert keys.count(("redacted_images_by_modality", "US")) == 1
+    bands = [v for k, v in keys if k == "redacted_images_by_region_height"]
+    assert bands == sorted(set(bands)) and set(bands) == set(result.redaction.bands)
+    assert bands and set(bands) <= {"1-10", "11-20", "21-48", "49+"}
     out = pydicom.dcmread(io.BytesIO(result.data))
     assert "113101" in [c.CodeValue for c in out.DeidentificationMethodCodeSequence]
     assert out.PatientIdentityRemoved == "YES"
@@ -221,6 +229,26 @@ def test_undecodable_pixels_are_a_dead_letter():
     with pytest.raises(StageError) as caught:
         redact_pixels(ds, deid.PixelPolicy())
     assert caught.value.error_type == "redact_failed"
+
+
+def test_region_bands_and_no_counts_without_redaction():
+    assert [region_band(h) for h in (1, 10, 11, 20, 21, 48, 49, 400)] == [
+        "1-10",
+        "1-10",
+        "11-20",
+        "11-20",
+        "21-48",
+        "21-48",
+        "49+",
+        "49+",
+    ]
+    ds, _ = _image(KINDS[2], seed=3)
+    assert redaction_counts(ds, None) == {}
+    nothing = deid.Redaction("all_text", 0, 0, 0.0)
+    assert redaction_counts(ds, nothing) == {}
+    some = deid.Redaction("all_text", 3, 90, 0.01, ("1-10", "21-48"))
+    counts = redaction_counts(ds, some)
+    assert counts == {"redacted:US": 1, "redacted_height:1-10": 1, "redacted_height:21-48": 1}
 
 
 def test_config_validates_redact_options():

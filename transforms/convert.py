@@ -114,7 +114,7 @@ class Instance:
     transfer_syntax_uid: str
     images: tuple[Image, ...]
     label: str | None = None  # ingest's label, carried through untouched
-    deid_counts: tuple[tuple[str, int], ...] = ()  # what the de-id net removed, by keyword
+    deid_counts: tuple[tuple[str, int], ...] = ()  # de-id net and redaction counts, by name
     redaction: dict | None = None  # index columns of pixel redaction (counts only)
     # What evaluation slices by, read after de-identification (only what survives it).
     attributes: tuple[tuple[str, str | None], ...] = ()

@@ -29,7 +29,8 @@ class DeidResult:
     modality: str
     data: bytes | None  # None when the caller did not ask for the encoded file
     # What was removed or changed beyond the table: ((counter, count), ...), counters as
-    # engine.Deidentifier.deidentify_counted names them.
+    # engine.Deidentifier.deidentify_counted names them, and redaction's audit counts
+    # (redaction_counts).
     net_counts: tuple[tuple[str, int], ...] = ()
     redaction: Redaction | None = None  # what pixels.policy redact did (counts only)
 
@@ -91,7 +92,8 @@ def deidentify_dataset(
                 "mask_failed", f"pixels cannot be masked ({type(e).__name__})"
             ) from None
     link = engine.linkage(ds)
-    counts = engine.deidentify_counted(ds, state)
+    counts = dict(engine.deidentify_counted(ds, state))
+    counts.update(redaction_counts(ds, redaction))
     data = None
     if encode:
         try:
@@ -120,7 +122,19 @@ MANIFEST_COUNTS = {
     "code": "deid_local_codes",
     "override": "deid_overrides",
     "pixels": "deid_pixel_streams",
+    "redacted": "redacted_images_by_modality",
+    "redacted_height": "redacted_images_by_region_height",
 }
+
+
+def redaction_counts(ds: Dataset, redaction: Redaction | None) -> dict[str, int]:
+    """The audit counts of an image whose burned-in text was blanked: one under its
+    modality, and one under each size band of its blanked regions (the manifest's
+    ``redacted_images_by_modality`` and ``redacted_images_by_region_height``)."""
+    if redaction is None or not redaction.regions:
+        return {}
+    modality = str(ds.get("Modality", "") or "").strip() or "none"
+    return {f"redacted:{modality}": 1, **{f"redacted_height:{b}": 1 for b in redaction.bands}}
 
 
 def encode_part10(ds: Dataset) -> bytes:

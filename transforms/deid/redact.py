@@ -47,6 +47,9 @@ MAX_LINE = 64
 # as tall, is the rest of that line (a glyph cut at its end) and is blanked unread.
 LINE_GROWTH = 1.5
 _SHRINK = 4  # blanked regions are filled in at 1/_SHRINK of the frame's size
+# Size bands of a blanked region's height as detected (frame pixels, before the margin),
+# for the manifest's audit counts: small print, ordinary annotation, titles, and larger.
+REGION_BANDS = ((1, 10), (11, 20), (21, 48), (49, None))
 
 _DATE = re.compile(r"\d{1,4}\s*[-/.]\s*\d{1,2}\s*[-/.]\s*\d{1,4}")
 _TIME = re.compile(r"\d{1,2}\s*:\s*\d{2}")
@@ -63,6 +66,16 @@ class Redaction:
     regions: int  # regions blanked, over all frames
     area: int  # pixels blanked, over all frames
     fraction: float  # area / (rows x columns x frames)
+    bands: tuple[str, ...] = ()  # the size bands (region_band) of the regions, each once
+
+
+def region_band(height: int) -> str:
+    """The size band of a blanked region by its height in pixels: ``1-10``, ``11-20``,
+    ``21-48`` or ``49+``."""
+    for lo, hi in REGION_BANDS:
+        if hi is None or height <= hi:
+            return f"{lo}-{hi}" if hi is not None else f"{lo}+"
+    raise AssertionError("the last band is open")
 
 
 def warm_ocr(config) -> None:
@@ -289,9 +302,9 @@ class _Frame:
         return False
 
 
-def _redact_frame(frame: _Frame, first: list[Box], where: str) -> int:
+def _redact_frame(frame: _Frame, first: list[Box], where: str) -> list[int]:
     """Blanks the detected boxes, verifies around them until nothing new is found, then
-    checks the whole frame once; returns the number of regions blanked.
+    checks the whole frame once; returns the height of each region blanked.
 
     Raises:
         StageError: ``burned_in_text_remaining`` when text is still found after ROUNDS.
@@ -310,7 +323,7 @@ def _redact_frame(frame: _Frame, first: list[Box], where: str) -> int:
         if pending:
             message = f"text still detected after redaction ({where})"
             raise StageError("burned_in_text_remaining", message)
-    return len(frame.blanked)
+    return [box[3] - box[1] for box, _ in frame.blanked]
 
 
 def redact_pixels(ds: Dataset, policy: PixelPolicy, ocr: Ocr | None = None) -> Redaction:
@@ -336,11 +349,11 @@ def redact_pixels(ds: Dataset, policy: PixelPolicy, ocr: Ocr | None = None) -> R
     fill = blank_value(ds, frames.dtype, frames)
     scale = detector_scale(frames.shape[1:3])
     keys = [hashlib.blake2b(f.tobytes(), digest_size=16).digest() for f in frames]
-    done: dict[bytes, tuple[np.ndarray, int]] = {}
+    done: dict[bytes, tuple[np.ndarray, list[int]]] = {}
     todo = []
     for i, key in enumerate(keys):
         if key not in done:
-            done[key] = (np.zeros(0, bool), 0)
+            done[key] = (np.zeros(0, bool), [])
             todo.append((i, key))
     for start in range(0, len(todo), ocr.batch):
         chunk = todo[start : start + ocr.batch]
@@ -349,12 +362,14 @@ def redact_pixels(ds: Dataset, policy: PixelPolicy, ocr: Ocr | None = None) -> R
         for (i, key), state, boxes in zip(chunk, states, found, strict=True):
             where = f"frame {i + 1} of {len(frames)}"
             done[key] = (state.mask, _redact_frame(state, boxes, where))
-    regions, area = 0, 0
+    regions, area, bands = 0, 0, set[str]()
     for i, key in enumerate(keys):
-        mask, n = done[key]
+        mask, heights = done[key]
         frames[i][mask] = fill
-        regions, area = regions + n, area + int(mask.sum())
+        regions, area = regions + len(heights), area + int(mask.sum())
+        bands.update(region_band(h) for h in heights)
     if regions:
         store_frames(ds, frames)
     total = int(np.prod(frames.shape[:3]))
-    return Redaction(policy.redact, regions, area, area / total if total else 0.0)
+    fraction = area / total if total else 0.0
+    return Redaction(policy.redact, regions, area, fraction, tuple(sorted(bands)))
