@@ -5,7 +5,6 @@ from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from transforms.deadletter import (
@@ -16,6 +15,7 @@ from transforms.deid.engine import Deidentifier
 from transforms.deid.pixels import burned_in_risk, mask_pixels
 from transforms.deid.redact import Redaction, redact_pixels
 from transforms.dicom_io import parse_dataset
+from transforms.dicom_io.write import write_dataset, write_file_meta
 
 
 @dataclass(frozen=True)
@@ -148,7 +148,7 @@ def encode_part10(ds: Dataset) -> bytes:
     syntax = meta.TransferSyntaxUID
     fp = DicomBytesIO()
     fp.write(b"\x00" * 128 + b"DICM")
-    write_file_meta_info(fp, meta, enforce_standard=True)
+    write_file_meta(fp, meta)
     fp.is_implicit_VR, fp.is_little_endian = syntax.is_implicit_VR, syntax.is_little_endian
     if "PixelData" in ds:  # PS3.5 A.4: encapsulated Pixel Data has undefined length
         ds["PixelData"].is_undefined_length = syntax.is_compressed
