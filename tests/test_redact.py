@@ -263,6 +263,7 @@ def test_config_validates_redact_options():
 
 def test_models_load_once_from_the_wheel():
     assert load_ocr() is load_ocr()  # cached per process: a worker loads it once
+    assert load_ocr(4) is load_ocr()  # the first load's threads hold for the process
     assert load_ocr().provider in ("CPUExecutionProvider", "CUDAExecutionProvider")
 
 
@@ -426,3 +427,18 @@ def test_the_provider_is_cuda_where_onnxruntime_offers_it_and_frames_are_batched
     views = [frames_8bit(ds, ds.pixel_array)[0] for ds, _ in (_image(k, seed=5) for k in KINDS)]
     assert batched.detect_many(views) == [ocr.detect(v) for v in views]
     assert max(shapes) > 1  # frames of one shape went through together
+
+
+def test_threads_per_worker_are_its_share_of_the_cores():
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from transforms.deid.ocr import share_of_cores, usable_cores
+
+    assert [share_of_cores(8, n) for n in (1, 2, 3, 8, 16)] == [8, 4, 2, 1, 1]
+    cores = usable_cores()
+    assert cores >= 1
+    assert deid.ocr_threads(PipelineOptions([])) == cores  # one local worker: every core
+    local = PipelineOptions(["--direct_num_workers=2", "--direct_running_mode=multi_processing"])
+    assert deid.ocr_threads(local) == max(1, cores // 2)
+    assert deid.ocr_threads(PipelineOptions(["--direct_num_workers=0"])) == 1  # one per core
+    assert deid.ocr_threads(PipelineOptions(["--runner=DataflowRunner"])) == 1

@@ -35,6 +35,7 @@ from transforms.deid import (
     DeidResult,
     Profile,
     deidentify_dataset,
+    ocr_threads,
     warm_ocr,
 )
 from transforms.keys import KeySource
@@ -208,6 +209,7 @@ class ConvertFn(DeadLetterFn):
         pixels: PixelConfig,
         prefix: str,
         limits: dicom_io.Limits | None = None,
+        ocr_threads: int = 1,
     ):
         self._deid_config = deid_config
         self._key = key
@@ -215,11 +217,12 @@ class ConvertFn(DeadLetterFn):
         self._prefix = prefix
         self.failed_counter = f"{prefix}_dead_letters"
         self._limits = dicom_io.Limits.of(limits)
+        self._ocr_threads = ocr_threads
 
     def setup(self):
         dicom_io.quiet_pydicom()  # datasets may arrive parsed in another process
         self._engine = Deidentifier(Profile.load(), self._deid_config, self._key.resolve())
-        warm_ocr(self._deid_config)
+        warm_ocr(self._deid_config, self._ocr_threads)
         self._converted = Metrics.counter(dicom_io.METRICS_NAMESPACE, f"{self._prefix}_converted")
 
     def where(self, element: Keyed) -> tuple[str, str | None]:
@@ -355,8 +358,11 @@ class PrepareInstances(NamedOutputs):
                 joined, unmatched = images | "JoinLabels" >> JoinLabels(self._labels)
             else:
                 joined = images | "NoLabels" >> beam.Map(lambda kv: (kv[0], (kv[1], None)))
+        threads = ocr_threads(objects.pipeline.options)
         converted = joined | "Convert" >> beam.ParDo(
-            ConvertFn(self._deid_config, self._key, self._pixels, self._prefix, self._limits)
+            ConvertFn(
+                self._deid_config, self._key, self._pixels, self._prefix, self._limits, threads
+            )
         ).with_outputs(DEAD_LETTER, main="instances")
         dead_letters = (*dead, converted[DEAD_LETTER]) | "DeadLetters" >> beam.Flatten()
         return Prepared(converted.instances, dead_letters, unmatched)

@@ -27,7 +27,14 @@ patient IDs, accession numbers and per-patient date shift in every run and on ev
 worker, and nobody without the key can recompute them.
 """
 
-from transforms.deid.beam import LINKAGE, Deidentified, Deidentify, DeidentifyFn, deid_header
+from transforms.deid.beam import (
+    LINKAGE,
+    Deidentified,
+    Deidentify,
+    DeidentifyFn,
+    deid_header,
+    ocr_threads,
+)
 from transforms.deid.checks import ContentStep, DictionaryVR, LocalCodes
 from transforms.deid.config import DeidConfig, Override, PixelPolicy, SafePrivate
 from transforms.deid.content import VOCABULARY_PATH, ContentCheck, Verdict
@@ -95,6 +102,7 @@ __all__ = [
     "effective_action",
     "load_ocr",
     "mask_pixels",
+    "ocr_threads",
     "patient_key",
     "redact_pixels",
     "shift_date",

@@ -8,7 +8,8 @@ same objects), on the GPU where onnxruntime has a CUDA provider, else on the CPU
 
 from __future__ import annotations
 
-import functools
+import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,17 +165,43 @@ def _boxes(postprocess, pred: np.ndarray, padded: tuple[int, int], frame) -> lis
     return boxes
 
 
-@functools.cache
-def load_ocr(threads: int = 1) -> Ocr:
-    """The OCR models, loaded once per process (on the GPU where onnxruntime offers CUDA).
+def share_of_cores(cores: int, workers: int) -> int:
+    """onnxruntime threads for one of ``workers`` that run at once on ``cores`` cores:
+    its share, at least one (more threads than cores only make them wait for each other)."""
+    return max(1, cores // max(1, workers))
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which a container's cpuset
+    limits), else the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+_loaded: list[Ocr] = []
+_loading = threading.Lock()
+
+
+def load_ocr(threads: int | None = None) -> Ocr:
+    """The OCR models, loaded once per process (on the GPU where onnxruntime offers CUDA);
+    every later call returns the same objects, whatever it asks for.
 
     Args:
-        threads: onnxruntime threads per model; 1 by default, because Beam runs one
-            SDK process per core and each would otherwise spread over every core.
+        threads: onnxruntime threads per model for the first load; None: 1. A Beam
+            worker passes its share of its machine's cores (``transforms.deid.ocr_threads``).
 
     Raises:
         RuntimeError: when rapidocr-onnxruntime or its model files are not installed.
     """
+    with _loading:  # DoFns set up in several threads of one process load it once
+        if not _loaded:
+            _loaded.append(_load(threads or 1))
+        return _loaded[0]
+
+
+def _load(threads: int) -> Ocr:
     try:
         import onnxruntime
         import rapidocr_onnxruntime

@@ -78,14 +78,15 @@ def region_band(height: int) -> str:
     raise AssertionError("the last band is open")
 
 
-def warm_ocr(config) -> None:
-    """Loads the OCR models once per worker (``DoFn.setup``) when the policy is redact.
+def warm_ocr(config, threads: int | None = None) -> None:
+    """Loads the OCR models once per worker (``DoFn.setup``) when the policy is redact, on
+    ``threads`` onnxruntime threads (``load_ocr``).
 
     A failure here is not fatal: each risky instance then dead-letters ``redact_failed``.
     """
     if config.pixels.policy == "redact":
         with contextlib.suppress(RuntimeError):
-            load_ocr()
+            load_ocr(threads)
 
 
 def _norm(text: str) -> str:
