@@ -26,7 +26,7 @@ STATE_JSON = "state.json"
 @dataclass
 class _State:
     epoch: int = 0  # epochs finished
-    best_auc: float = -math.inf
+    best: float = -math.inf  # the best eval value of the monitored metric
     best_epoch: int = 0
     wait: int = 0
     stopped: bool = False
@@ -36,22 +36,32 @@ class _State:
 class Checkpoints(keras.callbacks.Callback):
     """After every epoch: the model with its optimizer, the best weights, the state.
 
-    Also early stopping on eval AUC, kept in the state so a resumed job stops where an
-    uninterrupted one would have. Files are written before ``state.json`` names them, so a
-    crash at any point leaves a consistent checkpoint.
+    Also early stopping on the eval value of the task's ``monitor`` metric (AUC, Dice),
+    kept in the state so a resumed job stops where an uninterrupted one would have. Files
+    are written before ``state.json`` names them, so a crash at any point leaves a
+    consistent checkpoint.
     """
 
-    def __init__(self, directory: str, patience: int, train_examples: int, log: Callable):
+    def __init__(
+        self,
+        directory: str,
+        patience: int,
+        train_examples: int,
+        log: Callable,
+        monitor: str = "auc",
+        title: str = "AUC",
+    ):
         super().__init__()
         self.directory = directory
         self.patience = patience
         self.train_examples = train_examples
         self.log = log
+        self.monitor, self.title = monitor, title
         self.state = _State()
         uri = join(directory, STATE_JSON)
         if tf.io.gfile.exists(uri):
             saved = export.read_json(uri)
-            self.state = _State(**{**saved, "best_auc": saved["best_auc"] or -math.inf})
+            self.state = _State(**{**saved, "best": saved["best"] or -math.inf})
 
     @property
     def last_model(self) -> str:
@@ -69,10 +79,10 @@ class Checkpoints(keras.callbacks.Callback):
         logs = {k: float(v) for k, v in (logs or {}).items()}
         state, previous = self.state, (self.last_model, self.best_weights)
         state.epoch = epoch + 1
-        auc = logs.get("val_auc", math.nan)
-        improved = auc > state.best_auc  # NaN (one class in eval) never improves
+        value = logs.get(f"val_{self.monitor}", math.nan)
+        improved = value > state.best  # NaN (one class in eval) never improves
         if improved:
-            state.best_auc, state.best_epoch, state.wait = auc, state.epoch, 0
+            state.best, state.best_epoch, state.wait = value, state.epoch, 0
             _save(self.model, self.best_weights, weights_only=True)
         else:
             state.wait += 1
@@ -86,14 +96,15 @@ class Checkpoints(keras.callbacks.Callback):
         for old in previous:
             if old not in (self.last_model, self.best_weights) and tf.io.gfile.exists(old):
                 tf.io.gfile.remove(old)
-        loss, train_auc = logs.get("loss", math.nan), logs.get("auc", math.nan)
+        loss, train_value = logs.get("loss", math.nan), logs.get(self.monitor, math.nan)
+        name = self.monitor
         self.log(
-            f"epoch {state.epoch}: loss {loss:.4f} auc {train_auc:.4f}"
-            f" | eval loss {logs.get('val_loss', math.nan):.4f} auc {auc:.4f}"
+            f"epoch {state.epoch}: loss {loss:.4f} {name} {train_value:.4f}"
+            f" | eval loss {logs.get('val_loss', math.nan):.4f} {name} {value:.4f}"
             f"{' (best)' if improved else ''} | {seconds:.1f} s, {rate:.0f} images/s"
         )
         if state.stopped:
-            self.log(f"early stop: eval AUC has not improved for {self.patience} epochs")
+            self.log(f"early stop: eval {self.title} has not improved for {self.patience} epochs")
             self.model.stop_training = True
 
 

@@ -150,6 +150,13 @@ STATISTICS_DELIMITER = "\t"
 PIXEL_MEAN, PIXEL_STD = "pixel_mean", "pixel_std"
 
 
+def mask_feature_spec() -> dict:
+    """A segmentation example's features: the raw spec and the ``mask`` label map."""
+    import tensorflow as tf
+
+    return {**raw_feature_spec(), MASK: tf.io.FixedLenFeature([], tf.string)}
+
+
 def raw_feature_spec() -> dict:
     """The TFRecord schema: every feature name lives here, read by ingest, trainer, scoring.
 
@@ -205,8 +212,62 @@ SCORES_SCHEMA = pa.schema(
 )
 
 
+# One row per scored image of a segmentation model (``--task segmentation``). Per-class
+# lists are in ``model.json`` ``labels[1:]`` order (label 0 is background); areas and boxes
+# are in the source image's own pixels (the prediction mapped back through the geometry).
+FOREGROUND_AREA = "foreground_area"  # predicted pixels per class
+COMPONENT_COUNT = "component_count"  # connected components per class
+BOUNDING_BOXES = "bounding_boxes"  # one per component: class, row/column min and max
+MAX_PROBABILITY = "max_probability"  # per class, the highest pixel probability
+SEG_URI = "seg_uri"  # the DICOM SEG written for the image (--write-seg), else null
+BOX_CLASS, ROW_MIN, COLUMN_MIN, ROW_MAX, COLUMN_MAX = (
+    "class",
+    "row_min",
+    "column_min",
+    "row_max",
+    "column_max",
+)
+
+SEGMENTATION_SCORES_SCHEMA = pa.schema(
+    [
+        pa.field(SOP_INSTANCE_UID, pa.string(), nullable=False),
+        pa.field(SERIES_INSTANCE_UID, pa.string()),
+        pa.field(STUDY_INSTANCE_UID, pa.string()),
+        pa.field(PATIENT_ID, pa.string(), nullable=False),
+        pa.field(MODALITY, pa.string()),
+        pa.field(FRAME, pa.int32(), nullable=False),
+        pa.field(FOREGROUND_AREA, pa.list_(pa.int64()), nullable=False),
+        pa.field(COMPONENT_COUNT, pa.list_(pa.int32()), nullable=False),
+        pa.field(
+            BOUNDING_BOXES,
+            pa.list_(
+                pa.struct(
+                    [
+                        pa.field(BOX_CLASS, pa.string(), nullable=False),
+                        pa.field(ROW_MIN, pa.int32(), nullable=False),
+                        pa.field(COLUMN_MIN, pa.int32(), nullable=False),
+                        pa.field(ROW_MAX, pa.int32(), nullable=False),
+                        pa.field(COLUMN_MAX, pa.int32(), nullable=False),
+                    ]
+                )
+            ),
+            nullable=False,
+        ),
+        pa.field(MAX_PROBABILITY, pa.list_(pa.float32()), nullable=False),
+        pa.field(MODEL_VERSION, pa.string(), nullable=False),
+        pa.field(RUN_ID, pa.string(), nullable=False),
+        pa.field(SCORED_AT, pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field(SEG_URI, pa.string()),
+    ]
+)
+
+
 # The classifiers ``--network`` names (built in models/networks.py; recorded in model.json).
 CNN = "cnn"
 RESNET50 = "resnet50"
 DENSENET121 = "densenet121"
 NETWORKS = (CNN, RESNET50, DENSENET121)
+# Segmentation's network (models/unet.py), its default size and its losses.
+UNET = "unet"
+UNET_DEPTH, UNET_WIDTH = 3, 16  # down-sampling steps; filters of the first level
+SEG_LOSSES = ("dice_ce", "dice_focal")

@@ -28,6 +28,7 @@ class DataInfo:
     labels: tuple[str, ...]  # the vocabulary, in label-id (= probability column) order
     counts: dict[str, dict[str, int]]  # split -> label -> examples (from the index)
     pixels: dict | None = None  # ingest's pixel settings (its manifest), None if not recorded
+    task: str | None = None  # what ingest prepared the data for (its manifest), if recorded
 
     @property
     def transform_dir(self) -> str:
@@ -83,17 +84,18 @@ def read_info(data: str) -> DataInfo:
             split = counts.setdefault(row[f.SPLIT], {})
             label = row[f.LABEL] or ""
             split[label] = split.get(label, 0) + 1
-    return DataInfo(data, shape, labels, counts, ingest_pixels(data))
+    manifest = _manifest(data)
+    return DataInfo(data, shape, labels, counts, manifest.get("pixels"), manifest.get("task"))
 
 
-def ingest_pixels(data: str) -> dict | None:
-    """The ``pixels`` block of ingest's ``manifest.json`` (size, channels, frame policy,
-    windows): how a raw image must be normalized to be what the model was trained on."""
+def _manifest(data: str) -> dict:
+    """Ingest's ``manifest.json``: its ``pixels`` block (size, channels, frame policy,
+    windows) says how a raw image must be normalized to be what the model was trained on."""
     uri = join(data, MANIFEST_NAME)
     if not tf.io.gfile.exists(uri):
-        return None
+        return {}
     with tf.io.gfile.GFile(uri) as fh:
-        return json.load(fh).get("pixels")
+        return json.load(fh)
 
 
 def raw_features(image: tf.Tensor, label: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
@@ -175,21 +177,36 @@ class Augment:
         ``seed``: two integers; the same seed gives the same result (stateless ops, so
         batches can be augmented in parallel and still reproducibly).
         """
+        return self.joint(images, None, seed)[0]
+
+    def joint(
+        self, images: tf.Tensor, masks: tf.Tensor | None, seed: tf.Tensor
+    ) -> tuple[tf.Tensor, tf.Tensor | None]:
+        """Augments images [N, H, W, C] and their label maps [N, H, W, 1] (segmentation)
+        with the same draws: the same flip, rotation and crop for an image and its mask,
+        the mask resampled by nearest neighbour (no class appears that was not there);
+        noise for the image only. With ``masks`` None, exactly ``__call__``."""
         n = tf.shape(images)[0]
         seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=6)
         if self.flip:
             flip = tf.random.stateless_uniform([n, 1, 1, 1], seeds[0]) < 0.5
             images = tf.where(flip, tf.reverse(images, axis=[2]), images)
+            if masks is not None:
+                masks = tf.where(flip, tf.reverse(masks, axis=[2]), masks)
         if self.rotate or self.crop < 1:
-            images = self._rotate_and_crop(images, seeds[1:5], n)
+            transforms = self._rotate_and_crop(images, seeds[1:5], n)
+            images = _resample(images, transforms, "BILINEAR")
+            if masks is not None:
+                masks = _resample(masks, transforms, "NEAREST")
         if self.noise:
             noise = tf.random.stateless_normal(tf.shape(images), seeds[5], stddev=self.noise)
             images += noise
-        return images
+        return images, masks
 
     def _rotate_and_crop(self, images, seeds, n):
-        # One resampling for both: output pixel → input pixel through a rotation about the
-        # centre, scaled by the crop fraction and shifted within what the crop leaves.
+        # The projective transforms of one resampling for both: output pixel → input pixel
+        # through a rotation about the centre, scaled by the crop fraction and shifted
+        # within what the crop leaves.
         shape = tf.cast(tf.shape(images), tf.float32)
         height, width = shape[1], shape[2]
         degrees = tf.random.stateless_uniform([n], seeds[0], -self.rotate, self.rotate)
@@ -214,14 +231,18 @@ class Augment:
             ],
             axis=1,
         )
-        return tf.raw_ops.ImageProjectiveTransformV3(
-            images=images,
-            transforms=transforms,
-            output_shape=tf.shape(images)[1:3],
-            fill_value=0.0,
-            interpolation="BILINEAR",
-            fill_mode="REFLECT",
-        )
+        return transforms
+
+
+def _resample(images: tf.Tensor, transforms: tf.Tensor, interpolation: str) -> tf.Tensor:
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=images,
+        transforms=transforms,
+        output_shape=tf.shape(images)[1:3],
+        fill_value=0.0,
+        interpolation=interpolation,
+        fill_mode="REFLECT",
+    )
 
 
 def make_dataset(
@@ -304,6 +325,89 @@ def make_dataset(
         return image, onehot, tf.gather(weights, label_id)
 
     return ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def make_mask_dataset(
+    info: DataInfo,
+    split: str,
+    transform_layer,
+    batch_size: int,
+    classes: int,
+    *,
+    training: bool = False,
+    augment: Augment | None = None,
+    seed: int = 0,
+    cache: bool = False,
+) -> tf.data.Dataset:
+    """Batches of (image, one-hot label map [H, W, classes]) from a segmentation ingest.
+
+    As ``make_dataset``, for the examples with a mask (label in the vocabulary: ingest
+    labels a masked image with the highest class it marks; an image without a mask is
+    unlabeled and left out). The image goes through the transform graph; the ``mask``
+    feature (uint8, H x W class ids) is augmented with it (``Augment.joint``).
+    """
+    files = shard_files(info.data, split)
+    if not files:
+        raise ValueError(f"no {split} examples under {info.data}")
+    height, width = info.image_shape[:2]
+    spec = {k: f.mask_feature_spec()[k] for k in (f.IMAGE, f.LABEL, f.MASK)}
+
+    def parse_and_transform(records):
+        parsed = tf.io.parse_example(records, spec)
+        out = transform_layer(raw_features(parsed[f.IMAGE], parsed[f.LABEL]))
+        masks = tf.reshape(tf.io.decode_raw(parsed[f.MASK], tf.uint8), [-1, height, width, 1])
+        return to_image(out, info.image_shape), masks, out[f.LABEL_ID]
+
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if training:
+        ds = ds.shuffle(len(files), seed=seed)
+    ds = ds.interleave(
+        lambda path: tf.data.TFRecordDataset(path, "GZIP", buffer_size=1 << 20),
+        cycle_length=min(len(files), CYCLE_LENGTH),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    ds = ds.batch(PARSE_BATCH).map(
+        parse_and_transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    )
+    ds = ds.unbatch().filter(lambda image, mask, label_id: label_id >= 0)
+    ds = ds.map(lambda image, mask, label_id: (image, mask))
+    ds = ds.apply(tf.data.experimental.assert_cardinality(info.labelled(split)))
+    if cache:
+        ds = ds.cache()
+    if training:
+        ds = ds.shuffle(max(1, min(info.labelled(split), 10_000)), seed=seed)
+    ds = ds.batch(batch_size)
+    if training and augment is not None and augment.active:
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        ds = tf.data.Dataset.zip(ds, seeds).map(
+            lambda batch, pair: augment.joint(batch[0], tf.cast(batch[1], tf.float32), pair),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+
+    def finish(image, mask):
+        ids = tf.cast(tf.round(tf.cast(mask[..., 0], tf.float32)), tf.int32)
+        return image, tf.one_hot(tf.clip_by_value(ids, 0, classes - 1), classes)
+
+    return ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def split_patients(info: DataInfo, split: str) -> list[str]:
+    """The patient pseudonym of each labelled example of ``split``, in ``split_keys`` order."""
+    spec = {k: f.raw_feature_spec()[k] for k in (f.PATIENT_ID, f.LABEL)}
+    files = shard_files(info.data, split)
+    ds = tf.data.Dataset.from_tensor_slices(files).interleave(
+        lambda path: tf.data.TFRecordDataset(path, "GZIP"),
+        cycle_length=max(1, min(len(files), CYCLE_LENGTH)),
+    )
+    vocabulary = set(info.labels)
+    patients = []
+    for batch in ds.batch(PARSE_BATCH).map(lambda r: tf.io.parse_example(r, spec)):
+        for patient, label in zip(batch[f.PATIENT_ID].numpy(), batch[f.LABEL].numpy(), strict=True):
+            if label.decode() in vocabulary:
+                patients.append(patient.decode())
+    return patients
 
 
 def split_keys(info: DataInfo, split: str) -> list[tuple[str, int, str, str]]:

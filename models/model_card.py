@@ -9,11 +9,14 @@ and the slices (small ones flagged).
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 from models import features as f
-from models.inputs import DataInfo
 from models.operating_point import THRESHOLD_METRICS
-from models.tasks import ModelInfo
+
+if TYPE_CHECKING:
+    from models.inputs import DataInfo
+    from models.tasks import ModelInfo, Task
 
 RELIABILITY_PNG = "reliability.png"
 
@@ -36,8 +39,10 @@ def interval(ci: dict | None, digits: int = 3) -> str:
     )
 
 
-def model_card(model_json: ModelInfo, metrics: dict, info: DataInfo, run_config: dict) -> str:
-    """The card's Markdown text."""
+def model_card(
+    model_json: ModelInfo, metrics: dict, info: DataInfo, run_config: dict, task: Task
+) -> str:
+    """The card's Markdown text (the figures sections are the task's)."""
     labels = list(model_json.labels)
     lines = [
         f"# Model card: {model_json.network} version {model_json.version}",
@@ -46,22 +51,17 @@ def model_card(model_json: ModelInfo, metrics: dict, info: DataInfo, run_config:
         "",
         "## Intended use",
         "",
-        "Research and pipeline validation: ranking images for review by image-level "
-        "classification. Not a medical device; not for diagnosis or treatment decisions. "
-        "Validate on data from the target site before any use.",
+        f"Research and pipeline validation: {task.purpose}. Not a medical device; not for "
+        "diagnosis or treatment decisions. Validate on data from the target site before any use.",
         "",
         *_io(model_json, info),
         *_data(labels, info),
-        *_figures(model_json, metrics),
-        *_calibration(metrics),
-        *_slices(metrics),
+        *task.card_figures(model_json, metrics),
         *_training(metrics, run_config),
         "## Limitations",
         "",
         "Figures come from one held-out split of one dataset; split by patient, but not by "
-        "site or scanner. The threshold and the calibration were fitted on the eval split, "
-        "which also chose the epoch: on a small eval split both carry its noise. Small "
-        "slices are flagged: their figures are not evidence either way.",
+        f"site or scanner. {task.limitations}",
         "",
     ]
     return "\n".join(lines)
@@ -103,7 +103,7 @@ def _data(labels: list[str], info: DataInfo) -> list[str]:
     return [*lines, ""]
 
 
-def _figures(model_json: ModelInfo, metrics: dict) -> list[str]:
+def figures(model_json: ModelInfo, metrics: dict) -> list[str]:
     ci = metrics.get("ci", {})
     lines = [
         "## Test-split metrics (95 % confidence intervals)",
@@ -139,7 +139,7 @@ def _figures(model_json: ModelInfo, metrics: dict) -> list[str]:
     return lines
 
 
-def _calibration(metrics: dict) -> list[str]:
+def calibration_section(metrics: dict) -> list[str]:
     cal = metrics.get("calibration")
     if not cal:
         return []
@@ -161,7 +161,7 @@ def _calibration(metrics: dict) -> list[str]:
     ]
 
 
-def _slices(metrics: dict) -> list[str]:
+def slices_section(metrics: dict) -> list[str]:
     slices = metrics.get("slices")
     if not slices:
         return []

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 from models import configs
 from models.configs import arg
-from models.features import CNN, NETWORKS
+from models.features import CNN, NETWORKS, SEG_LOSSES, UNET_DEPTH, UNET_WIDTH
 from models.operating_point import OperatingPoint
-from models.tasks import DEFAULT_TASK, TASKS
+from models.tasks import DEFAULT_TASK, TASKS, get_task
 
 OPTIMIZERS = ("adam", "sgd")
 
@@ -31,8 +31,13 @@ class TrainConfig:
     data: str | None = arg(None, "ingest output (local or gs://): tfrecords/, transform/")
     model_dir: str | None = arg(None, "model directory: versions, latest, checkpoints")
     task: str = arg(DEFAULT_TASK, "what the model learns", choices=TASKS)
-    network: str = arg(CNN, "classifier", choices=NETWORKS)
-    epochs: int = arg(30, "most epochs (early stopping on eval AUC may end sooner)")
+    network: str = arg(CNN, "classifier (classification)", choices=NETWORKS)
+    unet_depth: int = arg(UNET_DEPTH, "U-Net down-sampling steps (segmentation)")
+    unet_width: int = arg(UNET_WIDTH, "U-Net filters of the first level (segmentation)")
+    seg_loss: str = arg(
+        "dice_ce", "soft Dice plus cross-entropy or focal loss (segmentation)", choices=SEG_LOSSES
+    )
+    epochs: int = arg(30, "most epochs (early stopping on eval AUC or Dice may end sooner)")
     batch_size: int = arg(32, "examples per step and replica")
     optimizer: str = arg("adam", "optimizer (sgd: with momentum)", choices=OPTIMIZERS)
     learning_rate: float = arg(1e-3, "learning rate")
@@ -42,11 +47,13 @@ class TrainConfig:
     augment: str = arg(
         DEFAULT_AUGMENT, "train-split augmentation: flip,rotate=DEG,crop=F,noise=S or none"
     )
-    class_weights: bool = arg(True, "weight examples by inverse label frequency")
-    patience: int = arg(5, "epochs without a better eval AUC before stopping")
-    min_auc: float = arg(0.7, "promotion gate: the least test ROC AUC for latest")
+    class_weights: bool = arg(True, "weight examples by inverse label frequency (classification)")
+    patience: int = arg(5, "epochs without a better eval AUC or Dice before stopping")
+    min_auc: float = arg(0.7, "promotion gate: the least test ROC AUC for latest (classification)")
+    min_dice: float = arg(0.5, "promotion gate: the least test Dice for latest (segmentation)")
     operating_point: str = arg(
-        "youden", "threshold rule on eval: youden, sensitivity=T or specificity=T"
+        "youden",
+        "threshold rule on eval: youden, sensitivity=T or specificity=T (classification)",
     )
     seed: int = arg(0, "seed for weights, shuffling and augmentation")
     weights: str | None = arg(None, "a Keras weights file for a backbone (never downloaded)")
@@ -74,8 +81,13 @@ class TrainConfig:
             raise ValueError(
                 "--learning-rate must be > 0, --dropout in [0, 1), --weight-decay >= 0"
             )
-        if not 0 <= self.min_auc <= 1:
-            raise ValueError("--min-auc must be in [0, 1]")
+        if not 0 <= self.min_auc <= 1 or not 0 <= self.min_dice <= 1:
+            raise ValueError("--min-auc and --min-dice must be in [0, 1]")
+        if self.seg_loss not in SEG_LOSSES:
+            raise ValueError(f"--seg-loss must be one of {', '.join(SEG_LOSSES)}")
+        if not 1 <= self.unet_depth <= 6 or self.unet_width < 4:
+            raise ValueError("--unet-depth must be in [1, 6] and --unet-width >= 4")
+        get_task(self.task).check(self)
         try:
             OperatingPoint.parse(self.operating_point)
         except ValueError as e:
@@ -90,11 +102,26 @@ class TrainConfig:
 
     def key(self) -> str:
         """Hash of the arguments that change the trained weights: names the checkpoints."""
-        kept = {k: v for k, v in dataclasses.asdict(self).items() if k not in _NOT_IN_KEY}
+        kept = {
+            k: v
+            for k, v in dataclasses.asdict(self).items()
+            if k not in _NOT_IN_KEY and _KEY_IF_CHANGED.get(k, object()) != v
+        }
         return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
 
 
-_NOT_IN_KEY = {"model_dir", "checkpoint_dir", "min_auc", "cache_mb", "run_id", "operating_point"}
+_NOT_IN_KEY = {
+    "model_dir",
+    "checkpoint_dir",
+    "min_auc",
+    "min_dice",
+    "cache_mb",
+    "run_id",
+    "operating_point",
+}
+# Segmentation's arguments join the key only when they are not their defaults, so a
+# classifier's key (hence its checkpoint folder) is what it was before they existed.
+_KEY_IF_CHANGED = {"unet_depth": UNET_DEPTH, "unet_width": UNET_WIDTH, "seg_loss": "dice_ce"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import os
 import sys
 import tempfile
@@ -25,27 +24,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import keras
-import numpy as np
 import tensorflow as tf
 
-from models import calibration, evaluation, export
+from models import export
 from models import features as f
-from models.assessment import Assessment
 from models.checkpoints import Checkpoints, _local_copy
-from models.inputs import (
-    Augment,
-    DataInfo,
-    class_weights,
-    join,
-    make_dataset,
-    read_info,
-    split_slices,
-)
+from models.inputs import DataInfo, join, read_info
 from models.layout import new_run_id
-from models.model_card import RELIABILITY_PNG, model_card
-from models.networks import gradcam_layer
-from models.operating_point import OperatingPoint
-from models.tasks import Metrics, Task, get_task
+from models.model_card import model_card
+from models.tasks import Evaluation, Metrics, Task, get_task
 from models.train_config import (
     TrainConfig,
     add_arguments,
@@ -113,8 +100,7 @@ def train(
     task = get_task(config.task)
     started = time.time()
     info = read_info(config.data)
-    if len(info.labels) < 2:
-        raise ValueError(f"the train split has {len(info.labels)} label(s); a classifier needs 2")
+    labels = task.classes(info)
     if not info.labelled(f.TEST):
         raise ValueError(f"{config.data} has no labelled test examples to evaluate on")
     keras.utils.set_random_seed(config.seed)
@@ -129,7 +115,7 @@ def train(
     global_batch = config.batch_size * strategy.num_replicas_in_sync
     log(
         f"train {run_id}: {info.labelled(f.TRAIN)} train / {info.labelled(f.EVAL)} eval / "
-        f"{info.labelled(f.TEST)} test examples, labels {list(info.labels)}, images "
+        f"{info.labelled(f.TEST)} test examples, {task.name}, labels {labels}, images "
         f"{'x'.join(map(str, info.image_shape))}; {gpus} GPU(s), {strategy_name} strategy, "
         f"{policy}, batch {global_batch}"
     )
@@ -137,28 +123,22 @@ def train(
     import tensorflow_transform as tft
 
     transform = tft.TFTransformOutput(info.transform_dir).transform_features_layer()
-    weights = class_weights(info) if config.class_weights else None
-    datasets = _datasets(config, info, transform, global_batch, weights)
+    datasets = task.datasets(config, info, transform, global_batch)
     work = config.checkpoint_dir or join(config.model_dir, export.WORK_DIR, config.key())
-    checkpoints = Checkpoints(work, config.patience, info.labelled(f.TRAIN), log)
+    checkpoints = Checkpoints(
+        work, config.patience, info.labelled(f.TRAIN), log, task.monitor, task.metric_short
+    )
     resumed_from = checkpoints.state.epoch
     with tempfile.TemporaryDirectory() as tmp, strategy.scope():
         if resumed_from:
             log(f"resuming after epoch {resumed_from} from {work}")
             model = keras.models.load_model(_local_copy(checkpoints.last_model, tmp))
         else:
-            model = task.build_network(
-                config.network,
-                info.image_shape,
-                len(info.labels),
-                dropout=config.dropout,
-                weight_decay=config.weight_decay,
-                weights=config.weights,
-            )
+            model = task.build_network(config, info.image_shape, len(labels))
             model.compile(
                 optimizer=_optimizer(config),
-                loss=task.loss(),
-                metrics=task.train_metrics(len(info.labels)),
+                loss=task.loss(config),
+                metrics=task.train_metrics(len(labels)),
             )
     if resumed_from < config.epochs and not checkpoints.state.stopped:
         model.fit(
@@ -174,27 +154,15 @@ def train(
     if state.best_epoch:
         with tempfile.TemporaryDirectory() as tmp:
             model.load_weights(_local_copy(checkpoints.best_weights, tmp))
-        log(f"best eval AUC {state.best_auc:.4f} after epoch {state.best_epoch}")
+        log(f"best eval {task.metric_short} {state.best:.4f} after epoch {state.best_epoch}")
 
-    labels = list(info.labels)
-    eval_ids, eval_raw = _predict(model, datasets[f.EVAL])
-    test_ids, test_raw = _predict(model, datasets[f.TEST])
-    assessed = task.assess(
-        eval_ids,
-        eval_raw,
-        test_ids,
-        test_raw,
-        labels,
-        OperatingPoint.parse(config.operating_point),
-        split_slices(info, f.TEST),
-        seed=config.seed,
-    )
-    metrics = assessed.metrics
+    evaluated = task.evaluate(model, datasets, info, config)
+    metrics = evaluated.metrics
     metrics.update(
         {
             "split": f.TEST,
             "best_epoch": state.best_epoch,
-            "eval_auc": state.best_auc if state.best_epoch else None,
+            f"eval_{task.monitor}": state.best if state.best_epoch else None,
             "counts": info.counts,
         }
     )
@@ -205,7 +173,7 @@ def train(
         "key": config.key(),
         "image_shape": list(info.image_shape),
         "labels": labels,
-        "class_weights": list(weights) if weights else None,
+        **task.run_notes(config, info),
         "device": {
             "gpus": gpus,
             "strategy": strategy_name,
@@ -215,12 +183,12 @@ def train(
         "global_batch_size": global_batch,
         "seconds": time.time() - started,
     }
-    network = calibration.calibrated_network(
-        float32_copy(model, config, info, task), assessed.calibration
+    network = evaluated.wrap(float32_copy(model, config, info, task, len(labels)))
+    version = _export(
+        config, info, labels, network, transform, run_config, state.history, evaluated, task
     )
-    version = _export(config, info, network, transform, run_config, state.history, assessed, task)
     version_dir = join(config.model_dir, version)
-    promotion = export.promote(config.model_dir, version, config.min_auc)
+    promotion = export.promote(config.model_dir, version, task.minimum(config))
     record = task.read_metrics(metrics)
     outcome = TrainOutcome(
         run_id,
@@ -253,7 +221,7 @@ def train(
 
 
 def float32_copy(
-    model: keras.Model, config: TrainConfig, info: DataInfo, task: Task
+    model: keras.Model, config: TrainConfig, info: DataInfo, task: Task, classes: int
 ) -> keras.Model:
     """The network to export: computing in float32 whatever it trained in.
 
@@ -265,49 +233,11 @@ def float32_copy(
     policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("float32")
     try:
-        copy = task.build_network(
-            config.network,
-            info.image_shape,
-            len(info.labels),
-            dropout=config.dropout,
-            weight_decay=config.weight_decay,
-        )
+        copy = task.build_network(config, info.image_shape, classes)
     finally:
         keras.mixed_precision.set_global_policy(policy)
     copy.set_weights(model.get_weights())
     return copy
-
-
-def _datasets(config, info: DataInfo, transform, batch: int, weights) -> dict[str, tf.data.Dataset]:
-    example_bytes = math.prod(info.image_shape) * 4
-    budget = config.cache_mb * 2**20
-
-    def fits(split: str) -> bool:
-        return info.labelled(split) * example_bytes <= budget
-
-    return {
-        f.TRAIN: make_dataset(
-            info,
-            f.TRAIN,
-            transform,
-            batch,
-            training=True,
-            augment=Augment.parse(config.augment),
-            class_weights=weights,
-            seed=config.seed,
-            cache=fits(f.TRAIN),
-        ),
-        f.EVAL: make_dataset(info, f.EVAL, transform, batch, cache=fits(f.EVAL)),
-        f.TEST: make_dataset(info, f.TEST, transform, batch),
-    }
-
-
-def _predict(model: keras.Model, dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
-    ids, probabilities = [], []
-    for image, onehot in dataset:
-        probabilities.append(np.asarray(model(image, training=False), dtype=np.float32))
-        ids.append(np.argmax(onehot.numpy(), axis=1))
-    return np.concatenate(ids), np.concatenate(probabilities)
 
 
 def _now() -> str:
@@ -315,17 +245,14 @@ def _now() -> str:
 
 
 def _export(
-    config, info, model, transform, run_config, history, assessed: Assessment, task: Task
+    config, info, labels, model, transform, run_config, history, evaluated: Evaluation, task: Task
 ) -> str:
     """Writes the version in a local staging folder, then publishes it; returns its name.
 
-    ``model`` is the calibrated network: ``model.keras`` and the SavedModel both serve the
-    calibrated probabilities.
+    ``model`` is the network to serve (a classifier's is calibrated): ``model.keras`` and
+    the SavedModel both serve what it computes.
     """
-    labels = list(info.labels)
-    positive = export.positive_label(labels)
-    k = labels.index(positive) if positive is not None else None
-    metrics = assessed.metrics
+    metrics = evaluated.metrics
     created = _now()
     with tempfile.TemporaryDirectory(prefix="dicomflow-export-") as staging:
         model.save(os.path.join(staging, export.MODEL_KERAS))
@@ -338,40 +265,26 @@ def _export(
         export.write_json(os.path.join(staging, export.METRICS_JSON), metrics)
         export.write_json(os.path.join(staging, "config.json"), run_config)
         export.write_json(os.path.join(staging, "history.json"), {"epochs": history})
-        evaluation.plot_curves(
-            assessed.test_ids,
-            assessed.test_calibrated,
-            labels,
-            positive,
-            os.path.join(staging, "roc.png"),
-            os.path.join(staging, "pr.png"),
-        )
-        calibration.plot_reliability(
-            assessed.test_ids,
-            assessed.test_raw,
-            assessed.test_calibrated,
-            k,
-            os.path.join(staging, RELIABILITY_PNG),
-        )
+        evaluated.figures(staging)
 
         def finalize(folder: str, version: str) -> None:
             model_json = export.model_info(
                 version,
                 labels,
                 info.image_shape,
-                config.network,
-                gradcam_layer(model),
+                task.network_name(config),
+                task.explain_layer(model),
                 created,
                 run_config["run_id"],
                 info.pixels,
-                threshold=assessed.threshold,
-                operating_point=assessed.operating_point,
-                calibration=assessed.calibration.describe(),
+                threshold=evaluated.threshold,
+                operating_point=evaluated.operating_point,
+                calibration=evaluated.calibration,
                 task=task.name,
             )
             export.write_json(os.path.join(folder, export.MODEL_JSON), model_json.to_json())
             with open(os.path.join(folder, "MODEL_CARD.md"), "w") as fh:
-                fh.write(model_card(model_json, metrics, info, run_config))
+                fh.write(model_card(model_json, metrics, info, run_config, task))
 
         return export.publish(staging, config.model_dir, finalize)
 

@@ -28,7 +28,7 @@ from models.layout import (
     TRANSFORM_DIR,
     new_run_id,
 )
-from models.tasks import DEFAULT_TASK, INGEST_TASKS, SEGMENTATION
+from models.tasks import DEFAULT_TASK, SEGMENTATION, TASKS
 from pipelines import flags, source_args
 from pipelines.options import (
     CommandOptions,
@@ -69,7 +69,7 @@ class IngestArgs:
         DEFAULT_TASK,
         "classification (labels from --labels) or segmentation (masks from SEG and RTSTRUCT "
         "objects in --input or --masks)",
-        choices=INGEST_TASKS,
+        choices=TASKS,
     )
     masks: str | None = arg(
         None, "segmentation: more SEG/RTSTRUCT objects (file, folder, gs://, DICOMweb)"

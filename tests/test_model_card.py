@@ -2,7 +2,7 @@
 
 from models.inputs import DataInfo
 from models.model_card import interval, model_card
-from models.tasks import ModelInfo
+from models.tasks import ModelInfo, get_task
 
 MODEL_JSON = ModelInfo(
     version="3",
@@ -74,7 +74,7 @@ def test_interval_text():
 
 
 def test_the_card_shows_every_figure_the_version_holds():
-    card = model_card(MODEL_JSON, METRICS, INFO, RUN)
+    card = model_card(MODEL_JSON, METRICS, INFO, RUN, get_task("classification"))
     assert "predicted at a score of 0.4213 or more" in card
     assert "| roc_auc | 0.900 (95 % CI 0.800-0.970) |" in card
     assert "| specificity | 0.850 (95 % CI 0.700-0.930) |" in card

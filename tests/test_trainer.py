@@ -224,7 +224,7 @@ def test_early_stopping_survives_a_restart(tmp_path):
     epochs(first, [0.5, 0.7, 0.6])
     assert (first.state.best_epoch, first.state.wait, model.stop_training) == (2, 1, False)
     resumed = checkpoints.Checkpoints(str(tmp_path), 3, 10, logged.append)  # a new process
-    assert (resumed.state.epoch, resumed.state.best_auc) == (3, pytest.approx(0.7))
+    assert (resumed.state.epoch, resumed.state.best) == (3, pytest.approx(0.7))
     epochs(resumed, [0.65, math.nan], first=3)
     assert resumed.state.stopped and model.stop_training
     assert resumed.state.best_epoch == 2 and len(resumed.state.history) == 5

@@ -12,17 +12,17 @@ from __future__ import annotations
 import importlib
 
 from models.tasks.records import Metrics, ModelInfo
-from models.tasks.task import Task
+from models.tasks.task import Evaluation, Task
 
 CLASSIFICATION = "classification"
 SEGMENTATION = "segmentation"
 DEFAULT_TASK = CLASSIFICATION
 # name -> the module whose TASK attribute is the task object.
-_MODULES = {CLASSIFICATION: "models.tasks.classification"}
-TASKS = tuple(_MODULES)  # the tasks a model can be trained and scored for
-# What ingest can prepare data for: segmentation's masks are ingested (TFRecords with a
-# ``mask`` feature) before its trainer exists.
-INGEST_TASKS = (CLASSIFICATION, SEGMENTATION)
+_MODULES = {
+    CLASSIFICATION: "models.tasks.classification",
+    SEGMENTATION: "models.tasks.segmentation",
+}
+TASKS = tuple(_MODULES)  # the tasks data can be ingested for, and a model trained and scored
 
 
 def get_task(name: str) -> Task:
@@ -39,9 +39,9 @@ def get_task(name: str) -> Task:
 __all__ = [
     "CLASSIFICATION",
     "DEFAULT_TASK",
-    "INGEST_TASKS",
     "SEGMENTATION",
     "TASKS",
+    "Evaluation",
     "Metrics",
     "ModelInfo",
     "Task",

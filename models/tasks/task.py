@@ -1,18 +1,45 @@
-"""The interface every task implements (classification, and the tasks that follow it)."""
+"""The interface every task implements (classification, segmentation)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     import keras
-    import numpy as np
     import pyarrow as pa
+    import tensorflow as tf
 
-    from models.assessment import Assessment
-    from models.operating_point import OperatingPoint
-    from models.tasks.records import Metrics
+    from models.inputs import DataInfo
+    from models.tasks.records import Metrics, ModelInfo
+    from models.train_config import TrainConfig
+
+
+def _same(network: keras.Model) -> keras.Model:
+    return network
+
+
+def _nothing(folder: str) -> None:
+    return None
+
+
+@dataclass
+class Evaluation:
+    """What a task's evaluation gives the trainer to export.
+
+    metrics: ``metrics.json`` (the task's figures on test, with intervals).
+    threshold, operating_point, calibration: ``model.json``'s fields of the same names.
+    wrap: what the exported network adds to the trained one (a classifier's calibration).
+    figures: writes the task's plots into the version's staging folder.
+    """
+
+    metrics: dict
+    threshold: float | None = None
+    operating_point: str | None = None
+    calibration: dict | None = None
+    wrap: Callable[[keras.Model], keras.Model] = _same
+    figures: Callable[[str], None] = field(default=_nothing)
 
 
 class Task(Protocol):
@@ -22,13 +49,20 @@ class Task(Protocol):
         name: the ``--task`` value and ``model.json``'s ``task``.
         metric: the promotion metric's key in ``metrics.json``.
         metric_title: the same for people ("test ROC AUC"); metric_short: "AUC".
+        monitor: the compiled metric early stopping watches on eval ("auc", "dice");
+            ``metrics.json`` records its best value as ``eval_<monitor>``.
+        purpose: what the model is for, in the model card's words.
+        limitations: what the card says of the figures' limits, beyond the split.
         score_schema: the Arrow schema of the score tables.
     """
 
     name: str
+    purpose: str
+    limitations: str
     metric: str
     metric_title: str
     metric_short: str
+    monitor: str
 
     @property
     def score_schema(self) -> pa.Schema: ...
@@ -37,37 +71,60 @@ class Task(Protocol):
         """The raw TFRecord features ingest writes and the trainer reads."""
         ...
 
-    def build_network(
-        self,
-        network: str,
-        image_shape: tuple[int, int, int],
-        classes: int,
-        *,
-        dropout: float,
-        weight_decay: float,
-        weights: str | None = None,
-    ) -> keras.Model:
-        """The named network, uncompiled, computing in the current dtype policy."""
+    def classes(self, info: DataInfo) -> list[str]:
+        """The output columns' names (model.json ``labels``), from the ingest output.
+
+        Raises:
+            ValueError: (one line) data this task cannot learn from.
+        """
         ...
 
-    def loss(self) -> keras.losses.Loss: ...
+    def check(self, config: TrainConfig) -> None:
+        """Raises ValueError (one line) for an argument this task does not take."""
+        ...
+
+    def build_network(
+        self, config: TrainConfig, image_shape: tuple[int, int, int], classes: int
+    ) -> keras.Model:
+        """The network, uncompiled, computing in the current dtype policy."""
+        ...
+
+    def network_name(self, config: TrainConfig) -> str:
+        """``model.json``'s ``network``."""
+        ...
+
+    def explain_layer(self, model: keras.Model) -> str | None:
+        """The layer Grad-CAM looks at (``model.json``'s ``gradcam_layer``), or None."""
+        ...
+
+    def run_notes(self, config: TrainConfig, info: DataInfo) -> dict[str, Any]:
+        """What ``config.json`` records of the task's own training choices."""
+        ...
+
+    def loss(self, config: TrainConfig) -> keras.losses.Loss: ...
 
     def train_metrics(self, classes: int) -> list[keras.metrics.Metric]:
-        """Compiled into the model; the first is what early stopping watches on eval."""
+        """Compiled into the model; the one named ``monitor`` is what early stopping watches."""
         ...
 
-    def assess(
+    def datasets(
+        self, config: TrainConfig, info: DataInfo, transform: Any, batch: int
+    ) -> dict[str, tf.data.Dataset]:
+        """Train (shuffled, augmented), eval and test batches of (input, target[, weight])."""
+        ...
+
+    def evaluate(
         self,
-        eval_ids: np.ndarray,
-        eval_raw: np.ndarray,
-        test_ids: np.ndarray,
-        test_raw: np.ndarray,
-        labels: Sequence[str],
-        point: OperatingPoint,
-        slice_columns: Mapping[str, Sequence[str | None]] | None = None,
-        seed: int = 0,
-    ) -> Assessment:
+        model: keras.Model,
+        datasets: Mapping[str, tf.data.Dataset],
+        info: DataInfo,
+        config: TrainConfig,
+    ) -> Evaluation:
         """Evaluation on test, with 95 % intervals, after what the task fits on eval."""
+        ...
+
+    def minimum(self, config: TrainConfig) -> float:
+        """The promotion gate's least value of ``metric``."""
         ...
 
     def read_metrics(self, details: Mapping[str, Any]) -> Metrics:
@@ -76,4 +133,8 @@ class Task(Protocol):
 
     def summary_line(self, details: Mapping[str, Any]) -> str:
         """The trainer's one-line account of the test split."""
+        ...
+
+    def card_figures(self, model_json: ModelInfo, details: Mapping[str, Any]) -> list[str]:
+        """The model card's sections of test figures (Markdown lines)."""
         ...
