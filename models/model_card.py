@@ -57,7 +57,7 @@ def model_card(
         *_io(model_json, info),
         *_data(labels, info),
         *task.card_figures(model_json, metrics),
-        *_training(metrics, run_config),
+        *_training(model_json, metrics, run_config, task),
         "## Limitations",
         "",
         "Figures come from one held-out split of one dataset; split by patient, but not by "
@@ -185,18 +185,18 @@ def slices_section(metrics: dict) -> list[str]:
     return [*lines, ""]
 
 
-def _training(metrics: dict, run_config: dict) -> list[str]:
+def _training(model_json: ModelInfo, metrics: dict, run_config: dict, task: Task) -> list[str]:
     return [
         "## Training",
         "",
-        f"{run_config['network']}, {run_config['optimizer']} (learning rate "
+        f"{model_json.network}, {run_config['optimizer']} (learning rate "
         f"{run_config['learning_rate']}), batch {run_config['global_batch_size']}, at most "
-        f"{run_config['epochs']} epochs with early stopping on eval AUC (best epoch "
-        f"{metrics['best_epoch']}), augmentation `{run_config['augment']}`, class weights "
-        f"{_weights_text(run_config['class_weights'])}, seed {run_config['seed']}.",
+        f"{run_config['epochs']} epochs with early stopping on eval {task.metric_short} (best "
+        f"epoch {metrics['best_epoch']}), augmentation `{run_config['augment']}`, "
+        f"{task.training_text(run_config)}, seed {run_config['seed']}.",
         "",
     ]
 
 
-def _weights_text(weights: list[float] | None) -> str:
+def weights_text(weights: list[float] | None) -> str:
     return "off" if weights is None else "[" + ", ".join(f"{w:.3f}" for w in weights) + "]"

@@ -26,12 +26,16 @@ def _same(found, expected) -> bool:
     """Equal, numbers to 1e-9 relative: the last bit of a float differs between CPUs (the
     golden file was written on another one), a changed computation does not hide there."""
     if isinstance(expected, dict):
-        return isinstance(found, dict) and found.keys() == expected.keys() and all(
-            _same(found[k], expected[k]) for k in expected
+        return (
+            isinstance(found, dict)
+            and found.keys() == expected.keys()
+            and all(_same(found[k], expected[k]) for k in expected)
         )
     if isinstance(expected, list):
-        return isinstance(found, list) and len(found) == len(expected) and all(
-            _same(a, b) for a, b in zip(found, expected, strict=True)
+        return (
+            isinstance(found, list)
+            and len(found) == len(expected)
+            and all(_same(a, b) for a, b in zip(found, expected, strict=True))
         )
     if isinstance(expected, float) and isinstance(found, (int, float)):
         return math.isclose(found, expected, rel_tol=1e-9, abs_tol=1e-12)

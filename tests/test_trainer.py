@@ -295,13 +295,13 @@ def test_a_mixed_precision_network_is_exported_in_float32():
     info = inputs.DataInfo("d", (32, 32, 1), ("0", "1"), {})
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
-        mixed = TASK.build_network("cnn", (32, 32, 1), 2, dropout=0.25, weight_decay=1e-4)
-        exported = trainer.float32_copy(mixed, config, info, TASK)
+        mixed = TASK.build_network(config, (32, 32, 1), 2)
+        exported = trainer.float32_copy(mixed, config, info, TASK, 2)
     finally:
         keras.mixed_precision.set_global_policy("float32")
     assert mixed.get_layer("block1_conv").compute_dtype == "float16"
     assert {layer.compute_dtype for layer in exported.layers} == {"float32"}
     x = np.random.default_rng(0).normal(size=(4, 32, 32, 1)).astype("float32")
     np.testing.assert_allclose(exported(x), mixed(x), atol=2e-2)
-    float32 = TASK.build_network("cnn", (32, 32, 1), 2, dropout=0.25, weight_decay=1e-4)
-    assert trainer.float32_copy(float32, config, info, TASK) is float32
+    float32 = TASK.build_network(config, (32, 32, 1), 2)
+    assert trainer.float32_copy(float32, config, info, TASK, 2) is float32

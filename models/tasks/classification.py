@@ -88,6 +88,11 @@ class Classification:
 
         return {"class_weights": list(class_weights(info)) if config.class_weights else None}
 
+    def training_text(self, run_config: Mapping[str, Any]) -> str:
+        from models.model_card import weights_text
+
+        return f"class weights {weights_text(run_config.get('class_weights'))}"
+
     def loss(self, config: TrainConfig) -> keras.losses.Loss:
         import keras
 

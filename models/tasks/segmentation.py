@@ -100,6 +100,13 @@ class Segmentation:
             "loss": config.seg_loss,
         }
 
+    def training_text(self, run_config: Mapping[str, Any]) -> str:
+        unet = run_config.get("unet") or {}
+        return (
+            f"depth {unet.get('depth')}, width {unet.get('width')}, loss "
+            f"`{run_config.get('loss')}` (soft Dice plus cross-entropy or focal)"
+        )
+
     def loss(self, config: TrainConfig) -> keras.losses.Loss:
         from models.seg_losses import SegmentationLoss
 

@@ -101,6 +101,10 @@ class Task(Protocol):
         """What ``config.json`` records of the task's own training choices."""
         ...
 
+    def training_text(self, run_config: Mapping[str, Any]) -> str:
+        """The model card's words for those choices (``run_notes`` in ``config.json``)."""
+        ...
+
     def loss(self, config: TrainConfig) -> keras.losses.Loss: ...
 
     def train_metrics(self, classes: int) -> list[keras.metrics.Metric]:
