@@ -15,7 +15,7 @@ from transforms.deid.keeplist import KeepList, code_meanings, valid_value
 from transforms.deid.pseudonyms import Pseudonymizer
 from transforms.deid.streams import ICC_PROFILE, rebuild_icc
 from transforms.deid.table import dictionary_vr, element_vr, keyword
-from transforms.deid.values import _BYTES_VRS, _STRING_VRS, _set, _text, _values
+from transforms.deid.values import _BYTES_VRS, _STRING_VRS, _element, _has, _set, _text, _values
 from transforms.deid.walk import WalkState
 
 TEXT_VRS = frozenset({"LO", "SH", "ST", "LT", "UT", "UC", "PN", "AE"})
@@ -172,7 +172,7 @@ class ContentStep:
         self.trusted = trusted  # site overrides with trust_content: true
 
     def __call__(self, ds: Dataset, t: int, vr: str, state: WalkState) -> None:
-        if t in self.trusted or t not in ds:
+        if t in self.trusted or not _has(ds, t):
             return
         if vr in TEXT_VRS:
             self._text(ds, t, vr, state, tokenwise=True)
@@ -193,7 +193,7 @@ class ContentStep:
     def own_only(self, ds: Dataset, t: int, vr: str, state: WalkState) -> None:
         """For attributes kept by an option (retain device or institution identity...):
         the option vouches for the kind of content, the patient's identifiers still go."""
-        if t in self.trusted or t not in ds or not state.own:
+        if t in self.trusted or not _has(ds, t) or not state.own:
             return
         if vr in TEXT_VRS or vr in ("CS", "UR"):
             values = _values(ds, t, state.encodings)
@@ -274,7 +274,7 @@ class ContentStep:
             state.counts[f"patient_identifier:{keyword(t)}"] += 1
 
     def _binary_numbers(self, ds: Dataset, t: int, vr: str, state: WalkState) -> None:
-        raw = ds.get_item(t).value
+        raw = _element(ds, t).value
         if isinstance(raw, bytes):
             if self._holds_text(raw, state):
                 state.drop(ds, t, vr, f"content:{keyword(t)}")
@@ -299,7 +299,7 @@ class ContentStep:
             return
         if t in _PIXEL_STREAMS:
             return  # pixels, not text: rebuilt by the pixel-stream step
-        raw = ds.get_item(t).value
+        raw = _element(ds, t).value
         if isinstance(raw, bytes) and self._holds_text(raw, state):
             state.drop(ds, t, vr, f"content:{keyword(t)}")
 

@@ -41,7 +41,9 @@ from transforms.deid.values import (
     _ACCESSION_NUMBER,
     _PATIENT_ID,
     _PATIENT_NAME,
+    _element,
     _encodings,
+    _has,
     _set,
     _text,
     _values,
@@ -76,7 +78,7 @@ class PrivateElements:
             creator_tag = (t >> 16 << 16) | element >> 8
             creator = ds.get(creator_tag)
             creator_value = str(creator.value).strip() if creator is not None else ""
-            raw_vr = ds.get_item(t).VR
+            raw_vr = _element(ds, t).VR
             if (creator_value, element & 0xFF) in self.safe and raw_vr not in (None, "UN"):
                 # Kept only when explicitly typed: an implicit or UN private element could
                 # be a sequence that nobody can walk.
@@ -174,7 +176,7 @@ class Deidentifier:
         name = _text(ds, _PATIENT_NAME, encodings)
         if name:
             tokens += [name, name.replace("^", " "), *re.split(r"[\^ ,=]+", name)]
-        if "OtherPatientIDsSequence" in ds:
+        if _has(ds, 0x00101002):  # OtherPatientIDsSequence
             for item in ds.OtherPatientIDsSequence:
                 tokens.append(_text(item, _PATIENT_ID, encodings))
         tokens.append(_text(ds, 0x00100030, encodings))  # PatientBirthDate
@@ -217,7 +219,7 @@ class Deidentifier:
         return out
 
     def _walk(self, ds: Dataset, state: WalkState, depth: int = 0) -> None:
-        if depth and _CHARSET in ds:  # an item with its own character set is read in it
+        if depth and _has(ds, _CHARSET):  # an item with its own character set is read in it
             state = replace(state, encodings=_encodings(ds))
         patient = (
             patient_key(ds, state.encodings)
@@ -232,7 +234,7 @@ class Deidentifier:
             kept_creators=set(),
         )
         steps = self.steps
-        for tag, elem in list(ds.items()):  # raw elements: nothing converted here
+        for tag, elem in list(ds._dict.items()):  # raw elements: nothing converted here
             t = int(tag)
             try:
                 if t & 0xFFFF == 0:  # group lengths: retired, and wrong once we change things

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 from pydicom.dataset import Dataset
 
-from transforms.deid.values import _encodings, _values
+from transforms.deid.values import _encodings, _has, _values
 
 # Letters that NFKD does not decompose, and German transliteration (ü → ue).
 _ASCII = str.maketrans({"ø": "o", "ł": "l", "đ": "d", "ð": "d", "þ": "th", "\u0131": "i", "ħ": "h"})
@@ -177,14 +177,14 @@ def _gather(ds: Dataset, encodings: tuple[str, ...], out: dict, depth: int = 0) 
     the patient's, visit's and order's identification (each item read in its own character
     set); nothing else is read or converted."""
     for t, kind in _WANTED.items():
-        if t in ds:
+        if _has(ds, t):
             out[kind] += _values(ds, t, encodings)
     if depth >= _MAX_DEPTH:
         return
     for t in ID_SEQUENCES:
-        if t in ds:
+        if _has(ds, t):
             for item in ds[t].value or []:
-                inner = _encodings(item) if 0x00080005 in item else encodings
+                inner = _encodings(item) if _has(item, 0x00080005) else encodings
                 _gather(item, inner, out, depth + 1)
 
 

@@ -21,7 +21,7 @@ from pydicom.dataset import Dataset
 from transforms.deid.config import DeidConfig
 from transforms.deid.profile import CID_7050
 from transforms.deid.table import AnnexETable, element_vr, keyword
-from transforms.deid.values import _PIXEL_DATA, _keyword, _set, _text, _values
+from transforms.deid.values import _PIXEL_DATA, _has, _keyword, _set, _text, _values
 from transforms.deid.walk import WalkState
 
 KEEPLIST_PATH = Path(__file__).with_name("deid_keeplist.json")
@@ -198,10 +198,10 @@ class KeepListStep:
         a TEXT content item keeps a placeholder (its TextValue is type 1C)."""
         if self.cleaning:
             self.table.clean(ds, t, vr, state)
-        elif t in ds:
+        elif _has(ds, t):
             del ds[t]
             state.counts[keyword(t)] += 1
-        if t not in ds and _text(ds, 0x0040A040) == "TEXT":
+        if not _has(ds, t) and _text(ds, 0x0040A040) == "TEXT":
             _set(ds, t, "UT", "REMOVED")
 
     def _modality(self, ds: Dataset, t: int, state: WalkState) -> None:

@@ -20,6 +20,8 @@ from transforms.deid.values import (
     _PATIENT_ID,
     _PATIENT_NAME,
     _TEXT_VRS,
+    _element,
+    _has,
     _is_standard_uid,
     _set,
     _text,
@@ -137,7 +139,7 @@ class AnnexETable:
             mime = _text(ds, 0x00420012).lower()  # MIMETypeOfEncapsulatedDocument
             document = _MINIMAL_DOCUMENTS.get(mime, _MINIMAL_DOCUMENTS["text/plain"])
             _set(ds, t, "OB", document)
-            if 0x00420015 in ds:  # EncapsulatedDocumentLength: the length it now has
+            if _has(ds, 0x00420015):  # EncapsulatedDocumentLength: the length it now has
                 _set(ds, 0x00420015, "UL", len(document))
         elif vr in _BYTES_VRS:
             _set(ds, t, vr, b"\x00\x00")  # a value, not an empty one (type 1 stays valid)
@@ -190,7 +192,7 @@ def element_vr(ds: Dataset, t: int) -> str:
     """The element's VR as the engine treats it: the dictionary's for public tags it knows
     (the file's explicit VR is not trusted: see ``checks.DictionaryVR``), else the file's;
     an undecided "OB or OW" (or "US or SS or OW") is read as its widest, the last."""
-    vr = ds.get_item(t).VR
+    vr = _element(ds, t).VR
     if not vr or vr == "UN":
         vr = dictionary_vr(t) or "UN"
     return vr.rsplit(" or ", 1)[-1] if " or " in vr else vr

@@ -10,6 +10,7 @@ from pydicom.datadict import keyword_for_tag
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
+from pydicom.tag import BaseTag
 
 _PATIENT_ID = 0x00100020
 _PATIENT_NAME = 0x00100010
@@ -97,9 +98,9 @@ def _values(ds: Dataset, tag: int, encodings: Iterable[str] = ("iso8859",)) -> l
     (conversion is most of the cost of a walk, and text is all we need), decoded in the
     dataset's character set and stripped as pydicom strips, so raw and converted elements
     give the same text, and so the same pseudonym."""
-    elem = ds.get_item(tag)
-    if elem is None:
+    if tag not in ds._dict:
         return []
+    elem = _element(ds, tag)
     if isinstance(elem, RawDataElement):
         raw = (elem.value or b"").rstrip(b"\x00 ")
         if not raw:
@@ -137,8 +138,30 @@ def _is_standard_uid(value: str) -> bool:
     return value.startswith("1.2.840.10008.")
 
 
+def _element(ds: Dataset, tag: int) -> DataElement | RawDataElement:
+    """The element as stored, raw or converted, by a dictionary lookup: pydicom's
+    ``get_item`` and ``in`` make a ``Tag`` of the int first, which was the walk's most
+    frequent cost.
+
+    Raises:
+        KeyError: ``ds`` has no such element.
+    """
+    elem = ds._dict[tag]  # type: ignore[index]  # BaseTag keys: an int finds them
+    if isinstance(elem, RawDataElement) and elem.value is None and elem.length:
+        return ds.get_item(tag)  # a deferred read: pydicom reads it
+    return elem
+
+
+def _has(ds: Dataset, tag: int) -> bool:
+    return tag in ds._dict
+
+
 def _set(ds: Dataset, tag: int, vr: str, value) -> None:
     """Replaces an element without converting its old value first (None: empty)."""
     if value is None:
         value = b"" if vr in _BYTES_VRS else "" if vr in _STRING_VRS else None
-    ds[tag] = DataElement(tag, vr, value, validation_mode=pydicom_config.IGNORE)
+    elem = DataElement(BaseTag(tag), vr, value, validation_mode=pydicom_config.IGNORE)
+    if vr == "SQ" or tag >> 16 & 1 or tag >> 16 == 0x7FE0:
+        ds[tag] = elem  # pydicom links items and private creators, forgets decoded pixels
+    else:
+        ds._dict[elem.tag] = elem

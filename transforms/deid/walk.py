@@ -14,10 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
 from transforms.deid.identifiers import PatientIdentifiers
-from transforms.deid.values import _BYTES_VRS, _TEXT_VRS, _set
+from transforms.deid.values import _BYTES_VRS, _TEXT_VRS, _element, _has, _set
 
 # Dummies by VR: valid values that carry nothing.
 DUMMY = {
@@ -60,7 +61,9 @@ class WalkState:
 
     def items(self, ds: Dataset, t: int) -> None:
         """Walks every item of the sequence ``t`` with the same steps."""
-        for item in ds[t].value or []:
+        elem = _element(ds, t)
+        value = elem.value if isinstance(elem, DataElement) else ds[t].value  # raw: parsed
+        for item in value or []:
             self.walk(item, self, self.depth + 1)
 
     def drop(self, ds: Dataset, t: int, vr: str, counter: str) -> None:
@@ -70,14 +73,14 @@ class WalkState:
         kind = self.types.get(t)
         if kind == "1" and vr != "SQ":
             if vr in _BYTES_VRS:
-                old = ds.get_item(t).value or b""
+                old = _element(ds, t).value or b""
                 size = len(old) if isinstance(old, bytes) else 2
                 _set(ds, t, vr, b"\x00" * max(2, size + size % 2))
             else:
                 _set(ds, t, vr, DUMMY.get(vr, "ANONYMIZED"))
         elif kind == "2" and vr != "SQ":
             _set(ds, t, vr, None)
-        elif t in ds:
+        elif _has(ds, t):
             del ds[t]
         self.counts[counter] += 1
 
