@@ -5,12 +5,16 @@ Recall and false blanks are measured on the synthetic corpus (every image that p
 lists with text: CR, DX, US, SC and XA, several fonts, sizes, contrasts, corners) and on
 hard text (``burnin.hard_case``: glyphs 6-10 px, lines flush against an edge, low
 contrast, dark on light, coloured on RGB, over textured anatomy, text on some frames of a
-run only), per kind and per size band of the line's height. Throughput is one core
-(onnxruntime on one thread, as each Beam worker runs it) on a 512² and a 2048² radiograph
-with text, today's code and the baseline interleaved, with the cost of normalizing the
-same image (decode, window, resize: what ingest does to every image anyway) beside it.
+run only), per kind and per size band of the line's height, and small and low-contrast
+text on 2048² frames (what shrinking large frames loses). Throughput is one core
+(onnxruntime on one thread, as each Dataflow SDK process runs it) on a 512² and a 2048²
+radiograph with text, today's code and the baseline interleaved, with the cost of
+normalizing the same image (decode, window, resize: what ingest does to every image
+anyway) beside it, and where today's time goes (first detection, around the blanked
+regions, whole-frame check, the rest).
 
-    PYTHONPATH=. python benchmarks/redact_speed.py [--patients 12] [--hard 6] [--seed 11]
+    PYTHONPATH=. python benchmarks/redact_speed.py [--patients 12] [--hard 6] [--large 2]
+        [--seed 11]
 """
 
 import argparse
@@ -157,20 +161,49 @@ def hard_recall(per_kind: int, seed: int) -> dict:
                         n[f"{kind} boxes"] += 1
                         n[f"{size_band(b.box)} px boxes"] += 1
                     continue
-                after = _frames(ds)
-                planted = np.zeros(after.shape[:3], bool)
-                for b in case.boxes:
-                    x0, y0, x1, y1 = b.box
-                    done = bool((after[b.frame, y0:y1, x0:x1] == 0).all())
-                    for key in (kind, f"{size_band(b.box)} px"):
-                        n[f"{key} boxes"] += 1
-                        n[f"{key} blanked"] += done
-                    h = y1 - y0
-                    planted[b.frame, max(0, y0 - h) : y1 + h, max(0, x0 - 2 * h) : x1 + 2 * h] = 1
-                changed = case.frames != after
-                changed = changed.any(axis=3) if changed.ndim == 4 else changed
-                n["changed outside"] += int(changed[~planted].sum())
-                n["outside"] += int((~planted).sum())
+                _score(case, _frames(ds), n, (kind,))
+    return out
+
+
+def _score(case, after: np.ndarray, n: collections.Counter, keys: tuple[str, ...]) -> None:
+    """Counts a redacted hard case: its boxes blanked whole (per key and size band), and
+    pixels changed outside the text: beyond an allowance of the margin (a line height
+    across, two along) and, strictly, outside the text boxes themselves."""
+    planted = np.zeros(after.shape[:3], bool)
+    text = np.zeros(after.shape[:3], bool)
+    for b in case.boxes:
+        x0, y0, x1, y1 = b.box
+        done = bool((after[b.frame, y0:y1, x0:x1] == 0).all())
+        for key in (*keys, f"{size_band(b.box)} px"):
+            n[f"{key} boxes"] += 1
+            n[f"{key} blanked"] += done
+        h = y1 - y0
+        planted[b.frame, max(0, y0 - h) : y1 + h, max(0, x0 - 2 * h) : x1 + 2 * h] = 1
+        text[b.frame, y0:y1, x0:x1] = 1
+    changed = case.frames != after
+    changed = changed.any(axis=3) if changed.ndim == 4 else changed
+    n["changed outside"] += int(changed[~planted].sum())
+    n["outside"] += int((~planted).sum())
+    n["changed outside boxes"] += int(changed[~text].sum())
+    n["outside boxes"] += int((~text).sum())
+
+
+def large_frame_recall(per_kind: int, seed: int, side: int = 2048) -> dict:
+    """Small and low-contrast text (``hard_case`` drawn on side² frames): the text that
+    a detector shrinking large frames loses. Today's code and the baseline."""
+    out = {name: collections.Counter() for name in ("today", "baseline")}
+    rng = np.random.default_rng(seed)
+    for kind in ("small", "low_contrast"):
+        for _ in range(per_kind):
+            case = hard_case(kind, rng, side, side)
+            for name, n in out.items():
+                ds = _hard_dataset(case)
+                try:
+                    _redact(ds, name == "baseline")
+                except StageError as e:
+                    n[e.error_type] += 1
+                    continue
+                _score(case, _frames(ds), n, ("large",))
     return out
 
 
@@ -199,6 +232,42 @@ def throughput(side: int, repeats: int) -> dict[str, float]:
     return {k: float(np.median(v)) for k, v in times.items()}
 
 
+def stages(side: int, repeats: int) -> dict[str, float]:
+    """Where today's CPU time goes on one side² radiograph (median of ``repeats``): the
+    first detection over the whole frame, the detections around what was blanked, the
+    whole-frame check, and everything else (windowing to 8 bits, padding, resizing,
+    post-processing, hashing, filling in, storing)."""
+    from dataclasses import replace
+
+    ocr = load_ocr()
+    original = _radiograph(side)
+    spent: list[tuple[tuple[int, ...], float]] = []
+
+    def timed(x):
+        start = time.process_time()
+        out = ocr.detector(x)
+        spent.append((x.shape[2:], time.process_time() - start))
+        return out
+
+    counting = replace(ocr, detector=timed)
+    parts: dict[str, list[float]] = {"first": [], "windows": [], "check": [], "rest": []}
+    redact_pixels(copy.deepcopy(original), PixelPolicy(), counting)  # warm-up
+    for _ in range(repeats):
+        spent.clear()
+        ds = copy.deepcopy(original)
+        start = time.process_time()
+        redact_pixels(ds, PixelPolicy(), counting)
+        total = time.process_time() - start
+        first, *later = spent
+        check = max(later, key=lambda s: s[0][0] * s[0][1]) if later else ((0, 0), 0.0)
+        windows = sum(t for shape, t in later) - check[1]
+        parts["first"].append(first[1])
+        parts["check"].append(check[1])
+        parts["windows"].append(windows)
+        parts["rest"].append(total - first[1] - check[1] - windows)
+    return {k: float(np.median(v)) for k, v in parts.items()}
+
+
 def _ratio(n: collections.Counter, key: str) -> str:
     boxes = n[f"{key} boxes"]
     return f"{n[f'{key} blanked']}/{boxes} = {n[f'{key} blanked'] / max(boxes, 1):.1%}"
@@ -210,6 +279,7 @@ def main() -> None:
     parser.add_argument("--hard", type=int, default=6, help="hard images per kind")
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--repeats", type=int, default=5, help="timing repeats at 512²")
+    parser.add_argument("--large", type=int, default=2, help="2048² images per kind")
     args = parser.parse_args()
     start = time.perf_counter()
     ocr = load_ocr()
@@ -234,9 +304,19 @@ def main() -> None:
             f" {total}/{total_boxes} = {total / max(total_boxes, 1):.1%}; dead-lettered"
             f" {n['burned_in_text_remaining'] + n['redact_failed']};"
             f" changed outside text {n['changed outside'] / max(n['outside'], 1):.3%}"
+            f" (outside the boxes themselves"
+            f" {n['changed outside boxes'] / max(n['outside boxes'], 1):.2%})"
         )
         print(f"  by kind: {kinds}")
         print(f"  by size: {bands}")
+    large = large_frame_recall(args.large, args.seed)
+    for name, n in large.items():
+        bands = "; ".join(f"{b} px {_ratio(n, b + ' px')}" for b in ("6-10", "11-20", "21-48"))
+        print(
+            f"{name}: small and low-contrast text on 2048² frames ({args.large} per kind):"
+            f" boxes blanked {_ratio(n, 'large')} ({bands}); dead-lettered"
+            f" {n['burned_in_text_remaining'] + n['redact_failed']}"
+        )
     for side, repeats in ((512, args.repeats), (2048, max(2, args.repeats // 2))):
         t = throughput(side, repeats)
         print(
@@ -244,6 +324,12 @@ def main() -> None:
             f" per core; wall {t['wall']:.3f} s), baseline {t['baseline']:.3f} CPU s/image:"
             f" ratio {t['today'] / t['baseline']:.2f}; normalize {t['normalize']:.3f} CPU s"
             f" (redaction/normalize = {t['today'] / t['normalize']:.0f}x)"
+        )
+        c = stages(side, repeats)
+        print(
+            f"  today's CPU s at {side}x{side}: first detection {c['first']:.3f}, around the"
+            f" blanked regions {c['windows']:.3f}, whole-frame check {c['check']:.3f},"
+            f" everything else {c['rest']:.3f}"
         )
 
 

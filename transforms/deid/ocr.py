@@ -106,7 +106,9 @@ class Ocr:
             for i in order[start + 1 : start + self.batch]:
                 if inputs[i][0].shape == inputs[group[0]][0].shape:
                     group.append(i)
-            pred = self.detector(np.concatenate([inputs[i][0] for i in group]))[0]
+            batch = [inputs[i][0] for i in group]
+            # one frame goes in as it is: a copy of a 2048² frame's input costs 50 MB
+            pred = self.detector(batch[0] if len(batch) == 1 else np.concatenate(batch))[0]
             for k, i in enumerate(group):
                 out[i] = _boxes(self.postprocess, pred[k : k + 1], inputs[i][1], frames[i])
             # a frame left out of a mixed-shape group is run on its own
