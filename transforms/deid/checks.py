@@ -38,6 +38,7 @@ MAX_LENGTH = {
     "UI": 64,
 }
 _UI_RE = re.compile(r"^[0-9.]{1,64}$")
+_DATE_CHARS = re.compile(r"^[0-9+\-.]+$")
 IMAGE_TYPE = 0x00080008
 # IODs whose ImageType value 3 is required (CT Image: AXIAL or LOCALIZER, PS3.3 C.8.2.1).
 _VALUE_3_REQUIRED = frozenset({"1.2.840.10008.5.1.4.1.1.2"})
@@ -57,7 +58,7 @@ def parses_as(vr: str, value: str) -> bool:
     if vr in ("CS", "DS", "IS", "AS", "TM"):
         return not value or valid_value(vr, value)
     if vr in ("DA", "DT"):
-        return not value or bool(re.match(r"^[0-9+\-.]+$", value))
+        return not value or bool(_DATE_CHARS.match(value))
     return True
 
 

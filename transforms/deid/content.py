@@ -37,6 +37,8 @@ _PARTS = re.compile(r"[._+*#%-]+")
 _LONG_DIGITS = re.compile(r"\d{5,}")
 _LETTERS = re.compile(r"[^\W\d_]+")
 _WORD4 = re.compile(r"\w{4,}")
+_SPACES = re.compile(r"\s{2,}")
+_ALNUM = re.compile(r"\w+")
 # A date in numbers: day, month and a year of two or four digits, in some order.
 _NUMERIC_DATE = re.compile(r"(?<![\d.])(\d{1,4})\s*([./-])\s*(\d{1,2})\s*\2\s*(\d{1,4})(?![\d])")
 _MONTH = (
@@ -265,14 +267,14 @@ class ContentCheck:
 
 def _tidy(text: str) -> str | None:
     """Collapses what cutting left behind; None when no meaningful word is left."""
-    out = re.sub(r"\s{2,}", " ", text).strip(" ,;:-^/._\\()[]")
+    out = _SPACES.sub(" ", text).strip(" ,;:-^/._\\()[]")
     words = out.split(" ")
     while words and fold(words[-1].strip(".,;:")) in _STOPWORDS:  # "Processed by Dr."
         words.pop()
     while words and fold(words[0].strip(".,;:")) in _STOPWORDS:
         words.pop(0)
     out = " ".join(words).strip(" ,;:-^/._\\()[]")
-    words = [w for w in re.findall(r"\w+", out) if fold(w) not in _STOPWORDS]
+    words = [w for w in _ALNUM.findall(out) if fold(w) not in _STOPWORDS]
     if not any(sum(c.isalnum() for c in w) >= 2 for w in words):
         return None
     return out

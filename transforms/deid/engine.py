@@ -234,8 +234,11 @@ class Deidentifier:
             kept_creators=set(),
         )
         steps = self.steps
+        creators: list[int] = []
         for tag, elem in list(ds._dict.items()):  # raw elements: nothing converted here
             t = int(tag)
+            if t >> 16 & 1 and 0x10 <= t & 0xFFFF <= 0xFF:
+                creators.append(t)
             try:
                 if t & 0xFFFF == 0:  # group lengths: retired, and wrong once we change things
                     del ds[tag]
@@ -251,10 +254,9 @@ class Deidentifier:
                     "deid_failed", f"cannot de-identify {Tag(t)} ({type(e).__name__})"
                 ) from None
         # Private creators without a kept element go too.
-        for tag in list(ds.keys()):
-            t = int(tag)
-            if t >> 16 & 1 and 0x10 <= t & 0xFFFF <= 0xFF and t not in state.kept_creators:
-                del ds[tag]
+        for t in creators:
+            if t not in state.kept_creators and _has(ds, t):
+                del ds[t]
 
     # -- marks ----------------------------------------------------------------------------
 
@@ -288,16 +290,16 @@ class Deidentifier:
         (source AE titles, private information), and pydicom copies it cheaply on write."""
         old = getattr(ds, "file_meta", None) or FileMetaDataset()
         meta = FileMetaDataset()
-        meta.FileMetaInformationVersion = b"\x00\x01"
+        _set(meta, 0x00020001, "OB", b"\x00\x01")  # FileMetaInformationVersion
         syntax = old.get("TransferSyntaxUID")
         if syntax:
-            meta.TransferSyntaxUID = syntax
+            _set(meta, 0x00020010, "UI", UID(syntax))  # TransferSyntaxUID
         sop_class = _text(ds, 0x00080016) or str(old.get("MediaStorageSOPClassUID", "") or "")
         if sop_class:
-            meta.MediaStorageSOPClassUID = UID(sop_class)
+            _set(meta, 0x00020002, "UI", UID(sop_class))  # MediaStorageSOPClassUID
         sop_instance = _text(ds, 0x00080018)
         if sop_instance:
-            meta.MediaStorageSOPInstanceUID = UID(sop_instance)
-        meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
-        meta.ImplementationVersionName = IMPLEMENTATION_VERSION
+            _set(meta, 0x00020003, "UI", UID(sop_instance))  # MediaStorageSOPInstanceUID
+        _set(meta, 0x00020012, "UI", UID(IMPLEMENTATION_CLASS_UID))
+        _set(meta, 0x00020013, "SH", IMPLEMENTATION_VERSION)  # ImplementationVersionName
         ds.file_meta = meta

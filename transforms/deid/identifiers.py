@@ -17,6 +17,15 @@ from transforms.deid.values import _encodings, _has, _values
 _ASCII = str.maketrans({"ø": "o", "ł": "l", "đ": "d", "ð": "d", "þ": "th", "\u0131": "i", "ħ": "h"})
 _GERMAN = str.maketrans({"ä": "ae", "ö": "oe", "ü": "ue", "ß": "ss"})
 
+# Precompiled: the patterns of the identifier forms and of the search.
+_NAME_SEPARATORS = re.compile(r"[\^=,.\s]+")
+_NAME_HALVES = re.compile(r"[-']")
+_SEPARATORS = re.compile(r"[\W_]+")
+_PREFIX = re.compile(r"^[^\W\d_]+")
+_DIGITS4 = re.compile(r"\d{4,}")
+_DIGITS5 = re.compile(r"\d{5,}")
+_WORDS4 = re.compile(r"\w{4,}")
+
 # Where the patient's identity is written in a header, at any depth of nesting: names
 # (patient, other names, birth name, mother's birth name) and identifiers (patient IDs,
 # accession, admission, visit, placer/filler order, requested procedure, study ID).
@@ -89,12 +98,19 @@ def date_spellings(value: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+@functools.lru_cache(maxsize=4096)
+def _month_spellings(value: str) -> frozenset[str]:
+    """The birth date's spellings with a month name, folded."""
+    return frozenset(fold(s) for s in date_spellings(value) if any(c.isalpha() for c in s))
+
+
 def name_parts(name: str) -> list[str]:
     """Components of a person name (every group: alphabetic, ideographic, phonetic) of two
     or more characters, each half of a hyphenated one, and the whole name in its usual
     orders."""
-    parts = [p for p in re.split(r"[\^=,.\s]+", name) if len(p) >= 2]
-    parts += [h for p in parts if "-" in p or "'" in p for h in re.split(r"[-']", p) if len(h) >= 2]
+    parts = [p for p in _NAME_SEPARATORS.split(name) if len(p) >= 2]
+    halves = [h for p in parts if "-" in p or "'" in p for h in _NAME_HALVES.split(p)]
+    parts += [h for h in halves if len(h) >= 2]
     for group in (g for g in name.split("=") if g):
         components = [c.strip() for c in group.split("^") if c.strip()]
         if len(components) >= 2:
@@ -107,14 +123,14 @@ def id_parts(value: str) -> list[str]:
     prefix, without leading zeros, and its runs of four or more digits."""
     value = value.strip()
     out = [value]
-    squashed = re.sub(r"[\W_]+", "", value)
+    squashed = _SEPARATORS.sub("", value)
     out.append(squashed)
-    core = squashed.lstrip("0123456789") and re.sub(r"^[^\W\d_]+", "", squashed)
+    core = squashed.lstrip("0123456789") and _PREFIX.sub("", squashed)
     if core and core != squashed:
         out.append(core)
-    out += re.findall(r"\d{4,}", value)
-    out += [d.lstrip("0") for d in re.findall(r"\d{4,}", value) if len(d.lstrip("0")) >= 4]
-    out += [s for s in re.split(r"[\W_]+", value) if len(s) >= 4]
+    out += _DIGITS4.findall(value)
+    out += [d.lstrip("0") for d in _DIGITS4.findall(value) if len(d.lstrip("0")) >= 4]
+    out += [s for s in _SEPARATORS.split(value) if len(s) >= 4]
     return [o for o in out if len(o) >= 2]
 
 
@@ -123,7 +139,7 @@ def id_fragments(value: str) -> set[str]:
     ``MRN 88231``): found as whole digit runs beside letters (``QB-8823``), never in
     numbers, where four digits are too common to mean anything."""
     out: set[str] = set()
-    for run in re.findall(r"\d{5,}", value):
+    for run in _DIGITS5.findall(value):
         out |= {run[i : i + k] for k in range(4, len(run)) for i in range(len(run) - k + 1)}
     return out
 
@@ -237,9 +253,7 @@ class PatientIdentifiers:
         self._fragments = frozenset(f for value in ids for f in id_fragments(value))
         self._seen: dict[str, bool] = {}
         # The birth date with a month name: looked for only where a month name appears.
-        self._month_dates = frozenset(
-            fold(s) for value in dates for s in date_spellings(value) if any(c.isalpha() for c in s)
-        )
+        self._month_dates = frozenset(s for value in dates for s in _month_spellings(value))
         # Found as substrings: long or non-ASCII tokens and those with separators; found as
         # whole words (letters) or whole digit runs: short ones ("Li" is not in "CLIP").
         self._substrings: set[str] = set()
@@ -257,12 +271,12 @@ class PatientIdentifiers:
         words = {f for t in tokens if " " not in t for f in spellings(t) if len(f) >= 5}
         self._near_words = _neighbourhood(words)
         self._near_ids = _neighbourhood({fold(t) for t in id_tokens if len(t) >= 5})
-        numbers = {d.lstrip("0") for t in id_tokens + date_tokens for d in re.findall(r"\d{4,}", t)}
+        numbers = {d.lstrip("0") for t in id_tokens + date_tokens for d in _DIGITS4.findall(t)}
         self.numbers = frozenset(n for n in numbers if len(n) >= 4)
         self._number_sizes = sorted({len(n) for n in self.numbers})
         # The squashed forms (no separators) of IDs, found inside squashed text.
         self.squashed = frozenset(
-            s for s in (re.sub(r"[\W_]+", "", fold(i)) for i in ids) if len(s) >= 4
+            s for s in (_SEPARATORS.sub("", fold(i)) for i in ids) if len(s) >= 4
         )
 
     @classmethod
@@ -301,10 +315,10 @@ class PatientIdentifiers:
         if months and any(s in folded for s in self._month_dates):
             return True
         if self.squashed:
-            squashed = re.sub(r"[\W_]+", "", folded)
+            squashed = _SEPARATORS.sub("", folded)
             if any(s in squashed for s in self.squashed):
                 return True
-        return any(self.near(w) for w in re.findall(r"\w{4,}", folded))
+        return any(self.near(w) for w in _WORDS4.findall(folded))
 
     def near(self, word: str) -> bool:
         """A word (folded) one edit away from a name part of five or more letters, or an

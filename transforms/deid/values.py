@@ -98,9 +98,11 @@ def _values(ds: Dataset, tag: int, encodings: Iterable[str] = ("iso8859",)) -> l
     (conversion is most of the cost of a walk, and text is all we need), decoded in the
     dataset's character set and stripped as pydicom strips, so raw and converted elements
     give the same text, and so the same pseudonym."""
-    if tag not in ds._dict:
+    elem = ds._dict.get(tag)  # type: ignore[call-overload]  # BaseTag keys: an int finds them
+    if elem is None:
         return []
-    elem = _element(ds, tag)
+    if isinstance(elem, RawDataElement) and elem.value is None and elem.length:
+        elem = ds.get_item(tag)  # a deferred read: pydicom reads and converts it
     if isinstance(elem, RawDataElement):
         raw = (elem.value or b"").rstrip(b"\x00 ")
         if not raw:
