@@ -42,6 +42,7 @@ from models.layout import (
     STATE_NAME,
     new_run_id,
 )
+from models.tasks import DEFAULT_TASK, SEGMENTATION, TASKS
 from models.train_config import TrainConfig
 from pipelines import flags
 from pipelines import state as st
@@ -114,7 +115,11 @@ class RunConfig:
     output: str = arg("", "output root: everything below lives here")
     key_env: str | None = arg(None, "environment variable holding the key")
     key_file: str | None = arg(None, "file (local or gs://) holding the key")
-    labels: str | None = arg(None, "label export")
+    task: str = arg(
+        DEFAULT_TASK, "what the model learns: ingest, train and score do it", choices=TASKS
+    )
+    labels: str | None = arg(None, "label export (classification)")
+    masks: str | None = arg(None, "more SEG and RTSTRUCT objects (segmentation)")
     deid_config: str | None = arg(None, "de-identification options (YAML)")
     pixel_config: str | None = arg(None, "pixel settings (YAML)")
     lock_stale_minutes: float = arg(
@@ -140,16 +145,27 @@ class RunConfig:
         if bool(data.get("key_env")) == bool(data.get("key_file")):
             raise ValueError("give exactly one of key_env and key_file")
         rest = {k: v for k, v in data.items() if k != "train"}
+        if "task" in (data.get("train") or {}):
+            raise ValueError("task is set once, at the top of run.yaml (train: takes no task)")
+        if data.get("labels") and data.get("task") == SEGMENTATION:
+            raise ValueError("labels are for the classification task; segmentation reads masks")
+        if data.get("masks") and data.get("task", DEFAULT_TASK) != SEGMENTATION:
+            raise ValueError("masks are for the segmentation task")
         try:
             train = TrainStage.from_mapping(data.get("train"))
             config = configs.from_mapping(cls, rest, "run.yaml", train=train)
         except ValueError as e:
             raise ValueError(str(e).removeprefix("run.yaml: ")) from None
+        train = dataclasses.replace(
+            config.train, config=dataclasses.replace(config.train.config, task=config.task)
+        )
         config.sources.check()
         return dataclasses.replace(
             config,
             inputs=[dicom_io.normalize_uri(u) for u in config.inputs],
             output=dicom_io.normalize_uri(config.output),
+            masks=dicom_io.normalize_uri(config.masks) if config.masks else None,
+            train=train,
         )
 
     def key_flags(self) -> KeyFlags:
@@ -181,6 +197,8 @@ def ingest_args(config: RunConfig):
         output=config.path(INGEST_DIR),
         key=config.key_flags(),
         labels=config.labels,
+        task=config.task,
+        masks=config.masks,
         deid_config=config.deid_config,
         pixel_config=config.pixel_config,
         sources=config.sources.for_inputs(config.inputs),

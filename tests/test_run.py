@@ -243,3 +243,22 @@ def test_a_missing_key_is_refused_before_the_lock(setup, monkeypatch):
     with pytest.raises(UsageError, match="K is not set"):
         quiet(config)
     assert calls == [] and not (tmp / "out").exists()
+
+
+def test_the_task_is_set_once_and_reaches_ingest_and_train(tmp_path):
+    base = {"inputs": [str(tmp_path)], "output": str(tmp_path / "out"), "key_env": "K"}
+    config = run_mod.RunConfig.from_mapping(
+        {**base, "task": "segmentation", "masks": str(tmp_path / "seg"), "train": {"epochs": 2}}
+    )
+    assert config.train.config.task == "segmentation" and config.train.config.epochs == 2
+    args, _ = run_mod.ingest_args(config)
+    assert (args.task, args.masks) == ("segmentation", str(tmp_path / "seg"))
+    assert run_mod.RunConfig.from_mapping(base).train.config.task == "classification"
+    for data, message in (
+        ({"train": {"task": "segmentation"}}, "set once, at the top"),
+        ({"task": "segmentation", "labels": "l.csv"}, "labels are for the classification"),
+        ({"masks": "m/"}, "masks are for the segmentation"),
+        ({"task": "detection"}, "task must be one of"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            run_mod.RunConfig.from_mapping({**base, **data})
