@@ -30,9 +30,11 @@ from models.layout import (
     SCORES_TABLE,
     STATE_NAME,
 )
+from models.tasks import DEFAULT_TASK, SEGMENTATION, TASKS
 from pipelines.options import OneLineParser, UsageError
 
 KEY_VAR = "DICOMFLOW_DEMO_KEY"
+SEGMENTATION_SCORE_ARGS: list[str] = []  # score follows the model's task
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,6 +42,11 @@ class DemoArgs:
     """The flags of ``dicomflow demo``, declared once (``models.configs``)."""
 
     workdir: str = arg("demo-work", "local folder for everything")
+    task: str = arg(
+        DEFAULT_TASK,
+        "classification (labels) or segmentation (a U-Net on the SEG and RTSTRUCT masks)",
+        choices=TASKS,
+    )
     patients: int = arg(60, "synthetic patients")
     seed: int = arg(0, "corpus seed")
     positive_rate: float = arg(
@@ -75,17 +82,24 @@ def write_config(args: DemoArgs, workdir: str) -> str:
     pixels = os.path.join(workdir, "pixels.yaml")
     with open(pixels, "w") as fh:
         yaml.safe_dump({"size": args.image_size}, fh)
-    config = {
+    train = {"launcher": "local", "epochs": args.epochs, "seed": args.seed}
+    config: dict = {
         "inputs": [os.path.join(workdir, "bucket", "export")],
         "output": os.path.join(workdir, "out"),
-        "labels": os.path.join(workdir, "bucket", "labels.csv"),
+        "task": args.task,
         "key_env": args.key_env or KEY_VAR,
         "pixel_config": pixels,
         # More of the few demo patients in eval and test than production's 80/10/10.
         "ingest": {"args": ["--split", "0.6,0.2,0.2"]},
-        "train": {"launcher": "local", "epochs": args.epochs, "min_auc": 0.5, "seed": args.seed},
-        "score": {"args": ["--explain-top", "3"]},
     }
+    if args.task == SEGMENTATION:
+        # The masks travel with the images (synth --masks): SEG and RTSTRUCT in the export.
+        config["train"] = {**train, "min_dice": 0.5, "patience": 10}
+        config["score"] = {"args": SEGMENTATION_SCORE_ARGS}
+    else:
+        config["labels"] = os.path.join(workdir, "bucket", "labels.csv")
+        config["train"] = {**train, "min_auc": 0.5}
+        config["score"] = {"args": ["--explain-top", "3"]}
     path = os.path.join(workdir, "run.yaml")
     with open(path, "w") as fh:
         yaml.safe_dump(config, fh, sort_keys=False)
@@ -128,11 +142,20 @@ def summary(workdir: str, record: dict) -> list[str]:
     )
     model_dir = os.path.join(out, MODELS_DIR)
     version = export.latest_version(model_dir)
+    segmentation = False
     if version:
         metrics = st.read_json(os.path.join(model_dir, version, "metrics.json")) or {}
-        lines += model_lines(version, metrics)
+        segmentation = export.version_task(os.path.join(model_dir, version)).name == SEGMENTATION
+        lines += (
+            segmentation_lines(version, metrics) if segmentation else model_lines(version, metrics)
+        )
     score_dir = os.path.join(out, RUNS_DIR, record["run_id"], SCORE_DIR)
     scores = _rows(os.path.join(score_dir, SCORES_TABLE))
+    if segmentation:
+        found = sum(1 for row in scores if sum(row.get(f.COMPONENT_COUNT) or []))
+        lines.append(f"score: {len(scores)} images scored, {found} with a predicted finding")
+        lines.append(f"files: {out} (ingest/, models/, runs/{record['run_id']}/score/)")
+        return lines
     top: dict[str, float] = {}
     for row in scores:
         study = row[f.STUDY_INSTANCE_UID]
@@ -141,6 +164,25 @@ def summary(workdir: str, record: dict) -> list[str]:
     lines += [f"  {s}  {v:.3f}" for s, v in sorted(top.items(), key=lambda kv: -kv[1])[:5]]
     lines.append(f"files: {out} (ingest/, models/, runs/{record['run_id']}/score/)")
     return lines
+
+
+def segmentation_lines(version: str, metrics: dict) -> list[str]:
+    """A U-Net's test figures as the demo prints them, with their 95 % intervals."""
+    from models.model_card import interval
+
+    def ci(value, pair) -> str:
+        low, high = pair if pair else (None, None)
+        return interval({"value": value, "low": low, "high": high})
+
+    dice = ci(metrics.get("dice"), (metrics.get("dice_ci_low"), metrics.get("dice_ci_high")))
+    sensitivity = ci(metrics.get("lesion_sensitivity"), metrics.get("lesion_sensitivity_ci"))
+    fpi = ci(metrics.get("false_positives_per_image"), metrics.get("false_positives_per_image_ci"))
+    return [
+        f"model version {version}: test Dice {dice} on {metrics.get('examples')} images of "
+        f"{metrics.get('patients')} patients",
+        f"  lesions found {metrics.get('lesions_found')}/{metrics.get('lesions')}: "
+        f"sensitivity {sensitivity}, {fpi} false positives per image (FROC in report.html)",
+    ]
 
 
 def model_lines(version: str, metrics: dict) -> list[str]:
@@ -210,6 +252,7 @@ def run(argv: Sequence[str]) -> int:
         seed=args.seed,
         positive_rate=args.positive_rate,
         difficulty=Difficulty.parse(args.difficulty),  # checked in _parse
+        masks=args.task == SEGMENTATION,
     )
     with console.status("synth: writing a synthetic PACS export ..."):
         synth.synthesize(corpus, PipelineOptions([]))

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from models import features as f
 from models.layout import ERRORS_TABLE, INDEX_DIR, MANIFEST_NAME, SCORES_TABLE, TFRECORDS_DIR
+from models.tasks import SEGMENTATION
 from transforms.split import ALL_SPLITS
 
 matplotlib.use("Agg")  # before pyplot is imported: no display here
@@ -96,10 +97,10 @@ def _samples(ingest: str) -> str | None:
     return _png(fig)
 
 
-def _curves(history: list[dict]) -> str:
+def _curves(history: list[dict], monitor: str = "auc") -> str:
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3))
     epochs = [h["epoch"] for h in history]
-    for key, ax in (("loss", left), ("auc", right)):
+    for key, ax in (("loss", left), (monitor, right)):
         ax.plot(epochs, [h.get(key, np.nan) for h in history], "o-", label="train")
         ax.plot(epochs, [h.get(f"val_{key}", np.nan) for h in history], "s-", label="eval")
         ax.set_title(key)
@@ -184,6 +185,84 @@ def evaluation_sections(metrics: dict, version_dir: str) -> list[tuple[str, str]
         header += ["specificity", "small: why"]
         note = "<p>Figures of a small slice are shown but are not evidence either way.</p>"
         out.append(("Slices (test split)", note + _table(header, rows)))
+    return out
+
+
+def segmentation_sections(metrics: dict, version_dir: str) -> list[tuple[str, str]]:
+    """Dice and IoU with their intervals over patients, lesions, the FROC curve, and test
+    images with their true and predicted outlines (all from the version folder)."""
+    from models.model_card import interval
+    from models.tasks.segmentation import CONTOURS_PNG, FROC_PNG
+
+    def ci(value, pair) -> str:
+        low, high = pair if pair else (None, None)
+        return interval({"value": value, "low": low, "high": high})
+
+    rows = [
+        [
+            "Dice",
+            ci(metrics.get("dice"), (metrics.get("dice_ci_low"), metrics.get("dice_ci_high"))),
+        ],
+        ["IoU", ci(metrics.get("iou"), (metrics.get("iou_ci_low"), metrics.get("iou_ci_high")))],
+        [
+            "lesion sensitivity",
+            ci(metrics.get("lesion_sensitivity"), metrics.get("lesion_sensitivity_ci")),
+        ],
+        [
+            "false positives per image",
+            ci(
+                metrics.get("false_positives_per_image"),
+                metrics.get("false_positives_per_image_ci"),
+            ),
+        ],
+    ]
+    rows += [
+        [f"Dice, class {name}", ci(c.get("dice"), c.get("dice_ci"))]
+        for name, c in (metrics.get("classes") or {}).items()
+    ]
+    text = (
+        f"<p>{metrics.get('examples')} test images of {metrics.get('patients')} patients; "
+        f"{metrics.get('lesions_found')} of {metrics.get('lesions')} lesions found, "
+        f"{metrics.get('false_positives')} false positive components. 95 % intervals: "
+        f"{html.escape(str((metrics.get('ci') or {}).get('method', '')))}.</p>"
+    )
+    pictures = "".join(
+        _file_img(os.path.join(version_dir, name), name)
+        for name in (FROC_PNG, CONTOURS_PNG)
+        if os.path.exists(os.path.join(version_dir, name))
+    )
+    title = f"Test split: Dice {_fmt(metrics.get('dice'))}"
+    return [(title, text + _table(["test split", "value (95 % CI)"], rows) + pictures)]
+
+
+def segmentation_score_sections(score: str) -> list[tuple[str, str]]:
+    """What a U-Net found in the scored images: images with a finding per modality, and the
+    queries to start from."""
+    rows = read_rows(os.path.join(score, SCORES_TABLE))
+    out = []
+    if rows:
+        found: Counter = Counter()
+        for row in rows:
+            lesions = sum(row.get(f.COMPONENT_COUNT) or [])
+            found[
+                f"{row.get(f.MODALITY) or '?'}: {'with' if lesions else 'without'} a finding"
+            ] += 1
+        out.append(
+            (
+                "Scored images with a predicted finding",
+                _img(_bar(dict(sorted(found.items())), "images"), "findings"),
+            )
+        )
+    table = os.path.join(score, SCORES_TABLE, "**", "*.parquet")
+    queries = f"""-- images with the largest predicted area per study
+SELECT study_instance_uid, max(list_sum(foreground_area)) AS largest, count(*) AS images
+FROM read_parquet('{table}', hive_partitioning = true)
+GROUP BY 1 ORDER BY largest DESC LIMIT 10;
+
+-- every predicted component with its box (source pixels)
+SELECT sop_instance_uid, frame, unnest(bounding_boxes, recursive := true)
+FROM read_parquet('{table}', hive_partitioning = true) LIMIT 20;"""
+    out.append(("DuckDB queries to try", f"<pre>{html.escape(queries)}</pre>"))
     return out
 
 
@@ -307,22 +386,32 @@ def build_report(
     if samples:
         sections.append(("Sample de-identified images (as trained on)", _img(samples, "samples")))
 
+    task = None
     if model_version_dir:
+        from models.export import version_task
+
+        task = version_task(model_version_dir)
         history = _json(os.path.join(model_version_dir, "history.json"))["epochs"]
         metrics = _json(os.path.join(model_version_dir, "metrics.json"))
-        figures = _img(_curves(history), "training curves")
+        figures = _img(_curves(history, task.monitor), "training curves")
         sections.append(("Training curves", figures))
-        curves = "".join(
-            _file_img(os.path.join(model_version_dir, name), name)
-            for name in ("roc.png", "pr.png")
-            if os.path.exists(os.path.join(model_version_dir, name))
-        )
-        summary = ", ".join(
-            f"{k} {metrics[k]:.3f}" for k in ("roc_auc", "pr_auc", "accuracy") if k in metrics
-        )
-        sections.append((f"Test split: {html.escape(summary)}", curves))
-        sections += evaluation_sections(metrics, model_version_dir)
+        if task.name == SEGMENTATION:
+            sections += segmentation_sections(metrics, model_version_dir)
+        else:
+            curves = "".join(
+                _file_img(os.path.join(model_version_dir, name), name)
+                for name in ("roc.png", "pr.png")
+                if os.path.exists(os.path.join(model_version_dir, name))
+            )
+            summary = ", ".join(
+                f"{k} {metrics[k]:.3f}" for k in ("roc_auc", "pr_auc", "accuracy") if k in metrics
+            )
+            sections.append((f"Test split: {html.escape(summary)}", curves))
+            sections += evaluation_sections(metrics, model_version_dir)
 
+    if score and task is not None and task.name == SEGMENTATION:
+        sections += segmentation_score_sections(score)
+        score = None  # the classification views below read columns a U-Net's table lacks
     if score:
         scores = read_rows(os.path.join(score, SCORES_TABLE))
         if scores:
