@@ -187,31 +187,40 @@ def to_converted(
     """A converted instance → its split, one example and one index row per image.
 
     ``label_source``: the label file's key column, written on labeled rows.
-    ``segmentation``: the label is the mask; an image without one is unlabeled (its
-    example carries an all-background mask), and the example's ``label`` is the highest
-    class its mask marks ("0": none), so splits and counts read as for classification.
+    ``segmentation``: the label is the mask, one per image (frame); an instance without
+    masks is unlabeled (its examples carry all-background masks), and an example's
+    ``label`` is the highest class its mask marks ("0": none; the instance's, over all its
+    images, for its split and counts), so splits and counts read as for classification.
     """
     label = instance.label
     ids = instance.ids
-    mask = None
+    image_masks: list[bytes | None] = [None] * len(instance.images)
+    image_labels = [label] * len(instance.images)
+    fractions: list[float | None] = [None] * len(instance.images)
     if segmentation:
         label = None
         if instance.mask is not None:
-            mask = instance.mask
-            label = str(max(mask, default=0))
+            classes = [max(m, default=0) for m in instance.mask]
+            image_masks = list(instance.mask)
+            image_labels = [str(c) for c in classes]
+            fractions = list(instance.foreground_fraction or fractions)
+            label = str(max(classes, default=0))
+        else:
+            image_masks = [bytes(i.shape[0] * i.shape[1]) for i in instance.images]
+            image_labels = [None] * len(instance.images)
     split = assign_split(ids[f.PATIENT_ID], label is not None, split_config)
     examples, rows = [], []
-    for image in instance.images:
-        if segmentation:
-            mask = mask or bytes(image.shape[0] * image.shape[1])
+    for image, mask, image_label, fraction in zip(
+        instance.images, image_masks, image_labels, fractions, strict=True
+    ):
         examples.append(
-            encode_example(image.data, image.shape, ids, label or "", image.frame, mask)
+            encode_example(image.data, image.shape, ids, image_label or "", image.frame, mask)
         )
         rows.append(
             {
                 **ids,
                 f.SPLIT: split,
-                f.LABEL: label,
+                f.LABEL: image_label,
                 f.FRAME: image.frame,
                 f.ROWS: image.rows,
                 f.COLUMNS: image.columns,
@@ -221,9 +230,9 @@ def to_converted(
                 f.WINDOW_WIDTH: image.window_width,
                 **(instance.redaction or {}),
                 **dict(instance.attributes),
-                f.LABEL_SOURCE: label_source if label is not None else None,
+                f.LABEL_SOURCE: label_source if image_label is not None else None,
                 f.MASK_SOURCE: (instance.mask_source or "none") if segmentation else None,
-                f.FOREGROUND_FRACTION: instance.foreground_fraction,
+                f.FOREGROUND_FRACTION: fraction,
             }
         )
     return Converted(
@@ -331,6 +340,10 @@ def build_pipeline(pipeline: beam.Pipeline, config: IngestConfig) -> beam.Pipeli
     if prepared.unmatched_labels is not None:
         sections["labels"] = prepared.unmatched_labels | "LabelsSection" >> beam.Map(
             lambda n, given: {**given, "unmatched_rows": n}, header["labels"]
+        )
+    if prepared.mask_classes is not None:  # class value → name, never a name that failed
+        sections["masks"] = prepared.mask_classes | "MasksSection" >> beam.Map(
+            lambda classes, given: {**given, "classes": classes}, header["masks"]
         )
     instances = prepared.instances | "Split" >> beam.Map(
         to_converted, config.split, config.label_source, config.segmentation

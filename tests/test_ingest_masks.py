@@ -22,7 +22,7 @@ from pipelines.options import UsageError
 from transforms import deid, masks
 from transforms.keys import KeySource
 from transforms.testing import synth_patient
-from transforms.testing.masks import seg_dataset
+from transforms.testing.masks import enhanced_image, rtstruct_dataset, seg_dataset
 
 KEY = "m" * 64
 SEED, PATIENTS, SIZE = 3, 5, 48
@@ -153,3 +153,92 @@ def test_a_classification_ingest_takes_no_segmentation_object_for_an_image():
     (letter,) = [o.value for o in fn.process((("s", "m"), image))]
     assert (letter.stage, letter.error_type) == (masks.STAGE_MASKS, "segmentation_object")
     assert not buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def frames_run(tmp_path_factory) -> tuple[Path, dict, dict[str, np.ndarray]]:
+    """Enhanced multi-frame images with a SEG of two of their frames (a segment named with
+    a person's name) and RTSTRUCT contours on frames, and a cine run with contours,
+    ingested with frame policy ``all``."""
+    os.environ["DF_MASK_KEY"] = KEY
+    root = tmp_path_factory.mktemp("frames")
+    corpus, out = root / "in", root / "out"
+    corpus.mkdir()
+    truth: dict[str, np.ndarray] = {}  # original UID → its frames' maps
+    seg_image = enhanced_image(5, 32, 40, "2.25.81")
+    drawn = np.zeros((5, 32, 40), np.uint8)
+    drawn[1, 4:12, 6:15], drawn[3, 8:20, 5:30], drawn[3, 22:28, 30:38] = 1, 1, 2
+    truth[seg_image.SOPInstanceUID] = drawn
+    labels = ("lesion", "John Smith")
+    seg_dataset(seg_image, drawn, "2.25.82", "2.25.83", labels=labels).save_as(corpus / "seg.dcm")
+    rt_image = enhanced_image(4, 24, 30, "2.25.84")
+    square = np.array([(4.5, 3.5), (14.5, 3.5), (14.5, 11.5), (4.5, 11.5)])
+    rt = rtstruct_dataset([rt_image] * 2, [square, square + 6], "2.25.85", "2.25.86", [2, 4])
+    del rt.ROIContourSequence[0].ContourSequence[1].ContourImageSequence[0].ReferencedFrameNumber
+    rt.save_as(corpus / "rt.dcm")
+    contours = np.zeros((4, 24, 30), np.uint8)
+    contours[1, 4:12, 5:15], contours[3, 10:18, 11:21] = 1, 1
+    truth[rt_image.SOPInstanceUID] = contours
+    cine = copy.deepcopy(rt_image)  # frames without a plane each: contours cannot land
+    cine.SOPInstanceUID = cine.file_meta.MediaStorageSOPInstanceUID = "2.25.87"
+    del cine.PerFrameFunctionalGroupsSequence, cine.SharedFunctionalGroupsSequence
+    cine.ImagePositionPatient, cine.ImageOrientationPatient = [0, 0, 0], [1, 0, 0, 0, 1, 0]
+    cine.PixelSpacing = [0.5, 0.8]
+    outline = [np.array([(2.0, 2.0), (9.0, 2.0), (9.0, 9.0)])]
+    rtstruct_dataset([cine], outline, "2.25.88", "2.25.89").save_as(corpus / "cine_rt.dcm")
+    for ds in (seg_image, rt_image, cine):
+        ds.save_as(corpus / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
+    (root / "pixels.yaml").write_text("size: 16\nframe_policy: all\n")
+    argv = ["--input", str(corpus), "--output", str(out), "--task", "segmentation"]
+    argv += ["--key-env", "DF_MASK_KEY", "--pixel-config", str(root / "pixels.yaml")]
+    assert ingest.run(argv) == 0
+    return out, json.loads((out / "manifest.json").read_text()), truth
+
+
+def test_each_frame_carries_its_own_frames_mask(frames_run):
+    out, _, truth = frames_run
+    pseudonym = deid.Deidentifier(
+        deid.Profile.load(), deid.DeidConfig(), KeySource(env="DF_MASK_KEY").resolve()
+    ).pseudonyms.uid
+    rows = read_table(str(out / "index"))
+    spec = {
+        f.SOP_INSTANCE_UID: tf.io.FixedLenFeature([], tf.string),
+        f.FRAME: tf.io.FixedLenFeature([], tf.int64),
+        f.MASK: tf.io.FixedLenFeature([], tf.string),
+        f.LABEL: tf.io.FixedLenFeature([], tf.string),
+    }
+    examples = {}
+    for path in sorted((out / "tfrecords").rglob("part-*.tfrecord.gz")):
+        for record in tf.data.TFRecordDataset(str(path), "GZIP"):
+            ex = {k: v.numpy() for k, v in tf.io.parse_single_example(record, spec).items()}
+            examples[ex[f.SOP_INSTANCE_UID].decode(), int(ex[f.FRAME])] = ex
+    for original, maps in truth.items():
+        uid = pseudonym(original)
+        mine = sorted((r for r in rows if r[f.SOP_INSTANCE_UID] == uid), key=lambda r: r[f.FRAME])
+        assert [r[f.FRAME] for r in mine] == list(range(len(maps)))
+        for row, expected in zip(mine, maps, strict=True):
+            ex = examples[uid, row[f.FRAME]]
+            got = np.frombuffer(ex[f.MASK], np.uint8).reshape(16, 16)
+            assert np.array_equal(got, masks.fit_label_map(expected, 16)), row[f.FRAME]
+            assert row[f.FOREGROUND_FRACTION] == pytest.approx((expected > 0).mean())
+            assert row[f.LABEL] == ex[f.LABEL].decode() == str(expected.max())
+            assert row[f.MASK_SOURCE] in (masks.SEG, masks.RTSTRUCT)
+            assert row[f.SPLIT] != "unlabeled"
+    cine = [r for r in rows if r[f.SOP_INSTANCE_UID] == pseudonym("2.25.87")]
+    assert len(cine) == 4 and {r[f.MASK_SOURCE] for r in cine} == {masks.NONE}
+    assert {r[f.SPLIT] for r in cine} == {"unlabeled"}
+
+
+def test_class_names_reach_the_manifest_only_when_they_pass_the_content_check(frames_run):
+    out, manifest, _ = frames_run
+    assert manifest["masks"] == {"input": None, "classes": {"1": "lesion", "2": "class 2"}}
+    text = (out / "manifest.json").read_text()
+    assert "John" not in text and "Smith" not in text
+
+
+def test_contours_on_frames_without_a_plane_each_are_a_named_dead_letter(frames_run):
+    out, _, _ = frames_run
+    errors = [e for e in read_table(str(out / "errors")) if e[f.STAGE] == masks.STAGE_MASKS]
+    assert [(Path(e[f.SOURCE]).name, e[f.ERROR_TYPE]) for e in errors] == [
+        ("cine_rt.dcm", masks.MASK_UNSUPPORTED)
+    ]

@@ -12,9 +12,10 @@ from PIL import Image, ImageDraw
 from pydicom.dataset import Dataset
 
 from transforms import masks
+from transforms.deid.content import ContentCheck
 from transforms.pixels import resize_pad
 from transforms.testing import synth_patient
-from transforms.testing.masks import rtstruct_dataset, seg_dataset
+from transforms.testing.masks import enhanced_image, rtstruct_dataset, seg_dataset
 
 
 @pytest.fixture(scope="module")
@@ -158,3 +159,93 @@ def test_the_label_map_gets_the_pixels_geometry_with_nearest_neighbour():
     assert (np.abs(image * 3 - fitted) > 1).mean() < 0.02
     padding = image == 0
     assert not fitted[padding & (np.abs(image * 3 - fitted) > 1)].any()
+
+
+def _two_frame_masks(rows: int = 32, cols: int = 40) -> np.ndarray:
+    """Five frames: frame 2 (index 1) a square of class 1, frame 4 (index 3) an ellipse of
+    class 1 beside a rectangle of class 2; the other frames empty."""
+    drawn = np.zeros((5, rows, cols), np.uint8)
+    drawn[1, 4:12, 6:15] = 1
+    canvas = Image.new("L", (cols, rows), 0)
+    ImageDraw.Draw(canvas).ellipse((3, 5, 20, 25), fill=1)
+    ImageDraw.Draw(canvas).rectangle((24, 8, 36, 20), fill=2)
+    drawn[3] = np.asarray(canvas, np.uint8)
+    return drawn
+
+
+def test_a_seg_of_frames_lays_each_on_its_own_frame_and_the_rest_are_background():
+    image = enhanced_image(5, 32, 40, "2.25.41")
+    drawn = _two_frame_masks()
+    seg = seg_dataset(image, drawn, "2.25.42", "2.25.43", labels=("lesion", "cyst"))
+    buf = io.BytesIO()
+    seg.save_as(buf)
+    parts = masks.read_mask_object(pydicom.dcmread(io.BytesIO(buf.getvalue())), "s", None)
+    assert sorted(p.frame for p in parts) == [2, 4]  # empty frames are left out of the SEG
+    assert {p.referenced for p in parts} == {image.SOPInstanceUID}
+    maps = masks.label_maps(image, parts)
+    assert sorted(maps) == [1, 3]
+    for index in range(5):
+        assert np.array_equal(masks.label_map(image, parts, index), drawn[index])
+    # A frame the image does not have, or a frame number missing on a multi-frame image.
+    beyond = masks.MaskPart(masks.SEG, "x", "s", None, drawn[1], frame=6)
+    with pytest.raises(masks.MaskError, match="a SEG frame of frame 6 of a 5-frame image"):
+        masks.label_maps(image, [beyond])
+    unnamed = masks.MaskPart(masks.SEG, "x", "s", None, drawn[1])
+    with pytest.raises(masks.MaskError, match="names no frame of a 5-frame image"):
+        masks.label_maps(image, [unnamed])
+
+
+def test_contours_on_frames_of_an_enhanced_image_land_on_their_frames():
+    """A contour naming frame 2, one naming none (found by its plane: frame 5), each with
+    corners on pixel edges so the pixels are known without a fill rule."""
+    image = enhanced_image(5, 32, 40, "2.25.51")
+    corners = np.array([(9.5, 4.5), (29.5, 4.5), (29.5, 19.5), (9.5, 19.5)])
+    shapes = [corners, corners[:, ::-1]]
+    rt = rtstruct_dataset([image, image], shapes, "2.25.52", "2.25.53", frames=[2, 5])
+    first, second = rt.ROIContourSequence[0].ContourSequence
+    del second.ContourImageSequence[0].ReferencedFrameNumber
+    parts = masks.read_mask_object(rt, "s", None)
+    maps = masks.label_maps(image, parts)
+    expected = np.zeros((32, 40), np.uint8)
+    expected[5:20, 10:30] = 1
+    transposed = np.zeros((32, 40), np.uint8)
+    transposed[10:30, 5:20] = 1  # (x, y) swapped: rows 10-29, columns 5-19
+    assert sorted(maps) == [1, 4] and np.array_equal(maps[1], expected)
+    assert np.array_equal(maps[4], transposed)
+    first.ContourImageSequence[0].ReferencedFrameNumber = 3  # the points lie on frame 2
+    with pytest.raises(masks.MaskError, match="off its image's plane"):
+        masks.label_maps(image, masks.read_mask_object(rt, "s", None))
+    first.ContourImageSequence[0].ReferencedFrameNumber = None
+    first.ContourData = [v + (7.0 if i % 3 == 2 else 0) for i, v in enumerate(first.ContourData)]
+    with pytest.raises(masks.MaskError, match="off every frame's plane"):
+        masks.label_maps(image, masks.read_mask_object(rt, "s", None))
+
+
+def test_contours_on_a_multi_frame_image_without_a_plane_per_frame_are_refused_by_name():
+    image = _image()
+    image.NumberOfFrames = 3  # a cine run: one position for all its frames
+    outline = np.array([(5.0, 5.0), (20.0, 5.0), (20.0, 15.0)])
+    rt = rtstruct_dataset([image], [outline], "2.25.61", "2.25.62")
+    with pytest.raises(masks.MaskError) as caught:
+        masks.label_maps(image, masks.read_mask_object(rt, "s", None))
+    assert caught.value.error_type == masks.MASK_UNSUPPORTED
+    assert caught.value.message.startswith("contours on a multi-frame image without a plane")
+
+
+def test_class_names_are_kept_only_when_the_content_check_passes_them():
+    check = ContentCheck.load()
+    image = _image()
+    drawn = np.zeros((40, 56), np.uint8)
+    drawn[2:5, 2:5], drawn[10:20, 10:20], drawn[30:35, 40:50] = 1, 2, 3
+    labels = ("lesion", "John Smith", "Roe tumour")  # a person; the patient's own name
+    image.PatientName = "Roe^Jane"
+    seg = seg_dataset(image, drawn, "2.25.71", "2.25.72", labels=labels)
+    assert masks.class_names(seg, check) == {1: "lesion", 2: "class 2", 3: "class 3"}
+    rt = rtstruct_dataset(
+        [image], [np.array([(1.0, 1.0), (9.0, 1.0), (9.0, 9.0)])], "2.25.73", "2.25.74"
+    )
+    assert masks.class_names(rt, check) == {1: "lesion"}
+    rt.StructureSetROISequence[0].ROIName = "Dr. Miller's"
+    assert masks.class_names(rt, check) == {1: "class 1"}
+    counted = [((1, "lesion"), 3), ((1, "tumour"), 1), ((2, "class 2"), 1), ((2, "cyst"), 1)]
+    assert masks.name_classes(counted) == {"1": "lesion", "2": "class 2"}

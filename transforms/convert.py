@@ -41,6 +41,8 @@ from transforms.deid import (
 from transforms.keys import KeySource
 from transforms.labels import JoinLabels, LabelTable
 from transforms.masks import (
+    CLASS_NAMES,
+    ClassNames,
     JoinMasks,
     MaskLabel,
     NotAMaskFn,
@@ -119,11 +121,12 @@ class Instance:
     redaction: dict | None = None  # index columns of pixel redaction (counts only)
     # What evaluation slices by, read after de-identification (only what survives it).
     attributes: tuple[tuple[str, str | None], ...] = ()
-    # Segmentation: the label map in the pixels' geometry (size x size uint8), where from
-    # (seg | rtstruct) and the share of the image's own pixels it marks.
-    mask: bytes | None = None
+    # Segmentation, one per image (aligned with ``images``): the label map of its frame in
+    # the pixels' geometry (size x size uint8) and the share of the frame's own pixels it
+    # marks; and where the masks came from (seg | rtstruct).
+    mask: tuple[bytes, ...] | None = None
     mask_source: str | None = None
-    foreground_fraction: float | None = None
+    foreground_fraction: tuple[float, ...] | None = None
 
 
 # Index column → the de-identified dataset's keyword it is read from.
@@ -245,18 +248,20 @@ class ConvertFn(DeadLetterFn):
             result.net_counts,
             redaction_columns(result),
             slice_attributes(ds),
-            *mask_columns(mask, self._pixels.size),
+            *mask_columns(mask, images, self._pixels.size),
         )
 
 
 def mask_columns(
-    mask: MaskLabel | None, size: int
-) -> tuple[bytes | None, str | None, float | None]:
-    """An instance's mask in the pixels' geometry, its source and its foreground share."""
+    mask: MaskLabel | None, images: list[NormalizedImage], size: int
+) -> tuple[tuple[bytes, ...] | None, str | None, tuple[float, ...] | None]:
+    """For each image, its frame's mask in the pixels' geometry and its foreground share;
+    and the masks' source."""
     if mask is None:
         return None, None, None
-    fitted = fit_label_map(mask.pixels, size)
-    return fitted.tobytes(), mask.kind, float(np.mean(mask.pixels > 0))
+    maps = [mask.frame(image.frame, image.rows, image.columns) for image in images]
+    fitted = tuple(fit_label_map(label, size).tobytes() for label in maps)
+    return fitted, mask.kind, tuple(float(np.mean(label > 0)) for label in maps)
 
 
 def _mask_partition(element: tuple, partitions: int) -> int:
@@ -270,6 +275,8 @@ class Prepared(NamedTuple):
     instances: beam.PCollection[Instance]
     dead_letters: beam.PCollection[DeadLetter]  # stages parse, masks, deidentify and pixels
     unmatched_labels: beam.PCollection[int] | None  # only when labels are joined
+    # Only when masks are joined: one dict, class value → checked name (``ClassNames``).
+    mask_classes: beam.PCollection[dict[str, str]] | None = None
 
 
 class PrepareInstances(NamedOutputs):
@@ -290,9 +297,10 @@ class PrepareInstances(NamedOutputs):
         mask_objects: more SourceObjects that should all be SEG or RTSTRUCT (``--masks``).
 
     Returns:
-        ``Prepared(instances, dead_letters, unmatched_labels)``; ``unmatched_labels`` (the
-        number of label keys no instance matched, see ``JoinLabels``) is None without
-        labels.
+        ``Prepared(instances, dead_letters, unmatched_labels, mask_classes)``;
+        ``unmatched_labels`` (the number of label keys no instance matched, see
+        ``JoinLabels``) is None without labels, ``mask_classes`` (the class names of the
+        mask objects read) None without masks.
     """
 
     def __init__(
@@ -323,13 +331,14 @@ class PrepareInstances(NamedOutputs):
             _mask_partition,  # type: ignore[arg-type]  # Beam wraps it
             2,
         )
-        unmatched = None
+        unmatched = classes = None
         dead = [parsed[DEAD_LETTER]]
         if self._masks:
             read = segmentations | "ReadMaskParts" >> beam.ParDo(ReadMaskPartsFn()).with_outputs(
-                DEAD_LETTER, main="parts"
+                DEAD_LETTER, CLASS_NAMES, main="parts"
             )
             parts, dead = [read.parts], [*dead, read[DEAD_LETTER]]
+            names = [read[CLASS_NAMES]]
             if self._mask_objects is not None:
                 more = self._mask_objects | "ParseMasks" >> beam.ParDo(
                     ParseFn(self._limits)
@@ -340,15 +349,17 @@ class PrepareInstances(NamedOutputs):
                 )
                 extra = kinds[1] | "ReadMoreMaskParts" >> beam.ParDo(
                     ReadMaskPartsFn()
-                ).with_outputs(DEAD_LETTER, main="parts")
+                ).with_outputs(DEAD_LETTER, CLASS_NAMES, main="parts")
                 strays = kinds[0] | "NotMasks" >> beam.ParDo(NotAMaskFn()).with_outputs(
                     DEAD_LETTER, main="none"
                 )
                 parts.append(extra.parts)
+                names.append(extra[CLASS_NAMES])
                 dead += [more[DEAD_LETTER], extra[DEAD_LETTER], strays[DEAD_LETTER]]
             all_parts = parts | "AllMaskParts" >> beam.Flatten()
             joined, mask_dead = images | "JoinMasks" >> JoinMasks(all_parts)
             dead.append(mask_dead)
+            classes = names | "AllClassNames" >> beam.Flatten() | "ClassNames" >> ClassNames()
         else:
             skipped = segmentations | "SegmentationObjects" >> beam.ParDo(
                 SegmentationObjectFn()
@@ -365,4 +376,4 @@ class PrepareInstances(NamedOutputs):
             )
         ).with_outputs(DEAD_LETTER, main="instances")
         dead_letters = (*dead, converted[DEAD_LETTER]) | "DeadLetters" >> beam.Flatten()
-        return Prepared(converted.instances, dead_letters, unmatched)
+        return Prepared(converted.instances, dead_letters, unmatched, classes)

@@ -1,16 +1,17 @@
 """Segmentation labels from DICOM SEG and RTSTRUCT objects, as label maps on their images.
 
 The pure core of ingest's mask join: ``read_mask_object`` turns a SEG (read with highdicom)
-or an RTSTRUCT (closed planar contours) into ``MaskPart``s, one per image it references by
-original SOP Instance UID; ``label_map`` lays the parts for one image onto that image's own
-pixel grid (RTSTRUCT contours filled here, pixel centres inside, from the image's patient
-geometry) and refuses a mask whose geometry does not match; ``fit_label_map`` then gives
-the map the geometry the pixels get (``pixels.resize_pad``), with nearest neighbour.
+or an RTSTRUCT (closed planar contours) into ``MaskPart``s, one per image (or per frame of
+a multi-frame image) it references by original SOP Instance UID; ``label_maps`` lays the
+parts for one image onto that image's own pixel grid, frame by frame (RTSTRUCT contours
+filled here, pixel centres inside, from the patient geometry of the image or of its frame)
+and refuses a mask whose geometry does not match; ``fit_label_map`` then gives each map the
+geometry the pixels get (``pixels.resize_pad``), with nearest neighbour.
 
 Class values are the segment numbers of a SEG and the ROI numbers of an RTSTRUCT (0 is
-background); where two overlap, the higher value wins. Nothing here keeps a segment or ROI
-name: they are free text a person typed (de-identification's business), and the map needs
-only numbers.
+background); where two overlap, the higher value wins. Their names (SegmentLabel, ROIName)
+are free text a person typed: ``class_names`` keeps one only if de-identification's content
+check passes it whole, else the class is ``class N``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from pydicom.dataset import Dataset
 
 from transforms.composite import NamedOutputs
 from transforms.deadletter import DEAD_LETTER, DeadLetter, DeadLetterFn, StageError
+from transforms.deid.content import ContentCheck
+from transforms.deid.identifiers import PatientIdentifiers
 from transforms.dicom_io import METRICS_NAMESPACE
 
 STAGE_MASKS = "masks"
@@ -58,11 +61,13 @@ def mask_kind(ds: Dataset) -> str | None:
 
 @dataclass(frozen=True)
 class MaskPart:
-    """What one SEG or RTSTRUCT says about one image.
+    """What one SEG or RTSTRUCT says about one image, or one frame of it.
 
     ``pixels``: a SEG's label map on the image's grid (rows x cols uint8). ``contours``:
-    an RTSTRUCT's closed planar contours, (class value, points N x 3 in mm). ``source`` and
-    ``member`` say where the object came from (for its dead letters only).
+    an RTSTRUCT's closed planar contours, (class value, points N x 3 in mm). ``frame``: the
+    frame number (1-based, as DICOM counts) the part references, None where it names none
+    (a single-frame image; contours of a multi-frame image are then found by their plane).
+    ``source`` and ``member`` say where the object came from (for its dead letters only).
     """
 
     kind: str
@@ -71,6 +76,7 @@ class MaskPart:
     member: str | None
     pixels: np.ndarray | None = None
     contours: tuple[tuple[int, np.ndarray], ...] = ()
+    frame: int | None = None
 
 
 def read_mask_object(ds: Dataset, source: str, member: str | None) -> list[MaskPart]:
@@ -78,7 +84,7 @@ def read_mask_object(ds: Dataset, source: str, member: str | None) -> list[MaskP
 
     Raises:
         MaskError: ``mask_unreadable`` (not a readable SEG/RTSTRUCT), ``mask_unsupported``
-            (a SEG of frames of a multi-frame image, a fractional SEG over 255 classes).
+            (SEG frames that cannot be laid on source images or frames, over 255 classes).
     """
     kind = mask_kind(ds)
     if kind == SEG:
@@ -95,6 +101,7 @@ def _seg_parts(ds: Dataset, source: str, member: str | None) -> list[MaskPart]:
         seg = hd.seg.Segmentation.from_dataset(ds, copy=False)
         uids = [str(sop) for _, _, sop in seg.get_source_image_uids()]
         numbers = [int(s.SegmentNumber) for s in seg.SegmentSequence]
+        frames = _seg_source_frames(seg)
     except Exception as e:  # highdicom's messages may quote values: name the type only
         raise MaskError(MASK_UNREADABLE, f"the SEG cannot be read ({type(e).__name__})") from None
     if not uids:
@@ -103,24 +110,48 @@ def _seg_parts(ds: Dataset, source: str, member: str | None) -> list[MaskPart]:
         raise MaskError(MASK_UNSUPPORTED, "more than 255 segments do not fit a uint8 label map")
     parts = []
     for sop in uids:
+        numbered = sorted(frames.get(sop, ()))
         try:
-            stack = seg.get_pixels_by_source_instance(
-                [sop], segment_numbers=numbers, combine_segments=False
-            )
+            if numbered:  # frames of a multi-frame image: the rest of its frames are empty
+                stack = seg.get_pixels_by_source_frame(
+                    sop, numbered, segment_numbers=numbers, combine_segments=False
+                )
+            else:
+                stack = seg.get_pixels_by_source_instance(
+                    [sop], segment_numbers=numbers, combine_segments=False
+                )
         except Exception as e:
+            what = "frames of their source image" if numbered else "single source images"
             raise MaskError(
                 MASK_UNSUPPORTED,
-                f"the SEG's frames cannot be laid on single source images ({type(e).__name__})",
+                f"the SEG's frames cannot be laid on {what} ({type(e).__name__})",
             ) from None
-        label = np.zeros(stack.shape[1:3], np.uint8)
-        for i, number in enumerate(numbers):  # ascending: the higher segment wins overlaps
-            label[stack[0, ..., i] > 0] = number
-        parts.append(MaskPart(SEG, sop, source, member, pixels=label))
+        for i, frame in enumerate(numbered or [None]):
+            label = np.zeros(stack.shape[1:3], np.uint8)
+            for j, number in enumerate(numbers):  # ascending: the higher segment wins overlaps
+                label[stack[i, ..., j] > 0] = number
+            parts.append(MaskPart(SEG, sop, source, member, pixels=label, frame=frame))
     return parts
 
 
+def _seg_source_frames(seg) -> dict[str, set[int]]:
+    """Source SOP Instance UID → the frame numbers of it that the SEG's frames derive from
+    (none for single-frame sources)."""
+    found: dict[str, set[int]] = {}
+    for item in seg.get("PerFrameFunctionalGroupsSequence", []):
+        for derivation in item.get("DerivationImageSequence", []):
+            for ref in derivation.get("SourceImageSequence", []):
+                numbers = ref.get("ReferencedFrameNumber")
+                if numbers is None or numbers == "":
+                    continue
+                numbers = [numbers] if isinstance(numbers, int) else list(numbers)
+                sop = str(ref.ReferencedSOPInstanceUID)
+                found.setdefault(sop, set()).update(int(n) for n in numbers)
+    return found
+
+
 def _rtstruct_parts(ds: Dataset, source: str, member: str | None) -> list[MaskPart]:
-    by_image: dict[str, list[tuple[int, np.ndarray]]] = {}
+    by_image: dict[tuple[str, int | None], list[tuple[int, np.ndarray]]] = {}
     try:
         for roi in ds.ROIContourSequence:
             value = int(roi.ReferencedROINumber)
@@ -134,7 +165,9 @@ def _rtstruct_parts(ds: Dataset, source: str, member: str | None) -> list[MaskPa
                     raise MaskError(MASK_WITHOUT_IMAGE, "a contour references no image")
                 points = np.asarray(contour.ContourData, np.float64).reshape(-1, 3)
                 sop = str(images[0].ReferencedSOPInstanceUID)
-                by_image.setdefault(sop, []).append((value, points))
+                frame = images[0].get("ReferencedFrameNumber")
+                frame = None if frame in (None, "") else int(frame)  # one frame: one plane
+                by_image.setdefault((sop, frame), []).append((value, points))
     except MaskError:
         raise
     except Exception as e:
@@ -144,9 +177,35 @@ def _rtstruct_parts(ds: Dataset, source: str, member: str | None) -> list[MaskPa
     if not by_image:
         raise MaskError(MASK_WITHOUT_IMAGE, "the RT structure set has no closed contour")
     return [
-        MaskPart(RTSTRUCT, sop, source, member, contours=tuple(found))
-        for sop, found in by_image.items()
+        MaskPart(RTSTRUCT, sop, source, member, contours=tuple(found), frame=frame)
+        for (sop, frame), found in by_image.items()
     ]
+
+
+def class_names(ds: Dataset, check: ContentCheck) -> dict[int, str]:
+    """Class value → name, from a SEG's segment labels or an RTSTRUCT's ROI names, each
+    kept only if de-identification's content check passes it whole (the object's own
+    patient identifiers included); a name that fails, or none, is ``class N``."""
+    kind = mask_kind(ds)
+    if kind == SEG:
+        items, number, name = ds.get("SegmentSequence", []), "SegmentNumber", "SegmentLabel"
+    elif kind == RTSTRUCT:
+        items, number, name = ds.get("StructureSetROISequence", []), "ROINumber", "ROIName"
+    else:
+        return {}
+    own = PatientIdentifiers.of(ds)
+    out = {}
+    for item in items:
+        try:
+            value = int(item.get(number))
+        except (TypeError, ValueError):
+            continue  # no class without a number (the parts refuse such objects)
+        if not 0 < value <= 255:
+            continue
+        text = str(item.get(name, "") or "").strip()
+        kept = check.check(text, own, tokenwise=False).value if text else None
+        out[value] = kept or f"class {value}"
+    return out
 
 
 def polygon_fill(vertices: np.ndarray, rows: int, cols: int) -> np.ndarray:
@@ -171,40 +230,148 @@ def polygon_fill(vertices: np.ndarray, rows: int, cols: int) -> np.ndarray:
     return mask
 
 
-def _pixel_coordinates(image: Dataset, points: np.ndarray) -> np.ndarray:
-    """Patient coordinates (mm) → (x = column, y = row) on the image; refuses points off its
-    plane or an image without patient geometry."""
+class _Plane(NamedTuple):
+    """Where one frame lies in patient coordinates (mm)."""
+
+    origin: np.ndarray  # the centre of its top-left pixel
+    along_row: np.ndarray  # unit vector along a row (columns grow)
+    along_col: np.ndarray  # unit vector down a column (rows grow)
+    row_mm: float  # spacing between rows
+    col_mm: float  # spacing between columns
+
+    def distance(self, points: np.ndarray) -> float:
+        """The largest distance of the points from this plane."""
+        normal = np.cross(self.along_row, self.along_col)
+        return float(np.abs((points - self.origin[None, :]) @ normal).max())
+
+    def pixels(self, points: np.ndarray) -> np.ndarray:
+        """Patient coordinates → (x = column, y = row) in pixel units."""
+        offset = points - self.origin[None, :]
+        return np.stack(
+            [offset @ self.along_row / self.col_mm, offset @ self.along_col / self.row_mm], axis=1
+        )
+
+
+def _functional(image: Dataset, index: int, sequence: str, keyword: str):
+    """A frame's value from its per-frame functional group, else from the shared one."""
+    for groups, at in (
+        ("PerFrameFunctionalGroupsSequence", index),
+        ("SharedFunctionalGroupsSequence", 0),
+    ):
+        items = image.get(groups) or []
+        if at < len(items) and items[at].get(sequence):
+            value = items[at].get(sequence)[0].get(keyword)
+            if value is not None:
+                return value
+    return None
+
+
+def frame_count(image: Dataset) -> int:
+    """The image's Number of Frames (1 when absent)."""
     try:
-        origin = np.asarray(image.ImagePositionPatient, np.float64)
-        orientation = np.asarray(image.ImageOrientationPatient, np.float64)
-        row_mm, col_mm = (float(v) for v in image.PixelSpacing)
+        return max(1, int(image.get("NumberOfFrames", 1) or 1))
+    except (TypeError, ValueError):
+        raise MaskError(
+            MASK_GEOMETRY_MISMATCH, "the image's Number of Frames is not a number"
+        ) from None
+
+
+def _plane(image: Dataset, index: int) -> _Plane:
+    """The plane of frame ``index`` (0-based): an enhanced image's per-frame functional
+    groups, else the image's own attributes (one frame only).
+
+    Raises:
+        MaskError: ``mask_geometry_mismatch`` without patient geometry; ``mask_unsupported``
+            for a multi-frame image that gives no plane per frame.
+    """
+    if "PerFrameFunctionalGroupsSequence" in image:
+        position = _functional(image, index, "PlanePositionSequence", "ImagePositionPatient")
+        orientation = _functional(
+            image, index, "PlaneOrientationSequence", "ImageOrientationPatient"
+        )
+        spacing = _functional(image, index, "PixelMeasuresSequence", "PixelSpacing")
+    elif frame_count(image) > 1:
+        raise MaskError(
+            MASK_UNSUPPORTED,
+            "contours on a multi-frame image without a plane per frame (no functional groups)",
+        )
+    else:
+        position = image.get("ImagePositionPatient")
+        orientation = image.get("ImageOrientationPatient")
+        spacing = image.get("PixelSpacing")
+    try:
+        orientation = np.asarray(orientation, np.float64)
+        row_mm, col_mm = (float(v) for v in spacing)
+        plane = _Plane(
+            np.asarray(position, np.float64).reshape(3), orientation[:3], orientation[3:6],
+            row_mm, col_mm,
+        )  # fmt: skip
     except (AttributeError, ValueError, TypeError):
         raise MaskError(
             MASK_GEOMETRY_MISMATCH, "contours in patient coordinates on an image without them"
         ) from None
-    along_row, along_col = orientation[:3], orientation[3:]
-    normal = np.cross(along_row, along_col)
-    offset = points - origin[None, :]
-    if np.abs(offset @ normal).max() > PLANE_TOLERANCE_MM:
-        raise MaskError(MASK_GEOMETRY_MISMATCH, "a contour lies off its image's plane")
-    return np.stack([offset @ along_row / col_mm, offset @ along_col / row_mm], axis=1)
+    if (
+        orientation.shape != (6,)
+        or not np.isfinite([*plane.origin, *orientation, row_mm, col_mm]).all()
+    ):
+        raise MaskError(
+            MASK_GEOMETRY_MISMATCH, "contours in patient coordinates on an image without them"
+        )
+    return plane
 
 
-def label_map(image: Dataset, parts: list[MaskPart]) -> np.ndarray:
-    """The label map (rows x cols uint8) of ``image`` from the parts that reference it.
+def _frame_index(frame: int | None, count: int, what: str) -> int:
+    """A part's frame number (1-based, or None) → the frame's index (0-based)."""
+    if frame is None:
+        if count > 1:
+            raise MaskError(
+                MASK_GEOMETRY_MISMATCH, f"{what} that names no frame of a {count}-frame image"
+            )
+        return 0
+    if not 1 <= frame <= count:
+        raise MaskError(MASK_GEOMETRY_MISMATCH, f"{what} of frame {frame} of a {count}-frame image")
+    return frame - 1
+
+
+def _contour_frame(
+    image: Dataset, frame: int | None, count: int, points: np.ndarray
+) -> tuple[int, _Plane]:
+    """The frame a contour lies on and its plane: the frame it names, else (a multi-frame
+    image) the one whose plane holds it."""
+    if frame is not None or count == 1:
+        index = _frame_index(frame, count, "a contour")
+        plane = _plane(image, index)
+        if plane.distance(points) > PLANE_TOLERANCE_MM:
+            raise MaskError(MASK_GEOMETRY_MISMATCH, "a contour lies off its image's plane")
+        return index, plane
+    planes = [_plane(image, i) for i in range(count)]
+    distances = [p.distance(points) for p in planes]
+    index = int(np.argmin(distances))
+    if distances[index] > PLANE_TOLERANCE_MM:
+        raise MaskError(MASK_GEOMETRY_MISMATCH, "a contour lies off every frame's plane")
+    return index, planes[index]
+
+
+def label_maps(image: Dataset, parts: list[MaskPart]) -> dict[int, np.ndarray]:
+    """The label maps (rows x cols uint8) of ``image``'s frames that the parts mark, by
+    frame index (0-based, as ``pixels.frame_indices`` counts); a frame not in it is all
+    background (a SEG leaves out empty frames).
 
     Args:
-        image: the image with its original geometry (Rows, Columns, patient geometry).
+        image: the image with its original geometry (Rows, Columns, Number of Frames and
+            patient geometry, per frame for an enhanced image).
         parts: one or more parts referencing it.
 
     Raises:
-        MaskError: ``mask_geometry_mismatch`` for a SEG of another size, or contours that
-            are not on the image's plane; ``mask_unsupported`` for a multi-frame image.
+        MaskError: ``mask_geometry_mismatch`` for a SEG of another size, a frame the image
+            does not have, a SEG frame naming no frame of a multi-frame image, or contours
+            that are not on the plane of the image or of any of its frames;
+            ``mask_unsupported`` for contours on a multi-frame image without per-frame
+            planes.
     """
     rows, cols = int(image.Rows), int(image.Columns)
-    if int(image.get("NumberOfFrames", 1) or 1) > 1:
-        raise MaskError(MASK_UNSUPPORTED, "masks of multi-frame images are not read yet")
-    out = np.zeros((rows, cols), np.uint8)
+    count = frame_count(image)
+    out: dict[int, np.ndarray] = {}
     for part in parts:
         if part.pixels is not None:
             if part.pixels.shape != (rows, cols):
@@ -212,11 +379,20 @@ def label_map(image: Dataset, parts: list[MaskPart]) -> np.ndarray:
                 raise MaskError(
                     MASK_GEOMETRY_MISMATCH, f"a {shape} SEG frame on a {rows}x{cols} image"
                 )
-            out = np.maximum(out, part.pixels)
+            index = _frame_index(part.frame, count, "a SEG frame")
+            out[index] = np.maximum(out.get(index, 0), part.pixels).astype(np.uint8)
         for value, points in part.contours:
-            inside = polygon_fill(_pixel_coordinates(image, points), rows, cols)
-            out[inside & (out < value)] = value
+            index, plane = _contour_frame(image, part.frame, count, points)
+            inside = polygon_fill(plane.pixels(points), rows, cols)
+            label = out.setdefault(index, np.zeros((rows, cols), np.uint8))
+            label[inside & (label < value)] = value
     return out
+
+
+def label_map(image: Dataset, parts: list[MaskPart], frame: int = 0) -> np.ndarray:
+    """The label map of one frame (index, 0-based) of ``image``; see ``label_maps``."""
+    maps = label_maps(image, parts)
+    return maps.get(frame, np.zeros((int(image.Rows), int(image.Columns)), np.uint8))
 
 
 def fit_label_map(label: np.ndarray, size: int) -> np.ndarray:
@@ -239,11 +415,17 @@ def fit_label_map(label: np.ndarray, size: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class MaskLabel:
-    """An image's segmentation label, joined on its original UID: the label map on the
-    image's own grid, and what it came from (``seg`` or ``rtstruct``)."""
+    """An image's segmentation label, joined on its original UID: the label maps on the
+    image's own grid of the frames its masks mark (``label_maps``: by 0-based frame index,
+    any other frame all background), and what it came from (``seg`` or ``rtstruct``)."""
 
-    pixels: np.ndarray
+    maps: dict[int, np.ndarray]
     kind: str
+
+    def frame(self, index: int, rows: int, cols: int) -> np.ndarray:
+        """Frame ``index``'s map (all background where no mask marks that frame)."""
+        found = self.maps.get(index)
+        return found if found is not None else np.zeros((rows, cols), np.uint8)
 
 
 def uid_digest(uid: str) -> bytes:
@@ -254,19 +436,29 @@ def uid_digest(uid: str) -> bytes:
 Parsed = tuple[tuple[str, str | None], Dataset]
 
 
+CLASS_NAMES = "class_names"  # ReadMaskPartsFn's output of (class value, checked name)
+
+
 class ReadMaskPartsFn(DeadLetterFn):
-    """((source, member), Dataset) of a SEG/RTSTRUCT → (digest of referenced UID, MaskPart)."""
+    """((source, member), Dataset) of a SEG/RTSTRUCT → (digest of referenced UID, MaskPart);
+    on ``CLASS_NAMES``, (class value, name) for each class the object names, as
+    ``class_names`` checks them (the content check is built once per worker)."""
 
     stage = STAGE_MASKS
     failed_counter = "mask_objects_dead_letters"
 
+    def setup(self):
+        self._check = ContentCheck.load()
+
     def where(self, element: Parsed) -> tuple[str, str | None]:
         return element[0]
 
-    def work(self, element: Parsed) -> Iterator[tuple[bytes, MaskPart]]:
+    def work(self, element: Parsed) -> Iterator:
         (source, member), ds = element
         for part in read_mask_object(ds, source, member):
             yield uid_digest(part.referenced), part
+        for value, name in sorted(class_names(ds, self._check).items()):
+            yield beam.pvalue.TaggedOutput(CLASS_NAMES, (value, name))
 
 
 class NotAMaskFn(DeadLetterFn):
@@ -300,8 +492,8 @@ class SegmentationObjectFn(DeadLetterFn):
 class JoinMasksFn(beam.DoFn):
     """((source, member), Dataset) of an image + the parts referencing it (side input) →
     ((source, member), (Dataset, MaskLabel or None)); the digest of every matched UID on
-    ``MATCHED``; a mask that does not fit is a dead letter of its object (the image keeps
-    the masks that do fit, or goes on without one)."""
+    ``MATCHED``; a mask object that does not fit (any of its parts) is one dead letter of
+    that object, and the image keeps the masks that do fit, or goes on without one."""
 
     def setup(self):
         self._masked = Metrics.counter(METRICS_NAMESPACE, "masks_matched")
@@ -314,17 +506,24 @@ class JoinMasksFn(beam.DoFn):
         label = None
         if found:
             yield beam.pvalue.TaggedOutput(MATCHED, digest)
-        for part in found:  # one object that does not fit spoils only itself
+        by_object: dict[tuple[str, str | None], list[MaskPart]] = {}
+        for part in found:  # a SEG of a multi-frame image gives a part per frame
+            by_object.setdefault((part.source, part.member), []).append(part)
+        for (source, member), own in by_object.items():  # one that does not fit spoils itself
             try:
-                pixels = label_map(ds, [part])
+                maps = label_maps(ds, own)
             except MaskError as e:
-                letter = DeadLetter(part.source, part.member, STAGE_MASKS, e.error_type, e.message)
+                letter = DeadLetter(source, member, STAGE_MASKS, e.error_type, e.message)
                 yield beam.pvalue.TaggedOutput(DEAD_LETTER, letter)
                 continue
             if label is None:
-                label = MaskLabel(pixels, part.kind)
+                label = MaskLabel(maps, own[0].kind)
             else:
-                label = MaskLabel(np.maximum(label.pixels, pixels), label.kind)
+                merged = dict(label.maps)
+                for index, pixels in maps.items():
+                    before = merged.get(index)
+                    merged[index] = pixels if before is None else np.maximum(before, pixels)
+                label = MaskLabel(merged, label.kind)
         (self._masked if label is not None else self._unmasked).inc()
         yield key, (ds, label)
 
@@ -387,3 +586,29 @@ class JoinMasks(NamedOutputs):
         )
         dead = (joined[DEAD_LETTER], unmatched) | "MaskDeadLetters" >> beam.Flatten()
         return Joined(joined.joined, dead)
+
+
+def name_classes(counted: list[tuple[tuple[int, str], int]]) -> dict[str, str]:
+    """((class value, checked name), how many objects gave it) → {"value": name}: the name
+    most objects give that class (ties: the first in sorted order), in numeric order."""
+    counts: dict[int, dict[str, int]] = {}
+    for (value, name), n in counted:
+        names = counts.setdefault(int(value), {})
+        names[name] = names.get(name, 0) + n
+    return {
+        str(value): min(names, key=lambda name: (-names[name], name))
+        for value, names in sorted(counts.items())
+    }
+
+
+class ClassNames(beam.PTransform):
+    """``CLASS_NAMES`` pairs → a one-element PCollection: the manifest's class names
+    (``name_classes``; empty when no object was read)."""
+
+    def expand(self, pairs: beam.PCollection) -> beam.PCollection[dict[str, str]]:
+        return (
+            pairs
+            | "Count" >> beam.combiners.Count.PerElement()
+            | "All" >> beam.combiners.ToList()
+            | "Name" >> beam.Map(name_classes)
+        )
