@@ -130,6 +130,27 @@ def test_identifiers_are_gathered_at_any_depth():
     assert PatientIdentifiers.of(ds).found("order 998231")
 
 
+def test_identifiers_are_gathered_from_every_sequence_at_any_depth():
+    """A copy of an identifier in an item that no module reserves for identification (a
+    referenced study inside a source image item) is looked for too, and cut from kept text
+    elsewhere."""
+    ds = dataset()
+    study = Dataset()
+    study.AccessionNumber = "QX-2290417"
+    study.PatientID = "ALT-5518803"
+    source = Dataset()
+    source.ReferencedStudySequence = Sequence([study])
+    ds.SourceImageSequence = Sequence([source])
+    own = PatientIdentifiers.of(ds)
+    assert own.found("acc 2290417") and own.found("5518803")
+    ds.ConvolutionKernel = "B30f QX2290417"
+    ds.AcquisitionNumber = "5518803"
+    ds, counts = run(ds)
+    assert ds.ConvolutionKernel == "B30f"
+    assert ds.AcquisitionNumber == 0
+    assert counts["patient_identifier:AcquisitionNumber"] == 1
+
+
 def test_numbers_holding_the_patients_id_are_replaced():
     ds = dataset(AcquisitionNumber="47731", SliceLocation="-47731.5", Rows=47731, Columns=16)
     ds, counts = run(ds)

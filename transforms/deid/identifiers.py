@@ -9,6 +9,7 @@ import re
 import unicodedata
 from collections.abc import Iterable
 
+from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 
 from transforms.deid.values import _encodings, _has, _values
@@ -45,11 +46,6 @@ ID_TAGS = (
     0x00100021,  # IssuerOfPatientID (a site name as often as an issuer code)
 )
 DATE_TAGS = (0x00100030,)  # PatientBirthDate
-# Sequences whose items identify the patient, the visit or the order (PS3.3: Other Patient
-# IDs, Request Attributes, Referenced Request, Scheduled Procedure Step, Referenced
-# Patient, Issuer of Patient ID Qualifiers).
-ID_SEQUENCES = frozenset({0x00101002, 0x00400275, 0x0040A370, 0x00400100, 0x00081120, 0x00100024})
-_MAX_DEPTH = 4  # identification sequences nest no deeper
 
 
 def fold(text: str) -> str:
@@ -188,20 +184,37 @@ _WANTED = {
 }
 
 
-def _gather(ds: Dataset, encodings: tuple[str, ...], out: dict, depth: int = 0) -> None:
-    """Values of the identifying tags at the top level and in the sequences that carry
-    the patient's, visit's and order's identification (each item read in its own character
-    set); nothing else is read or converted."""
+def _gather(ds: Dataset, encodings: tuple[str, ...], out: dict) -> None:
+    """Values of the identifying tags in the dataset and in every item of every public
+    sequence, at any depth (Other Patient IDs, request and order items, and any other
+    where a copy was put), each item read in its own character set. Private sequences are
+    not read: they are removed, or kept under retain safe private and content-checked. A
+    sequence that pydicom cannot parse is passed over here; the walk dead-letters the
+    object if it keeps it."""
     for t, kind in _WANTED.items():
         if _has(ds, t):
             out[kind] += _values(ds, t, encodings)
-    if depth >= _MAX_DEPTH:
-        return
-    for t in ID_SEQUENCES:
-        if _has(ds, t):
-            for item in ds[t].value or []:
+    for tag, elem in list(ds._dict.items()):
+        t = int(tag)
+        if t >> 16 & 1 or not (elem.VR == "SQ" or (elem.VR in (None, "UN") and _sequence(t))):
+            continue
+        try:
+            items = ds[t].value or []
+        except Exception:
+            continue
+        for item in items:
+            if isinstance(item, Dataset):
                 inner = _encodings(item) if _has(item, 0x00080005) else encodings
-                _gather(item, inner, out, depth + 1)
+                _gather(item, inner, out)
+
+
+@functools.cache
+def _sequence(t: int) -> bool:
+    """Whether the data dictionary makes a public tag a sequence."""
+    try:
+        return dictionary_VR(t) == "SQ"
+    except KeyError:
+        return False
 
 
 # Whole words for the short tokens: letter runs and digit runs apart ("ab12": "ab", "12").
