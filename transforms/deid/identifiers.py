@@ -59,6 +59,8 @@ def fold(text: str) -> str:
 def spellings(text: str) -> set[str]:
     """The folded spellings of one identifier: plain fold and German transliteration."""
     out = {fold(text)}
+    if text.isascii():
+        return out  # no umlaut to transliterate
     lower = text.casefold()
     if any(c in lower for c in "äöüß"):
         out.add(fold(lower.translate(_GERMAN)))
