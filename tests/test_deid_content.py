@@ -309,6 +309,36 @@ def test_native_pixels_are_cut_to_size_and_cleared_above_bits_stored():
     assert counts["pixels:trailing_bytes"] == 1 and counts["pixels:bits_above_stored"] == 1
 
 
+@pytest.mark.parametrize(
+    "keyword, dtype", [("FloatPixelData", "<f4"), ("DoubleFloatPixelData", "<f8")]
+)
+def test_float_pixels_are_cut_to_size_and_their_values_kept(keyword, dtype):
+    pixels = np.linspace(-1.5, 47731.0, 9, dtype=dtype).reshape(3, 3)  # the MRN as a sample
+    ds = dataset(Rows=3, Columns=3, SamplesPerPixel=1, PhotometricInterpretation="MONOCHROME2")
+    ds.BitsAllocated = 32 if dtype == "<f4" else 64
+    setattr(ds, keyword, pixels.tobytes() + b"Tollbridge!!")
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds, counts = run(ds)
+    data = getattr(ds, keyword)
+    assert np.array_equal(np.frombuffer(data, dtype=dtype), pixels.ravel())
+    assert counts["pixels:trailing_bytes"] == 1
+
+
+def test_binary_numbers_up_to_sixteen_values_are_compared_longer_arrays_are_not():
+    ds = dataset()
+    ds.RealWorldValueLUTData = [float(v) for v in range(11)] + [47731.0]  # 96 bytes
+    ds.add_new(0x00283006, "US", list(range(47720, 47740)))  # LUTData: a 20-value ramp
+    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.7", "2.25.7"
+    buffer = io.BytesIO()
+    ds.save_as(buffer, implicit_vr=False, little_endian=True)
+    ds = pydicom.dcmread(io.BytesIO(buffer.getvalue()), force=True)  # raw, as read from files
+    ds, counts = run(ds)
+    assert list(ds.RealWorldValueLUTData) == [float(v) for v in range(11)] + [0.0]
+    assert counts["patient_identifier:RealWorldValueLUTData"] == 1
+    assert list(ds[0x00283006].value) == list(range(47720, 47740))
+
+
 def test_icc_profiles_lose_their_text_and_still_parse():
     profile = icc_profile("Cresswater")
     cleaned = streams.clean_icc(profile)

@@ -19,7 +19,12 @@ from transforms.deid.values import _BYTES_VRS, _STRING_VRS, _element, _has, _set
 from transforms.deid.walk import WalkState
 
 TEXT_VRS = frozenset({"LO", "SH", "ST", "LT", "UT", "UC", "PN", "AE"})
-NUMBER_VRS = frozenset({"US", "SS", "UL", "SL", "FL", "FD", "SV", "UV"})
+NUMBER_SIZES = {"US": 2, "SS": 2, "UL": 4, "SL": 4, "FL": 4, "FD": 8, "SV": 8, "UV": 8}
+NUMBER_VRS = frozenset(NUMBER_SIZES)
+# Binary numbers compared with the patient's numeric identifiers: attributes of at most
+# this many values. Longer arrays (lookup tables, waveforms, coordinates) are measurements
+# in which any number of four or five digits occurs by chance.
+MAX_NUMBERS = 16
 # PS3.5 Table 6.2-1: the most characters a value of each VR may have.
 MAX_LENGTH = {
     "AE": 16,
@@ -280,13 +285,13 @@ class ContentStep:
             if self._holds_text(raw, state):
                 state.drop(ds, t, vr, f"content:{keyword(t)}")
                 return
-            if len(raw) > 64 or not state.own or not state.own.numbers:
-                return  # arrays (LUTs, coordinates) hold measurements, not identifiers
-        elif not state.own or not state.own.numbers:
+            if len(raw) > MAX_NUMBERS * NUMBER_SIZES[vr]:
+                return  # an array (docs/deidentification.md says why it is not compared)
+        if not state.own or not state.own.numbers:
             return
         value = ds[t].value
         values = list(value) if isinstance(value, (list, tuple, MultiValue)) else [value]
-        if len(values) > 16:
+        if len(values) > MAX_NUMBERS:
             return
         hits = [_is_number(v) and state.own.number(str(int(v))) for v in values]
         if any(hits):

@@ -4,7 +4,8 @@
   COM marker segments (JPEG 2000) without re-encoding: the entropy-coded data is copied
   as it is, so a lossy frame loses nothing more. An Adobe APP14 segment (12 bytes of
   flags that tell a decoder the colour transform, no room for text) stays.
-- Native Pixel Data is cut to its declared size (no bytes after the last frame).
+- Native Pixel Data, Float Pixel Data and Double Float Pixel Data are cut to their
+  declared size (no bytes after the last frame).
 - Bits above BitsStored (where overlays once lived) are cleared on every transfer syntax:
   in place for native data; a compressed stream whose precision exceeds BitsStored is
   decoded, cleared and stored uncompressed (only when such bits are set).
@@ -22,10 +23,11 @@ from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import ExplicitVRBigEndian
 
 from transforms.deid.pixels import store_frames
-from transforms.deid.values import _PIXEL_DATA, _set
+from transforms.deid.values import _PIXEL_DATA, _element, _has, _set
 from transforms.deid.walk import WalkState
 
 ICC_PROFILE = 0x00282000
+_FLOAT_PIXELS = {0x7FE00008: 4, 0x7FE00009: 8}  # Float and Double Float Pixel Data
 _EXTENDED_OFFSETS = (0x7FE00001, 0x7FE00002)  # ExtendedOffsetTable and its lengths
 _NO_LENGTH = {0x01, *range(0xD0, 0xDA)}  # TEM, RSTn, SOI, EOI
 
@@ -170,8 +172,27 @@ class PixelStreams:
     counted as ``pixels:<what>``."""
 
     def rebuild(self, ds: Dataset, state: WalkState) -> None:
-        if _PIXEL_DATA in ds:
+        if _has(ds, _PIXEL_DATA):
             self.pixel_data(ds, state)
+        for tag, size in _FLOAT_PIXELS.items():
+            if _has(ds, tag):
+                self._float_pixels(ds, tag, size, state)
+
+    def _float_pixels(self, ds: Dataset, tag: int, size: int, state: WalkState) -> None:
+        """Float and Double Float Pixel Data cut to their declared size (no bytes after the
+        last frame); their values are image samples, kept as they are."""
+        data = _element(ds, tag).value
+        if not isinstance(data, bytes):
+            return
+        try:
+            rows, cols = int(ds.Rows), int(ds.Columns)
+            frames = int(ds.get("NumberOfFrames", 1) or 1)
+        except (AttributeError, TypeError, ValueError):
+            return  # the reader's limits and the converter decide about such images
+        declared = rows * cols * frames * size  # one sample per pixel (PS3.3 C.7.6.3.1.4)
+        if len(data) > declared:
+            _set(ds, tag, "OF" if size == 4 else "OD", data[:declared])
+            state.counts["pixels:trailing_bytes"] += 1
 
     def pixel_data(self, ds: Dataset, state: WalkState) -> None:
         elem = ds.get_item(_PIXEL_DATA)
