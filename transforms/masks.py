@@ -333,21 +333,45 @@ def _frame_index(frame: int | None, count: int, what: str) -> int:
     return frame - 1
 
 
+class _FramePlanes:
+    """An image's frame planes, each read once; stacked once a contour must be placed by
+    its plane (a multi-frame image's contour that names no frame)."""
+
+    def __init__(self, image: Dataset, count: int):
+        self._image, self._count = image, count
+        self._read: dict[int, _Plane] = {}
+        self._stacked: tuple[np.ndarray, np.ndarray] | None = None
+
+    def __getitem__(self, index: int) -> _Plane:
+        if index not in self._read:
+            self._read[index] = _plane(self._image, index)
+        return self._read[index]
+
+    def nearest(self, points: np.ndarray) -> tuple[int, float]:
+        """The frame whose plane is nearest the points, and their largest distance from it."""
+        if self._stacked is None:
+            planes = [self[i] for i in range(self._count)]
+            normals = np.array([np.cross(p.along_row, p.along_col) for p in planes])
+            origins = np.array([p.origin for p in planes])
+            self._stacked = normals, np.einsum("ij,ij->i", origins, normals)
+        normals, offsets = self._stacked
+        distances = np.abs(points @ normals.T - offsets[None, :]).max(axis=0)
+        index = int(np.argmin(distances))
+        return index, float(distances[index])
+
+
 def _contour_frame(
-    image: Dataset, frame: int | None, count: int, points: np.ndarray
+    frame: int | None, count: int, points: np.ndarray, planes: _FramePlanes
 ) -> tuple[int, _Plane]:
     """The frame a contour lies on and its plane: the frame it names, else (a multi-frame
     image) the one whose plane holds it."""
     if frame is not None or count == 1:
         index = _frame_index(frame, count, "a contour")
-        plane = _plane(image, index)
-        if plane.distance(points) > PLANE_TOLERANCE_MM:
+        if planes[index].distance(points) > PLANE_TOLERANCE_MM:
             raise MaskError(MASK_GEOMETRY_MISMATCH, "a contour lies off its image's plane")
-        return index, plane
-    planes = [_plane(image, i) for i in range(count)]
-    distances = [p.distance(points) for p in planes]
-    index = int(np.argmin(distances))
-    if distances[index] > PLANE_TOLERANCE_MM:
+        return index, planes[index]
+    index, distance = planes.nearest(points)
+    if distance > PLANE_TOLERANCE_MM:
         raise MaskError(MASK_GEOMETRY_MISMATCH, "a contour lies off every frame's plane")
     return index, planes[index]
 
@@ -372,6 +396,7 @@ def label_maps(image: Dataset, parts: list[MaskPart]) -> dict[int, np.ndarray]:
     rows, cols = int(image.Rows), int(image.Columns)
     count = frame_count(image)
     out: dict[int, np.ndarray] = {}
+    planes = _FramePlanes(image, count)  # each read once, however many contours it holds
     for part in parts:
         if part.pixels is not None:
             if part.pixels.shape != (rows, cols):
@@ -382,7 +407,7 @@ def label_maps(image: Dataset, parts: list[MaskPart]) -> dict[int, np.ndarray]:
             index = _frame_index(part.frame, count, "a SEG frame")
             out[index] = np.maximum(out.get(index, 0), part.pixels).astype(np.uint8)
         for value, points in part.contours:
-            index, plane = _contour_frame(image, part.frame, count, points)
+            index, plane = _contour_frame(part.frame, count, points, planes)
             inside = polygon_fill(plane.pixels(points), rows, cols)
             label = out.setdefault(index, np.zeros((rows, cols), np.uint8))
             label[inside & (label < value)] = value
