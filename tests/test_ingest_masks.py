@@ -184,8 +184,11 @@ def frames_run(tmp_path_factory) -> tuple[Path, dict, dict[str, np.ndarray]]:
     del cine.PerFrameFunctionalGroupsSequence, cine.SharedFunctionalGroupsSequence
     cine.ImagePositionPatient, cine.ImageOrientationPatient = [0, 0, 0], [1, 0, 0, 0, 1, 0]
     cine.PixelSpacing = [0.5, 0.8]
-    outline = [np.array([(2.0, 2.0), (9.0, 2.0), (9.0, 9.0)])]
-    rtstruct_dataset([cine], outline, "2.25.88", "2.25.89").save_as(corpus / "cine_rt.dcm")
+    outline = np.array([(2.0, 2.0), (9.0, 2.0), (9.0, 9.0)])
+    cine_rt = rtstruct_dataset([cine] * 2, [outline] * 2, "2.25.88", "2.25.89")
+    for number, contour in enumerate(cine_rt.ROIContourSequence[0].ContourSequence, 1):
+        contour.ContourImageSequence[0].ReferencedFrameNumber = number  # two parts, one letter
+    cine_rt.save_as(corpus / "cine_rt.dcm")
     for ds in (seg_image, rt_image, cine):
         ds.save_as(corpus / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
     (root / "pixels.yaml").write_text("size: 16\nframe_policy: all\n")
