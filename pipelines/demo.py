@@ -35,6 +35,7 @@ from pipelines.options import OneLineParser, UsageError
 
 KEY_VAR = "DICOMFLOW_DEMO_KEY"
 SEGMENTATION_SCORE_ARGS: list[str] = []  # score follows the model's task
+SEGMENTATION_EPOCHS = 60
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,7 +55,7 @@ class DemoArgs:
     )
     difficulty: str = arg("standard", "synth's lesion task (see dicomflow synth)")
     image_size: int = arg(64, "pixels per side")
-    epochs: int = arg(15, "most training epochs")
+    epochs: int | None = arg(None, "most training epochs (15; 60 for segmentation)")
     key_env: str | None = arg(
         None, "use the key in this variable (reproducible splits), not a throwaway"
     )
@@ -64,7 +65,7 @@ def _parse(argv: Sequence[str]) -> DemoArgs:
     parser = OneLineParser(prog="dicomflow demo", allow_abbrev=False)
     configs.add_arguments(parser, DemoArgs)
     args = configs.from_namespace(DemoArgs, parser.parse_args(list(argv)))
-    if args.patients < 4 or args.image_size < 32 or args.epochs < 1:
+    if args.patients < 4 or args.image_size < 32 or (args.epochs is not None and args.epochs < 1):
         raise UsageError("--patients >= 4, --image-size >= 32 and --epochs >= 1, please")
     from transforms.testing import Difficulty
 
@@ -82,7 +83,9 @@ def write_config(args: DemoArgs, workdir: str) -> str:
     pixels = os.path.join(workdir, "pixels.yaml")
     with open(pixels, "w") as fh:
         yaml.safe_dump({"size": args.image_size}, fh)
-    train = {"launcher": "local", "epochs": args.epochs, "seed": args.seed}
+    # A U-Net learns from fewer images per epoch (only those with a mask) and longer.
+    epochs = args.epochs or (SEGMENTATION_EPOCHS if args.task == SEGMENTATION else 15)
+    train = {"launcher": "local", "epochs": epochs, "seed": args.seed}
     config: dict = {
         "inputs": [os.path.join(workdir, "bucket", "export")],
         "output": os.path.join(workdir, "out"),
@@ -94,7 +97,7 @@ def write_config(args: DemoArgs, workdir: str) -> str:
     }
     if args.task == SEGMENTATION:
         # The masks travel with the images (synth --masks): SEG and RTSTRUCT in the export.
-        config["train"] = {**train, "min_dice": 0.5, "patience": 10}
+        config["train"] = {**train, "min_dice": 0.5, "patience": 15}
         config["score"] = {"args": SEGMENTATION_SCORE_ARGS}
     else:
         config["labels"] = os.path.join(workdir, "bucket", "labels.csv")
