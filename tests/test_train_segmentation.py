@@ -50,7 +50,7 @@ def test_the_unet_reaches_the_dice_the_issue_asks_with_its_interval(version):
         assert (version / name).stat().st_size > 0, name
     card = (version / "MODEL_CARD.md").read_text()
     assert "Dice" in card and "over patients" in card and "depth 3, width 16" in card
-    assert "ROC" not in card and "class weights" not in card
+    assert "ROC AUC" not in card and "class weights" not in card
 
 
 def test_the_exported_unet_serves_label_maps_for_raw_bytes(version, seg_data):
