@@ -323,6 +323,7 @@ def model_info(
     operating_point: str | None = None,
     calibration: dict | None = None,
     task: str = DEFAULT_TASK,
+    class_names: dict[str, str] | None = None,
 ) -> ModelInfo:
     """``model.json`` of a new version (see ``ModelInfo``)."""
     height, width, channels = image_shape
@@ -344,4 +345,5 @@ def model_info(
         operating_point=operating_point,
         calibration=calibration,
         task=task,
+        class_names=class_names,
     )

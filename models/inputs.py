@@ -29,6 +29,9 @@ class DataInfo:
     counts: dict[str, dict[str, int]]  # split -> label -> examples (from the index)
     pixels: dict | None = None  # ingest's pixel settings (its manifest), None if not recorded
     task: str | None = None  # what ingest prepared the data for (its manifest), if recorded
+    # Segmentation: class value → the segment or ROI name that passed de-identification's
+    # content check (manifest ``masks.classes``); a class without one is not in it.
+    class_names: dict[str, str] | None = None
 
     @property
     def transform_dir(self) -> str:

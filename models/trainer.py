@@ -281,6 +281,7 @@ def _export(
                 operating_point=evaluated.operating_point,
                 calibration=evaluated.calibration,
                 task=task.name,
+                class_names=evaluated.class_names,
             )
             export.write_json(os.path.join(folder, export.MODEL_JSON), model_json.to_json())
             with open(os.path.join(folder, "MODEL_CARD.md"), "w") as fh:

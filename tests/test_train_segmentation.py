@@ -45,6 +45,7 @@ def test_the_unet_reaches_the_dice_the_issue_asks_with_its_interval(version):
     )
     info = json.loads((version / "model.json").read_text())
     assert (info["task"], info["network"], info["labels"]) == ("segmentation", "unet", ["0", "1"])
+    assert info["class_names"] == {"1": "lesion"}  # synth's segment label, past the content check
     assert info["threshold"] is None and info["calibration"] is None
     for name in ("froc.png", "contours.png", "MODEL_CARD.md", "history.json", "config.json"):
         assert (version / name).stat().st_size > 0, name

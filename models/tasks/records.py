@@ -37,6 +37,9 @@ class ModelInfo:
     operating_point: str | None = None
     calibration: dict | None = None
     task: str = "classification"
+    # Segmentation: class id → its name from the masks (ingest's manifest), when one passed
+    # de-identification's content check; SEG outputs label segments with it.
+    class_names: dict[str, str] | None = None
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

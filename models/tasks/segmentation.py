@@ -164,7 +164,8 @@ class Segmentation:
             seg_evaluation.plot_froc(metrics, os.path.join(folder, FROC_PNG))
             plot_contours(images, truth, probabilities, os.path.join(folder, CONTOURS_PNG))
 
-        return Evaluation(metrics, figures=figures)
+        names = {k: v for k, v in (info.class_names or {}).items() if k in labels[1:]}
+        return Evaluation(metrics, class_names=names or None, figures=figures)
 
     def minimum(self, config: TrainConfig) -> float:
         return config.min_dice

@@ -29,7 +29,8 @@ class Evaluation:
     """What a task's evaluation gives the trainer to export.
 
     metrics: ``metrics.json`` (the task's figures on test, with intervals).
-    threshold, operating_point, calibration: ``model.json``'s fields of the same names.
+    threshold, operating_point, calibration, class_names: ``model.json``'s fields of the
+        same names.
     wrap: what the exported network adds to the trained one (a classifier's calibration).
     figures: writes the task's plots into the version's staging folder.
     """
@@ -38,6 +39,7 @@ class Evaluation:
     threshold: float | None = None
     operating_point: str | None = None
     calibration: dict | None = None
+    class_names: dict[str, str] | None = None
     wrap: Callable[[keras.Model], keras.Model] = _same
     figures: Callable[[str], None] = field(default=_nothing)
 
