@@ -317,13 +317,18 @@ def frame_indices(count: int, policy: str) -> list[int]:
     return [count // 2 if policy == "middle" else 0]
 
 
-def resize_pad(img: np.ndarray, size: int) -> np.ndarray:
-    """Fit rows x cols x channels into size x size: keep the aspect ratio, pad centred with 0."""
-    rows, cols = img.shape[:2]
+def placement(rows: int, cols: int, size: int) -> tuple[int, int, int, int]:
+    """Where ``resize_pad`` puts a rows x cols image in size x size: (top, left, height,
+    width) of the scaled image; the rest is padding. Scoring maps predictions back with it."""
     scale = size / max(rows, cols)
     new_rows, new_cols = max(1, round(rows * scale)), max(1, round(cols * scale))
+    return (size - new_rows) // 2, (size - new_cols) // 2, new_rows, new_cols
+
+
+def resize_pad(img: np.ndarray, size: int) -> np.ndarray:
+    """Fit rows x cols x channels into size x size: keep the aspect ratio, pad centred with 0."""
+    top, left, new_rows, new_cols = placement(img.shape[0], img.shape[1], size)
     out = np.zeros((size, size, img.shape[2]), dtype=np.float32)
-    top, left = (size - new_rows) // 2, (size - new_cols) // 2
     for c in range(img.shape[2]):
         # PIL's "F" mode resamples float32 exactly; BILINEAR widens its support on downscale.
         channel = Image.fromarray(np.ascontiguousarray(img[..., c], dtype=np.float32))

@@ -37,7 +37,7 @@ from transforms.tfrecord import ExampleError, iter_records, open_stream, parse_e
 ROW_GROUP_ROWS = 65_536  # rows per Arrow table, hence per Parquet row group (at most)
 COUNTS = "counts"  # ScoreRowsFn's tagged output: manifest count keys per instance
 _SCORED_AT_TYPE = f.SCORES_SCHEMA.field(f.SCORED_AT).type
-_ID_COLUMNS = (
+ID_COLUMNS = (
     f.SOP_INSTANCE_UID,
     f.SERIES_INSTANCE_UID,
     f.STUDY_INSTANCE_UID,
@@ -56,8 +56,13 @@ class ScoreKey:
 
     source: str
     member: str | None
-    ids: tuple[str, ...]  # the five _ID_COLUMNS in order, all pseudonyms
+    ids: tuple[str, ...]  # the five ID_COLUMNS in order, all pseudonyms
     frames: tuple[int, ...]  # the source frame of each image, in order
+    # Each image's source rows and columns (raw DICOM; empty for a TFRecord example, which
+    # has no source geometry), and the de-identified header without its pixels (Part 10
+    # bytes), carried only when a DICOM SEG is to be written.
+    grids: tuple[tuple[int, int], ...] = ()
+    header: bytes | None = None
 
     @property
     def sop_instance_uid(self) -> str:
@@ -104,8 +109,10 @@ class FromInstanceFn(DeadLetterFn):
         key = ScoreKey(
             instance.source,
             instance.member,
-            tuple(instance.ids.get(name, "") for name in _ID_COLUMNS),
+            tuple(instance.ids.get(name, "") for name in ID_COLUMNS),
             tuple(image.frame for image in instance.images),
+            tuple((image.rows, image.columns) for image in instance.images),
+            instance.deid_header,
         )
         yield key, b"".join(image.data for image in instance.images)
 
@@ -125,7 +132,7 @@ def example_input(
         found = tuple(
             int(features[k][0]) for k in (f.IMAGE_HEIGHT, f.IMAGE_WIDTH, f.IMAGE_CHANNELS)
         )
-        ids = tuple(features[name][0].decode() for name in _ID_COLUMNS)
+        ids = tuple(features[name][0].decode() for name in ID_COLUMNS)
         frame = int(features[f.FRAME][0])
     except (KeyError, IndexError, AttributeError, TypeError, ValueError):
         raise ExampleError("the example lacks a feature ingest writes, or mistypes one") from None
@@ -269,7 +276,7 @@ class ScoreRowsFn(beam.DoFn):
         self._reset()
 
     def _reset(self):
-        self._ids: list[list[str]] = [[] for _ in _ID_COLUMNS]
+        self._ids: list[list[str]] = [[] for _ in ID_COLUMNS]
         self._frames: list[int] = []
         self._probabilities: list[np.ndarray] = []
         self._times: list[int] = []
