@@ -29,6 +29,7 @@ INDEX_DIR = "index"  # index/part-*.parquet
 # --- score -------------------------------------------------------------------------------
 SCORES_TABLE = "scores"  # scores/model_version=V/run_id=R/part-*.parquet
 EXPLANATIONS_DIR = "explanations"  # explanations/V/R/<sop_instance_uid>-<frame>.png
+SEG_DIR = "seg"  # seg/model_version=V/run_id=R/<sop_instance_uid>.dcm (--write-seg)
 
 # --- run, under the config's output root -------------------------------------------------
 LOCK_NAME = "_lock"

@@ -5,7 +5,9 @@ the same key, so pseudonyms and pixels match the ingest tables) — or TFRecords
 examples ingest wrote. Then RunInference (keyed, batched by images and bytes, the model
 loaded once per worker process) → ``scores/model_version=V/run_id=R/part-*.parquet``
 written from Arrow tables, ``errors/``, optional Grad-CAM PNGs for the top scores, and
-``manifest.json``.
+``manifest.json``. The model's task chooses the rows: a classifier's probabilities
+(``ScoreRowsFn``), or a segmentation model's figures per class in source pixels
+(``SegmentationRowsFn``), with a DICOM SEG per instance under ``seg/`` when asked.
 """
 
 import functools
@@ -20,7 +22,8 @@ from apache_beam.ml.inference.base import RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from models import features as f
-from models.layout import ERRORS_TABLE, EXPLANATIONS_DIR, SCORES_TABLE
+from models.layout import ERRORS_TABLE, EXPLANATIONS_DIR, SCORES_TABLE, SEG_DIR
+from models.tasks import CLASSIFICATION, SEGMENTATION, get_task
 from pipelines.options import execute, new_pipeline, parse_options
 from pipelines.score_config import (  # noqa: F401  (ScoreArgs, ScoreOptions, configure: the command's API)
     DICOM,
@@ -33,6 +36,7 @@ from pipelines.score_config import (  # noqa: F401  (ScoreArgs, ScoreOptions, co
 from transforms.convert import PrepareInstances
 from transforms.deadletter import DEAD_LETTER, WriteErrors
 from transforms.deid import deid_header
+from transforms.dicom_seg import SegWriter
 from transforms.manifest import WriteManifest, code_version, utc_now
 from transforms.parquet import WriteArrowTables
 from transforms.scoring import (
@@ -44,6 +48,7 @@ from transforms.scoring import (
     candidates,
     inference_dead_letters,
 )
+from transforms.seg_scoring import SegmentationRowsFn
 from transforms.sources import registry
 
 
@@ -51,10 +56,13 @@ def explanations_dir(output: str, version: str, run_id: str) -> str:
     return FileSystems.join(output, EXPLANATIONS_DIR, version, run_id)
 
 
-def partition_dir(output: str, version: str, run_id: str) -> str:
-    return FileSystems.join(
-        output, SCORES_TABLE, f"{f.MODEL_VERSION}={version}", f"{f.RUN_ID}={run_id}"
-    )
+def partition_dir(output: str, version: str, run_id: str, table: str = SCORES_TABLE) -> str:
+    return FileSystems.join(output, table, f"{f.MODEL_VERSION}={version}", f"{f.RUN_ID}={run_id}")
+
+
+def seg_dir(output: str, version: str, run_id: str) -> str:
+    """Where ``--write-seg`` writes: ``seg/model_version=V/run_id=R/``."""
+    return partition_dir(output, version, run_id, SEG_DIR)
 
 
 def _delete_stale_pngs(_, directory: str, written: list) -> int:
@@ -69,14 +77,13 @@ def _delete_stale_pngs(_, directory: str, written: list) -> int:
 
 def build_pipeline(pipeline: beam.Pipeline, config: ScoreConfig) -> beam.Pipeline:
     """Adds the score graph to ``pipeline`` (not run) and returns it."""
-    from models.inference import ExplainFn, keyed_handler
+    from models.inference import keyed_handler
 
     inputs, output, run_id = list(config.inputs), config.output, config.run_id
     info, version_dir, version = config.model_info, config.version_dir, config.version
     shape = info.image_shape
     image_bytes = shape[0] * shape[1] * shape[2]
     labels, positive = list(info.labels), info.positive_label
-    positive_index = None if positive is None else labels.index(positive)
     dicom = config.dicom
 
     header: dict = {
@@ -113,15 +120,23 @@ def build_pipeline(pipeline: beam.Pipeline, config: ScoreConfig) -> beam.Pipelin
             },
             "explain_top": config.explain_top,
             "partition": partition_dir(output, version, run_id),
+            "task": info.task,
         }
     )
+    if config.seg_type is not None:
+        header["seg"] = {"type": config.seg_type, "folder": seg_dir(output, version, run_id)}
 
     p = pipeline
     if dicom is not None:
         sources = registry.configure_inputs(inputs, dicom.sources)
         read = p | "ReadInstances" >> registry.ReadInstances(sources, dicom.limits)
         prepared = read.objects | "PrepareInstances" >> PrepareInstances(
-            dicom.deid, dicom.key, dicom.pixels, prefix="score", limits=dicom.limits
+            dicom.deid,
+            dicom.key,
+            dicom.pixels,
+            prefix="score",
+            limits=dicom.limits,
+            keep_header=config.seg_type is not None,
         )
         made = prepared.instances | "ModelInputs" >> beam.ParDo(FromInstanceFn(shape)).with_outputs(
             DEAD_LETTER, main="inputs"
@@ -147,31 +162,11 @@ def build_pipeline(pipeline: beam.Pipeline, config: ScoreConfig) -> beam.Pipelin
         failed.failed_inferences | "InferenceDeadLetters" >> beam.FlatMap(inference_dead_letters)
     )
 
-    tables = {}
-    rows_fn = ScoreRowsFn(labels, positive, version, run_id, threshold=info.threshold)
-    if config.explain_top:
-        directory = explanations_dir(output, version, run_id)
-        explained = (
-            results
-            | "Candidates" >> beam.FlatMap(candidates, positive_index, image_bytes)
-            | "TopScores" >> beam.combiners.Top.Of(config.explain_top, key=lambda c: c.rank())
-            | "GradCam" >> beam.ParDo(ExplainFn(version_dir, directory))
-        )
-        tables[EXPLANATIONS_DIR] = (
-            p
-            | "OnceExplained" >> beam.Create([None])
-            | "DeleteStalePngs"
-            >> beam.Map(_delete_stale_pngs, directory, beam.pvalue.AsList(explained))
-        )
-        # The rows wait for the explanations (a global top): keep only what rows need.
-        compact = results | "DropImages" >> beam.Map(lambda kv: (kv[0], _Scores(kv[1])))
-        rows = compact | "ScoreRows" >> beam.ParDo(
-            rows_fn, beam.pvalue.AsDict(explained)
-        ).with_outputs(COUNTS, main="tables")
-    else:
-        rows = results | "ScoreRows" >> beam.ParDo(rows_fn).with_outputs(COUNTS, main="tables")
+    tables: dict = {}
+    rows, letters = ROWS[info.task](p, config, results, tables)
+    dead_letters += letters
     tables[SCORES_TABLE] = rows.tables | "WriteScores" >> WriteArrowTables(
-        partition_dir(output, version, run_id), f.SCORES_SCHEMA
+        partition_dir(output, version, run_id), get_task(info.task).score_schema
     )
     letters = dead_letters | "AllDeadLetters" >> beam.Flatten()
     errors = letters | "WriteErrors" >> WriteErrors(output)
@@ -185,6 +180,60 @@ def build_pipeline(pipeline: beam.Pipeline, config: ScoreConfig) -> beam.Pipelin
         )
     )
     return p
+
+
+def classification_rows(p, config: ScoreConfig, results, tables: dict):
+    """A classifier's rows (``ScoreRowsFn``), after Grad-CAM PNGs for the top scores when
+    ``--explain-top`` asks; returns (rows with their ``counts``, dead letters)."""
+    from models.inference import ExplainFn
+
+    info, version, run_id = config.model_info, config.version, config.run_id
+    labels, positive = list(info.labels), info.positive_label
+    positive_index = None if positive is None else labels.index(positive)
+    shape = info.image_shape
+    image_bytes = shape[0] * shape[1] * shape[2]
+    rows_fn = ScoreRowsFn(labels, positive, version, run_id, threshold=info.threshold)
+    if not config.explain_top:
+        rows = results | "ScoreRows" >> beam.ParDo(rows_fn).with_outputs(COUNTS, main="tables")
+        return rows, []
+    directory = explanations_dir(config.output, version, run_id)
+    explained = (
+        results
+        | "Candidates" >> beam.FlatMap(candidates, positive_index, image_bytes)
+        | "TopScores" >> beam.combiners.Top.Of(config.explain_top, key=lambda c: c.rank())
+        | "GradCam" >> beam.ParDo(ExplainFn(config.version_dir, directory))
+    )
+    tables[EXPLANATIONS_DIR] = (
+        p
+        | "OnceExplained" >> beam.Create([None])
+        | "DeleteStalePngs"
+        >> beam.Map(_delete_stale_pngs, directory, beam.pvalue.AsList(explained))
+    )
+    # The rows wait for the explanations (a global top): keep only what rows need.
+    compact = results | "DropImages" >> beam.Map(lambda kv: (kv[0], _Scores(kv[1])))
+    rows = compact | "ScoreRows" >> beam.ParDo(rows_fn, beam.pvalue.AsDict(explained)).with_outputs(
+        COUNTS, main="tables"
+    )
+    return rows, []
+
+
+def segmentation_rows(p, config: ScoreConfig, results, tables: dict):
+    """A segmentation model's rows (``SegmentationRowsFn``), writing a DICOM SEG per
+    instance when ``--write-seg`` asks; returns (rows with their ``counts``, dead letters)."""
+    info, version = config.model_info, config.version
+    writer = None
+    if config.seg_type is not None:
+        directory = seg_dir(config.output, version, config.run_id)
+        writer = SegWriter(directory, info.labels, version, config.seg_type, code_version())
+    rows_fn = SegmentationRowsFn(info.labels, version, config.run_id, writer)
+    rows = results | "ScoreRows" >> beam.ParDo(rows_fn).with_outputs(
+        COUNTS, DEAD_LETTER, main="tables"
+    )
+    return rows, [rows[DEAD_LETTER]]
+
+
+# The rows each task's scores are made of: task name → its step (an extension point).
+ROWS = {CLASSIFICATION: classification_rows, SEGMENTATION: segmentation_rows}
 
 
 def add_timings(manifest: dict, started: float) -> dict:

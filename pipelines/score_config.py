@@ -15,7 +15,7 @@ from models import configs
 from models.configs import arg, nested
 from models.inference import DEFAULT_BATCH_SIZE, DEFAULT_MAX_BATCH_BYTES
 from models.layout import TFRECORD_SHARDS, TFRECORD_SUFFIX, TFRECORDS_DIR, new_run_id
-from models.tasks import ModelInfo
+from models.tasks import SEGMENTATION, TASKS, ModelInfo
 from pipelines import flags, source_args
 from pipelines.options import (
     CommandOptions,
@@ -26,6 +26,7 @@ from pipelines.options import (
 )
 from transforms import dicom_io
 from transforms.deid import DeidConfig
+from transforms.dicom_seg import BINARY, SEG_TYPES
 from transforms.keys import KeySource
 from transforms.pixels import PixelConfig
 from transforms.sources import registry
@@ -71,7 +72,23 @@ class ScoreArgs:
     share_model_across_processes: bool = arg(
         False, "one model per machine instead of one per worker process", switch=True
     )
-    explain_top: int = arg(0, "Grad-CAM PNGs for the K top scores")
+    explain_top: int = arg(0, "Grad-CAM PNGs for the K top scores (classification)")
+    task: str | None = arg(
+        None,
+        "the model's task, checked against its model.json (default: whatever it says)",
+        choices=TASKS,
+    )
+    write_seg: bool = arg(
+        False,
+        "segmentation, raw DICOM input: one DICOM SEG per scored instance under "
+        "seg/model_version=V/run_id=R/",
+        switch=True,
+    )
+    seg_type: str | None = arg(
+        None,
+        "binary (the most probable class; default) or fractional (probabilities)",
+        choices=SEG_TYPES,
+    )
     limits: dicom_io.Limits = nested(dicom_io.Limits)
     sources: SourceSettings = nested(SourceSettings)
 
@@ -163,6 +180,32 @@ def pixel_config(uri: str | None, info: ModelInfo) -> PixelConfig:
     return pixels
 
 
+def check_task(args: ScoreArgs, info: ModelInfo, fmt: str) -> str | None:
+    """The flags that depend on the model's task; returns the SEG type to write, or None.
+
+    Raises:
+        UsageError: ``--task`` other than the model's, a classifier's flag for a
+            segmentation model or the reverse, or ``--write-seg`` without raw DICOM.
+    """
+    if args.task is not None and args.task != info.task:
+        raise UsageError(f"--task {args.task}: the model is a {info.task} model")
+    if info.task == SEGMENTATION:
+        if args.explain_top:
+            raise UsageError("--explain-top is for classification models (Grad-CAM)")
+    elif args.write_seg or args.seg_type:
+        raise UsageError("--write-seg and --seg-type are for segmentation models")
+    if args.seg_type and not args.write_seg:
+        raise UsageError("--seg-type needs --write-seg")
+    if not args.write_seg:
+        return None
+    if fmt != DICOM:
+        raise UsageError(
+            "--write-seg needs raw DICOM input: a SEG references the de-identified instance, "
+            "which TFRecords do not carry"
+        )
+    return args.seg_type or BINARY
+
+
 @dataclass(frozen=True, kw_only=True)
 class RawDicom:
     """Scoring raw DICOM: the key, de-identification options and pixel settings (ingest's)."""
@@ -195,6 +238,7 @@ class ScoreConfig:
     splits: tuple[str, ...] = ()
     share_model_across_processes: bool = False
     explain_top: int = 0
+    seg_type: str | None = None  # write a DICOM SEG of this type per instance, else None
 
     @property
     def version(self) -> str:
@@ -243,6 +287,7 @@ def configure(opts: ScoreOptions | ScoreArgs, beam_options: PipelineOptions) -> 
     elif args.splits:
         raise UsageError("--splits selects splits of an ingest output; these inputs are DICOM")
     version_dir, info = resolve_model_info(model_uri)
+    seg_type = check_task(args, info, fmt)
     shape = info.image_shape
     image_bytes = shape[0] * shape[1] * shape[2]
     if args.max_batch_bytes < image_bytes:
@@ -273,4 +318,5 @@ def configure(opts: ScoreOptions | ScoreArgs, beam_options: PipelineOptions) -> 
         splits=tuple(splits),
         share_model_across_processes=args.share_model_across_processes,
         explain_top=args.explain_top,
+        seg_type=seg_type,
     )

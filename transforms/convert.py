@@ -38,6 +38,7 @@ from transforms.deid import (
     ocr_threads,
     warm_ocr,
 )
+from transforms.deid.objects import encode_part10
 from transforms.keys import KeySource
 from transforms.labels import JoinLabels, LabelTable
 from transforms.masks import (
@@ -127,6 +128,9 @@ class Instance:
     mask: tuple[bytes, ...] | None = None
     mask_source: str | None = None
     foreground_fraction: tuple[float, ...] | None = None
+    # The de-identified dataset without its pixels, as Part 10 bytes: only when asked
+    # (scoring's DICOM SEG references it), since it would double what an instance carries.
+    deid_header: bytes | None = None
 
 
 # Index column → the de-identified dataset's keyword it is read from.
@@ -140,6 +144,23 @@ def slice_attributes(ds: Dataset) -> tuple[tuple[str, str | None], ...]:
         value = str(ds.get(keyword, "") or "").strip()
         out.append((column, value[:64] or None))
     return tuple(out)
+
+
+_PIXEL_GROUP = 0x7FE0  # Pixel Data, Float and Double Float Pixel Data, offset tables
+_OVERLAY_DATA = 0x3000  # (60xx,3000) Overlay Data: a bit plane as large as a frame
+
+
+def header_bytes(ds: Dataset) -> bytes:
+    """A dataset without its pixel data and overlay planes, as Part 10 bytes (in its own
+    transfer syntax's encoding; nothing in it is encapsulated)."""
+    header = Dataset()
+    header.file_meta = ds.file_meta
+    for element in ds:
+        group, number = element.tag.group, element.tag.element
+        if group == _PIXEL_GROUP or (0x6000 <= group <= 0x601E and number == _OVERLAY_DATA):
+            continue
+        header.add(element)
+    return encode_part10(header)
 
 
 def to_image(image: NormalizedImage) -> Image:
@@ -213,6 +234,7 @@ class ConvertFn(DeadLetterFn):
         prefix: str,
         limits: dicom_io.Limits | None = None,
         ocr_threads: int = 1,
+        keep_header: bool = False,
     ):
         self._deid_config = deid_config
         self._key = key
@@ -221,6 +243,7 @@ class ConvertFn(DeadLetterFn):
         self.failed_counter = f"{prefix}_dead_letters"
         self._limits = dicom_io.Limits.of(limits)
         self._ocr_threads = ocr_threads
+        self._keep_header = keep_header
 
     def setup(self):
         dicom_io.quiet_pydicom()  # datasets may arrive parsed in another process
@@ -249,6 +272,7 @@ class ConvertFn(DeadLetterFn):
             redaction_columns(result),
             slice_attributes(ds),
             *mask_columns(mask, images, self._pixels.size),
+            deid_header=header_bytes(ds) if self._keep_header else None,
         )
 
 
@@ -295,6 +319,7 @@ class PrepareInstances(NamedOutputs):
         limits: what one object may cost to parse and decode (``dicom_io.Limits``).
         masks: join SEG and RTSTRUCT masks on the images they reference (segmentation).
         mask_objects: more SourceObjects that should all be SEG or RTSTRUCT (``--masks``).
+        keep_header: give each instance its de-identified header (``Instance.deid_header``).
 
     Returns:
         ``Prepared(instances, dead_letters, unmatched_labels, mask_classes)``;
@@ -313,8 +338,10 @@ class PrepareInstances(NamedOutputs):
         limits: dicom_io.Limits | None = None,
         masks: bool = False,
         mask_objects: beam.PCollection[dicom_io.SourceObject] | None = None,
+        keep_header: bool = False,
     ):
         super().__init__()
+        self._keep_header = keep_header
         self._masks = masks
         self._mask_objects = mask_objects
         self._deid_config = deid_config
@@ -372,7 +399,13 @@ class PrepareInstances(NamedOutputs):
         threads = ocr_threads(objects.pipeline.options)
         converted = joined | "Convert" >> beam.ParDo(
             ConvertFn(
-                self._deid_config, self._key, self._pixels, self._prefix, self._limits, threads
+                self._deid_config,
+                self._key,
+                self._pixels,
+                self._prefix,
+                self._limits,
+                threads,
+                keep_header=self._keep_header,
             )
         ).with_outputs(DEAD_LETTER, main="instances")
         dead_letters = (*dead, converted[DEAD_LETTER]) | "DeadLetters" >> beam.Flatten()

@@ -1,0 +1,197 @@
+"""DICOM SEG written back: a segmentation model's prediction for one de-identified instance.
+
+The SEG (highdicom) references the instance by the pseudonymous UIDs its de-identified copy
+has (``dicomflow deidentify`` under the same key writes that very instance), and takes its
+patient and study modules from the de-identified header only: nothing of the original
+reaches it. Its own UIDs derive from the model version, the SEG type and the source's
+pseudonymous UIDs, so a re-run writes the same SEG again (overwriting, never duplicating).
+One segment per foreground class; binary (the most probable class) or fractional (each
+class's probability, 0-255). Written for single-frame instances; a multi-frame instance
+gets no SEG (a dead letter says so), its score rows are written as usual.
+
+``build_seg`` is the pure core; ``SegWriter`` is what ``SegmentationRowsFn`` calls.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import warnings
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pydicom
+from apache_beam.io.filesystems import FileSystems
+from pydicom.dataset import Dataset
+
+from models.uids import is_valid_uid
+from transforms.deadletter import STAGE_SCORE, StageError
+from transforms.deid.pseudonyms import UID_ROOT
+from transforms.seg_scoring import SourceGrid, source_masks
+from transforms.storage import write_bytes
+
+if TYPE_CHECKING:
+    from transforms.scoring import ScoreKey
+
+BINARY, FRACTIONAL = "binary", "fractional"
+SEG_TYPES = (BINARY, FRACTIONAL)
+SEG_FAILED = "seg_failed"
+MANUFACTURER = "dicomflow"
+MODEL_NAME = "dicomflow segmentation"
+SERIES_NUMBER = 900
+CONTENT_LABEL = "DICOMFLOW"
+
+
+def derived_uid(*parts: str) -> str:
+    """A UID under 2.25 from the parts (already pseudonyms: no key is needed)."""
+    digest = hashlib.sha256("\0".join(("dicomflow-seg", *parts)).encode()).digest()
+    return UID_ROOT + str(int.from_bytes(digest[:16], "big"))
+
+
+def seg_uids(version: str, seg_type: str, series_uid: str, sop_uid: str) -> tuple[str, str]:
+    """(SeriesInstanceUID, SOPInstanceUID) of the SEG of instance ``sop_uid`` of series
+    ``series_uid`` by this model version: one SEG series per source series and version."""
+    return (
+        derived_uid("series", version, seg_type, series_uid),
+        derived_uid("instance", version, seg_type, sop_uid),
+    )
+
+
+@functools.cache
+def _descriptions(labels: tuple[str, ...], version: str) -> list:
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=MODEL_NAME, version=version, family=codes.cid7162.ArtificialIntelligence
+    )
+    return [
+        hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=f"class {label}",
+            segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+            segmented_property_type=codes.SCT.Lesion,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+        )
+        for number, label in enumerate(labels, start=1)
+    ]
+
+
+def build_seg(
+    source: Dataset,
+    masks: np.ndarray,
+    seg_type: str,
+    labels: Sequence[str],
+    version: str,
+    software: str,
+) -> Dataset:
+    """The SEG of one single-frame image.
+
+    Args:
+        source: the de-identified image header (no pixel data needed).
+        masks: rows x columns x segments: 0/1 (binary) or probabilities in [0, 1].
+        seg_type: ``binary`` or ``fractional``.
+        labels: the foreground classes' labels (``model.json`` ``labels[1:]``).
+        version: the model version (the algorithm's version, and the SEG's UIDs).
+        software: the code version, as Software Versions.
+    """
+    import highdicom as hd
+
+    series_uid, sop_uid = seg_uids(
+        version, seg_type, str(source.SeriesInstanceUID), str(source.SOPInstanceUID)
+    )
+    with warnings.catch_warnings():  # e.g. a pseudonym that is not a "Family^Given" name
+        warnings.simplefilter("ignore", UserWarning)
+        return hd.seg.Segmentation(
+            [source],
+            masks[np.newaxis],
+            seg_type.upper(),  # BINARY or FRACTIONAL
+            _descriptions(tuple(labels), version),
+            series_instance_uid=series_uid,
+            series_number=SERIES_NUMBER,
+            sop_instance_uid=sop_uid,
+            instance_number=int(source.get("InstanceNumber") or 1),
+            manufacturer=MANUFACTURER,
+            manufacturer_model_name=MODEL_NAME,
+            software_versions=software[:64],
+            device_serial_number=f"model-{version}"[:64],
+            content_label=CONTENT_LABEL,
+            content_description=f"dicomflow model version {version}"[:64],
+            omit_empty_frames=False,
+        )
+
+
+def encode(seg: Dataset) -> bytes:
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, seg, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+class SegWriter:
+    """Builds and writes an instance's SEG as ``<directory>/<source SOPInstanceUID>.dcm``.
+
+    Args:
+        directory: ``<output>/seg/model_version=V/run_id=R``.
+        labels: ``model.json`` ``labels`` (background first).
+        version: the model version.
+        seg_type: ``binary`` or ``fractional``.
+        software: the code version.
+    """
+
+    def __init__(
+        self, directory: str, labels: Sequence[str], version: str, seg_type: str, software: str
+    ):
+        if seg_type not in SEG_TYPES:
+            raise ValueError(f"seg_type must be one of {SEG_TYPES}")
+        self._directory = directory
+        self._labels = tuple(labels[1:])
+        self._version = version
+        self._seg_type = seg_type
+        self._software = software
+
+    def setup(self) -> None:
+        import highdicom  # noqa: F401  (imported once per worker, not per instance)
+
+    def write(self, key: ScoreKey, probabilities: np.ndarray, grids: Sequence[SourceGrid]) -> str:
+        """Writes the SEG of one instance; returns its URI.
+
+        Raises:
+            StageError: ``seg_failed`` (stage ``score``): a multi-frame instance, a header
+                highdicom cannot derive a SEG from, or a write that failed.
+        """
+        assert key.header is not None
+        uid = key.sop_instance_uid
+        try:
+            source = pydicom.dcmread(io.BytesIO(key.header), force=True)
+            frames = int(source.get("NumberOfFrames") or 1)
+        except Exception as e:
+            raise _failed(f"the de-identified header cannot be read ({type(e).__name__})") from None
+        if frames != 1 or len(key.frames) != 1:
+            raise _failed(
+                f"a SEG is written for single-frame instances only; this one has {frames} frames"
+            )
+        if not is_valid_uid(uid):
+            raise _failed("the SOPInstanceUID is not a valid UID; no file name can be made")
+        masks = source_masks(probabilities[0], grids[0], self._seg_type == FRACTIONAL)
+        try:
+            seg = build_seg(
+                source, masks, self._seg_type, self._labels, self._version, self._software
+            )
+            data = encode(seg)
+        except Exception as e:  # highdicom's messages may quote header values: type only
+            raise _failed(
+                f"the SEG cannot be built from this instance ({type(e).__name__})"
+            ) from None
+        uri = FileSystems.join(self._directory, f"{uid}.dcm")
+        try:
+            write_bytes(uri, data, "application/dicom")
+        except Exception as e:
+            raise _failed(f"the SEG cannot be written ({type(e).__name__})") from None
+        return uri
+
+
+def _failed(message: str) -> StageError:
+    return StageError(SEG_FAILED, message, STAGE_SCORE)
