@@ -14,6 +14,13 @@ the median of ``--repeat`` interleaved runs:
          written. It runs once (``--repeat`` does not apply): about a minute.
 Targets: (b) >= 0.85 x (a) images/s; (b) >= 5 x (c).
 
+``--task segmentation`` times a U-Net instead (``models.unet.build_unet``, untrained: its
+speed does not depend on its weights) exported as the trainer exports one, on ``--images``
+random textured images of ``--size`` pixels: (a) the same bare predict loop (its output is
+size x size x classes per image); (b) ``dicomflow score`` on them, whose rows add the
+argmax, 8-connected components and boxes of every image (TFRecord input: the model's grid).
+Target: (b) >= 0.9 x (a).
+
 Run: ``.venv/bin/python benchmarks/score_speed.py [--workdir DIR] [--images 2000]``. The
 first run synthesizes a corpus, ingests it (224 x 224 x 1), trains one epoch and writes
 the image folder under DIR; later runs with the same DIR reuse them.
@@ -77,6 +84,56 @@ def prepare(workdir: Path, patients: int, images: int) -> tuple[Path, Path]:
                 records.append(encode_example(ex["image"][0], shape, ids, "", 0))
             _write_shard(shard_dir / f"part-{shard:05d}-of-{SHARDS:05d}.tfrecord.gz", records)
     return models, folder
+
+
+def prepare_segmentation(workdir: Path, images: int, size: int, depth: int, width: int):
+    """(version folder, image folder): an exported U-Net version and N random images."""
+    import datetime
+
+    import numpy as np
+
+    from models import export
+    from models.features import UNET
+    from models.layout import TFRECORDS_DIR
+    from models.transform_writer import write_transform
+    from transforms.pixels import PixelConfig
+    from transforms.tfrecord import encode_example
+
+    version = workdir / f"unet-{size}-{depth}-{width}" / "1"
+    if not version.exists():
+        import tensorflow_transform as tft
+
+        from models.unet import build_unet
+
+        transform = version.parent / "transform"
+        write_transform(str(transform), 0.5, 0.25, ["0", "1"], size, 1)
+        network = build_unet((size, size, 1), 2, depth=depth, width=width)
+        layer = tft.TFTransformOutput(str(transform)).transform_features_layer()
+        module = export.ServingModule(layer, network, (size, size, 1))
+        export.save_serving(module, str(version / export.SAVED_MODEL))
+        now = datetime.datetime.now(datetime.UTC).isoformat()
+        info = export.model_info(
+            "1", ["0", "1"], (size, size, 1), UNET, None, now, "bench",
+            PixelConfig(size=size).describe(), task="segmentation",
+        )  # fmt: skip
+        export.write_json(str(version / export.MODEL_JSON), info.to_json())
+    folder = workdir / f"seg-images-{images}-{size}"
+    if not folder.exists():
+        rng = np.random.default_rng(0)
+        shard_dir = folder / TFRECORDS_DIR / "test"
+        shard_dir.mkdir(parents=True)
+        per_shard = -(-images // SHARDS)
+        for shard in range(SHARDS):
+            records = []
+            for i in range(shard * per_shard, min(images, (shard + 1) * per_shard)):
+                coarse = rng.random((size // 8, size // 8))  # blobs, not white noise
+                image = np.kron(coarse, np.ones((8, 8))) * 255
+                ids = {"sop_instance_uid": f"2.25.{10**20 + i}", "patient_id": f"P{i}"}
+                record = encode_example(image.astype(np.uint8).tobytes(), (size, size, 1), ids,
+                                        "", 0)  # fmt: skip
+                records.append(record)
+            _write_shard(shard_dir / f"part-{shard:05d}-of-{SHARDS:05d}.tfrecord.gz", records)
+    return version, folder
 
 
 def _write_shard(path: Path, records: list[bytes]) -> None:
@@ -153,16 +210,55 @@ def timed(argv: list[str]) -> float:
     return seconds
 
 
+def segmentation(args, workdir: Path) -> None:
+    """(a) bare predict and (b) the score pipeline with a U-Net; their ratio."""
+    version, folder = prepare_segmentation(
+        workdir, args.images, args.size, args.unet_depth, args.unet_width
+    )
+    n, python = args.images, sys.executable
+    seconds: dict[str, list[float]] = {"a": [], "b": []}
+    with tempfile.TemporaryDirectory() as out:
+        for _ in range(args.repeat):  # interleaved, so a slow spell hits both
+            seconds["a"].append(
+                timed([python, "-c", textwrap.dedent(BARE), str(version), str(folder),
+                       str(args.batch_size)])
+            )  # fmt: skip
+            seconds["b"].append(timed([
+                python, "-m", "pipelines.cli", "score", "--input", str(folder), "--model",
+                str(version), "--output", f"{out}/b", "--run-id", "bench", "--batch-size",
+                str(args.batch_size), "--direct_num_workers=1", "--direct_running_mode=in_memory",
+            ]))  # fmt: skip
+            manifest = json.loads(Path(f"{out}/b/manifest.json").read_text())
+            assert manifest["counts"]["scored"] == n, manifest["counts"]
+    rates = {name: n / statistics.median(s) for name, s in seconds.items()}
+    print(f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    print(f"{n} images of {args.size}x{args.size}, U-Net depth {args.unet_depth} width "
+          f"{args.unet_width}, batch {args.batch_size}")  # fmt: skip
+    print(f"whole processes, median of {args.repeat} (seconds of each run in brackets)")
+    for name, label in (("a", "bare predict"), ("b", "score pipeline")):
+        runs = ", ".join(f"{s:.1f}" for s in seconds[name])
+        print(f"({name}) {label:<26} {rates[name]:7.1f} images/s ({runs} s)")
+    print(f"(b)/(a) = {rates['b'] / rates['a']:.2f} (target >= 0.9)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", help="keeps corpus, model and images between runs")
+    parser.add_argument("--task", choices=("classification", "segmentation"),
+                        default="classification")  # fmt: skip
     parser.add_argument("--patients", type=int, default=40)
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=3, help="runs of each; medians")
+    parser.add_argument("--size", type=int, default=224, help="segmentation: image size")
+    parser.add_argument("--unet-depth", type=int, default=3, help="segmentation")
+    parser.add_argument("--unet-width", type=int, default=16, help="segmentation")
     args = parser.parse_args()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="score-speed-"))
     workdir.mkdir(parents=True, exist_ok=True)
+    if args.task == "segmentation":
+        segmentation(args, workdir)
+        return
     models, folder = prepare(workdir, args.patients, args.images)
     n, python = args.images, sys.executable
     seconds: dict[str, list[float]] = {"a": [], "b": [], "c1": [], "c2": []}

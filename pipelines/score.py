@@ -48,7 +48,7 @@ from transforms.scoring import (
     candidates,
     inference_dead_letters,
 )
-from transforms.seg_scoring import SegmentationRowsFn
+from transforms.seg_scoring import SEG_URIS, SegmentationRowsFn
 from transforms.sources import registry
 
 
@@ -66,9 +66,15 @@ def seg_dir(output: str, version: str, run_id: str) -> str:
 
 
 def _delete_stale_pngs(_, directory: str, written: list) -> int:
-    """A re-run with the same run id replaces its explanations: other PNGs there go."""
-    keep = {posixpath.basename(uri) for _, uri in written}
-    found = FileSystems.match([FileSystems.join(directory, "*.png")])[0].metadata_list
+    """``written``: ``((sop_instance_uid, frame), uri)`` of each PNG of the run."""
+    return _delete_stale(_, directory, [uri for _, uri in written], "*.png")
+
+
+def _delete_stale(_, directory: str, written: list[str], pattern: str) -> int:
+    """A re-run with the same run id replaces its files (PNGs, SEGs): the others matching
+    ``pattern`` in ``directory`` go."""
+    keep = {posixpath.basename(uri) for uri in written}
+    found = FileSystems.match([FileSystems.join(directory, pattern)])[0].metadata_list
     stale = [m.path for m in found if posixpath.basename(m.path) not in keep]
     if stale:
         FileSystems.delete(stale)
@@ -227,8 +233,15 @@ def segmentation_rows(p, config: ScoreConfig, results, tables: dict):
         writer = SegWriter(directory, info.labels, version, config.seg_type, code_version())
     rows_fn = SegmentationRowsFn(info.labels, version, config.run_id, writer)
     rows = results | "ScoreRows" >> beam.ParDo(rows_fn).with_outputs(
-        COUNTS, DEAD_LETTER, main="tables"
+        COUNTS, DEAD_LETTER, SEG_URIS, main="tables"
     )
+    if writer is not None:
+        tables[SEG_DIR] = (
+            p
+            | "OnceSegs" >> beam.Create([None])
+            | "DeleteStaleSegs"
+            >> beam.Map(_delete_stale, directory, beam.pvalue.AsList(rows[SEG_URIS]), "*.dcm")
+        )
     return rows, [rows[DEAD_LETTER]]
 
 

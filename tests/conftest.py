@@ -28,8 +28,8 @@ SLOW_MODULES = {
     "test_deid_dciodvfy", "test_deid_leaks", "test_deidentify", "test_demo", "test_deploy",
     "test_dicomweb", "test_dimse", "test_failures", "test_fuzz", "test_inference",
     "test_ingest", "test_inputs", "test_inventory", "test_run", "test_score",
-    "test_synth_pipeline", "test_train", "test_trainer", "test_transform_writer",
-    "test_train_segmentation",
+    "test_score_segmentation", "test_synth_pipeline", "test_train", "test_trainer",
+    "test_transform_writer", "test_train_segmentation",
 }  # fmt: skip
 
 

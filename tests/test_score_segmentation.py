@@ -9,6 +9,7 @@ images drawn here.
 from __future__ import annotations
 
 import datetime
+import io
 import json
 import os
 import shutil
@@ -279,3 +280,17 @@ def test_usage_errors_fail_before_any_work(runs, extra, message, tmp_path):
     with pytest.raises(UsageError, match=message):
         score.run(argv)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_rerun_with_the_same_run_id_replaces_its_segs(runs):
+    """Last in this module: it changes the run's output."""
+    out, version = runs["out"], runs["root"] / "models" / "1"
+    folder = out / "seg" / "model_version=1" / "run_id=r1"
+    two = _source_uid(runs["deid"], "two")
+    before = (folder / f"{two}.dcm").read_bytes()
+    argv = ["--input", str(runs["corpus"] / "two.dcm"), "--model", str(version)]
+    argv += ["--output", str(out), "--key-env", "DF_SEG_KEY", "--run-id", "r1", "--write-seg"]
+    assert score.run(argv) == 0
+    assert [p.name for p in folder.iterdir()] == [f"{two}.dcm"]  # the others were stale
+    after = pydicom.dcmread(folder / f"{two}.dcm")
+    assert after.SOPInstanceUID == pydicom.dcmread(io.BytesIO(before)).SOPInstanceUID

@@ -30,6 +30,7 @@ from transforms.deadletter import DEAD_LETTER, STAGE_SCORE, DeadLetter, StageErr
 from transforms.pixels import placement
 from transforms.scoring import COUNTS, ID_COLUMNS, ROW_GROUP_ROWS
 
+SEG_URIS = "seg_uris"  # SegmentationRowsFn's tagged output: the URI of each SEG written
 _SCORED_AT_TYPE = f.SEGMENTATION_SCORES_SCHEMA.field(f.SCORED_AT).type
 _BOX_TYPE = f.SEGMENTATION_SCORES_SCHEMA.field(f.BOUNDING_BOXES).type.value_type
 
@@ -143,7 +144,8 @@ def source_masks(probabilities: np.ndarray, grid: SourceGrid, fractional: bool) 
 
 class SegmentationRowsFn(beam.DoFn):
     """``(ScoreKey, PredictionResult)`` → Arrow tables of ``SEGMENTATION_SCORES_SCHEMA``,
-    count keys (tagged ``counts``) and, with a SEG writer, one DICOM SEG per instance.
+    count keys (tagged ``counts``) and, with a SEG writer, one DICOM SEG per instance (its
+    URI tagged ``seg_uris``).
 
     ``PredictionResult.inference`` is float32 [images, size, size, classes]. Each image is
     mapped back to its source grid (``ScoreKey.grids``; the model grid itself for TFRecord
@@ -219,6 +221,7 @@ class SegmentationRowsFn(beam.DoFn):
         ]
         if uri is not None:
             counts.append("seg_written")
+            yield beam.pvalue.TaggedOutput(SEG_URIS, uri)
         yield beam.pvalue.TaggedOutput(COUNTS, counts)
         self._scored.inc(len(key.frames))
         if len(self._frames) >= self._rows_per_table:
