@@ -24,6 +24,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from models import features as f
 from models.layout import ERRORS_TABLE, EXPLANATIONS_DIR, SCORES_TABLE, SEG_DIR
 from models.tasks import CLASSIFICATION, SEGMENTATION, get_task
+from pipelines import source_args
 from pipelines.options import execute, new_pipeline, parse_options
 from pipelines.score_config import (  # noqa: F401  (ScoreArgs, ScoreOptions, configure: the command's API)
     DICOM,
@@ -36,7 +37,7 @@ from pipelines.score_config import (  # noqa: F401  (ScoreArgs, ScoreOptions, co
 from transforms.convert import PrepareInstances
 from transforms.deadletter import DEAD_LETTER, WriteErrors
 from transforms.deid import deid_header
-from transforms.dicom_seg import SegWriter
+from transforms.dicom_seg import SegWriter, stored_seg
 from transforms.manifest import WriteManifest, code_version, utc_now
 from transforms.parquet import WriteArrowTables
 from transforms.scoring import (
@@ -131,6 +132,8 @@ def build_pipeline(pipeline: beam.Pipeline, config: ScoreConfig) -> beam.Pipelin
     )
     if config.seg_type is not None:
         header["seg"] = {"type": config.seg_type, "folder": seg_dir(output, version, run_id)}
+        if config.output_store:
+            header["seg"]["output_store"] = config.output_store.describe()
 
     p = pipeline
     if dicom is not None:
@@ -169,7 +172,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: ScoreConfig) -> beam.Pipelin
     )
 
     tables: dict = {}
-    rows, letters = ROWS[info.task](p, config, results, tables)
+    rows, letters, more_keys = ROWS[info.task](p, config, results, tables)
     dead_letters += letters
     tables[SCORES_TABLE] = rows.tables | "WriteScores" >> WriteArrowTables(
         partition_dir(output, version, run_id), get_task(info.task).score_schema
@@ -178,7 +181,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: ScoreConfig) -> beam.Pipelin
     errors = letters | "WriteErrors" >> WriteErrors(output)
     tables[ERRORS_TABLE] = errors.files
     _ = (
-        (rows[COUNTS], errors.keys)
+        (rows[COUNTS], errors.keys, *more_keys)
         | "AllKeys" >> beam.Flatten()
         | "WriteManifest"
         >> WriteManifest(
@@ -190,7 +193,8 @@ def build_pipeline(pipeline: beam.Pipeline, config: ScoreConfig) -> beam.Pipelin
 
 def classification_rows(p, config: ScoreConfig, results, tables: dict):
     """A classifier's rows (``ScoreRowsFn``), after Grad-CAM PNGs for the top scores when
-    ``--explain-top`` asks; returns (rows with their ``counts``, dead letters)."""
+    ``--explain-top`` asks; returns (rows with their ``counts``, dead letters, more count
+    keys)."""
     from models.inference import ExplainFn
 
     info, version, run_id = config.model_info, config.version, config.run_id
@@ -201,7 +205,7 @@ def classification_rows(p, config: ScoreConfig, results, tables: dict):
     rows_fn = ScoreRowsFn(labels, positive, version, run_id, threshold=info.threshold)
     if not config.explain_top:
         rows = results | "ScoreRows" >> beam.ParDo(rows_fn).with_outputs(COUNTS, main="tables")
-        return rows, []
+        return rows, [], []
     directory = explanations_dir(config.output, version, run_id)
     explained = (
         results
@@ -220,12 +224,13 @@ def classification_rows(p, config: ScoreConfig, results, tables: dict):
     rows = compact | "ScoreRows" >> beam.ParDo(rows_fn, beam.pvalue.AsDict(explained)).with_outputs(
         COUNTS, main="tables"
     )
-    return rows, []
+    return rows, [], []
 
 
 def segmentation_rows(p, config: ScoreConfig, results, tables: dict):
     """A segmentation model's rows (``SegmentationRowsFn``), writing a DICOM SEG per
-    instance when ``--write-seg`` asks; returns (rows with their ``counts``, dead letters)."""
+    instance when ``--write-seg`` asks, and storing them when ``--output-store`` does;
+    returns (rows with their ``counts``, dead letters, more count keys)."""
     info, version = config.model_info, config.version
     writer = None
     if config.seg_type is not None:
@@ -235,6 +240,7 @@ def segmentation_rows(p, config: ScoreConfig, results, tables: dict):
     rows = results | "ScoreRows" >> beam.ParDo(rows_fn).with_outputs(
         COUNTS, DEAD_LETTER, SEG_URIS, main="tables"
     )
+    letters, keys = [rows[DEAD_LETTER]], []
     if writer is not None:
         tables[SEG_DIR] = (
             p
@@ -242,7 +248,15 @@ def segmentation_rows(p, config: ScoreConfig, results, tables: dict):
             | "DeleteStaleSegs"
             >> beam.Map(_delete_stale, directory, beam.pvalue.AsList(rows[SEG_URIS]), "*.dcm")
         )
-    return rows, [rows[DEAD_LETTER]]
+    if config.output_store:
+        stored, failed = (
+            rows[SEG_URIS]
+            | "ReadSegs" >> beam.Map(stored_seg)
+            | "StoreSegs" >> config.output_store.write()
+        )
+        keys.append(stored | "StoredKeys" >> beam.Map(lambda _: ["seg_stored"]))
+        letters.append(failed)
+    return rows, letters, keys
 
 
 # The rows each task's scores are made of: task name → its step (an extension point).
@@ -279,6 +293,8 @@ def score(config: ScoreConfig, beam_options: PipelineOptions) -> dict:
     manifest."""
     pipeline = build_pipeline(new_pipeline(beam_options), config)
     sources = config.dicom.sources if config.dicom is not None else None
+    if config.output_store:
+        source_args.check_sink(config.output_store)
     return execute(pipeline, config.inputs, config.output, sources, checked=True)
 
 

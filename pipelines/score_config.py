@@ -30,6 +30,7 @@ from transforms.dicom_seg import BINARY, SEG_TYPES
 from transforms.keys import KeySource
 from transforms.pixels import PixelConfig
 from transforms.sources import registry
+from transforms.sources.base import Sink
 from transforms.sources.registry import SourceSettings
 from transforms.split import ALL_SPLITS
 
@@ -91,6 +92,7 @@ class ScoreArgs:
     )
     limits: dicom_io.Limits = nested(dicom_io.Limits)
     sources: SourceSettings = nested(SourceSettings)
+    output_store: source_args.OutputStore = nested(source_args.OutputStore, "output-")
 
 
 class ScoreOptions(CommandOptions):
@@ -239,6 +241,7 @@ class ScoreConfig:
     share_model_across_processes: bool = False
     explain_top: int = 0
     seg_type: str | None = None  # write a DICOM SEG of this type per instance, else None
+    output_store: Sink | None = None  # a store the SEGs also go to (--output-store)
 
     @property
     def version(self) -> str:
@@ -288,6 +291,9 @@ def configure(opts: ScoreOptions | ScoreArgs, beam_options: PipelineOptions) -> 
         raise UsageError("--splits selects splits of an ingest output; these inputs are DICOM")
     version_dir, info = resolve_model_info(model_uri)
     seg_type = check_task(args, info, fmt)
+    sink = source_args.sink(args.output_store, sources, dataflow)
+    if sink is not None and seg_type is None:
+        raise UsageError("--output-store stores the DICOM SEGs of --write-seg; give it too")
     shape = info.image_shape
     image_bytes = shape[0] * shape[1] * shape[2]
     if args.max_batch_bytes < image_bytes:
@@ -319,4 +325,5 @@ def configure(opts: ScoreOptions | ScoreArgs, beam_options: PipelineOptions) -> 
         share_model_across_processes=args.share_model_across_processes,
         explain_top=args.explain_top,
         seg_type=seg_type,
+        output_store=sink,
     )

@@ -2,8 +2,8 @@
 
 A command's declared args hold every registered source's settings as
 ``nested(SourceSettings)`` (flags ``--dicomweb-*``, ...; which exist is the registry's
-business, ``transforms.sources.registry``) and, for deidentify, the output store as
-``nested(OutputStore, "output-")``. Here they are checked against the inputs
+business, ``transforms.sources.registry``) and, for deidentify and score, the output store
+as ``nested(OutputStore, "output-")``. Here they are checked against the inputs
 (``UsageError``, one line, before any work).
 """
 
@@ -19,12 +19,12 @@ from transforms.sources.registry import SourceSettings
 
 @dataclass(frozen=True, kw_only=True)
 class OutputStore:
-    """``--output-store`` and its own credentials (deidentify only)."""
+    """``--output-store`` and its own credentials (deidentify; score's DICOM SEG)."""
 
     store: str | None = arg(
         None,
-        "store de-identified instances here (dicomweb+https://.../dicom-web, ...) instead of "
-        "files under deid_dicom/",
+        "store what is written in this DICOM store (dicomweb+https://.../dicom-web, ...): "
+        "deidentify's instances instead of files under deid_dicom/, score's SEGs besides seg/",
     )
     store_credentials_env: str | None = arg(
         None, "variable holding a bearer token or user:password for the output store"

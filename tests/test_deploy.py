@@ -46,7 +46,7 @@ DICOM_STACK = {
 }
 # Options a template cannot take: Dataflow workers never see the launcher's environment.
 # Secrets from the environment cannot reach Dataflow workers: only the file forms are offered.
-NOT_TEMPLATE_PARAMETERS = {"key_env", "dicomweb_credentials_env"}
+NOT_TEMPLATE_PARAMETERS = {"key_env", "dicomweb_credentials_env", "output_store_credentials_env"}
 # FlexTemplateRuntimeEnvironment fields (Dataflow REST v1b3): a typo would be rejected.
 FLEX_ENVIRONMENT_FIELDS = {
     "numWorkers",

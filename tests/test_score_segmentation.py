@@ -20,6 +20,7 @@ import numpy as np
 import pydicom
 import pytest
 from conftest import read_table
+from orthanc import running_orthanc
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
@@ -133,7 +134,8 @@ def _write_version(model_dir: Path) -> Path:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Crafted images (and a multi-frame one, and one of a private SOP class) scored with
-    --write-seg, and de-identified under the same key."""
+    --write-seg into files and a DICOMweb store (Orthanc), and de-identified under the
+    same key."""
     os.environ["DF_SEG_KEY"] = KEY
     root = tmp_path_factory.mktemp("seg-score")
     corpus = root / "corpus"
@@ -151,10 +153,13 @@ def runs(tmp_path_factory):
     key = ["--key-env", "DF_SEG_KEY"]
     out = root / "out"
     argv = ["--input", str(corpus), "--model", str(version), "--output", str(out), *key]
-    assert score.run([*argv, "--run-id", "r1", "--write-seg", "--task", "segmentation"]) == 0
+    argv += ["--run-id", "r1", "--write-seg", "--task", "segmentation"]
+    with running_orthanc() as store:
+        assert score.run([*argv, "--output-store", f"dicomweb+{store.url}"]) == 0
+        stored = store.sop_instance_uids()
     deid = root / "deid"
     assert deidentify.run(["--input", str(corpus), "--output", str(deid), *key]) == 0
-    return {"out": out, "deid": deid, "corpus": corpus, "root": root}
+    return {"out": out, "deid": deid, "corpus": corpus, "root": root, "stored": stored}
 
 
 def _rows(out: Path, run_id: str) -> list[dict]:
@@ -186,7 +191,7 @@ def test_rows_give_areas_components_and_boxes_in_source_pixels(runs):
         assert row[f.MODEL_VERSION] == "1" and row[f.RUN_ID] == "r1"
     manifest = json.loads((runs["out"] / "manifest.json").read_text())
     assert manifest["task"] == "segmentation" and manifest["seg"]["type"] == "binary"
-    assert manifest["counts"]["seg_written"] == 3
+    assert manifest["counts"]["seg_written"] == manifest["counts"]["seg_stored"] == 3
     assert manifest["counts"]["by_predicted_class"] == {"1": 4}
 
 
@@ -223,6 +228,8 @@ def test_seg_passes_dciodvfy_and_references_the_deidentified_instance(runs):
         text = path.read_bytes()
         for phi in (PHI_NAME, PHI_ID, "Who^Doctor", "ACC9", ROOT):
             assert phi.encode() not in text
+    segs = sorted(str(pydicom.dcmread(r[f.SEG_URI]).SOPInstanceUID) for r in written)
+    assert sorted(runs["stored"]) == segs  # and the same SEGs in the store
     two = next(r for r in written if r[f.FOREGROUND_AREA] == [220])
     seg = pydicom.dcmread(two[f.SEG_URI])
     assert np.array_equal(seg.pixel_array, IMAGES["two"][0])
@@ -270,6 +277,7 @@ def test_fractional_seg_holds_probabilities(runs, tmp_path):
         (["--explain-top", "2"], "--explain-top is for classification"),
         (["--seg-type", "fractional"], "--seg-type needs --write-seg"),
         (["--input-format", "tfrecords", "--write-seg"], "--write-seg needs raw DICOM"),
+        (["--output-store", "dicomweb+http://127.0.0.1:9/dicom-web"], "give it too"),
     ],
 )
 def test_usage_errors_fail_before_any_work(runs, extra, message, tmp_path):

@@ -9,7 +9,8 @@ One segment per foreground class; binary (the most probable class) or fractional
 class's probability, 0-255). Written for single-frame instances; a multi-frame instance
 gets no SEG (a dead letter says so), its score rows are written as usual.
 
-``build_seg`` is the pure core; ``SegWriter`` is what ``SegmentationRowsFn`` calls.
+``build_seg`` is the pure core; ``SegWriter`` is what ``SegmentationRowsFn`` calls;
+``stored_seg`` reads a written SEG back as a store sink takes it (``--output-store``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pydicom.dataset import Dataset
 
 from models.uids import is_valid_uid
 from transforms.deadletter import STAGE_SCORE, StageError
+from transforms.deid.objects import DeidResult
 from transforms.deid.pseudonyms import UID_ROOT
 from transforms.seg_scoring import SourceGrid, source_masks
 from transforms.storage import write_bytes
@@ -191,6 +193,23 @@ class SegWriter:
         except Exception as e:
             raise _failed(f"the SEG cannot be written ({type(e).__name__})") from None
         return uri
+
+
+def stored_seg(uri: str) -> tuple[str, None, DeidResult]:
+    """A written SEG as a sink takes an instance: ``(source, member, DeidResult)``, the
+    source being the SEG's own URI (a pseudonymous name), for its dead letters."""
+    with FileSystems.open(uri, compression_type="uncompressed") as fh:
+        data = fh.read()
+    seg = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    result = DeidResult(
+        sop_instance_uid=str(seg.SOPInstanceUID),
+        series_instance_uid=str(seg.SeriesInstanceUID),
+        study_instance_uid=str(seg.StudyInstanceUID),
+        patient_id=str(seg.get("PatientID", "") or ""),
+        modality=str(seg.Modality),
+        data=data,
+    )
+    return uri, None, result
 
 
 def _failed(message: str) -> StageError:
