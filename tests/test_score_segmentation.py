@@ -302,3 +302,15 @@ def test_a_rerun_with_the_same_run_id_replaces_its_segs(runs):
     assert [p.name for p in folder.iterdir()] == [f"{two}.dcm"]  # the others were stale
     after = pydicom.dcmread(folder / f"{two}.dcm")
     assert after.SOPInstanceUID == pydicom.dcmread(io.BytesIO(before)).SOPInstanceUID
+
+
+def test_an_instance_whose_header_was_not_kept_is_a_seg_failure(tmp_path):
+    from transforms.deadletter import StageError
+    from transforms.scoring import ScoreKey
+    from transforms.seg_scoring import SourceGrid
+
+    writer = dicom_seg.SegWriter(str(tmp_path), ["0", "1"], "1", "binary", "test")
+    key = ScoreKey("s", None, ("2.25.5", "", "", "P", "CT"), (0,), ((8, 8),), None)
+    with pytest.raises(StageError, match="header could not be encoded") as info:
+        writer.write(key, np.zeros((1, 8, 8, 2), np.float32), [SourceGrid.of(8, 8, 8)])
+    assert info.value.error_type == "seg_failed" and not list(tmp_path.iterdir())

@@ -272,8 +272,18 @@ class ConvertFn(DeadLetterFn):
             redaction_columns(result),
             slice_attributes(ds),
             *mask_columns(mask, images, self._pixels.size),
-            deid_header=header_bytes(ds) if self._keep_header else None,
+            deid_header=self._header(ds),
         )
+
+    def _header(self, ds: Dataset) -> bytes | None:
+        """The header when asked; None if it cannot be encoded (its SEG is then a dead
+        letter of scoring's, never a reason not to score the image)."""
+        if not self._keep_header:
+            return None
+        try:
+            return header_bytes(ds)
+        except Exception:
+            return None
 
 
 def mask_columns(

@@ -164,8 +164,9 @@ class SegWriter:
             StageError: ``seg_failed`` (stage ``score``): a multi-frame instance, a header
                 highdicom cannot derive a SEG from, or a write that failed.
         """
-        assert key.header is not None
         uid = key.sop_instance_uid
+        if key.header is None:
+            raise _failed("the de-identified header could not be encoded")
         try:
             source = pydicom.dcmread(io.BytesIO(key.header), force=True)
             frames = int(source.get("NumberOfFrames") or 1)

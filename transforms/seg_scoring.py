@@ -198,7 +198,7 @@ class SegmentationRowsFn(beam.DoFn):
         grids = [SourceGrid.of(rows, columns, size) for rows, columns in shapes]
         figures = [frame_figures(p, g) for p, g in zip(probabilities, grids, strict=True)]
         uri = None
-        if self._seg is not None and key.header is not None:
+        if self._seg is not None:
             try:
                 uri = self._seg.write(key, probabilities, grids)
                 self._segs.inc()
