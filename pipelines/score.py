@@ -235,7 +235,14 @@ def segmentation_rows(p, config: ScoreConfig, results, tables: dict):
     writer = None
     if config.seg_type is not None:
         directory = seg_dir(config.output, version, config.run_id)
-        writer = SegWriter(directory, info.labels, version, config.seg_type, code_version())
+        writer = SegWriter(
+            directory,
+            info.labels,
+            version,
+            config.seg_type,
+            code_version(),
+            class_names=info.class_names,
+        )
     rows_fn = SegmentationRowsFn(info.labels, version, config.run_id, writer)
     rows = results | "ScoreRows" >> beam.ParDo(rows_fn).with_outputs(
         COUNTS, DEAD_LETTER, SEG_URIS, main="tables"

@@ -126,6 +126,7 @@ def _write_version(model_dir: Path) -> Path:
         "test",
         PixelConfig(size=SIZE).describe(),
         task="segmentation",
+        class_names={"1": "lesion"},
     )
     export.write_json(str(version / export.MODEL_JSON), info.to_json())
     return version
@@ -222,6 +223,7 @@ def test_seg_passes_dciodvfy_and_references_the_deidentified_instance(runs):
         assert seg.PatientID == source.PatientID and seg.PatientName == source.PatientName
         assert seg.Manufacturer == dicom_seg.MANUFACTURER
         assert seg.SegmentationType == "BINARY"
+        assert seg.SegmentSequence[0].SegmentLabel == "lesion"  # model.json class_names
         assert (seg.SeriesInstanceUID, seg.SOPInstanceUID) == dicom_seg.seg_uids(
             "1", "binary", source.SeriesInstanceUID, uid
         )
@@ -266,6 +268,7 @@ def test_fractional_seg_holds_probabilities(runs, tmp_path):
     assert _dciodvfy_errors(path) == []
     seg = pydicom.dcmread(path)
     assert seg.SegmentationType == "FRACTIONAL" and seg.MaximumFractionalValue == 255
+    assert seg.SegmentSequence[0].SegmentLabel == "class 1"  # no class_names given
     values = seg.pixel_array
     assert set(values[drawn]) == {round(0.9 * 255)} and set(values[~drawn]) == {round(0.2 * 255)}
 

@@ -62,7 +62,7 @@ def seg_uids(version: str, seg_type: str, series_uid: str, sop_uid: str) -> tupl
 
 
 @functools.cache
-def _descriptions(labels: tuple[str, ...], version: str) -> list:
+def _descriptions(names: tuple[str, ...], version: str) -> list:
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
@@ -72,14 +72,21 @@ def _descriptions(labels: tuple[str, ...], version: str) -> list:
     return [
         hd.seg.SegmentDescription(
             segment_number=number,
-            segment_label=f"class {label}",
+            segment_label=name[:64],
             segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
             segmented_property_type=codes.SCT.Lesion,
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algorithm,
         )
-        for number, label in enumerate(labels, start=1)
+        for number, name in enumerate(names, start=1)
     ]
+
+
+def segment_names(labels: Sequence[str], class_names: dict[str, str] | None) -> list[str]:
+    """The segments' labels: the class names the masks had (``model.json``
+    ``class_names``, past de-identification's content check), else ``class <id>``."""
+    names = class_names or {}
+    return [names.get(label) or f"class {label}" for label in labels]
 
 
 def build_seg(
@@ -96,7 +103,7 @@ def build_seg(
         source: the de-identified image header (no pixel data needed).
         masks: rows x columns x segments: 0/1 (binary) or probabilities in [0, 1].
         seg_type: ``binary`` or ``fractional``.
-        labels: the foreground classes' labels (``model.json`` ``labels[1:]``).
+        labels: the segments' labels, one per foreground class (``segment_names``).
         version: the model version (the algorithm's version, and the SEG's UIDs).
         software: the code version, as Software Versions.
     """
@@ -141,15 +148,22 @@ class SegWriter:
         version: the model version.
         seg_type: ``binary`` or ``fractional``.
         software: the code version.
+        class_names: ``model.json`` ``class_names`` (class id → name), if any.
     """
 
     def __init__(
-        self, directory: str, labels: Sequence[str], version: str, seg_type: str, software: str
+        self,
+        directory: str,
+        labels: Sequence[str],
+        version: str,
+        seg_type: str,
+        software: str,
+        class_names: dict[str, str] | None = None,
     ):
         if seg_type not in SEG_TYPES:
             raise ValueError(f"seg_type must be one of {SEG_TYPES}")
         self._directory = directory
-        self._labels = tuple(labels[1:])
+        self._labels = tuple(segment_names(labels[1:], class_names))
         self._version = version
         self._seg_type = seg_type
         self._software = software
