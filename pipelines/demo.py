@@ -34,7 +34,7 @@ from models.tasks import DEFAULT_TASK, SEGMENTATION, TASKS
 from pipelines.options import OneLineParser, UsageError
 
 KEY_VAR = "DICOMFLOW_DEMO_KEY"
-SEGMENTATION_SCORE_ARGS: list[str] = []  # score follows the model's task
+SEGMENTATION_SCORE_ARGS = ["--write-seg"]  # a DICOM SEG beside each scored image
 SEGMENTATION_EPOCHS = 60
 
 

@@ -222,6 +222,7 @@ def score_args(config: RunConfig, run_id: str, objects: list[str], model: str):
         run_id=run_id,
         key=config.key_flags(),
         sources=config.sources.for_inputs(objects),
+        task=config.task,  # checked against the model's own
     )
     return args, beam_options
 

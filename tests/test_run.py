@@ -245,7 +245,7 @@ def test_a_missing_key_is_refused_before_the_lock(setup, monkeypatch):
     assert calls == [] and not (tmp / "out").exists()
 
 
-def test_the_task_is_set_once_and_reaches_ingest_and_train(tmp_path):
+def test_the_task_is_set_once_and_reaches_ingest_train_and_score(tmp_path):
     base = {"inputs": [str(tmp_path)], "output": str(tmp_path / "out"), "key_env": "K"}
     config = run_mod.RunConfig.from_mapping(
         {**base, "task": "segmentation", "masks": str(tmp_path / "seg"), "train": {"epochs": 2}}
@@ -253,6 +253,8 @@ def test_the_task_is_set_once_and_reaches_ingest_and_train(tmp_path):
     assert config.train.config.task == "segmentation" and config.train.config.epochs == 2
     args, _ = run_mod.ingest_args(config)
     assert (args.task, args.masks) == ("segmentation", str(tmp_path / "seg"))
+    score, _ = run_mod.score_args(config, "r1", [str(tmp_path / "a.dcm")], "m/latest")
+    assert score.task == "segmentation"
     assert run_mod.RunConfig.from_mapping(base).train.config.task == "classification"
     for data, message in (
         ({"train": {"task": "segmentation"}}, "set once, at the top"),
