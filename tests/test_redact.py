@@ -442,3 +442,38 @@ def test_threads_per_worker_are_its_share_of_the_cores():
     assert deid.ocr_threads(local) == max(1, cores // 2)
     assert deid.ocr_threads(PipelineOptions(["--direct_num_workers=0"])) == 1  # one per core
     assert deid.ocr_threads(PipelineOptions(["--runner=DataflowRunner"])) == 1
+
+
+def test_large_frames_are_detected_in_tiles_where_text_may_be():
+    """A 1280² frame (over TILE_ABOVE): the first detection sees only the tiles that
+    text_cells selects, a small part of the frame that holds every line, and every line
+    is blanked whole; an empty frame selects next to nothing."""
+    from transforms.deid.redact import TILE_ABOVE, text_cells, tiles
+
+    case = hard_case("small", np.random.default_rng(4), rows=1280, cols=1280)
+    assert TILE_ABOVE < 1280**2
+    view = np.repeat(case.frames[0][..., np.newaxis], 3, axis=2)
+    parts = tiles(view)
+    assert parts is not None
+    covered = np.zeros(view.shape[:2], bool)
+    for x0, y0, x1, y1 in parts:
+        covered[y0:y1, x0:x1] = True
+    assert covered.mean() < 0.3
+    for b in case.boxes:
+        assert covered[b.box[1] : b.box[3], b.box[0] : b.box[2]].all(), b.box
+    noise = np.random.default_rng(5).normal(60, 6, view.shape[:2]).clip(0, 255).astype(np.uint8)
+    assert text_cells(np.repeat(noise[..., np.newaxis], 3, axis=2)).mean() < 0.01
+    ocr = load_ocr()
+    seen = []
+
+    def counting(x):
+        seen.append(x.shape[2] * x.shape[3])
+        return ocr.detector(x)
+
+    ds = _hard_dataset(case)
+    redact_pixels(ds, deid.PixelPolicy(), ocr=dataclasses.replace(ocr, detector=counting))
+    after = _frames(ds)
+    assert all(
+        (after[0, y0:y1, x0:x1] == 0).all() for x0, y0, x1, y1 in (b.box for b in case.boxes)
+    )
+    assert max(seen) < 1280**2  # no whole-frame detection at full scale

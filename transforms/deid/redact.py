@@ -47,6 +47,19 @@ MAX_LINE = 64
 # as tall, is the rest of that line (a glyph cut at its end) and is blanked unread.
 LINE_GROWTH = 1.5
 _SHRINK = 4  # blanked regions are filled in at 1/_SHRINK of the frame's size
+# A frame whose detector input exceeds TILE_ABOVE pixels (about 1200², where the
+# detector's cost per pixel starts to grow) is first detected only in the tiles where
+# text may be (text_cells: CELL-px cells with CELL_HITS pixels standing out in edges
+# that run many ways, COHERENCE below 1), unless they cover more than TILE_SHARE of it.
+TILE_ABOVE = 1200 * 1200
+CELL = 32
+CELL_HITS = 12
+COHERENCE = 0.8
+TILE_SHARE = 0.6
+BAND = 4
+FLOOR = 3.0
+# Pixels that differ from their surroundings by fewer 8-bit levels are not text's.
+INK_CONTRAST = 8
 # The least margin along a line, in line heights of the detected box (taller than the
 # ink): a glyph's advance and half another, for the last glyph of small text over texture
 # that the detector leaves out (0.7 left one uncovered on a 6 px line in the tests; 1.5,
@@ -175,6 +188,101 @@ def _merged(windows: list[Box]) -> list[Box]:
         else:
             out.append(w)
     return out if len(out) == len(windows) else _merged(out)
+
+
+def _cells(a: np.ndarray, cell: int) -> np.ndarray:
+    """A 2-D array cut into cells: (rows/cell, cols/cell, cell²), zero-padded."""
+    h, w = a.shape
+    rows, cols = -(-h // cell), -(-w // cell)
+    padded = np.zeros((rows * cell, cols * cell), a.dtype)
+    padded[:h, :w] = a
+    return padded.reshape(rows, cell, cols, cell).transpose(0, 2, 1, 3).reshape(rows, cols, -1)
+
+
+def text_cells(view: np.ndarray) -> np.ndarray:
+    """Where a frame may hold text: a boolean map of its CELL-px cells.
+
+    A cell may hold text when at least CELL_HITS of its pixels stand out of the frame's
+    fine structure (the 8-bit view less its blur at 2 px, any channel) by more than
+    four times the noise and FLOOR times the frame's (the 75th percentile of its cells':
+    an empty background clipped at black looks quieter than it is, and its specks would
+    stand out), and those pixels' edges run in many directions, as glyphs' do, not one,
+    as an edge of anatomy or of the collimator does. A cell's noise is the lowest of the
+    cells around it (text raises its own). Each such cell brings its neighbours."""
+    import cv2
+
+    channels = [view[..., 0]]
+    if not ((view[..., 0] == view[..., 1]).all() and (view[..., 1] == view[..., 2]).all()):
+        channels = [view[..., c] for c in range(3)]
+    high, gx, gy = None, None, None
+    for c in channels:
+        g = c.astype(np.float32)
+        hp = np.abs(g - cv2.GaussianBlur(g, (0, 0), 2))
+        if high is None or gx is None or gy is None:
+            high, gx, gy = hp, cv2.Sobel(g, cv2.CV_32F, 1, 0), cv2.Sobel(g, cv2.CV_32F, 0, 1)
+        else:
+            stronger = hp > high
+            high = np.where(stronger, hp, high)
+            gx = np.where(stronger, cv2.Sobel(g, cv2.CV_32F, 1, 0), gx)
+            gy = np.where(stronger, cv2.Sobel(g, cv2.CV_32F, 0, 1), gy)
+    assert high is not None and gx is not None and gy is not None
+    cells = _cells(high, CELL)
+    middle = cells.shape[2] // 2
+    own = 1.4826 * np.partition(cells, middle, axis=2)[..., middle]
+    noise = cv2.erode(own.astype(np.float32), np.ones((5, 5), np.uint8))
+    floor = max(INK_CONTRAST, FLOOR * float(np.percentile(own, 75)))
+    hits = cells > np.maximum(floor, 4 * noise)[..., np.newaxis]
+    bx, by = _cells(gx, CELL) * hits, _cells(gy, CELL) * hits
+    xx, yy, xy = (bx * bx).sum(2), (by * by).sum(2), (bx * by).sum(2)
+    one_way = np.sqrt((xx - yy) ** 2 + 4 * xy**2) / np.maximum(xx + yy, 1e-6)
+    found = (hits.sum(axis=2) >= CELL_HITS) & (one_way < COHERENCE)
+    return cv2.dilate(found.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+
+
+def tiles(view: np.ndarray) -> list[Box] | None:
+    """The parts of a large frame to detect text in, or None when ``text_cells`` covers
+    more than TILE_SHARE of it (the whole frame then costs less than its parts).
+
+    Bands of BAND cell rows, each with a cell above and below (a line across a band's
+    edge is seen whole in one of them), and in each band the runs of columns that hold
+    such cells (gaps under two cells joined): rectangles that follow where text may be,
+    not the bounding box of an outline that runs round the whole body."""
+    found = text_cells(view)
+    if found.mean() > TILE_SHARE:
+        return None
+    h, w = view.shape[:2]
+    rows = found.shape[0]
+    out: list[Box] = []
+    for top in range(0, rows, BAND):
+        lo, hi = max(0, top - 1), min(rows, top + BAND + 1)
+        cols = np.flatnonzero(found[lo:hi].any(axis=0))
+        if not len(cols):
+            continue
+        runs = np.split(cols, np.flatnonzero(np.diff(cols) > 2) + 1)
+        for run in runs:
+            x0, x1 = int(run[0]) * CELL, min(w, (int(run[-1]) + 1) * CELL)
+            out.append((x0, lo * CELL, x1, min(h, hi * CELL)))
+    return out
+
+
+def _first_pass(ocr: Ocr, states: list[_Frame], scale: float) -> list[list[Box]]:
+    """The first detection of each frame: whole, or on a CPU for a frame whose detector
+    input exceeds TILE_ABOVE pixels, in the tiles where text may be (``tiles``)."""
+    shape = states[0].view.shape[:2]
+    if ocr.batch > 1 or shape[0] * shape[1] * scale**2 <= TILE_ABOVE:
+        return ocr.detect_many([s.view for s in states], scale)
+    out = []
+    for state in states:
+        parts = tiles(state.view)
+        if parts is None:
+            out.append(ocr.detect(state.view, scale))
+            continue
+        boxes = []
+        for x0, y0, x1, y1 in parts:
+            crop = np.ascontiguousarray(state.view[y0:y1, x0:x1])
+            boxes += [(a + x0, b + y0, c + x0, d + y0) for a, b, c, d in ocr.detect(crop, scale)]
+        out.append(boxes)
+    return out
 
 
 def _smooth(view: np.ndarray, mask: np.ndarray, window: Box) -> np.ndarray:
@@ -363,7 +471,7 @@ def redact_pixels(ds: Dataset, policy: PixelPolicy, ocr: Ocr | None = None) -> R
     for start in range(0, len(todo), ocr.batch):
         chunk = todo[start : start + ocr.batch]
         states = [_Frame(ds, frames[i], fill, policy, tokens, ocr, scale) for i, _ in chunk]
-        found = ocr.detect_many([s.view for s in states], scale)
+        found = _first_pass(ocr, states, scale)
         for (i, key), state, boxes in zip(chunk, states, found, strict=True):
             where = f"frame {i + 1} of {len(frames)}"
             done[key] = (state.mask, _redact_frame(state, boxes, where))
