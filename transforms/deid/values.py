@@ -12,6 +12,8 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
 
+from transforms.dicom_io.write import encode_value
+
 _PATIENT_ID = 0x00100020
 _PATIENT_NAME = 0x00100010
 _ACCESSION_NUMBER = 0x00080050
@@ -159,11 +161,24 @@ def _has(ds: Dataset, tag: int) -> bool:
 
 
 def _set(ds: Dataset, tag: int, vr: str, value) -> None:
-    """Replaces an element without converting its old value first (None: empty)."""
+    """Replaces an element without converting its old value first (None: empty).
+
+    In a dataset read from a file, a plain value is stored encoded, as a raw element in
+    the dataset's syntax and character set (what pydicom's writer would write for it, so
+    the writer copies it and a reader converts it as if read): building a DataElement costs
+    ten times as much, and encoding it again at the write as much once more.
+    """
     if value is None:
         value = b"" if vr in _BYTES_VRS else "" if vr in _STRING_VRS else None
-    elem = DataElement(BaseTag(tag), vr, value, validation_mode=pydicom_config.IGNORE)
+    key = BaseTag(tag)
     if vr == "SQ" or tag >> 16 & 1 or tag >> 16 == 0x7FE0:
-        ds[tag] = elem  # pydicom links items and private creators, forgets decoded pixels
-    else:
-        ds._dict[elem.tag] = elem
+        # pydicom links items and private creators, and forgets decoded pixels
+        ds[tag] = DataElement(key, vr, value, validation_mode=pydicom_config.IGNORE)
+        return
+    implicit, little = ds.original_encoding
+    if implicit is not None and little is not None and vr not in _BYTES_VRS:
+        raw = encode_value(vr, value, ds.original_character_set, little)
+        if raw is not None:
+            ds._dict[key] = RawDataElement(key, vr, len(raw), raw, 0, implicit, little)
+            return
+    ds._dict[key] = DataElement(key, vr, value, validation_mode=pydicom_config.IGNORE)

@@ -32,7 +32,8 @@ _HEADERS = {
 _STRINGS = frozenset({"AE", "AS", "CS", "DA", "DT", "TM", "UR", "UI"})
 _NUMBER_STRINGS = frozenset({"DS", "IS"})
 _TEXTS = frozenset({"LO", "LT", "SH", "ST", "UC", "UT"})
-_EMPTIABLE = (str, bytes, PersonName, list, MultiValue)
+_EMPTIABLE = (str, bytes, PersonName, list, tuple, MultiValue)
+_SPLIT = frozenset({"LO", "SH", "UC", "PN"})  # text VRs whose backslash separates values
 _NUMBERS = {"US": "H", "SS": "h", "UL": "L", "SL": "l", "FL": "f", "FD": "d", "SV": "q", "UV": "Q"}
 
 
@@ -161,14 +162,24 @@ class _Writer:
 
 
 def _encode(elem: DataElement, charsets: list[str], order: str) -> bytes | None:
-    """The element's value as pydicom's writer for its VR encodes it, for plain values;
-    None when pydicom must do it (anything unusual: it raises or warns as it would)."""
-    vr, value = elem.VR, elem.value
-    if value is None or (
-        isinstance(value, (str, bytes, PersonName, list, MultiValue)) and not value
-    ):
+    return encode_value(elem.VR, elem.value, charsets, order == "<")
+
+
+def encode_value(vr: str, value, encodings, little: bool) -> bytes | None:
+    """The bytes pydicom's writer writes for ``value`` as an element of ``vr`` would hold it
+    (str, int, float and lists of them; UID, PersonName, IS and DS objects), padded; None
+    where pydicom must encode it (anything unusual: it raises or warns as it would).
+
+    Args:
+        encodings: the character sets of the dataset, as SpecificCharacterSet names them
+            or as pydicom converts them (only text and person names use them).
+        little: the byte order of binary numbers.
+    """
+    if value is None or (isinstance(value, _EMPTIABLE) and not value):
         return b""  # pydicom writes nothing for an empty value
-    many = isinstance(value, (list, MultiValue))
+    many = isinstance(value, (list, tuple, MultiValue))
+    if not many and isinstance(value, str) and "\\" in value and vr in _SPLIT:
+        value, many = value.split("\\"), True  # as DataElement splits it
     values = value if many else [value]
     if vr in _STRINGS:
         if not all(isinstance(v, str) for v in values):
@@ -179,25 +190,26 @@ def _encode(elem: DataElement, charsets: list[str], order: str) -> bytes | None:
             return None
         return raw + (b"\x00" if vr == "UI" else b" ") * (len(raw) % 2)
     if vr in _NUMBER_STRINGS:
-        if not all(isinstance(v, (str, int, float)) for v in values):
+        texts = [_number_string(v) for v in values]
+        if any(t is None for t in texts):
             return None
-        text = "\\".join(
-            v.original_string if hasattr(v, "original_string") else str(v) for v in values
-        )
         try:
-            raw = text.encode(default_encoding)
+            raw = "\\".join(texts).encode(default_encoding)  # type: ignore[arg-type]
         except UnicodeEncodeError:
             return None
         return raw + b" " * (len(raw) % 2)
     if vr in _TEXTS:
         if not all(isinstance(v, str) for v in values):
             return None
+        charsets = convert_encodings(encodings or [default_encoding])
         raw = b"\\".join(encode_string(v, charsets) for v in values)
         return raw + b" " * (len(raw) % 2)
     if vr == "PN":
-        if not all(isinstance(v, PersonName) for v in values):
+        if not all(isinstance(v, (str, PersonName)) for v in values):
             return None
-        raw = b"\\".join(v.encode(charsets) for v in values)
+        charsets = convert_encodings(encodings or [default_encoding])
+        names = [v if isinstance(v, PersonName) else PersonName(v) for v in values]
+        raw = b"\\".join(n.encode(charsets) for n in names)
         return raw + b" " * (len(raw) % 2)
     code = _NUMBERS.get(vr)
     if code is None or (many and vr == "SS") or isinstance(value, str):
@@ -205,6 +217,19 @@ def _encode(elem: DataElement, charsets: list[str], order: str) -> bytes | None:
     if not all(isinstance(v, (int, float)) for v in values):
         return None
     try:
-        return struct.pack(f"{order}{len(values)}{code}", *values)
+        return struct.pack(f"{'<' if little else '>'}{len(values)}{code}", *values)
     except struct.error:
         return None
+
+
+def _number_string(value) -> str | None:
+    """An IS or DS value as pydicom writes it: the string it was made from, stripped."""
+    if hasattr(value, "original_string"):
+        return value.original_string
+    if isinstance(value, str):
+        return value.strip()  # what IS and DS keep of a string they are made from
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int) or (type(value) is not float and isinstance(value, float)):
+        return str(value)  # an int, or a DS made from a number (its own str)
+    return None  # a plain float: DS would format it its own way
