@@ -10,12 +10,12 @@ from pydicom.data import get_testdata_file
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_data_element, write_file_meta_info
 from pydicom.filewriter import write_dataset as pydicom_write_dataset
-from pydicom.filewriter import write_file_meta_info
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian
 
-from transforms.dicom_io.write import write_dataset, write_file_meta
+from transforms.dicom_io.write import encode_value, write_dataset, write_file_meta
 
 FILES = [
     "CT_small.dcm",  # explicit little endian
@@ -126,3 +126,35 @@ def test_an_overlong_short_value_is_left_to_pydicom():
         expected = _encode(copy.deepcopy(ds), pydicom_write_dataset)
     with pytest.warns(UserWarning):
         assert _encode(ds, write_dataset) == expected
+
+
+@pytest.mark.parametrize(
+    "vr, value",
+    [
+        ("UI", "2.25.12345678"),
+        ("UI", ["1.2.3", "2.25.9"]),
+        ("CS", "YES"),
+        ("DA", "20010203"),
+        ("IS", "0"),
+        ("IS", 47731),
+        ("DS", [" -47731.5", "0"]),
+        ("LO", "B30f\\Head First"),  # a backslash separates values
+        ("LT", "one\\two"),  # but not in LT
+        ("SH", ""),
+        ("PN", "PAT0123^X"),
+        ("PN", "Yamada^Tarou=山田^太郎"),
+        ("LO", "Schädel"),
+        ("US", [0, 2, 3, 0]),
+        ("FD", 0.25),
+        ("SL", -5),
+    ],
+)
+@pytest.mark.parametrize("charset", ["ISO_IR 100", ["ISO 2022 IR 6", "ISO 2022 IR 87"]])
+@pytest.mark.parametrize("little", [True, False])
+def test_a_plain_value_encodes_as_pydicom_writes_its_element(vr, value, charset, little):
+    if "山" in str(value) and charset == "ISO_IR 100":
+        pytest.skip("not encodable in Latin-1")
+    fp = DicomBytesIO()
+    fp.is_implicit_VR, fp.is_little_endian = True, little
+    write_data_element(fp, DataElement(0x00100010, vr, value), charset)
+    assert encode_value(vr, value, charset, little) == fp.getvalue()[8:]
