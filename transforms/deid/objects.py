@@ -14,6 +14,7 @@ from transforms.deid.config import PixelPolicy
 from transforms.deid.engine import Deidentifier
 from transforms.deid.pixels import burned_in_risk, mask_pixels
 from transforms.deid.redact import Redaction, redact_pixels
+from transforms.deid.values import _text
 from transforms.dicom_io import parse_dataset
 from transforms.dicom_io.write import write_dataset, write_file_meta
 
@@ -102,11 +103,12 @@ def deidentify_dataset(
             message = f"cannot encode the result ({type(e).__name__})"
             raise StageError("write_failed", message) from None
     result = DeidResult(
-        sop_instance_uid=str(ds.get("SOPInstanceUID", "") or ""),
-        series_instance_uid=str(ds.get("SeriesInstanceUID", "") or ""),
-        study_instance_uid=str(ds.get("StudyInstanceUID", "") or ""),
-        patient_id=str(ds.get("PatientID", "") or ""),
-        modality=str(ds.get("Modality", "") or ""),
+        # Read from the values as stored: the engine leaves its replacements encoded.
+        sop_instance_uid=_text(ds, 0x00080018),
+        series_instance_uid=_text(ds, 0x0020000E),
+        study_instance_uid=_text(ds, 0x0020000D),
+        patient_id=_text(ds, 0x00100020),
+        modality=_text(ds, 0x00080060),
         data=data,
         net_counts=tuple(sorted(counts.items())),
         redaction=redaction,

@@ -175,9 +175,9 @@ def _set(ds: Dataset, tag: int, vr: str, value) -> None:
         # pydicom links items and private creators, and forgets decoded pixels
         ds[tag] = DataElement(key, vr, value, validation_mode=pydicom_config.IGNORE)
         return
-    implicit, little = ds.original_encoding
+    implicit, little = ds._read_implicit, ds._read_little  # ds.original_encoding, cheaper
     if implicit is not None and little is not None and vr not in _BYTES_VRS:
-        raw = encode_value(vr, value, ds.original_character_set, little)
+        raw = encode_value(vr, value, ds._read_charset, little)  # ds.original_character_set
         if raw is not None:
             ds._dict[key] = RawDataElement(key, vr, len(raw), raw, 0, implicit, little)
             return

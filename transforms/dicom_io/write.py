@@ -6,13 +6,19 @@ buffer object per element, raw ones included, which is most of the cost of a wri
 
 import struct
 
-from pydicom.charset import convert_encodings, default_encoding, encode_string
+from pydicom.charset import (
+    convert_encodings,
+    default_encoding,
+    encode_string,
+    need_tail_escape_sequence_encodings,
+)
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset, validate_file_meta
 from pydicom.filebase import DicomBytesIO, DicomIO
 from pydicom.filewriter import write_data_element
 from pydicom.filewriter import write_dataset as pydicom_write_dataset
 from pydicom.multival import MultiValue
+from pydicom.uid import UID
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, PersonName
 
 _LONG_VRS = frozenset(str(vr) for vr in EXPLICIT_VR_LENGTH_32)
@@ -35,6 +41,11 @@ _TEXTS = frozenset({"LO", "LT", "SH", "ST", "UC", "UT"})
 _EMPTIABLE = (str, bytes, PersonName, list, tuple, MultiValue)
 _SPLIT = frozenset({"LO", "SH", "UC", "PN"})  # text VRs whose backslash separates values
 _NUMBERS = {"US": "H", "SS": "h", "UL": "L", "SL": "l", "FL": "f", "FD": "d", "SV": "q", "UV": "Q"}
+_ONE_NUMBER = {
+    (little, code): struct.Struct(("<" if little else ">") + code)
+    for little in (True, False)
+    for code in _NUMBERS.values()
+}
 
 
 def write_dataset(
@@ -175,12 +186,27 @@ def encode_value(vr: str, value, encodings, little: bool) -> bytes | None:
             or as pydicom converts them (only text and person names use them).
         little: the byte order of binary numbers.
     """
-    if value is None or (isinstance(value, _EMPTIABLE) and not value):
+    if value is None:
         return b""  # pydicom writes nothing for an empty value
-    many = isinstance(value, (list, tuple, MultiValue))
-    if not many and isinstance(value, str) and "\\" in value and vr in _SPLIT:
-        value, many = value.split("\\"), True  # as DataElement splits it
-    values = value if many else [value]
+    cls = type(value)
+    if cls is str or cls is UID:  # the usual case first: one string
+        if not value:
+            return b""
+        if vr in _STRINGS:
+            if not value.isascii():
+                return None
+            raw = value.encode("ascii")
+            return raw + (b"\x00" if vr == "UI" else b" ") * (len(raw) % 2)
+        many = "\\" in value and vr in _SPLIT
+        values = value.split("\\") if many else [value]  # as DataElement splits it
+    elif cls is list or cls is tuple or cls is MultiValue:
+        if not value:
+            return b""
+        many, values = True, value
+    elif isinstance(value, _EMPTIABLE) and not value:
+        return b""
+    else:
+        many, values = False, [value]
     if vr in _STRINGS:
         if not all(isinstance(v, str) for v in values):
             return None
@@ -198,28 +224,50 @@ def encode_value(vr: str, value, encodings, little: bool) -> bytes | None:
         except UnicodeEncodeError:
             return None
         return raw + b" " * (len(raw) % 2)
-    if vr in _TEXTS:
-        if not all(isinstance(v, str) for v in values):
-            return None
-        charsets = convert_encodings(encodings or [default_encoding])
-        raw = b"\\".join(encode_string(v, charsets) for v in values)
-        return raw + b" " * (len(raw) % 2)
-    if vr == "PN":
+    if vr in _TEXTS or vr == "PN":
+        charsets = _charsets(encodings)
+        plain = charsets[0] not in need_tail_escape_sequence_encodings
+        if plain and not many and cls is str and value.isascii():
+            raw = value.encode("ascii")  # what every such character set makes of ASCII
+            return raw + b" " * (len(raw) % 2)
         if not all(isinstance(v, (str, PersonName)) for v in values):
             return None
-        charsets = convert_encodings(encodings or [default_encoding])
-        names = [v if isinstance(v, PersonName) else PersonName(v) for v in values]
-        raw = b"\\".join(n.encode(charsets) for n in names)
+        if plain and all(type(v) is str and v.isascii() for v in values):
+            raw = "\\".join(values).encode("ascii")  # what every such character set makes of ASCII
+        elif vr == "PN":
+            names = [v if isinstance(v, PersonName) else PersonName(v) for v in values]
+            raw = b"\\".join(n.encode(charsets) for n in names)
+        elif all(isinstance(v, str) for v in values):
+            raw = b"\\".join(encode_string(v, charsets) for v in values)
+        else:
+            return None
         return raw + b" " * (len(raw) % 2)
     code = _NUMBERS.get(vr)
     if code is None or (many and vr == "SS") or isinstance(value, str):
         return None  # LUT descriptors (US or SS) have their own rule in pydicom
+    if cls is int:
+        try:
+            return _ONE_NUMBER[little, code].pack(value)
+        except struct.error:
+            return None
     if not all(isinstance(v, (int, float)) for v in values):
         return None
     try:
         return struct.pack(f"{'<' if little else '>'}{len(values)}{code}", *values)
     except struct.error:
         return None
+
+
+def _charsets(encodings) -> list[str]:
+    """pydicom's Python codecs for a dataset's character sets (remembered: a corpus has few)."""
+    key = encodings if isinstance(encodings, str) or encodings is None else tuple(encodings)
+    found = _CHARSETS.get(key)
+    if found is None:
+        found = _CHARSETS[key] = convert_encodings(encodings or [default_encoding])
+    return found
+
+
+_CHARSETS: dict = {}
 
 
 def _number_string(value) -> str | None:
