@@ -97,3 +97,37 @@ def test_the_report_and_the_demo_summary_show_the_segmentation_figures(version, 
 
     loaded = run_mod.load_config(config)
     assert loaded.train.config.task == "segmentation"
+
+
+def test_the_trained_unet_scores_raw_dicom_and_writes_seg_back(seg_model, seg_data, tmp_path):
+    """The chain's last step on the same corpus and key: one patient's raw export scored
+    with --write-seg; each SEG passes dciodvfy and references an instance ingest indexed."""
+    import shutil
+    import subprocess
+
+    import pydicom
+    from conftest import read_table
+
+    from models import features as f
+    from pipelines import score
+
+    export_dir = seg_data.parent / "corpus" / "export"
+    patient = next(p for p in sorted(export_dir.iterdir()) if p.is_dir() and "PID" in p.name)
+    out = tmp_path / "score"
+    argv = ["--input", str(patient), "--model", str(seg_model), "--output", str(out)]
+    assert score.run([*argv, "--key-env", "DF_SEG_DATA_KEY", "--write-seg", "--run-id", "r"]) == 0
+    rows = read_table(str(next((out / "scores").glob("model_version=*/run_id=r"))))
+    index = {r[f.SOP_INSTANCE_UID] for r in read_table(str(seg_data / "index"))}
+    written = [r for r in rows if r[f.SEG_URI]]
+    assert written and all(r[f.SOP_INSTANCE_UID] in index for r in rows)
+    assert any(sum(r[f.FOREGROUND_AREA]) for r in written)  # every study is positive
+    assert shutil.which("dciodvfy"), "dciodvfy missing: apt-get install dicom3tools (.ci/run)"
+    for row in written[:3]:
+        checked = subprocess.run(
+            ["dciodvfy", row[f.SEG_URI]], capture_output=True, text=True, timeout=60
+        )
+        assert not [line for line in checked.stderr.splitlines() if "Error" in line]
+        seg = pydicom.dcmread(row[f.SEG_URI])
+        referenced = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0]
+        assert referenced.ReferencedSOPInstanceUID == row[f.SOP_INSTANCE_UID]
+        assert seg.SegmentSequence[0].SegmentLabel == "lesion"
