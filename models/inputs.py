@@ -88,7 +88,10 @@ def read_info(data: str) -> DataInfo:
             label = row[f.LABEL] or ""
             split[label] = split.get(label, 0) + 1
     manifest = _manifest(data)
-    return DataInfo(data, shape, labels, counts, manifest.get("pixels"), manifest.get("task"))
+    classes = (manifest.get("masks") or {}).get("classes")
+    return DataInfo(
+        data, shape, labels, counts, manifest.get("pixels"), manifest.get("task"), classes
+    )
 
 
 def _manifest(data: str) -> dict:
