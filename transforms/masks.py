@@ -509,7 +509,9 @@ class SegmentationObjectFn(DeadLetterFn):
 
     def work(self, element: Parsed) -> Iterator:
         raise MaskError(
-            "segmentation_object", "a SEG or RTSTRUCT object: labels for --task segmentation"
+            "segmentation_object",
+            "a SEG or RTSTRUCT object: a label of images, never an image itself "
+            "(ingest --task segmentation reads it)",
         )
         yield
 
