@@ -114,7 +114,7 @@ def build_seg(
     )
     with warnings.catch_warnings():  # e.g. a pseudonym that is not a "Family^Given" name
         warnings.simplefilter("ignore", UserWarning)
-        return hd.seg.Segmentation(
+        seg = hd.seg.Segmentation(
             [source],
             masks[np.newaxis],
             seg_type.upper(),  # BINARY or FRACTIONAL
@@ -131,6 +131,12 @@ def build_seg(
             content_description=f"dicomflow model version {version}"[:64],
             omit_empty_frames=False,
         )
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    if "PlaneOrientationSequence" not in shared and "PatientOrientation" not in seg:
+        # A source without patient geometry (a projection image): the General Image
+        # module then requires Patient Orientation (Type 2C), the source's or empty.
+        seg.PatientOrientation = source.get("PatientOrientation") or ""
+    return seg
 
 
 def encode(seg: Dataset) -> bytes:
