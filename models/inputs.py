@@ -251,6 +251,21 @@ def _resample(images: tf.Tensor, transforms: tf.Tensor, interpolation: str) -> t
     )
 
 
+def _parsed(files: list[str], parse, training: bool, seed: int) -> tf.data.Dataset:
+    """The split's records (shards interleaved in parallel; shuffled shards for training),
+    parsed and transformed ``PARSE_BATCH`` at a time by ``parse``, still batched."""
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if training:
+        ds = ds.shuffle(len(files), seed=seed)
+    ds = ds.interleave(
+        lambda path: tf.data.TFRecordDataset(path, "GZIP", buffer_size=1 << 20),
+        cycle_length=min(len(files), CYCLE_LENGTH),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    return ds.batch(PARSE_BATCH).map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
 def make_dataset(
     info: DataInfo,
     split: str,
@@ -293,18 +308,7 @@ def make_dataset(
         out = transform_layer(raw_features(parsed[f.IMAGE], parsed[f.LABEL]))
         return to_image(out, info.image_shape), out[f.LABEL_ID]
 
-    ds = tf.data.Dataset.from_tensor_slices(files)
-    if training:
-        ds = ds.shuffle(len(files), seed=seed)
-    ds = ds.interleave(
-        lambda path: tf.data.TFRecordDataset(path, "GZIP", buffer_size=1 << 20),
-        cycle_length=min(len(files), CYCLE_LENGTH),
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=True,
-    )
-    ds = ds.batch(PARSE_BATCH).map(
-        parse_and_transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
-    )
+    ds = _parsed(files, parse_and_transform, training, seed)
     ds = ds.unbatch().filter(lambda image, label_id: label_id >= 0)
     # The index says how many there are: Keras then knows an epoch's length, and a
     # mismatch between index and records fails loudly.
@@ -364,18 +368,7 @@ def make_mask_dataset(
         masks = tf.reshape(tf.io.decode_raw(parsed[f.MASK], tf.uint8), [-1, height, width, 1])
         return to_image(out, info.image_shape), masks, out[f.LABEL_ID]
 
-    ds = tf.data.Dataset.from_tensor_slices(files)
-    if training:
-        ds = ds.shuffle(len(files), seed=seed)
-    ds = ds.interleave(
-        lambda path: tf.data.TFRecordDataset(path, "GZIP", buffer_size=1 << 20),
-        cycle_length=min(len(files), CYCLE_LENGTH),
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=True,
-    )
-    ds = ds.batch(PARSE_BATCH).map(
-        parse_and_transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
-    )
+    ds = _parsed(files, parse_and_transform, training, seed)
     ds = ds.unbatch().filter(lambda image, mask, label_id: label_id >= 0)
     ds = ds.map(lambda image, mask, label_id: (image, mask))
     ds = ds.apply(tf.data.experimental.assert_cardinality(info.labelled(split)))

@@ -39,6 +39,12 @@ def interval(ci: dict | None, digits: int = 3) -> str:
     )
 
 
+def pair_interval(value, pair) -> str:
+    """``interval`` of a value and a ``(low, high)`` pair (as segmentation records them)."""
+    low, high = pair if pair else (None, None)
+    return interval({"value": value, "low": low, "high": high})
+
+
 def model_card(
     model_json: ModelInfo, metrics: dict, info: DataInfo, run_config: dict, task: Task
 ) -> str:

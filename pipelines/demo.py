@@ -171,15 +171,17 @@ def summary(workdir: str, record: dict) -> list[str]:
 
 def segmentation_lines(version: str, metrics: dict) -> list[str]:
     """A U-Net's test figures as the demo prints them, with their 95 % intervals."""
-    from models.model_card import interval
+    from models.model_card import pair_interval
 
-    def ci(value, pair) -> str:
-        low, high = pair if pair else (None, None)
-        return interval({"value": value, "low": low, "high": high})
-
-    dice = ci(metrics.get("dice"), (metrics.get("dice_ci_low"), metrics.get("dice_ci_high")))
-    sensitivity = ci(metrics.get("lesion_sensitivity"), metrics.get("lesion_sensitivity_ci"))
-    fpi = ci(metrics.get("false_positives_per_image"), metrics.get("false_positives_per_image_ci"))
+    dice = pair_interval(
+        metrics.get("dice"), (metrics.get("dice_ci_low"), metrics.get("dice_ci_high"))
+    )
+    sensitivity = pair_interval(
+        metrics.get("lesion_sensitivity"), metrics.get("lesion_sensitivity_ci")
+    )
+    fpi = pair_interval(
+        metrics.get("false_positives_per_image"), metrics.get("false_positives_per_image_ci")
+    )
     return [
         f"model version {version}: test Dice {dice} on {metrics.get('examples')} images of "
         f"{metrics.get('patients')} patients",

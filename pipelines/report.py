@@ -191,33 +191,36 @@ def evaluation_sections(metrics: dict, version_dir: str) -> list[tuple[str, str]
 def segmentation_sections(metrics: dict, version_dir: str) -> list[tuple[str, str]]:
     """Dice and IoU with their intervals over patients, lesions, the FROC curve, and test
     images with their true and predicted outlines (all from the version folder)."""
-    from models.model_card import interval
+    from models.model_card import pair_interval
     from models.tasks.segmentation import CONTOURS_PNG, FROC_PNG
-
-    def ci(value, pair) -> str:
-        low, high = pair if pair else (None, None)
-        return interval({"value": value, "low": low, "high": high})
 
     rows = [
         [
             "Dice",
-            ci(metrics.get("dice"), (metrics.get("dice_ci_low"), metrics.get("dice_ci_high"))),
+            pair_interval(
+                metrics.get("dice"), (metrics.get("dice_ci_low"), metrics.get("dice_ci_high"))
+            ),
         ],
-        ["IoU", ci(metrics.get("iou"), (metrics.get("iou_ci_low"), metrics.get("iou_ci_high")))],
+        [
+            "IoU",
+            pair_interval(
+                metrics.get("iou"), (metrics.get("iou_ci_low"), metrics.get("iou_ci_high"))
+            ),
+        ],
         [
             "lesion sensitivity",
-            ci(metrics.get("lesion_sensitivity"), metrics.get("lesion_sensitivity_ci")),
+            pair_interval(metrics.get("lesion_sensitivity"), metrics.get("lesion_sensitivity_ci")),
         ],
         [
             "false positives per image",
-            ci(
+            pair_interval(
                 metrics.get("false_positives_per_image"),
                 metrics.get("false_positives_per_image_ci"),
             ),
         ],
     ]
     rows += [
-        [f"Dice, class {name}", ci(c.get("dice"), c.get("dice_ci"))]
+        [f"Dice, class {name}", pair_interval(c.get("dice"), c.get("dice_ci"))]
         for name, c in (metrics.get("classes") or {}).items()
     ]
     text = (

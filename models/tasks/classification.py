@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from models import features as f
-from models.tasks.records import Metrics
+from models.tasks.records import Metrics, finite_or_none
 from models.tasks.task import Evaluation
 
 if TYPE_CHECKING:
@@ -217,9 +217,9 @@ class Classification:
         return Metrics(
             task=self.name,
             metric=self.metric,
-            value=_number(details.get(self.metric)),
-            low=_number(ci.get("low")),
-            high=_number(ci.get("high")),
+            value=finite_or_none(details.get(self.metric)),
+            low=finite_or_none(ci.get("low")),
+            high=finite_or_none(ci.get("high")),
             details=dict(details),
         )
 
@@ -255,13 +255,6 @@ def predict(model: keras.Model, dataset: tf.data.Dataset) -> tuple[np.ndarray, n
         probabilities.append(np.asarray(model(image, training=False), dtype=np.float32))
         ids.append(np.argmax(onehot.numpy(), axis=1))
     return np.concatenate(ids), np.concatenate(probabilities)
-
-
-def _number(value: Any) -> float | None:
-    if value is None:
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
 
 
 def positive_label(labels: list[str]) -> str | None:

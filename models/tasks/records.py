@@ -9,6 +9,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+def finite_or_none(value: Any) -> float | None:
+    """A metrics.json number as a float, None when absent or not finite."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
 @dataclass(frozen=True, kw_only=True)
 class ModelInfo:
     """``model.json``: what a scorer needs to use a version without reading anything else.

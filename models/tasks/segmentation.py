@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from models import features as f
-from models.tasks.records import Metrics
+from models.tasks.records import Metrics, finite_or_none
 from models.tasks.task import Evaluation
 
 if TYPE_CHECKING:
@@ -174,9 +174,9 @@ class Segmentation:
         return Metrics(
             task=self.name,
             metric=self.metric,
-            value=_number(details.get("dice")),
-            low=_number(details.get("dice_ci_low")),
-            high=_number(details.get("dice_ci_high")),
+            value=finite_or_none(details.get("dice")),
+            low=finite_or_none(details.get("dice_ci_low")),
+            high=finite_or_none(details.get("dice_ci_high")),
             details=dict(details),
         )
 
@@ -186,11 +186,7 @@ class Segmentation:
         return summary_line(dict(details))
 
     def card_figures(self, model_json: ModelInfo, details: Mapping[str, Any]) -> list[str]:
-        from models.model_card import interval
-
-        def ci(value, pair) -> str:
-            low, high = pair if pair else (None, None)
-            return interval({"value": value, "low": low, "high": high})
+        from models.model_card import pair_interval
 
         d = details
         rows = (
@@ -208,10 +204,12 @@ class Segmentation:
             "",
             "| metric | value |",
             "|---|---|",
-            *(f"| {name} | {ci(value, pair)} |" for name, value, pair in rows),
+            *(f"| {name} | {pair_interval(value, pair)} |" for name, value, pair in rows),
         ]
         for name, figures in (details.get("classes") or {}).items():
-            lines.append(f"| Dice, class {name} | {ci(figures['dice'], figures['dice_ci'])} |")
+            lines.append(
+                f"| Dice, class {name} | {pair_interval(figures['dice'], figures['dice_ci'])} |"
+            )
         lines += [
             "",
             f"{details.get('ci', {}).get('method', '')}; {details.get('lesions_found')} of "
@@ -267,13 +265,6 @@ def plot_contours(
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
-
-
-def _number(value: Any) -> float | None:
-    if value is None:
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
 
 
 TASK = Segmentation()
