@@ -5,7 +5,8 @@ each, concatenated) and what its score rows need. It comes from a converted DICO
 instance (``from_instance``) or from an ingest TFRecord example (``ReadExamples``), and
 either way has the model's geometry or becomes a dead letter. After RunInference,
 ``ScoreRowsFn`` turns the keyed predictions into ``SCORES_SCHEMA`` Arrow tables, column by
-column (never a dict per row).
+column (never a dict per row), on ``BundleRowsFn``: the bundle buffering it shares with
+segmentation's rows.
 """
 
 import time
@@ -35,7 +36,7 @@ from transforms.deadletter import (
 from transforms.tfrecord import ExampleError, iter_records, open_stream, parse_example
 
 ROW_GROUP_ROWS = 65_536  # rows per Arrow table, hence per Parquet row group (at most)
-COUNTS = "counts"  # ScoreRowsFn's tagged output: manifest count keys per instance
+COUNTS = "counts"  # BundleRowsFn's tagged output: manifest count keys per instance
 _SCORED_AT_TYPE = f.SCORES_SCHEMA.field(f.SCORED_AT).type
 ID_COLUMNS = (
     f.SOP_INSTANCE_UID,
@@ -238,7 +239,78 @@ def score_columns(
     return probabilities[np.arange(len(predicted)), column], predicted
 
 
-class ScoreRowsFn(beam.DoFn):
+class BundleRowsFn(beam.DoFn):
+    """The bundle buffering that both kinds of score rows share.
+
+    A subclass's ``process`` hands each instance's rows to ``_add``: the ID columns, frame
+    and scored-at time are gathered here, its own columns (named in ``columns``) beside
+    them. Every ``rows_per_table`` rows, and at the end of the bundle, ``_table`` turns what
+    was gathered into one Arrow table (one Parquet row group). Each instance's manifest
+    count keys go to the tagged output ``counts``, and the ``score_rows`` counter counts
+    its rows.
+
+    Args:
+        model_version, run_id: the partition, also written in every row.
+        rows_per_table: rows per table.
+    """
+
+    columns: tuple[str, ...] = ()  # the subclass's own buffers, one list each
+
+    def __init__(self, model_version: str, run_id: str, rows_per_table: int):
+        self._version = model_version
+        self._run_id = run_id
+        self._rows_per_table = rows_per_table
+
+    def setup(self):
+        self._scored = Metrics.counter(dicom_io.METRICS_NAMESPACE, "score_rows")
+
+    def start_bundle(self):
+        self._reset()
+
+    def _reset(self):
+        self._ids: list[list[str]] = [[] for _ in ID_COLUMNS]
+        self._frames: list[int] = []
+        self._times: list[int] = []
+        self._columns: dict[str, list] = {name: [] for name in self.columns}
+
+    def _add(self, key: ScoreKey, counts: list, **values: list):
+        """Buffers one instance's rows; yields its count keys and, once full, a table.
+
+        Args:
+            key: the instance; one row per frame.
+            counts: the task's own count keys, after the ones every instance has.
+            values: what to add to each of ``columns`` (per row, or per instance where
+                the subclass's ``_table`` joins chunks).
+        """
+        now = time.time_ns() // 1000
+        for column, value in zip(self._ids, key.ids, strict=True):
+            column.extend([value] * len(key.frames))
+        self._frames.extend(key.frames)
+        self._times.extend([now] * len(key.frames))
+        for name, added in values.items():
+            self._columns[name].extend(added)
+        keys = ["seen", "scored", ("by_modality", key.modality or "none")]
+        keys += ["images"] * len(key.frames)
+        yield beam.pvalue.TaggedOutput(COUNTS, keys + counts)
+        self._scored.inc(len(key.frames))
+        if len(self._frames) >= self._rows_per_table:
+            yield self._flush()
+
+    def finish_bundle(self):
+        if self._frames:
+            yield GlobalWindows.windowed_value(self._flush())
+
+    def _flush(self) -> pa.Table:
+        table = self._table(self._columns)
+        self._reset()
+        return table
+
+    def _table(self, columns: dict[str, list]) -> pa.Table:
+        """The gathered rows (``_ids``, ``_frames``, ``_times`` and ``columns``) as a table."""
+        raise NotImplementedError
+
+
+class ScoreRowsFn(BundleRowsFn):
     """``(ScoreKey, PredictionResult)`` → Arrow tables of ``SCORES_SCHEMA``, and count keys.
 
     Columns are gathered per bundle and emitted as one table every ``ROW_GROUP_ROWS``
@@ -253,6 +325,8 @@ class ScoreRowsFn(beam.DoFn):
         rows_per_table: rows per table.
     """
 
+    columns = ("probabilities", "explanations")  # an array per instance; a name per row
+
     def __init__(
         self,
         labels: Sequence[str],
@@ -262,53 +336,26 @@ class ScoreRowsFn(beam.DoFn):
         rows_per_table: int = ROW_GROUP_ROWS,
         threshold: float | None = None,
     ):
+        super().__init__(model_version, run_id, rows_per_table)
         self._threshold = threshold
         self._labels = list(labels)
         self._positive = None if positive_label is None else self._labels.index(positive_label)
-        self._version = model_version
-        self._run_id = run_id
-        self._rows_per_table = rows_per_table
-
-    def setup(self):
-        self._scored = Metrics.counter(dicom_io.METRICS_NAMESPACE, "score_rows")
-
-    def start_bundle(self):
-        self._reset()
-
-    def _reset(self):
-        self._ids: list[list[str]] = [[] for _ in ID_COLUMNS]
-        self._frames: list[int] = []
-        self._probabilities: list[np.ndarray] = []
-        self._times: list[int] = []
-        self._explanations: list[str | None] = []
 
     def process(self, element, explanations: dict | None = None):
         key, result = element
         probabilities = np.asarray(result.inference, dtype=np.float32)
-        now = time.time_ns() // 1000
-        for column, value in zip(self._ids, key.ids, strict=True):
-            column.extend([value] * len(key.frames))
-        self._frames.extend(key.frames)
-        self._probabilities.append(probabilities)
-        self._times.extend([now] * len(key.frames))
-        self._explanations.extend(
-            (explanations or {}).get((key.sop_instance_uid, frame)) for frame in key.frames
-        )
         _, predicted = score_columns(probabilities, self._positive, self._threshold)
-        counts = ["seen", "scored", ("by_modality", key.modality or "none")]
-        counts += ["images"] * len(key.frames)
-        counts += [("by_predicted_label", self._labels[i]) for i in predicted]
-        yield beam.pvalue.TaggedOutput(COUNTS, counts)
-        self._scored.inc(len(key.frames))
-        if len(self._frames) >= self._rows_per_table:
-            yield self._table()
+        yield from self._add(
+            key,
+            [("by_predicted_label", self._labels[i]) for i in predicted],
+            probabilities=[probabilities],
+            explanations=[
+                (explanations or {}).get((key.sop_instance_uid, frame)) for frame in key.frames
+            ],
+        )
 
-    def finish_bundle(self):
-        if self._frames:
-            yield GlobalWindows.windowed_value(self._table())
-
-    def _table(self) -> pa.Table:
-        probabilities = np.concatenate(self._probabilities)
+    def _table(self, columns: dict[str, list]) -> pa.Table:
+        probabilities = np.concatenate(columns["probabilities"])
         score, predicted = score_columns(probabilities, self._positive, self._threshold)
         rows, classes = probabilities.shape
         n = len(self._frames)
@@ -322,9 +369,8 @@ class ScoreRowsFn(beam.DoFn):
             pa.array([self._version] * n, pa.string()),
             pa.array([self._run_id] * n, pa.string()),
             pa.array(np.asarray(self._times, dtype=np.int64)).cast(_SCORED_AT_TYPE),
-            pa.array(self._explanations, pa.string()),
+            pa.array(columns["explanations"], pa.string()),
         ]
-        self._reset()
         batch = pa.RecordBatch.from_arrays(arrays, schema=f.SCORES_SCHEMA)
         return pa.Table.from_batches([batch])
 

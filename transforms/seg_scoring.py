@@ -10,11 +10,11 @@ components and bounding boxes are exactly those of the source-size map, without 
 it (a 2048² image costs what a model-size one does). Only a DICOM SEG needs the source-size
 map (``source_masks``), one frame at a time.
 
-``SegmentationRowsFn`` turns keyed predictions into ``SEGMENTATION_SCORES_SCHEMA`` Arrow
-tables, column by column, and writes a SEG per instance when asked (``dicom_seg``).
+``SegmentationRowsFn`` (on ``scoring.BundleRowsFn``) turns keyed predictions into
+``SEGMENTATION_SCORES_SCHEMA`` Arrow tables, column by column, and writes a SEG per instance
+when asked (``dicom_seg``).
 """
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,13 +22,12 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 from apache_beam.metrics import Metrics
-from apache_beam.transforms.window import GlobalWindows
 
 from models import features as f
 from transforms import dicom_io
 from transforms.deadletter import DEAD_LETTER, STAGE_SCORE, DeadLetter, StageError
 from transforms.pixels import placement
-from transforms.scoring import COUNTS, ID_COLUMNS, ROW_GROUP_ROWS
+from transforms.scoring import ROW_GROUP_ROWS, BundleRowsFn
 
 SEG_URIS = "seg_uris"  # SegmentationRowsFn's tagged output: the URI of each SEG written
 _SCORED_AT_TYPE = f.SEGMENTATION_SCORES_SCHEMA.field(f.SCORED_AT).type
@@ -142,7 +141,7 @@ def source_masks(probabilities: np.ndarray, grid: SourceGrid, fractional: bool) 
     return (labels[..., None] == classes).astype(np.uint8)
 
 
-class SegmentationRowsFn(beam.DoFn):
+class SegmentationRowsFn(BundleRowsFn):
     """``(ScoreKey, PredictionResult)`` → Arrow tables of ``SEGMENTATION_SCORES_SCHEMA``,
     count keys (tagged ``counts``) and, with a SEG writer, one DICOM SEG per instance (its
     URI tagged ``seg_uris``).
@@ -160,6 +159,8 @@ class SegmentationRowsFn(beam.DoFn):
         rows_per_table: rows per table (one Parquet row group).
     """
 
+    columns = ("figures", "uris")  # per row
+
     def __init__(
         self,
         labels: Sequence[str],
@@ -168,27 +169,15 @@ class SegmentationRowsFn(beam.DoFn):
         seg=None,
         rows_per_table: int = ROW_GROUP_ROWS,
     ):
+        super().__init__(model_version, run_id, rows_per_table)
         self._labels = list(labels)
-        self._version = model_version
-        self._run_id = run_id
         self._seg = seg
-        self._rows_per_table = rows_per_table
 
     def setup(self):
-        self._scored = Metrics.counter(dicom_io.METRICS_NAMESPACE, "score_rows")
+        super().setup()
         self._segs = Metrics.counter(dicom_io.METRICS_NAMESPACE, "seg_written")
         if self._seg is not None:
             self._seg.setup()
-
-    def start_bundle(self):
-        self._reset()
-
-    def _reset(self):
-        self._ids: list[list[str]] = [[] for _ in ID_COLUMNS]
-        self._frames: list[int] = []
-        self._figures: list[FrameFigures] = []
-        self._times: list[int] = []
-        self._uris: list[str | None] = []
 
     def process(self, element):
         key, result = element
@@ -205,16 +194,7 @@ class SegmentationRowsFn(beam.DoFn):
             except StageError as e:
                 letter = DeadLetter(key.source, key.member, STAGE_SCORE, e.error_type, e.message)
                 yield beam.pvalue.TaggedOutput(DEAD_LETTER, letter)
-        now = time.time_ns() // 1000
-        for column, value in zip(self._ids, key.ids, strict=True):
-            column.extend([value] * len(key.frames))
-        self._frames.extend(key.frames)
-        self._figures.extend(figures)
-        self._times.extend([now] * len(key.frames))
-        self._uris.extend([uri] * len(key.frames))
-        counts = ["seen", "scored", ("by_modality", key.modality or "none")]
-        counts += ["images"] * len(key.frames)
-        counts += [
+        counts: list = [
             ("by_predicted_class", self._labels[c + 1])
             for fig in figures
             for c in np.flatnonzero(fig.areas)
@@ -222,28 +202,19 @@ class SegmentationRowsFn(beam.DoFn):
         if uri is not None:
             counts.append("seg_written")
             yield beam.pvalue.TaggedOutput(SEG_URIS, uri)
-        yield beam.pvalue.TaggedOutput(COUNTS, counts)
-        self._scored.inc(len(key.frames))
-        if len(self._frames) >= self._rows_per_table:
-            yield self._table()
+        yield from self._add(key, counts, figures=figures, uris=[uri] * len(key.frames))
 
-    def finish_bundle(self):
-        if self._frames:
-            yield GlobalWindows.windowed_value(self._table())
-
-    def _table(self) -> pa.Table:
-        table = segmentation_table(
+    def _table(self, columns: dict[str, list]) -> pa.Table:
+        return segmentation_table(
             self._labels,
-            [list(c) for c in self._ids],
+            self._ids,
             self._frames,
-            self._figures,
+            columns["figures"],
             self._version,
             self._run_id,
             self._times,
-            self._uris,
+            columns["uris"],
         )
-        self._reset()
-        return table
 
 
 def segmentation_table(
