@@ -69,6 +69,8 @@ EXTRAS_REQUIRE = {
         # Public DICOM test files that de-identification must survive.
         "deid-data==0.0.20",
         "pydicom-data==1.0.0",  # the wheel holds its files: the leak scan reads them offline
+        # RTSTRUCTs written by another tool (rings with holes), read back in tests/test_masks.py.
+        "rt-utils==1.2.7",
         # The score tables are queried with DuckDB in a test, as users query them.
         "duckdb==2.0.0",
         # The docs site (mkdocs.yml): make docs, and mkdocs build --strict in make test;

@@ -249,3 +249,108 @@ def test_class_names_are_kept_only_when_the_content_check_passes_them():
     assert masks.class_names(rt, check) == {1: "class 1"}
     counted = [((1, "lesion"), 3), ((1, "tumour"), 1), ((2, "class 2"), 1), ((2, "cyst"), 1)]
     assert masks.name_classes(counted) == {"1": "lesion", "2": "class 2"}
+
+
+def _ct_series(folder, slices: int = 4) -> list[Dataset]:
+    """A small axial CT series on disk (rt-utils reads a folder), 2 mm apart. Square
+    pixels: rt-utils 1.2.7 steps along a row by PixelSpacing[0], the spacing between rows,
+    so its contours on non-square pixels are stretched (our reading follows PS3.3)."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+
+    study, series, frame_of_reference = "2.25.601", "2.25.602", "2.25.603"
+    out = []
+    for z in range(slices):
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = CTImageStorage
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"2.25.61{z}"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.FrameOfReferenceUID = frame_of_reference
+        ds.Modality, ds.PatientName, ds.PatientID, ds.PatientSex = "CT", "X^Y", "P1", "O"
+        ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20200101", "1200", "1", ""
+        ds.ReferringPhysicianName, ds.PatientBirthDate, ds.SeriesNumber = "", "", 1
+        ds.StudyDescription, ds.InstanceNumber, ds.SliceThickness = "", z + 1, 2.0
+        ds.Rows, ds.Columns, ds.PixelSpacing = 64, 64, [0.7, 0.7]
+        ds.ImagePositionPatient, ds.ImageOrientationPatient = (
+            [-10.0, 5.0, 2.0 * z],
+            [1, 0, 0, 0, 1, 0],
+        )
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.PixelData = np.zeros((64, 64), np.uint16).tobytes()
+        ds.save_as(folder / f"{z}.dcm", enforce_file_format=True)
+        out.append(ds)
+    return out
+
+
+def _rt_utils_structure_set(tmp_path) -> tuple[list[Dataset], Dataset, dict[str, np.ndarray]]:
+    """rt-utils (another tool) writes two ROIs: a ring with an island in its hole on slices
+    1-2, a square on slice 2; the truth is the masks it was given, as label maps."""
+    from rt_utils import RTStructBuilder
+
+    folder = tmp_path / "series"
+    folder.mkdir()
+    images = _ct_series(folder)
+    yy, xx = np.mgrid[:64, :64]
+    r = np.hypot(yy - 24, xx - 30)
+    ring = ((r < 18) & (r > 9)) | (r < 4)  # an island inside the ring's hole
+    square = np.zeros((64, 64), bool)
+    square[3:12, 50:61] = True
+    first, second = np.zeros((64, 64, 4), bool), np.zeros((64, 64, 4), bool)
+    first[..., 1] = first[..., 2] = ring
+    second[..., 2] = square
+    rt = RTStructBuilder.create_new(dicom_series_path=str(folder))
+    rt.add_roi(mask=first, name="RING")
+    rt.add_roi(mask=second, name="BOX")
+    rt.save(str(tmp_path / "rt.dcm"))
+    truth = {}
+    for z, image in enumerate(images):
+        label = np.zeros((64, 64), np.uint8)
+        label[first[..., z]] = 1
+        label[second[..., z]] = 2
+        truth[image.SOPInstanceUID] = label
+    return images, pydicom.dcmread(tmp_path / "rt.dcm"), truth
+
+
+def test_a_structure_set_rt_utils_wrote_reads_back_exactly(tmp_path):
+    """Outlines traced through the centres of the mask's edge pixels, a hole as an inner
+    outline and an island in the hole: each slice's label map is the mask rt-utils got."""
+    images, rt, truth = _rt_utils_structure_set(tmp_path)
+    parts = masks.read_mask_object(rt, "rt.dcm", None)
+    assert {p.referenced for p in parts} == {images[1].SOPInstanceUID, images[2].SOPInstanceUID}
+    for image in images[1:3]:
+        own = [p for p in parts if p.referenced == image.SOPInstanceUID]
+        assert np.array_equal(masks.label_map(image, own), truth[image.SOPInstanceUID])
+
+
+def test_contours_that_name_no_image_land_on_the_image_whose_plane_holds_them(tmp_path):
+    """Contour Image Sequence is optional: contours without it go to every image the
+    structure set lists, and each image takes those on its plane; an image none lies on
+    is left unlabeled (no label map), not called background."""
+    images, rt, truth = _rt_utils_structure_set(tmp_path)
+    for roi in rt.ROIContourSequence:
+        for contour in roi.ContourSequence:
+            del contour.ContourImageSequence
+    parts = masks.read_mask_object(rt, "rt.dcm", None)
+    assert sorted(p.referenced for p in parts) == sorted(i.SOPInstanceUID for i in images)
+    assert all(p.by_plane for p in parts)
+    for image in images:
+        own = [p for p in parts if p.referenced == image.SOPInstanceUID]
+        maps = masks.label_maps(image, own)
+        if truth[image.SOPInstanceUID].any():
+            assert np.array_equal(maps[0], truth[image.SOPInstanceUID])
+        else:
+            assert maps == {}
+    join = masks.JoinMasksFn()
+    join.setup()
+    key = masks.uid_digest(images[0].SOPInstanceUID)
+    side = {key: [p for p in parts if p.referenced == images[0].SOPInstanceUID]}
+    out = list(join.process((("a", None), images[0]), side))
+    assert out[-1] == (("a", None), (images[0], None))  # matched (no dead letter), unlabeled
+    for frame_of_reference in rt.ReferencedFrameOfReferenceSequence:
+        del frame_of_reference.RTReferencedStudySequence
+    with pytest.raises(masks.MaskError) as e:
+        masks.read_mask_object(rt, "rt.dcm", None)
+    assert e.value.error_type == masks.MASK_WITHOUT_IMAGE

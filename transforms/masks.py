@@ -4,7 +4,9 @@ The pure core of ingest's mask join: ``read_mask_object`` turns a SEG (read with
 or an RTSTRUCT (closed planar contours) into ``MaskPart``s, one per image (or per frame of
 a multi-frame image) it references by original SOP Instance UID; ``label_maps`` lays the
 parts for one image onto that image's own pixel grid, frame by frame (RTSTRUCT contours
-filled here, pixel centres inside, from the patient geometry of the image or of its frame)
+filled here, pixel centres inside or on an outline, inner outlines as holes, from the
+patient geometry of the image or of its frame; contours that name no image go to every
+image of the series the structure set lists, and each takes those on its plane)
 and refuses a mask whose geometry does not match; ``fit_label_map`` then gives each map the
 geometry the pixels get (``pixels.resize_pad``), with nearest neighbour.
 
@@ -68,6 +70,9 @@ class MaskPart:
     frame number (1-based, as DICOM counts) the part references, None where it names none
     (a single-frame image; contours of a multi-frame image are then found by their plane).
     ``source`` and ``member`` say where the object came from (for its dead letters only).
+    ``by_plane``: contours that name no image (Contour Image Sequence is optional), sent to
+    every image of the series the structure set lists: an image takes those that lie on its
+    plane (or on one of its frames') and no others.
     """
 
     kind: str
@@ -77,6 +82,7 @@ class MaskPart:
     pixels: np.ndarray | None = None
     contours: tuple[tuple[int, np.ndarray], ...] = ()
     frame: int | None = None
+    by_plane: bool = False
 
 
 def read_mask_object(ds: Dataset, source: str, member: str | None) -> list[MaskPart]:
@@ -152,6 +158,7 @@ def _seg_source_frames(seg) -> dict[str, set[int]]:
 
 def _rtstruct_parts(ds: Dataset, source: str, member: str | None) -> list[MaskPart]:
     by_image: dict[tuple[str, int | None], list[tuple[int, np.ndarray]]] = {}
+    loose: list[tuple[int, np.ndarray]] = []  # contours that name no image
     try:
         for roi in ds.ROIContourSequence:
             value = int(roi.ReferencedROINumber)
@@ -160,26 +167,51 @@ def _rtstruct_parts(ds: Dataset, source: str, member: str | None) -> list[MaskPa
             for contour in roi.get("ContourSequence", []):
                 if contour.ContourGeometricType != "CLOSED_PLANAR":
                     continue  # points and open lines enclose nothing
+                points = np.asarray(contour.ContourData, np.float64).reshape(-1, 3)
                 images = contour.get("ContourImageSequence") or []
                 if not images:
-                    raise MaskError(MASK_WITHOUT_IMAGE, "a contour references no image")
-                points = np.asarray(contour.ContourData, np.float64).reshape(-1, 3)
+                    loose.append((value, points))
+                    continue
                 sop = str(images[0].ReferencedSOPInstanceUID)
                 frame = images[0].get("ReferencedFrameNumber")
                 frame = None if frame in (None, "") else int(frame)  # one frame: one plane
                 by_image.setdefault((sop, frame), []).append((value, points))
+        listed = _series_images(ds) if loose else []
     except MaskError:
         raise
     except Exception as e:
         raise MaskError(
             MASK_UNREADABLE, f"the RT structure set cannot be read ({type(e).__name__})"
         ) from None
-    if not by_image:
+    if loose and not listed:
+        raise MaskError(
+            MASK_WITHOUT_IMAGE, "a contour names no image and the structure set lists none"
+        )
+    if not by_image and not loose:
         raise MaskError(MASK_WITHOUT_IMAGE, "the RT structure set has no closed contour")
-    return [
+    parts = [
         MaskPart(RTSTRUCT, sop, source, member, contours=tuple(found), frame=frame)
         for (sop, frame), found in by_image.items()
     ]
+    return parts + [
+        MaskPart(RTSTRUCT, sop, source, member, contours=tuple(loose), by_plane=True)
+        for sop in listed
+    ]
+
+
+def _series_images(ds: Dataset) -> list[str]:
+    """The SOP Instance UIDs of the images the structure set lists as its series' (Referenced
+    Frame of Reference → RT Referenced Study → RT Referenced Series → Contour Image), each
+    once, in order."""
+    found: dict[str, None] = {}
+    for frame_of_reference in ds.get("ReferencedFrameOfReferenceSequence") or []:
+        for study in frame_of_reference.get("RTReferencedStudySequence") or []:
+            for series in study.get("RTReferencedSeriesSequence") or []:
+                for image in series.get("ContourImageSequence") or []:
+                    uid = str(image.get("ReferencedSOPInstanceUID", "") or "").strip()
+                    if uid:
+                        found[uid] = None
+    return list(found)
 
 
 def class_names(ds: Dataset, check: ContentCheck) -> dict[int, str]:
@@ -209,25 +241,54 @@ def class_names(ds: Dataset, check: ContentCheck) -> dict[int, str]:
 
 
 def polygon_fill(vertices: np.ndarray, rows: int, cols: int) -> np.ndarray:
-    """Pixels whose centres lie inside the closed polygon ((x, y) vertices in pixel units,
-    (0, 0) the centre of the top-left pixel), as a bool mask. Even-odd crossing test, one
-    row of centres at a time."""
+    """Pixels inside one closed polygon; see ``contours_fill``."""
+    return contours_fill([vertices], rows, cols)
+
+
+def contours_fill(polygons: list[np.ndarray], rows: int, cols: int) -> np.ndarray:
+    """Pixels inside closed polygons ((x, y) vertices in pixel units, (0, 0) the centre of
+    the top-left pixel) taken together, as a bool mask: a pixel is inside when its centre
+    is inside (even-odd over all the outlines: a polygon inside another is a hole, as
+    rt-utils, Plastimatch and Slicer write a ring) or on an outline (an outline traced
+    through the centres of a mask's edge pixels, as rt-utils writes one, gives that mask
+    back). One row of centres at a time."""
     mask = np.zeros((rows, cols), bool)
-    if len(vertices) < 3:
+    kept = [np.asarray(p, np.float64) for p in polygons if len(p) >= 3]
+    kept = [p for p in kept if np.isfinite(p).all()]
+    if not kept:
         return mask
-    xs, ys = vertices[:, 0], vertices[:, 1]
-    x2, y2 = np.roll(xs, -1), np.roll(ys, -1)
+    xs = np.concatenate([p[:, 0] for p in kept])
+    ys = np.concatenate([p[:, 1] for p in kept])
+    x2 = np.concatenate([np.roll(p[:, 0], -1) for p in kept])
+    y2 = np.concatenate([np.roll(p[:, 1], -1) for p in kept])
+    low, high = np.minimum(ys, y2), np.maximum(ys, y2)
+    flat = np.abs(y2 - ys) < _ON
     centres = np.arange(cols, dtype=np.float64)
-    first, last = max(0, int(np.floor(ys.min()))), min(rows - 1, int(np.ceil(ys.max())))
+    first, last = max(0, int(np.floor(low.min()))), min(rows - 1, int(np.ceil(high.max())))
     for row in range(first, last + 1):
-        crosses = (ys <= row) != (y2 <= row)
-        if not crosses.any():
+        touching = (low <= row + _ON) & (high >= row - _ON)
+        if not touching.any():
             continue
+        crosses = (ys <= row) != (y2 <= row)
         x_at = xs[crosses] + (row - ys[crosses]) * (x2[crosses] - xs[crosses]) / (
             y2[crosses] - ys[crosses]
         )
-        mask[row] = (centres[None, :] < x_at[:, None]).sum(axis=0) % 2 == 1
+        line = (centres[None, :] < x_at[:, None]).sum(axis=0) % 2 == 1
+        on_flat = touching & flat
+        for a, b in zip(xs[on_flat], x2[on_flat], strict=True):
+            line |= (centres >= min(a, b) - _ON) & (centres <= max(a, b) + _ON)
+        slanted = touching & ~flat
+        t = (row - ys[slanted]) / (y2[slanted] - ys[slanted])
+        x_on = xs[slanted] + t * (x2[slanted] - xs[slanted])
+        nearest = np.round(x_on)
+        hit = (np.abs(x_on - nearest) < _ON) & (nearest >= 0) & (nearest < cols)
+        line[nearest[hit].astype(int)] = True
+        mask[row] = line
     return mask
+
+
+_ON = 0.01  # a centre this close to an outline (pixels) lies on it: contours in mm carry
+# rounding from the writer's float32 matrices and decimal strings
 
 
 class _Plane(NamedTuple):
@@ -376,6 +437,12 @@ def _contour_frame(
     return index, planes[index]
 
 
+def _on_image(count: int, points: np.ndarray, planes: _FramePlanes) -> bool:
+    """Whether a contour lies on the image's plane, or on one of its frames'."""
+    distance = planes[0].distance(points) if count == 1 else planes.nearest(points)[1]
+    return distance <= PLANE_TOLERANCE_MM
+
+
 def label_maps(image: Dataset, parts: list[MaskPart]) -> dict[int, np.ndarray]:
     """The label maps (rows x cols uint8) of ``image``'s frames that the parts mark, by
     frame index (0-based, as ``pixels.frame_indices`` counts); a frame not in it is all
@@ -406,9 +473,14 @@ def label_maps(image: Dataset, parts: list[MaskPart]) -> dict[int, np.ndarray]:
                 )
             index = _frame_index(part.frame, count, "a SEG frame")
             out[index] = np.maximum(out.get(index, 0), part.pixels).astype(np.uint8)
+        outlines: dict[tuple[int, int], list[np.ndarray]] = {}
         for value, points in part.contours:
+            if part.by_plane and not _on_image(count, points, planes):
+                continue  # a contour of another image of the series
             index, plane = _contour_frame(part.frame, count, points, planes)
-            inside = polygon_fill(plane.pixels(points), rows, cols)
+            outlines.setdefault((index, value), []).append(plane.pixels(points))
+        for (index, value), polygons in sorted(outlines.items()):  # the higher value wins
+            inside = contours_fill(polygons, rows, cols)
             label = out.setdefault(index, np.zeros((rows, cols), np.uint8))
             label[inside & (label < value)] = value
     return out
@@ -543,6 +615,8 @@ class JoinMasksFn(beam.DoFn):
                 letter = DeadLetter(source, member, STAGE_MASKS, e.error_type, e.message)
                 yield beam.pvalue.TaggedOutput(DEAD_LETTER, letter)
                 continue
+            if not maps and all(p.by_plane for p in own):
+                continue  # the series' contours lie on other images: this one is unlabeled
             if label is None:
                 label = MaskLabel(maps, own[0].kind)
             else:
