@@ -13,13 +13,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from models import features as f
-from models.tasks.records import Metrics, finite_or_none
-from models.tasks.task import Evaluation
+from models.tasks.task import Evaluation, TaskBase
 
 if TYPE_CHECKING:
     import keras
     import numpy as np
-    import pyarrow as pa
     import tensorflow as tf
 
     from models.assessment import Assessment
@@ -29,23 +27,13 @@ if TYPE_CHECKING:
     from models.train_config import TrainConfig
 
 
-@dataclass(frozen=True)
-class Classification:
-    name: str = "classification"
-    metric: str = "roc_auc"
-    metric_title: str = "test ROC AUC"
-    metric_short: str = "AUC"
-    monitor: str = "auc"
-    purpose: str = "ranking images for review by image-level classification"
-    limitations: str = (
-        "The threshold and the calibration were fitted on the eval split, which also chose "
-        "the epoch: on a small eval split both carry its noise. Small slices are flagged: "
-        "their figures are not evidence either way."
-    )
+@dataclass(frozen=True, kw_only=True)
+class Classification(TaskBase):
+    """The classification task's behaviour; its names and words are ``TASK``'s fields."""
 
-    @property
-    def score_schema(self) -> pa.Schema:
-        return f.SCORES_SCHEMA
+    def metric_interval(self, details: Mapping[str, Any]) -> tuple[Any, Any]:
+        ci = (details.get("ci") or {}).get(self.metric) or {}
+        return ci.get("low"), ci.get("high")
 
     def feature_spec(self) -> dict[str, Any]:
         return f.raw_feature_spec()
@@ -212,17 +200,6 @@ class Classification:
     def minimum(self, config: TrainConfig) -> float:
         return config.min_auc
 
-    def read_metrics(self, details: Mapping[str, Any]) -> Metrics:
-        ci = (details.get("ci") or {}).get(self.metric) or {}
-        return Metrics(
-            task=self.name,
-            metric=self.metric,
-            value=finite_or_none(details.get(self.metric)),
-            low=finite_or_none(ci.get("low")),
-            high=finite_or_none(ci.get("high")),
-            details=dict(details),
-        )
-
     def summary_line(self, details: Mapping[str, Any]) -> str:
         from models.assessment import summary_line
 
@@ -265,4 +242,17 @@ def positive_label(labels: list[str]) -> str | None:
     return "1" if "1" in labels else labels[1]
 
 
-TASK = Classification()
+TASK = Classification(
+    name="classification",
+    metric="roc_auc",
+    metric_title="test ROC AUC",
+    metric_short="AUC",
+    monitor="auc",
+    purpose="ranking images for review by image-level classification",
+    limitations=(
+        "The threshold and the calibration were fitted on the eval split, which also chose "
+        "the epoch: on a small eval split both carry its noise. Small slices are flagged: "
+        "their figures are not evidence either way."
+    ),
+    score_schema=f.SCORES_SCHEMA,
+)

@@ -16,13 +16,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from models import features as f
-from models.tasks.records import Metrics, finite_or_none
-from models.tasks.task import Evaluation
+from models.tasks.task import Evaluation, TaskBase
 
 if TYPE_CHECKING:
     import keras
     import numpy as np
-    import pyarrow as pa
     import tensorflow as tf
 
     from models.inputs import DataInfo
@@ -34,22 +32,12 @@ CONTOURS_PNG = "contours.png"
 CONTOUR_EXAMPLES = 6  # test images drawn with their true and predicted contours
 
 
-@dataclass(frozen=True)
-class Segmentation:
-    name: str = "segmentation"
-    metric: str = "dice"
-    metric_title: str = "test Dice"
-    metric_short: str = "Dice"
-    monitor: str = "dice"
-    purpose: str = "outlining lesions, pixel by pixel, for review and measurement"
-    limitations: str = (
-        "The epoch was chosen on the eval split. Images without a mask were not trained or "
-        "evaluated on: false positives per image are counted on images with a mask only."
-    )
+@dataclass(frozen=True, kw_only=True)
+class Segmentation(TaskBase):
+    """The segmentation task's behaviour; its names and words are ``TASK``'s fields."""
 
-    @property
-    def score_schema(self) -> pa.Schema:
-        return f.SEGMENTATION_SCORES_SCHEMA
+    def metric_interval(self, details: Mapping[str, Any]) -> tuple[Any, Any]:
+        return details.get(f"{self.metric}_ci_low"), details.get(f"{self.metric}_ci_high")
 
     def feature_spec(self) -> dict[str, Any]:
         return f.mask_feature_spec()
@@ -170,16 +158,6 @@ class Segmentation:
     def minimum(self, config: TrainConfig) -> float:
         return config.min_dice
 
-    def read_metrics(self, details: Mapping[str, Any]) -> Metrics:
-        return Metrics(
-            task=self.name,
-            metric=self.metric,
-            value=finite_or_none(details.get("dice")),
-            low=finite_or_none(details.get("dice_ci_low")),
-            high=finite_or_none(details.get("dice_ci_high")),
-            details=dict(details),
-        )
-
     def summary_line(self, details: Mapping[str, Any]) -> str:
         from models.seg_evaluation import summary_line
 
@@ -267,4 +245,16 @@ def plot_contours(
     plt.close(fig)
 
 
-TASK = Segmentation()
+TASK = Segmentation(
+    name="segmentation",
+    metric="dice",
+    metric_title="test Dice",
+    metric_short="Dice",
+    monitor="dice",
+    purpose="outlining lesions, pixel by pixel, for review and measurement",
+    limitations=(
+        "The epoch was chosen on the eval split. Images without a mask were not trained or "
+        "evaluated on: false positives per image are counted on images with a mask only."
+    ),
+    score_schema=f.SEGMENTATION_SCORES_SCHEMA,
+)

@@ -1,4 +1,5 @@
-"""The interface every task implements (classification, segmentation)."""
+"""The interface every task implements (classification, segmentation), and the base that
+holds what both state the same way."""
 
 from __future__ import annotations
 
@@ -6,13 +7,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from models.tasks.records import Metrics, finite_or_none
+
 if TYPE_CHECKING:
     import keras
     import pyarrow as pa
     import tensorflow as tf
 
     from models.inputs import DataInfo
-    from models.tasks.records import Metrics, ModelInfo
+    from models.tasks.records import ModelInfo
     from models.train_config import TrainConfig
 
 
@@ -144,3 +147,36 @@ class Task(Protocol):
     def card_figures(self, model_json: ModelInfo, details: Mapping[str, Any]) -> list[str]:
         """The model card's sections of test figures (Markdown lines)."""
         ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskBase:
+    """The ``Task`` attributes (described there) as fields, and ``read_metrics`` over
+    ``metric_interval``: where a task's ``metrics.json`` keeps its promotion metric's 95 %
+    interval is all that differs. A task subclasses it, adds the protocol's methods, and is
+    constructed once, as its module's ``TASK``.
+    """
+
+    name: str
+    metric: str
+    metric_title: str
+    metric_short: str
+    monitor: str
+    purpose: str
+    limitations: str
+    score_schema: pa.Schema
+
+    def metric_interval(self, details: Mapping[str, Any]) -> tuple[Any, Any]:
+        """The promotion metric's (low, high) as ``metrics.json`` holds them."""
+        raise NotImplementedError
+
+    def read_metrics(self, details: Mapping[str, Any]) -> Metrics:
+        low, high = self.metric_interval(details)
+        return Metrics(
+            task=self.name,
+            metric=self.metric,
+            value=finite_or_none(details.get(self.metric)),
+            low=finite_or_none(low),
+            high=finite_or_none(high),
+            details=dict(details),
+        )
