@@ -37,6 +37,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,7 +48,6 @@ SHARDS = 4
 def prepare(workdir: Path, patients: int, images: int) -> tuple[Path, Path]:
     """(model dir, image folder): synth → ingest → train 1 epoch → N examples in shards."""
     from models import trainer
-    from models.layout import TFRECORDS_DIR
     from pipelines import ingest, synth
     from transforms.tfrecord import encode_example, iter_records, parse_example
 
@@ -68,21 +68,18 @@ def prepare(workdir: Path, patients: int, images: int) -> tuple[Path, Path]:
         for path in sorted(ingested.glob("tfrecords/*/part-*.tfrecord.gz")):
             with gzip.open(path) as fh:
                 examples += [parse_example(r) for r in iter_records(fh)]
-        shard_dir = folder / TFRECORDS_DIR / "test"
-        shard_dir.mkdir(parents=True)
-        per_shard = -(-images // SHARDS)
-        for shard in range(SHARDS):
-            records = []
-            for i in range(shard * per_shard, min(images, (shard + 1) * per_shard)):
-                ex = examples[i % len(examples)]
-                shape = tuple(ex[k][0] for k in ("image_height", "image_width", "image_channels"))
-                ids = {
-                    k: ex[k][0].decode()
-                    for k in ("series_instance_uid", "study_instance_uid", "patient_id", "modality")
-                }
-                ids["sop_instance_uid"] = f"2.25.{10**20 + i}"  # every image its own instance
-                records.append(encode_example(ex["image"][0], shape, ids, "", 0))
-            _write_shard(shard_dir / f"part-{shard:05d}-of-{SHARDS:05d}.tfrecord.gz", records)
+
+        def record(i: int) -> bytes:
+            ex = examples[i % len(examples)]
+            shape = tuple(ex[k][0] for k in ("image_height", "image_width", "image_channels"))
+            ids = {
+                k: ex[k][0].decode()
+                for k in ("series_instance_uid", "study_instance_uid", "patient_id", "modality")
+            }
+            ids["sop_instance_uid"] = f"2.25.{10**20 + i}"  # every image its own instance
+            return encode_example(ex["image"][0], shape, ids, "", 0)
+
+        _write_shards(folder, images, record)
     return models, folder
 
 
@@ -94,7 +91,6 @@ def prepare_segmentation(workdir: Path, images: int, size: int, depth: int, widt
 
     from models import export
     from models.features import UNET
-    from models.layout import TFRECORDS_DIR
     from models.transform_writer import write_transform
     from transforms.pixels import PixelConfig
     from transforms.tfrecord import encode_example
@@ -120,28 +116,31 @@ def prepare_segmentation(workdir: Path, images: int, size: int, depth: int, widt
     folder = workdir / f"seg-images-{images}-{size}"
     if not folder.exists():
         rng = np.random.default_rng(0)
-        shard_dir = folder / TFRECORDS_DIR / "test"
-        shard_dir.mkdir(parents=True)
-        per_shard = -(-images // SHARDS)
-        for shard in range(SHARDS):
-            records = []
-            for i in range(shard * per_shard, min(images, (shard + 1) * per_shard)):
-                coarse = rng.random((size // 8, size // 8))  # blobs, not white noise
-                image = np.kron(coarse, np.ones((8, 8))) * 255
-                ids = {"sop_instance_uid": f"2.25.{10**20 + i}", "patient_id": f"P{i}"}
-                record = encode_example(image.astype(np.uint8).tobytes(), (size, size, 1), ids,
-                                        "", 0)  # fmt: skip
-                records.append(record)
-            _write_shard(shard_dir / f"part-{shard:05d}-of-{SHARDS:05d}.tfrecord.gz", records)
+
+        def record(i: int) -> bytes:  # called in order: the images do not depend on SHARDS
+            coarse = rng.random((size // 8, size // 8))  # blobs, not white noise
+            image = np.kron(coarse, np.ones((8, 8))) * 255
+            ids = {"sop_instance_uid": f"2.25.{10**20 + i}", "patient_id": f"P{i}"}
+            return encode_example(image.astype(np.uint8).tobytes(), (size, size, 1), ids, "", 0)
+
+        _write_shards(folder, images, record)
     return version, folder
 
 
-def _write_shard(path: Path, records: list[bytes]) -> None:
+def _write_shards(folder: Path, images: int, record: Callable[[int], bytes]) -> None:
+    """Records 0 to ``images`` - 1 (``record(i)`` each, in order) in ``SHARDS`` gzip shards of
+    the folder's test split, as ingest lays them out."""
+    from models.layout import TFRECORDS_DIR
     from transforms.tfrecord import frame_record
 
-    with gzip.open(path, "wb") as fh:
-        for r in records:
-            fh.write(frame_record(r))
+    shard_dir = folder / TFRECORDS_DIR / "test"
+    shard_dir.mkdir(parents=True)
+    per_shard = -(-images // SHARDS)
+    for shard in range(SHARDS):
+        path = shard_dir / f"part-{shard:05d}-of-{SHARDS:05d}.tfrecord.gz"
+        with gzip.open(path, "wb") as fh:
+            for i in range(shard * per_shard, min(images, (shard + 1) * per_shard)):
+                fh.write(frame_record(record(i)))
 
 
 BARE = """
@@ -210,35 +209,45 @@ def timed(argv: list[str]) -> float:
     return seconds
 
 
-def segmentation(args, workdir: Path) -> None:
-    """(a) bare predict and (b) the score pipeline with a U-Net; their ratio."""
-    version, folder = prepare_segmentation(
-        workdir, args.images, args.size, args.unet_depth, args.unet_width
-    )
+def time_runs(args, model: Path, folder: Path, naive: bool) -> tuple[dict[str, list], dict]:
+    """Seconds of each run of (a) and (b), and with ``naive`` of (c1) and, once, (c2); and
+    the last (b)'s manifest. Runs are interleaved, so a slow spell of the VM hits them all."""
     n, python = args.images, sys.executable
     seconds: dict[str, list[float]] = {"a": [], "b": []}
+    if naive:
+        seconds |= {"c1": [], "c2": []}
     with tempfile.TemporaryDirectory() as out:
-        for _ in range(args.repeat):  # interleaved, so a slow spell hits both
+        for i in range(args.repeat):
             seconds["a"].append(
-                timed([python, "-c", textwrap.dedent(BARE), str(version), str(folder),
+                timed([python, "-c", textwrap.dedent(BARE), str(model), str(folder),
                        str(args.batch_size)])
             )  # fmt: skip
             seconds["b"].append(timed([
                 python, "-m", "pipelines.cli", "score", "--input", str(folder), "--model",
-                str(version), "--output", f"{out}/b", "--run-id", "bench", "--batch-size",
+                str(model), "--output", f"{out}/b", "--run-id", "bench", "--batch-size",
                 str(args.batch_size), "--direct_num_workers=1", "--direct_running_mode=in_memory",
             ]))  # fmt: skip
             manifest = json.loads(Path(f"{out}/b/manifest.json").read_text())
             assert manifest["counts"]["scored"] == n, manifest["counts"]
-    rates = {name: n / statistics.median(s) for name, s in seconds.items()}
-    print(f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
-    print(f"{n} images of {args.size}x{args.size}, U-Net depth {args.unet_depth} width "
-          f"{args.unet_width}, batch {args.batch_size}")  # fmt: skip
-    print(f"whole processes, median of {args.repeat} (seconds of each run in brackets)")
-    for name, label in (("a", "bare predict"), ("b", "score pipeline")):
-        runs = ", ".join(f"{s:.1f}" for s in seconds[name])
-        print(f"({name}) {label:<26} {rates[name]:7.1f} images/s ({runs} s)")
-    print(f"(b)/(a) = {rates['b'] / rates['a']:.2f} (target >= 0.9)")
+            if naive:
+                seconds["c1"].append(
+                    timed([python, "-c", textwrap.dedent(NAIVE), str(model), str(folder),
+                           f"{out}/c{i}", "signature"])
+                )  # fmt: skip
+        if naive:
+            seconds["c2"].append(
+                timed([python, "-c", textwrap.dedent(NAIVE), str(model), str(folder),
+                       f"{out}/keras", "keras"])
+            )  # fmt: skip
+    return seconds, manifest
+
+
+LABELS = {
+    "a": "bare predict",
+    "b": "score pipeline",
+    "c1": "naive DoFn, signature",
+    "c2": "naive DoFn, Keras predict",
+}
 
 
 def main() -> None:
@@ -256,45 +265,29 @@ def main() -> None:
     args = parser.parse_args()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="score-speed-"))
     workdir.mkdir(parents=True, exist_ok=True)
+    n = args.images
     if args.task == "segmentation":
-        segmentation(args, workdir)
-        return
-    models, folder = prepare(workdir, args.patients, args.images)
-    n, python = args.images, sys.executable
-    seconds: dict[str, list[float]] = {"a": [], "b": [], "c1": [], "c2": []}
-    with tempfile.TemporaryDirectory() as out:
-        for i in range(args.repeat):  # interleaved, so a slow spell of the VM hits all three
-            seconds["a"].append(
-                timed([python, "-c", textwrap.dedent(BARE), str(models), str(folder),
-                       str(args.batch_size)])
-            )  # fmt: skip
-            seconds["b"].append(timed([
-                python, "-m", "pipelines.cli", "score", "--input", str(folder), "--model",
-                str(models), "--output", f"{out}/b", "--run-id", "bench", "--batch-size",
-                str(args.batch_size), "--direct_num_workers=1", "--direct_running_mode=in_memory",
-            ]))  # fmt: skip
-            manifest = json.loads(Path(f"{out}/b/manifest.json").read_text())
-            assert manifest["counts"]["scored"] == n, manifest["counts"]
-            seconds["c1"].append(
-                timed([python, "-c", textwrap.dedent(NAIVE), str(models), str(folder),
-                       f"{out}/c{i}", "signature"])
-            )  # fmt: skip
-        seconds["c2"].append(
-            timed([python, "-c", textwrap.dedent(NAIVE), str(models), str(folder),
-                   f"{out}/keras", "keras"])
-        )  # fmt: skip
+        model, folder = prepare_segmentation(
+            workdir, n, args.size, args.unet_depth, args.unet_width
+        )
+        subject = (
+            f"{n} images of {args.size}x{args.size}, U-Net depth {args.unet_depth} width "
+            f"{args.unet_width}, batch {args.batch_size}"
+        )
+    else:
+        model, folder = prepare(workdir, args.patients, n)
+        subject = f"{n} images of {folder}, model {model}, batch {args.batch_size}"
+    seconds, manifest = time_runs(args, model, folder, naive=args.task == "classification")
     rates = {name: n / statistics.median(s) for name, s in seconds.items()}
     print(f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
-    print(f"{n} images of {folder}, model {models}, batch {args.batch_size}")
+    print(subject)
     print(f"whole processes, median of {args.repeat} (seconds of each run in brackets)")
-    for name, label in (
-        ("a", "bare predict"),
-        ("b", "score pipeline"),
-        ("c1", "naive DoFn, signature"),
-        ("c2", "naive DoFn, Keras predict"),
-    ):
-        runs = ", ".join(f"{s:.1f}" for s in seconds[name])
-        print(f"({name}) {label:<26} {rates[name]:7.1f} images/s ({runs} s)")
+    for name, runs in seconds.items():
+        listed = ", ".join(f"{s:.1f}" for s in runs)
+        print(f"({name}) {LABELS[name]:<26} {rates[name]:7.1f} images/s ({listed} s)")
+    if args.task == "segmentation":
+        print(f"(b)/(a) = {rates['b'] / rates['a']:.2f} (target >= 0.9)")
+        return
     inside = manifest["timings"]["images_per_second"]
     print(f"(b) from its graph's construction to its manifest (no imports): {inside:.1f} images/s")
     print(f"(b)/(a) = {rates['b'] / rates['a']:.2f} (target >= 0.85)")
