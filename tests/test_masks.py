@@ -354,3 +354,58 @@ def test_contours_that_name_no_image_land_on_the_image_whose_plane_holds_them(tm
     with pytest.raises(masks.MaskError) as e:
         masks.read_mask_object(rt, "rt.dcm", None)
     assert e.value.error_type == masks.MASK_WITHOUT_IMAGE
+
+
+@pytest.mark.parametrize("kind", ["LABELMAP", "FRACTIONAL"])
+def test_label_map_and_fractional_segs_from_highdicom_read_back(tmp_path, kind):
+    """A LABELMAP SEG (its own SOP class, background described as segment 0) and a
+    FRACTIONAL one (a probability map: a pixel is marked from one half up)."""
+    (tmp_path / "s").mkdir()
+    images = [
+        pydicom.dcmread(tmp_path / "s" / f"{z}.dcm") for z in range(len(_ct_series(tmp_path / "s")))
+    ]
+    yy, xx = np.mgrid[:64, :64]
+    truth = np.zeros((4, 64, 64), np.uint8)
+    truth[1:3][:, np.hypot(yy - 24, xx - 30) < 10] = 1
+    truth[2, 40:50, 5:20] = 2
+    if kind == "LABELMAP":
+        pixels = truth
+    else:  # each segment's probability: 0.9 inside, 0.3 on a ring around it (not marked)
+        pixels = np.zeros((4, 64, 64, 2), np.float32)
+        for j in (0, 1):
+            inside = truth == j + 1
+            near = np.stack([cv2_dilate(m) for m in inside]) & ~inside
+            pixels[..., j] = 0.9 * inside + 0.3 * near
+    described = [
+        hd.seg.SegmentDescription(
+            segment_number=n,
+            segment_label=label,
+            segmented_property_category=hd.sr.CodedConcept("49755003", "SCT", "Morphologic"),
+            segmented_property_type=hd.sr.CodedConcept("4147007", "SCT", "Mass"),
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=hd.AlgorithmIdentificationSequence(
+                "m", hd.sr.CodedConcept("123109", "DCM", "Manual Processing"), "1"
+            ),
+        )
+        for n, label in ((1, "mass"), (2, "cyst"))
+    ]
+    seg = hd.seg.Segmentation(
+        images, pixels, getattr(hd.seg.SegmentationTypeValues, kind), described,
+        series_instance_uid="2.25.651", series_number=5, sop_instance_uid="2.25.652",
+        instance_number=1, manufacturer="other", manufacturer_model_name="tool",
+        software_versions="1", device_serial_number="1",
+    )  # fmt: skip
+    buf = io.BytesIO()
+    seg.save_as(buf)
+    ds = pydicom.dcmread(io.BytesIO(buf.getvalue()))
+    assert masks.mask_kind(ds) == masks.SEG
+    parts = masks.read_mask_object(ds, "s", None)
+    for z, image in enumerate(images):
+        own = [p for p in parts if p.referenced == image.SOPInstanceUID]
+        assert np.array_equal(masks.label_map(image, own), truth[z])
+
+
+def cv2_dilate(mask: np.ndarray) -> np.ndarray:
+    import cv2
+
+    return cv2.dilate(mask.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0

@@ -36,6 +36,7 @@ from transforms.dicom_io import METRICS_NAMESPACE
 
 STAGE_MASKS = "masks"
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+LABEL_MAP_SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.7"  # Segmentation Type LABELMAP
 RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
 SEG, RTSTRUCT, NONE = "seg", "rtstruct", "none"  # index column mask_source
 # Dead-letter error types (stage "masks").
@@ -54,7 +55,7 @@ class MaskError(StageError):
 def mask_kind(ds: Dataset) -> str | None:
     """``seg`` or ``rtstruct`` for a segmentation object (never a training image), else None."""
     sop_class = str(ds.get("SOPClassUID", ""))
-    if sop_class == SEG_SOP_CLASS:
+    if sop_class in (SEG_SOP_CLASS, LABEL_MAP_SEG_SOP_CLASS):
         return SEG
     if sop_class == RTSTRUCT_SOP_CLASS:
         return RTSTRUCT
@@ -106,8 +107,13 @@ def _seg_parts(ds: Dataset, source: str, member: str | None) -> list[MaskPart]:
     try:
         seg = hd.seg.Segmentation.from_dataset(ds, copy=False)
         uids = [str(sop) for _, _, sop in seg.get_source_image_uids()]
-        numbers = [int(s.SegmentNumber) for s in seg.SegmentSequence]
+        # a LABELMAP SEG may describe its background as segment 0: not a class
+        numbers = [n for n in (int(s.SegmentNumber) for s in seg.SegmentSequence) if n > 0]
         frames = _seg_source_frames(seg)
+        # a FRACTIONAL SEG's values (probability or occupancy, read as 0-1) mark a pixel
+        # from one half up; BINARY and LABELMAP values are 0 or 1 per segment
+        fractional = str(seg.get("SegmentationType", "")) == "FRACTIONAL"
+        threshold = 0.5 - 1e-6 if fractional else 0
     except Exception as e:  # highdicom's messages may quote values: name the type only
         raise MaskError(MASK_UNREADABLE, f"the SEG cannot be read ({type(e).__name__})") from None
     if not uids:
@@ -135,7 +141,7 @@ def _seg_parts(ds: Dataset, source: str, member: str | None) -> list[MaskPart]:
         for i, frame in enumerate(numbered or [None]):
             label = np.zeros(stack.shape[1:3], np.uint8)
             for j, number in enumerate(numbers):  # ascending: the higher segment wins overlaps
-                label[stack[i, ..., j] > 0] = number
+                label[stack[i, ..., j] > threshold] = number
             parts.append(MaskPart(SEG, sop, source, member, pixels=label, frame=frame))
     return parts
 
