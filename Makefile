@@ -51,7 +51,7 @@ static: $(STAMP)
 # suite fails, loudly.
 test: static $(AIRFLOW_STAMP)
 	@start=$$(date +%s); \
-	  $(BIN)/pytest -n auto --dist loadfile; rc=$$?; \
+	  $(BIN)/pytest -n auto --dist loadfile --no-loadscope-reorder; rc=$$?; \
 	  echo "make test: pytest took $$(( $$(date +%s) - start ))s"; \
 	  if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests"; exit 1; fi; \
 	  exit $$rc
@@ -59,7 +59,7 @@ test: static $(AIRFLOW_STAMP)
 # The inner loop of a change: static checks and the tests not marked slow (whole
 # pipelines, servers, training), in about two minutes.
 check: static
-	$(BIN)/pytest -n auto --dist loadfile -m "not slow" -q; rc=$$?; \
+	$(BIN)/pytest -n auto --dist loadfile --no-loadscope-reorder -m "not slow" -q; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "make check: pytest collected no tests"; exit 1; fi; \
 	  exit $$rc
 

@@ -33,10 +33,28 @@ SLOW_MODULES = {
 }  # fmt: skip
 
 
+# The longest modules, longest first: `make test` (pytest-xdist, --dist loadfile
+# --no-loadscope-reorder) hands whole files to the workers in collection order, so these
+# start first and the many quick files fill the gaps at the end (longest first; left to
+# xdist, files were ordered by their number of tests, and the few-test training modules
+# started last, on one worker, while the other sat idle). The first two build the
+# segmentation and the classification fixtures on different workers, so that neither waits
+# on the other's lock in `shared`; the modules that reuse `train_data` and `score_model`
+# come after them. The order is from the 2026-12-07 --durations runs (benchmarks/RESULTS.md).
+LONGEST_FIRST = [
+    "test_train_segmentation", "test_trainer", "test_score", "test_train", "test_demo",
+    "test_run", "test_quiet", "test_deid_leaks", "test_deidentify", "test_score_segmentation",
+    "test_fuzz", "test_dicomweb", "test_dimse", "test_ingest", "test_failures",
+]  # fmt: skip
+
+
 def pytest_collection_modifyitems(items) -> None:
     for item in items:
         if item.module is not None and item.module.__name__ in SLOW_MODULES:
             item.add_marker(pytest.mark.slow)
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    # A stable sort: each file's tests stay together and in their order.
+    items.sort(key=lambda item: rank.get(item.module.__name__ if item.module else "", len(rank)))
 
 
 def shared(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
