@@ -409,3 +409,43 @@ def cv2_dilate(mask: np.ndarray) -> np.ndarray:
     import cv2
 
     return cv2.dilate(mask.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+
+
+def test_a_structure_set_whose_unnamed_contours_lie_on_no_image_is_a_dead_letter(tmp_path):
+    """Through the Beam join: contours without image references are placed by plane; an
+    object none of whose contours lies on an image of its series ends as one dead letter
+    (its images go on unlabeled), one that lands is not a dead letter."""
+    import apache_beam as beam
+    from apache_beam.testing.util import assert_that, equal_to
+
+    images, rt, _ = _rt_utils_structure_set(tmp_path)
+    for roi in rt.ROIContourSequence:
+        for contour in roi.ContourSequence:
+            del contour.ContourImageSequence
+    off = copy_dataset(rt)
+    for roi in off.ROIContourSequence:
+        for contour in roi.ContourSequence:
+            points = np.asarray(contour.ContourData, float).reshape(-1, 3)
+            points[:, 2] += 1.0  # between two slices 2 mm apart
+            contour.ContourData = [float(v) for v in points.ravel()]
+    parts = [
+        (masks.uid_digest(p.referenced), p)
+        for obj, name in ((rt, "on.dcm"), (off, "off.dcm"))
+        for p in masks.read_mask_object(obj, name, None)
+    ]
+    with beam.Pipeline() as pipeline:
+        keyed = pipeline | "Images" >> beam.Create(
+            [((f"{i}.dcm", None), im) for i, im in enumerate(images)]
+        )
+        joined = keyed | masks.JoinMasks(pipeline | "Parts" >> beam.Create(parts))
+        letters = joined.dead_letters | beam.Map(lambda d: (d.source, d.error_type))
+        assert_that(letters, equal_to([("off.dcm", masks.MASK_GEOMETRY_MISMATCH)]), label="letters")
+        labelled = joined.joined | beam.Map(lambda kv: (kv[0][0], kv[1][1] is not None))
+        expected = [("0.dcm", False), ("1.dcm", True), ("2.dcm", True), ("3.dcm", False)]
+        assert_that(labelled, equal_to(expected), label="labelled")
+
+
+def copy_dataset(ds: Dataset) -> Dataset:
+    import copy
+
+    return copy.deepcopy(ds)

@@ -621,7 +621,10 @@ class JoinMasksFn(beam.DoFn):
                 letter = DeadLetter(source, member, STAGE_MASKS, e.error_type, e.message)
                 yield beam.pvalue.TaggedOutput(DEAD_LETTER, letter)
                 continue
-            if not maps and all(p.by_plane for p in own):
+            loose = [p for p in own if p.by_plane]
+            if loose and _placed(ds, loose):
+                yield beam.pvalue.TaggedOutput(PLACED, (source, member))
+            if not maps and len(loose) == len(own):
                 continue  # the series' contours lie on other images: this one is unlabeled
             if label is None:
                 label = MaskLabel(maps, own[0].kind)
@@ -636,6 +639,26 @@ class JoinMasksFn(beam.DoFn):
 
 
 MATCHED = "matched"
+PLACED = "placed"  # (source, member) of an object a contour naming no image landed from
+
+
+def _placed(image: Dataset, parts: list[MaskPart]) -> bool:
+    """Whether any of the by-plane parts' contours lies on the image (or a frame of it)."""
+    count = frame_count(image)
+    planes = _FramePlanes(image, count)
+    return any(_on_image(count, points, planes) for p in parts for _, points in p.contours)
+
+
+def _unplaced_letters(element: tuple[tuple[str, str | None], dict]) -> Iterator[DeadLetter]:
+    (source, member), grouped = element
+    if grouped["loose"] and not grouped["placed"]:
+        yield DeadLetter(
+            source,
+            member,
+            STAGE_MASKS,
+            MASK_GEOMETRY_MISMATCH,
+            "no contour that names no image lies on an image of the series it lists",
+        )
 
 
 def _unmatched_letters(element: tuple[bytes, dict]) -> Iterator[DeadLetter]:
@@ -663,7 +686,9 @@ class JoinMasks(NamedOutputs):
 
     The parts travel keyed by a digest of the UID they reference, as a side input (one
     label map per labelled image: the images stay spread over the workers). Parts whose
-    image never shows up are dead letters ``mask_without_image`` of their objects.
+    image never shows up are dead letters ``mask_without_image`` of their objects; an object
+    whose contours name no image and none of them lies on an image of its series is a dead
+    letter ``mask_geometry_mismatch``.
 
     Args:
         parts: ``(digest, MaskPart)`` from ``ReadMaskPartsFn``.
@@ -676,7 +701,7 @@ class JoinMasks(NamedOutputs):
     def expand(self, images: beam.PCollection) -> Joined:
         side = beam.pvalue.AsMultiMap(self._parts)
         joined = images | "Lookup" >> beam.ParDo(JoinMasksFn(), side).with_outputs(
-            MATCHED, DEAD_LETTER, main="joined"
+            MATCHED, PLACED, DEAD_LETTER, main="joined"
         )
         where = self._parts | "PartSources" >> beam.Map(
             lambda kv: (kv[0], (kv[1].source, kv[1].member))
@@ -691,7 +716,24 @@ class JoinMasks(NamedOutputs):
             | "GroupByImage" >> beam.CoGroupByKey()
             | "Unmatched" >> beam.FlatMap(_unmatched_letters)
         )
-        dead = (joined[DEAD_LETTER], unmatched) | "MaskDeadLetters" >> beam.Flatten()
+        loose = (
+            self._parts
+            | "LooseParts" >> beam.Filter(lambda kv: kv[1].by_plane)
+            | "LooseObjects" >> beam.Map(lambda kv: (kv[1].source, kv[1].member))
+            | "DistinctLoose" >> beam.Distinct()
+            | "LooseKeys" >> beam.Map(lambda where: (where, True))
+        )
+        placed = (
+            joined[PLACED]
+            | "DistinctPlaced" >> beam.Distinct()
+            | "PlacedKeys" >> beam.Map(lambda where: (where, True))
+        )
+        unplaced = (
+            {"loose": loose, "placed": placed}
+            | "GroupByObject" >> beam.CoGroupByKey()
+            | "Unplaced" >> beam.FlatMap(_unplaced_letters)
+        )
+        dead = (joined[DEAD_LETTER], unmatched, unplaced) | "MaskDeadLetters" >> beam.Flatten()
         return Joined(joined.joined, dead)
 
 
