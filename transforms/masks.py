@@ -706,35 +706,29 @@ class JoinMasks(NamedOutputs):
         where = self._parts | "PartSources" >> beam.Map(
             lambda kv: (kv[0], (kv[1].source, kv[1].member))
         )
-        matched = (
-            joined[MATCHED]
-            | "DistinctMatches" >> beam.Distinct()
-            | "MatchedKeys" >> beam.Map(lambda d: (d, True))
-        )
+        matched = _keys(joined[MATCHED], "Matched")
         unmatched = (
             {"parts": where, "matched": matched}
             | "GroupByImage" >> beam.CoGroupByKey()
             | "Unmatched" >> beam.FlatMap(_unmatched_letters)
         )
-        loose = (
-            self._parts
-            | "LooseParts" >> beam.Filter(lambda kv: kv[1].by_plane)
-            | "LooseObjects" >> beam.Map(lambda kv: (kv[1].source, kv[1].member))
-            | "DistinctLoose" >> beam.Distinct()
-            | "LooseKeys" >> beam.Map(lambda where: (where, True))
-        )
-        placed = (
-            joined[PLACED]
-            | "DistinctPlaced" >> beam.Distinct()
-            | "PlacedKeys" >> beam.Map(lambda where: (where, True))
+        loose = self._parts | "LooseParts" >> beam.FlatMap(
+            lambda kv: [(kv[1].source, kv[1].member)] if kv[1].by_plane else []
         )
         unplaced = (
-            {"loose": loose, "placed": placed}
+            {"loose": _keys(loose, "Loose"), "placed": _keys(joined[PLACED], "Placed")}
             | "GroupByObject" >> beam.CoGroupByKey()
             | "Unplaced" >> beam.FlatMap(_unplaced_letters)
         )
         dead = (joined[DEAD_LETTER], unmatched, unplaced) | "MaskDeadLetters" >> beam.Flatten()
         return Joined(joined.joined, dead)
+
+
+def _keys(keys: beam.PCollection, name: str) -> beam.PCollection:
+    """Each distinct key once, as ``(key, True)``: one side of a CoGroupByKey."""
+    return (
+        keys | f"Distinct{name}" >> beam.Distinct() | f"{name}Keys" >> beam.Map(lambda k: (k, True))
+    )
 
 
 def name_classes(counted: list[tuple[tuple[int, str], int]]) -> dict[str, str]:
