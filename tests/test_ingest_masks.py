@@ -19,7 +19,7 @@ from models import features as f
 from pipelines import ingest
 from pipelines import synth as synth_pipeline
 from pipelines.options import UsageError
-from transforms import deid, masks
+from transforms import deid, mask_geometry, mask_join, masks
 from transforms.keys import KeySource
 from transforms.testing import synth_patient
 from transforms.testing.masks import enhanced_image, rtstruct_dataset, seg_dataset
@@ -96,7 +96,7 @@ def test_every_labelled_image_carries_its_mask_in_the_pixels_geometry(run):
         assert row[f.MASK_SOURCE] in (masks.SEG, masks.RTSTRUCT) and split != "unlabeled"
         assert row[f.FOREGROUND_FRACTION] == pytest.approx(mask.mean(), rel=1e-5)
         got = np.frombuffer(ex[f.MASK], np.uint8).reshape(SIZE, SIZE)
-        assert np.array_equal(got, masks.fit_label_map(mask, SIZE))
+        assert np.array_equal(got, mask_geometry.fit_label_map(mask, SIZE))
         assert ex[f.LABEL] == b"1"
         # The lesion is where the mask says: brighter inside than in a ring around it.
         image = np.frombuffer(ex[f.IMAGE], np.uint8).reshape(SIZE, SIZE, -1)[..., 0]
@@ -149,7 +149,7 @@ def test_a_classification_ingest_takes_no_segmentation_object_for_an_image():
     buf = io.BytesIO()
     image = pydicom.Dataset()
     image.SOPClassUID = masks.SEG_SOP_CLASS
-    fn = masks.SegmentationObjectFn()
+    fn = mask_join.SegmentationObjectFn()
     (letter,) = [o.value for o in fn.process((("s", "m"), image))]
     assert (letter.stage, letter.error_type) == (masks.STAGE_MASKS, "segmentation_object")
     assert not buf.getvalue()
@@ -222,7 +222,7 @@ def test_each_frame_carries_its_own_frames_mask(frames_run):
         for row, expected in zip(mine, maps, strict=True):
             ex = examples[uid, row[f.FRAME]]
             got = np.frombuffer(ex[f.MASK], np.uint8).reshape(16, 16)
-            assert np.array_equal(got, masks.fit_label_map(expected, 16)), row[f.FRAME]
+            assert np.array_equal(got, mask_geometry.fit_label_map(expected, 16)), row[f.FRAME]
             assert row[f.FOREGROUND_FRACTION] == pytest.approx((expected > 0).mean())
             assert row[f.LABEL] == ex[f.LABEL].decode() == str(expected.max())
             assert row[f.MASK_SOURCE] in (masks.SEG, masks.RTSTRUCT)

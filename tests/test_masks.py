@@ -11,7 +11,7 @@ import pytest
 from PIL import Image, ImageDraw
 from pydicom.dataset import Dataset
 
-from transforms import masks
+from transforms import mask_geometry, mask_join, masks
 from transforms.deid.content import ContentCheck
 from transforms.pixels import resize_pad
 from transforms.testing import synth_patient
@@ -42,7 +42,7 @@ def test_synthetic_seg_and_rtstruct_land_on_their_images(synthetic):
         parts = masks.read_mask_object(obj, row["file"], None)
         assert sorted(p.referenced for p in parts) == sorted(row["referenced"])
         for part in parts:
-            label = masks.label_map(found[part.referenced], [part])
+            label = mask_geometry.label_map(found[part.referenced], [part])
             assert np.array_equal(label, truth[part.referenced]), row["kind"]
     assert kinds == {masks.SEG, masks.RTSTRUCT}
 
@@ -98,7 +98,7 @@ def test_a_seg_another_tool_wrote_reads_back_exactly():
     seg.save_as(buf)
     (part,) = masks.read_mask_object(pydicom.dcmread(io.BytesIO(buf.getvalue())), "s", None)
     assert part.referenced == image.SOPInstanceUID
-    assert np.array_equal(masks.label_map(image, [part]), drawn)
+    assert np.array_equal(mask_geometry.label_map(image, [part]), drawn)
 
 
 def test_contours_in_an_oblique_plane_fill_the_pixels_they_enclose():
@@ -113,7 +113,7 @@ def test_contours_in_an_oblique_plane_fill_the_pixels_they_enclose():
     rt = rtstruct_dataset([image], [np.array(corners)], "2.25.31", "2.25.32")
     rt.ROIContourSequence[0].ContourSequence[0].ContourData = [float(v) for p in mm for v in p]
     (part,) = masks.read_mask_object(rt, "s", None)
-    label = masks.label_map(image, [part])
+    label = mask_geometry.label_map(image, [part])
     expected = np.zeros((40, 56), np.uint8)
     expected[5:20, 10:30] = 1
     assert np.array_equal(label, expected)
@@ -123,16 +123,16 @@ def test_a_mask_that_does_not_fit_its_image_is_refused_by_name():
     image = _image()
     small = masks.MaskPart(masks.SEG, image.SOPInstanceUID, "s", None, np.zeros((4, 4), np.uint8))
     with pytest.raises(masks.MaskError) as caught:
-        masks.label_map(image, [small])
+        mask_geometry.label_map(image, [small])
     assert caught.value.error_type == masks.MASK_GEOMETRY_MISMATCH
     assert caught.value.message == "a 4x4 SEG frame on a 40x56 image"
     off_plane = np.array([[-10.0, 20.0, 9.0], [0.0, 20.0, 9.0], [0.0, 30.0, 9.0]])
     part = masks.MaskPart(masks.RTSTRUCT, image.SOPInstanceUID, "s", None, None, ((1, off_plane),))
     with pytest.raises(masks.MaskError, match="off its image's plane"):
-        masks.label_map(image, [part])
+        mask_geometry.label_map(image, [part])
     del image.ImagePositionPatient
     with pytest.raises(masks.MaskError, match="on an image without them"):
-        masks.label_map(image, [part])
+        mask_geometry.label_map(image, [part])
 
 
 def test_an_object_that_cannot_be_read_is_named_and_quotes_nothing():
@@ -152,7 +152,7 @@ def test_an_object_that_cannot_be_read_is_named_and_quotes_nothing():
 def test_the_label_map_gets_the_pixels_geometry_with_nearest_neighbour():
     label = np.zeros((30, 50), np.uint8)
     label[5:20, 10:25], label[22:28, 30:45] = 1, 3
-    fitted = masks.fit_label_map(label, 64)
+    fitted = mask_geometry.fit_label_map(label, 64)
     assert fitted.shape == (64, 64) and set(np.unique(fitted)) == {0, 1, 3}
     # The same place as the image's bilinear resize of that map, up to edge pixels.
     image = resize_pad(label[..., None].astype(np.float32) / 3, 64)[..., 0]
@@ -182,17 +182,17 @@ def test_a_seg_of_frames_lays_each_on_its_own_frame_and_the_rest_are_background(
     parts = masks.read_mask_object(pydicom.dcmread(io.BytesIO(buf.getvalue())), "s", None)
     assert sorted(p.frame for p in parts) == [2, 4]  # empty frames are left out of the SEG
     assert {p.referenced for p in parts} == {image.SOPInstanceUID}
-    maps = masks.label_maps(image, parts)
+    maps = mask_geometry.label_maps(image, parts)
     assert sorted(maps) == [1, 3]
     for index in range(5):
-        assert np.array_equal(masks.label_map(image, parts, index), drawn[index])
+        assert np.array_equal(mask_geometry.label_map(image, parts, index), drawn[index])
     # A frame the image does not have, or a frame number missing on a multi-frame image.
     beyond = masks.MaskPart(masks.SEG, "x", "s", None, drawn[1], frame=6)
     with pytest.raises(masks.MaskError, match="a SEG frame of frame 6 of a 5-frame image"):
-        masks.label_maps(image, [beyond])
+        mask_geometry.label_maps(image, [beyond])
     unnamed = masks.MaskPart(masks.SEG, "x", "s", None, drawn[1])
     with pytest.raises(masks.MaskError, match="names no frame of a 5-frame image"):
-        masks.label_maps(image, [unnamed])
+        mask_geometry.label_maps(image, [unnamed])
 
 
 def test_contours_on_frames_of_an_enhanced_image_land_on_their_frames():
@@ -205,7 +205,7 @@ def test_contours_on_frames_of_an_enhanced_image_land_on_their_frames():
     first, second = rt.ROIContourSequence[0].ContourSequence
     del second.ContourImageSequence[0].ReferencedFrameNumber
     parts = masks.read_mask_object(rt, "s", None)
-    maps = masks.label_maps(image, parts)
+    maps = mask_geometry.label_maps(image, parts)
     expected = np.zeros((32, 40), np.uint8)
     expected[5:20, 10:30] = 1
     transposed = np.zeros((32, 40), np.uint8)
@@ -214,11 +214,11 @@ def test_contours_on_frames_of_an_enhanced_image_land_on_their_frames():
     assert np.array_equal(maps[4], transposed)
     first.ContourImageSequence[0].ReferencedFrameNumber = 3  # the points lie on frame 2
     with pytest.raises(masks.MaskError, match="off its image's plane"):
-        masks.label_maps(image, masks.read_mask_object(rt, "s", None))
+        mask_geometry.label_maps(image, masks.read_mask_object(rt, "s", None))
     first.ContourImageSequence[0].ReferencedFrameNumber = None
     first.ContourData = [v + (7.0 if i % 3 == 2 else 0) for i, v in enumerate(first.ContourData)]
     with pytest.raises(masks.MaskError, match="off every frame's plane"):
-        masks.label_maps(image, masks.read_mask_object(rt, "s", None))
+        mask_geometry.label_maps(image, masks.read_mask_object(rt, "s", None))
 
 
 def test_contours_on_a_multi_frame_image_without_a_plane_per_frame_are_refused_by_name():
@@ -227,7 +227,7 @@ def test_contours_on_a_multi_frame_image_without_a_plane_per_frame_are_refused_b
     outline = np.array([(5.0, 5.0), (20.0, 5.0), (20.0, 15.0)])
     rt = rtstruct_dataset([image], [outline], "2.25.61", "2.25.62")
     with pytest.raises(masks.MaskError) as caught:
-        masks.label_maps(image, masks.read_mask_object(rt, "s", None))
+        mask_geometry.label_maps(image, masks.read_mask_object(rt, "s", None))
     assert caught.value.error_type == masks.MASK_UNSUPPORTED
     assert caught.value.message.startswith("contours on a multi-frame image without a plane")
 
@@ -248,7 +248,7 @@ def test_class_names_are_kept_only_when_the_content_check_passes_them():
     rt.StructureSetROISequence[0].ROIName = "Dr. Miller's"
     assert masks.class_names(rt, check) == {1: "class 1"}
     counted = [((1, "lesion"), 3), ((1, "tumour"), 1), ((2, "class 2"), 1), ((2, "cyst"), 1)]
-    assert masks.name_classes(counted) == {"1": "lesion", "2": "class 2"}
+    assert mask_join.name_classes(counted) == {"1": "lesion", "2": "class 2"}
 
 
 def _ct_series(folder, slices: int = 4) -> list[Dataset]:
@@ -322,7 +322,7 @@ def test_a_structure_set_rt_utils_wrote_reads_back_exactly(tmp_path):
     assert {p.referenced for p in parts} == {images[1].SOPInstanceUID, images[2].SOPInstanceUID}
     for image in images[1:3]:
         own = [p for p in parts if p.referenced == image.SOPInstanceUID]
-        assert np.array_equal(masks.label_map(image, own), truth[image.SOPInstanceUID])
+        assert np.array_equal(mask_geometry.label_map(image, own), truth[image.SOPInstanceUID])
 
 
 def test_contours_that_name_no_image_land_on_the_image_whose_plane_holds_them(tmp_path):
@@ -338,14 +338,14 @@ def test_contours_that_name_no_image_land_on_the_image_whose_plane_holds_them(tm
     assert all(p.by_plane for p in parts)
     for image in images:
         own = [p for p in parts if p.referenced == image.SOPInstanceUID]
-        maps = masks.label_maps(image, own)
+        maps = mask_geometry.label_maps(image, own)
         if truth[image.SOPInstanceUID].any():
             assert np.array_equal(maps[0], truth[image.SOPInstanceUID])
         else:
             assert maps == {}
-    join = masks.JoinMasksFn()
+    join = mask_join.JoinMasksFn()
     join.setup()
-    key = masks.uid_digest(images[0].SOPInstanceUID)
+    key = mask_join.uid_digest(images[0].SOPInstanceUID)
     side = {key: [p for p in parts if p.referenced == images[0].SOPInstanceUID]}
     out = list(join.process((("a", None), images[0]), side))
     assert out[-1] == (("a", None), (images[0], None))  # matched (no dead letter), unlabeled
@@ -402,7 +402,7 @@ def test_label_map_and_fractional_segs_from_highdicom_read_back(tmp_path, kind):
     parts = masks.read_mask_object(ds, "s", None)
     for z, image in enumerate(images):
         own = [p for p in parts if p.referenced == image.SOPInstanceUID]
-        assert np.array_equal(masks.label_map(image, own), truth[z])
+        assert np.array_equal(mask_geometry.label_map(image, own), truth[z])
 
 
 def cv2_dilate(mask: np.ndarray) -> np.ndarray:
@@ -429,7 +429,7 @@ def test_a_structure_set_whose_unnamed_contours_lie_on_no_image_is_a_dead_letter
             points[:, 2] += 1.0  # between two slices 2 mm apart
             contour.ContourData = [float(v) for v in points.ravel()]
     parts = [
-        (masks.uid_digest(p.referenced), p)
+        (mask_join.uid_digest(p.referenced), p)
         for obj, name in ((rt, "on.dcm"), (off, "off.dcm"))
         for p in masks.read_mask_object(obj, name, None)
     ]
@@ -437,7 +437,7 @@ def test_a_structure_set_whose_unnamed_contours_lie_on_no_image_is_a_dead_letter
         keyed = pipeline | "Images" >> beam.Create(
             [((f"{i}.dcm", None), im) for i, im in enumerate(images)]
         )
-        joined = keyed | masks.JoinMasks(pipeline | "Parts" >> beam.Create(parts))
+        joined = keyed | mask_join.JoinMasks(pipeline | "Parts" >> beam.Create(parts))
         letters = joined.dead_letters | beam.Map(lambda d: (d.source, d.error_type))
         assert_that(letters, equal_to([("off.dcm", masks.MASK_GEOMETRY_MISMATCH)]), label="letters")
         labelled = joined.joined | beam.Map(lambda kv: (kv[0][0], kv[1][1] is not None))

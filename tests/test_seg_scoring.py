@@ -8,7 +8,7 @@ from scipy import ndimage
 
 from models import features as f
 from transforms import seg_scoring as ss
-from transforms.masks import fit_label_map
+from transforms.mask_geometry import fit_label_map
 from transforms.pixels import placement
 from transforms.scoring import COUNTS, ScoreKey
 

@@ -41,7 +41,8 @@ from transforms.deid import (
 from transforms.deid.objects import encode_part10
 from transforms.keys import KeySource
 from transforms.labels import JoinLabels, LabelTable
-from transforms.masks import (
+from transforms.mask_geometry import fit_label_map
+from transforms.mask_join import (
     CLASS_NAMES,
     ClassNames,
     JoinMasks,
@@ -49,9 +50,8 @@ from transforms.masks import (
     NotAMaskFn,
     ReadMaskPartsFn,
     SegmentationObjectFn,
-    fit_label_map,
-    mask_kind,
 )
+from transforms.masks import mask_kind
 from transforms.pixels import NormalizedImage, PixelConfig, normalize
 from transforms.tfrecord import quantize
 

@@ -13,7 +13,7 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.pixels.encoders import RLELosslessEncoder
 
-from transforms.masks import polygon_fill
+from transforms.mask_geometry import polygon_fill
 from transforms.testing.difficulty import PRESETS, Difficulty
 
 EASY = PRESETS["easy"]
@@ -123,7 +123,7 @@ LESION_VERTICES = 48
 
 def lesion_mask(outline: np.ndarray, rows: int, cols: int) -> np.ndarray:
     """The pixels whose centres lie inside the closed polygon (x, y vertices), as uint8 0/1
-    (``masks.polygon_fill``: the fill ingest applies to RTSTRUCT contours)."""
+    (``mask_geometry.polygon_fill``: the fill ingest applies to RTSTRUCT contours)."""
     return polygon_fill(outline, rows, cols).astype(np.uint8)
 
 
