@@ -23,7 +23,7 @@ INSTALL_REQUIRES = [
     "google-cloud-storage==3.17.1",
     "pyyaml==6.0.3",
     "dicomweb-client==0.61.2",  # DICOMweb stores: QIDO-RS, WADO-RS, STOW-RS (transforms/dicomweb)
-    "pynetdicom==3.0.4",  # DIMSE: C-FIND, C-GET, C-MOVE, C-STORE (transforms/sources/dimse.py)
+    "pynetdicom==3.0.4",  # DIMSE: C-FIND, C-GET, C-MOVE, C-STORE (transforms/sources/dimse*.py)
     "cryptography==50.0.2",
     "isal==1.9.1",  # gzip for TFRecords at four times zlib's speed (transforms/tfrecord.py)
     # Training: Keras as TensorFlow 2.21 brings it (model.keras files are read by scoring

@@ -42,7 +42,10 @@ from orthanc import running_orthanc
 from pipelines.options import new_pipeline
 from transforms import dicom_io
 from transforms.dicomweb import DicomwebSettings, ReadDicomweb, StoreUrl, make_client
-from transforms.sources import dimse
+from transforms.sources.dimse import ReadDimse
+from transforms.sources.dimse_association import DimseSettings, NodeUrl
+from transforms.sources.dimse_query import Listed, search_instances, search_studies
+from transforms.sources.dimse_retrieve import retrieve
 
 
 def make_corpus(root: Path, count: int) -> list[bytes]:
@@ -77,15 +80,15 @@ def sequential_loop(url: str) -> int:
 
 def sequential_dimse(uri: str) -> int:
     """C-FIND and one C-GET per instance, as a script written against pynetdicom would."""
-    settings = dimse.DimseSettings()
-    node = dimse.NodeUrl.parse(uri)
+    settings = DimseSettings()
+    node = NodeUrl.parse(uri)
     count = 0
-    for study in dimse.search_studies(node, settings):
-        assert isinstance(study, dimse.NodeUrl)
-        for listed in dimse.search_instances(study, settings):
-            assert isinstance(listed, dimse.Listed)
-            url = dimse.NodeUrl.parse(listed.uri)
-            count += len(dimse.retrieve(url, [listed], settings))
+    for study in search_studies(node, settings):
+        assert isinstance(study, NodeUrl)
+        for listed in search_instances(study, settings):
+            assert isinstance(listed, Listed)
+            url = NodeUrl.parse(listed.uri)
+            count += len(retrieve(url, [listed], settings))
     return count
 
 
@@ -126,7 +129,7 @@ def main() -> None:
             pipeline_count, web, "dicomweb_retrieved"
         )
         results["sequential pynetdicom loop"] = timed(sequential_dimse, server.dimse)
-        node = dimse.ReadDimse([server.dimse], dimse.DimseSettings(), 1 << 30)
+        node = ReadDimse([server.dimse], DimseSettings(), 1 << 30)
         results["pipeline from Orthanc DIMSE (2 workers)"] = timed(
             pipeline_count, node, "dimse_retrieved"
         )

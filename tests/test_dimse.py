@@ -1,4 +1,4 @@
-"""DIMSE nodes as a source and a sink (transforms/sources/dimse.py), against a real PACS:
+"""DIMSE nodes as a source and a sink (transforms/sources/dimse*.py), against a real PACS:
 Orthanc's DICOM port on loopback, loaded with pydicom's public test files and an instance
 whose UIDs are 64 hex digits; the same instances as files are the reference."""
 
@@ -18,8 +18,9 @@ from test_dicomweb import PUBLIC_FILES, hex_uid_instance, sop_uid
 from pipelines import deidentify, ingest, inventory
 from pipelines.options import UsageError
 from transforms.dicom_io.limits import Limits
-from transforms.sources import dimse
-from transforms.sources.dimse import DimseSettings, Listed, NodeUrl
+from transforms.sources import dimse, dimse_retrieve
+from transforms.sources.dimse_association import DimseSettings, NodeUrl
+from transforms.sources.dimse_query import Listed
 
 KEY = "d" * 64
 FAST = DimseSettings(attempts=2, backoff_seconds=0.01, move_bind="127.0.0.1")
@@ -54,7 +55,7 @@ def node(tmp_path_factory):
                 (files / name).write_bytes(data)
         assert len(held) >= 30
         yield Node(server, files, move_port)
-    dimse.stop_move_servers()
+    dimse_retrieve.stop_move_servers()
 
 
 def _rows(output: Path, table: str) -> list[dict]:

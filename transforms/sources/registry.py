@@ -21,7 +21,8 @@ from transforms.dicom_io.objects import ReadOutputs
 from transforms.dicomweb.client import DicomwebSettings
 from transforms.sources.base import Sink, Source
 from transforms.sources.dicomweb import DicomwebSink, DicomwebSource
-from transforms.sources.dimse import DimseSettings, DimseSink, DimseSource
+from transforms.sources.dimse import DimseSink, DimseSource
+from transforms.sources.dimse_association import DimseSettings
 from transforms.sources.files import FileSource
 
 # Asked in order; files last, since they take every URL the others do not.
