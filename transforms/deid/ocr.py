@@ -31,6 +31,19 @@ MIN_SIDE = 512
 # by this many pixels of their own border colour before detection.
 PAD = 16
 _STRIDE = 32  # the network's input sides must be multiples of this
+# Faint text on a flat panel (a screen's uniform box, a sector's black surround): the
+# detector misses 6-10 px lines that differ from the panel by 25-50 levels of 255 (12
+# rendered 448² screens with such panels: 21 of 44 lines blanked whole, 44 of 44 once the
+# detector's view stretched them; 2026-12-07). Pixels within PANEL_NEAR px of a flat
+# area (3 x 3 of one value, as drawn panels are and noisy anatomy never is) that holds
+# one value have their difference from it stretched: PANEL_GAIN times up to PANEL_KNEE
+# levels, more gently beyond, so that the order of values is kept, where nothing within
+# that reach differs from the panel by PANEL_FAINT levels or more (strong text is seen
+# as it was).
+PANEL_NEAR = 5
+PANEL_GAIN = 4
+PANEL_KNEE = 128
+PANEL_FAINT = 64
 # Frames per detector call where the provider batches (CUDA); one at a time on a CPU,
 # where a batch costs the same per frame and only holds more memory.
 GPU_BATCH = 8
@@ -142,6 +155,7 @@ def _network_input(frame: np.ndarray, scale: float) -> tuple[np.ndarray, tuple[i
     """The padded, resized, normalized frame (1 x 3 x H x W) and the padded frame's shape."""
     import cv2
 
+    frame = panels_stretched(frame)
     border = np.concatenate([frame[0], frame[-1], frame[:, 0], frame[:, -1]])
     colour = [int(v) for v in np.median(border, axis=0)]
     padded = cv2.copyMakeBorder(frame, PAD, PAD, PAD, PAD, cv2.BORDER_CONSTANT, value=colour)
@@ -151,6 +165,62 @@ def _network_input(frame: np.ndarray, scale: float) -> tuple[np.ndarray, tuple[i
     resized = padded if (rh, rw) == (h, w) else cv2.resize(padded, (rw, rh))
     x = resized.astype(np.float32) * np.float32(2 / 255) - np.float32(1)
     return x.transpose(2, 0, 1)[np.newaxis], (h, w)
+
+
+def _panel_curve() -> np.ndarray:
+    d = np.arange(256, dtype=np.float64)
+    knee = PANEL_KNEE / PANEL_GAIN
+    curve = np.where(
+        d < knee, d * PANEL_GAIN, PANEL_KNEE + (d - knee) * (255 - PANEL_KNEE) / (255 - knee)
+    )
+    return np.clip(np.round(curve), 0, 255).astype(np.uint8)
+
+
+_PANEL_CURVE = _panel_curve()
+
+
+def panels_stretched(frame: np.ndarray) -> np.ndarray:
+    """An 8-bit frame (height x width x 3) as the detector sees it: content near a flat
+    panel (PANEL_NEAR px from 3 x 3 pixels of one colour, and one such colour within
+    that reach) moved away from the panel's colour along PANEL_GAIN's curve, each channel
+    by its own difference; the rest of the frame as it was. Flat means flat in every
+    channel: a Doppler blob's saturated red or empty blue is not a panel."""
+    import cv2
+
+    grey = (frame[..., 0] == frame[..., 1]).all() and (frame[..., 1] == frame[..., 2]).all()
+    channels = [np.ascontiguousarray(frame[..., c]) for c in range(1 if grey else 3)]
+    square = np.ones((3, 3), np.uint8)
+    flat: np.ndarray = np.full(frame.shape[:2], 255, np.uint8)  # masks: 0 / 255, as OpenCV
+    for c in channels:
+        same = cv2.compare(cv2.erode(c, square), cv2.dilate(c, square), cv2.CMP_EQ)
+        flat = cv2.bitwise_and(flat, same)
+    if not flat.any():
+        return frame
+    reach = np.ones((2 * PANEL_NEAR + 1, 2 * PANEL_NEAR + 1), np.uint8)
+    one: np.ndarray = np.full(frame.shape[:2], 255, np.uint8)
+    panels = []
+    for c in channels:
+        panel = cv2.dilate(cv2.bitwise_and(c, flat), reach)
+        lowest = cv2.erode(cv2.bitwise_or(c, cv2.bitwise_not(flat)), reach)
+        one = cv2.bitwise_and(one, cv2.compare(lowest, panel, cv2.CMP_EQ))
+        panels.append(panel)
+    # Faint content only: where a pixel within reach that is not flat differs from the
+    # panel by PANEL_FAINT levels or more, the content is strong already (bright text on
+    # a black surround), or the flat colour is a thick glyph's stroke on a background.
+    diff = cv2.absdiff(channels[0], panels[0])
+    for c, panel in zip(channels[1:], panels[1:], strict=True):
+        diff = cv2.max(diff, cv2.absdiff(c, panel))
+    content = cv2.bitwise_and(one, cv2.bitwise_not(flat))
+    strong = cv2.dilate(cv2.bitwise_and(diff, content), reach)
+    faint = (one > 0) & (strong < PANEL_FAINT)
+    if not faint.any():
+        return frame
+    out = []
+    for c, panel in zip(channels, panels, strict=True):
+        up = cv2.LUT(cv2.subtract(c, panel), _PANEL_CURVE)
+        down = cv2.LUT(cv2.subtract(panel, c), _PANEL_CURVE)
+        out.append(np.where(faint, cv2.subtract(cv2.add(panel, up), down), c))
+    return cv2.merge(out * 3 if grey else out)
 
 
 def _boxes(postprocess, pred: np.ndarray, padded: tuple[int, int], frame) -> list[Box]:
