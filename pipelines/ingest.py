@@ -48,6 +48,7 @@ from transforms.labels import SNAKE_CASE, ReadLabels, load_labels
 from transforms.manifest import (
     WriteManifest,
 )
+from transforms.mask_classes import MaskClasses
 from transforms.parquet import WriteParquet, delete_stale_shards, table_dir
 from transforms.pixels import PixelConfig
 from transforms.sources import registry
@@ -73,6 +74,12 @@ class IngestArgs:
     )
     masks: str | None = arg(
         None, "segmentation: more SEG/RTSTRUCT objects (file, folder, gs://, DICOMweb)"
+    )
+    mask_classes: str | None = arg(
+        None,
+        "segmentation: which segments and ROIs, by name, are which class, e.g. "
+        "'tumour=GTV|GTV*,liver=Liver' (case-insensitive, * globs; others left out); "
+        "default: their own numbers are the classes",
     )
     key: flags.KeyFlags = nested(flags.KeyFlags, "key-")
     deid_config: str | None = arg(None, flags.DEID_CONFIG_HELP)
@@ -110,6 +117,7 @@ class IngestConfig:
     sources: SourceSettings = field(default_factory=SourceSettings)
     task: str = DEFAULT_TASK
     masks: str | None = None  # more SEG/RTSTRUCT objects (segmentation)
+    mask_classes: MaskClasses | None = None  # classes by segment/ROI name (segmentation)
 
     @property
     def segmentation(self) -> bool:
@@ -134,6 +142,14 @@ def configure(opts: IngestOptions | IngestArgs, beam_options: PipelineOptions) -
         raise UsageError("--labels is for --task classification; segmentation reads masks")
     if args.masks and args.task != SEGMENTATION:
         raise UsageError("--masks is for --task segmentation")
+    mask_classes = None
+    if args.mask_classes is not None:
+        if args.task != SEGMENTATION:
+            raise UsageError("--mask-classes is for --task segmentation")
+        try:
+            mask_classes = MaskClasses.parse(args.mask_classes)
+        except ValueError as e:
+            raise UsageError(f"--mask-classes: {e}") from None
     label_rows = label_source = conflicting_rows = None
     if labels:
         try:
@@ -159,6 +175,7 @@ def configure(opts: IngestOptions | IngestArgs, beam_options: PipelineOptions) -
         sources=source_args.settings(args.sources, inputs, dataflow),
         task=args.task,
         masks=dicom_io.normalize_uri(args.masks) if args.masks else None,
+        mask_classes=mask_classes,
     )
 
 
@@ -314,7 +331,11 @@ def build_pipeline(pipeline: beam.Pipeline, config: IngestConfig) -> beam.Pipeli
         "task": config.task,
     }
     if config.segmentation:
-        header["masks"] = {"input": "given" if config.masks else None}
+        header["masks"] = {
+            "input": "given" if config.masks else None,
+            # the user's own classes by name (--mask-classes), or None: the objects' numbers
+            "by_name": config.mask_classes.describe() if config.mask_classes else None,
+        }
     output = config.output
     p = pipeline
     sources = registry.configure_inputs(config.inputs, config.sources)
@@ -335,6 +356,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: IngestConfig) -> beam.Pipeli
         limits=config.limits,
         masks=config.segmentation,
         mask_objects=mask_objects,
+        mask_classes=config.mask_classes,
     )
     sections = {}
     if prepared.unmatched_labels is not None:

@@ -120,6 +120,9 @@ class RunConfig:
     )
     labels: str | None = arg(None, "label export (classification)")
     masks: str | None = arg(None, "more SEG and RTSTRUCT objects (segmentation)")
+    mask_classes: str | None = arg(
+        None, "segmentation: which segments and ROIs, by name, are which class (ingest's)"
+    )
     deid_config: str | None = arg(None, "de-identification options (YAML)")
     pixel_config: str | None = arg(None, "pixel settings (YAML)")
     lock_stale_minutes: float = arg(
@@ -149,8 +152,9 @@ class RunConfig:
             raise ValueError("task is set once, at the top of run.yaml (train: takes no task)")
         if data.get("labels") and data.get("task") == SEGMENTATION:
             raise ValueError("labels are for the classification task; segmentation reads masks")
-        if data.get("masks") and data.get("task", DEFAULT_TASK) != SEGMENTATION:
-            raise ValueError("masks are for the segmentation task")
+        for key in ("masks", "mask_classes"):
+            if data.get(key) and data.get("task", DEFAULT_TASK) != SEGMENTATION:
+                raise ValueError(f"{key} are for the segmentation task")
         try:
             train = TrainStage.from_mapping(data.get("train"))
             config = configs.from_mapping(cls, rest, "run.yaml", train=train)
@@ -199,6 +203,7 @@ def ingest_args(config: RunConfig):
         labels=config.labels,
         task=config.task,
         masks=config.masks,
+        mask_classes=config.mask_classes,
         deid_config=config.deid_config,
         pixel_config=config.pixel_config,
         sources=config.sources.for_inputs(config.inputs),

@@ -56,9 +56,15 @@ def run(tmp_path_factory) -> tuple[Path, dict, dict[str, np.ndarray], Path]:
     stray.SOPInstanceUID = "2.25.903"
     seg_dataset(stray, mask[:-8], "2.25.904", "2.25.905").save_as(extra / "no_image.dcm")
     image.save_as(extra / "an_image.dcm")
+    couch = np.zeros((image.Rows, image.Columns), np.uint8)
+    couch[-6:] = 1  # a structure no class names (--mask-classes below)
+    seg_dataset(image, couch, "2.25.906", "2.25.907", labels=("Couch",)).save_as(
+        extra / "couch.dcm"
+    )
     (root / "pixels.yaml").write_text(f"size: {SIZE}\n")
     argv = ["--input", str(corpus / "export"), "--output", str(out), "--task", "segmentation"]
     argv += ["--masks", str(extra), "--key-env", "DF_MASK_KEY"]
+    argv += ["--mask-classes", "lesion=LESION|tumour*"]  # synth's objects name theirs lesion
     argv += ["--pixel-config", str(root / "pixels.yaml")]
     assert ingest.run(argv) == 0
     return out, json.loads((out / "manifest.json").read_text()), truth, extra
@@ -114,6 +120,11 @@ def test_every_labelled_image_carries_its_mask_in_the_pixels_geometry(run):
         if row[f.MASK_SOURCE] == masks.NONE:
             assert row[f.SPLIT] == "unlabeled" and row[f.FOREGROUND_FRACTION] is None
     assert manifest["task"] == "segmentation"
+    assert manifest["masks"] == {
+        "input": "given",
+        "by_name": {"1": "lesion"},
+        "classes": {"1": "lesion"},
+    }
 
 
 def test_seg_and_rtstruct_objects_are_never_images(run):
@@ -130,6 +141,7 @@ def test_bad_masks_are_named_dead_letters(run):
     assert by_file["wrong_size.dcm"][f.ERROR_TYPE] == masks.MASK_GEOMETRY_MISMATCH
     assert by_file["no_image.dcm"][f.ERROR_TYPE] == masks.MASK_WITHOUT_IMAGE
     assert by_file["an_image.dcm"][f.ERROR_TYPE] == "not_a_mask_object"
+    assert by_file["couch.dcm"][f.ERROR_TYPE] == "mask_without_class"
     for e in by_file.values():
         assert str(extra) in e[f.SOURCE] and "2.25.90" not in e[f.MESSAGE]
 
@@ -143,6 +155,10 @@ def test_the_task_and_its_inputs_are_checked_first(tmp_path, monkeypatch):
         ingest.run([*base, "--masks", str(tmp_path)])
     with pytest.raises(UsageError, match="--labels is for --task classification"):
         ingest.run([*base, "--task", "segmentation", "--labels", str(tmp_path / "l.csv")])
+    with pytest.raises(UsageError, match="--mask-classes is for --task segmentation"):
+        ingest.run([*base, "--mask-classes", "GTV"])
+    with pytest.raises(UsageError, match="--mask-classes: class 'gtv' is given twice"):
+        ingest.run([*base, "--task", "segmentation", "--mask-classes", "GTV,gtv=GTV2"])
 
 
 def test_a_classification_ingest_takes_no_segmentation_object_for_an_image():
@@ -234,7 +250,11 @@ def test_each_frame_carries_its_own_frames_mask(frames_run):
 
 def test_class_names_reach_the_manifest_only_when_they_pass_the_content_check(frames_run):
     out, manifest, _ = frames_run
-    assert manifest["masks"] == {"input": None, "classes": {"1": "lesion", "2": "class 2"}}
+    assert manifest["masks"] == {
+        "input": None,
+        "by_name": None,
+        "classes": {"1": "lesion", "2": "class 2"},
+    }
     text = (out / "manifest.json").read_text()
     assert "John" not in text and "Smith" not in text
 

@@ -13,6 +13,7 @@ from pydicom.dataset import Dataset
 
 from transforms import mask_geometry, mask_join, masks
 from transforms.deid.content import ContentCheck
+from transforms.mask_classes import MaskClasses
 from transforms.pixels import resize_pad
 from transforms.testing import synth_patient
 from transforms.testing.masks import enhanced_image, rtstruct_dataset, seg_dataset
@@ -449,3 +450,67 @@ def copy_dataset(ds: Dataset) -> Dataset:
     import copy
 
     return copy.deepcopy(ds)
+
+
+def test_mask_classes_are_parsed_and_match_names_whatever_their_case_and_spacing():
+    classes = MaskClasses.parse("tumour=GTV|GTV*, liver = Liver ,Spinal Cord")
+    assert classes.names == ("tumour", "liver", "Spinal Cord")
+    assert classes.describe() == {"1": "tumour", "2": "liver", "3": "Spinal Cord"}
+    values = {n: classes.value_of(n) for n in ("gtv", "GTV_primary", " LIVER", "spinal  cord")}
+    assert values == {"gtv": 1, "GTV_primary": 1, " LIVER": 2, "spinal  cord": 3}
+    assert classes.value_of("PTV") is None and classes.value_of("BODY") is None
+    assert MaskClasses.parse(classes.text()) == classes
+    for bad, why in (
+        ("GTV,,Liver", "empty class"),
+        ("=GTV", "class name is"),
+        ("a=GTV|", "empty name to match"),
+        ("GTV,gtv", "given twice"),
+        (",".join(f"c{i}" for i in range(256)), "255 classes"),
+    ):
+        with pytest.raises(ValueError, match=why):
+            MaskClasses.parse(bad)
+
+
+def test_mask_classes_pick_rois_by_name_whatever_their_numbers(tmp_path):
+    """A planning system's structure set: ROI numbers of its own (1001 here, over 255),
+    ROIs no model should learn. Classes by name keep only theirs, valued as the class."""
+    images, rt, truth = _rt_utils_structure_set(tmp_path)  # ROIs RING (1) and BOX (2)
+    for item in rt.StructureSetROISequence:
+        item.ROINumber = 1000 + int(item.ROINumber)
+    for roi in rt.ROIContourSequence:
+        roi.ReferencedROINumber = 1000 + int(roi.ReferencedROINumber)
+    with pytest.raises(masks.MaskError, match="outside 1-255"):
+        masks.read_mask_object(rt, "rt.dcm", None)
+    classes = MaskClasses.parse("box=Box,ring=r?ng")
+    parts = masks.read_mask_object(rt, "rt.dcm", None, classes)
+    image = images[2]  # both ROIs
+    label = mask_geometry.label_map(
+        image, [p for p in parts if p.referenced == image.SOPInstanceUID]
+    )
+    want = truth[image.SOPInstanceUID]
+    assert np.array_equal(label, np.select([want == 1, want == 2], [2, 1], 0))
+    only = masks.read_mask_object(rt, "rt.dcm", None, MaskClasses.parse("box=BOX"))
+    assert {v for p in only for v, _ in p.contours} == {1}
+    read = mask_join.ReadMaskPartsFn(classes)
+    read.setup()
+    names = [o.value for o in read.process((("rt.dcm", None), rt)) if hasattr(o, "tag")]
+    assert sorted(names) == [(1, "box"), (2, "ring")]  # the user's names, not the ROIs'
+    with pytest.raises(masks.MaskError) as e:
+        masks.read_mask_object(rt, "rt.dcm", None, MaskClasses.parse("liver=Liver"))
+    assert e.value.error_type == "mask_without_class"
+
+
+def test_mask_classes_pick_and_renumber_a_segs_segments():
+    image = _image()
+    drawn = np.zeros((image.Rows, image.Columns), np.uint8)
+    drawn[5:20, 5:20], drawn[10:30, 25:40] = 1, 2
+    seg = seg_dataset(image, drawn, "2.25.41", "2.25.42", labels=("lesion", "cyst"))
+    buf = io.BytesIO()
+    seg.save_as(buf)
+    seg = pydicom.dcmread(io.BytesIO(buf.getvalue()))
+    (part,) = masks.read_mask_object(seg, "s", None, MaskClasses.parse("cyst=CYST,lesion"))
+    assert np.array_equal(
+        mask_geometry.label_map(image, [part]), np.select([drawn == 1, drawn == 2], [2, 1], 0)
+    )
+    (part,) = masks.read_mask_object(seg, "s", None, MaskClasses.parse("c=cy*"))
+    assert np.array_equal(mask_geometry.label_map(image, [part]), (drawn == 2).astype(np.uint8))

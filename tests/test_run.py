@@ -248,11 +248,18 @@ def test_a_missing_key_is_refused_before_the_lock(setup, monkeypatch):
 def test_the_task_is_set_once_and_reaches_ingest_train_and_score(tmp_path):
     base = {"inputs": [str(tmp_path)], "output": str(tmp_path / "out"), "key_env": "K"}
     config = run_mod.RunConfig.from_mapping(
-        {**base, "task": "segmentation", "masks": str(tmp_path / "seg"), "train": {"epochs": 2}}
+        {
+            **base,
+            "task": "segmentation",
+            "masks": str(tmp_path / "seg"),
+            "mask_classes": "tumour=GTV*",
+            "train": {"epochs": 2},
+        }
     )
     assert config.train.config.task == "segmentation" and config.train.config.epochs == 2
     args, _ = run_mod.ingest_args(config)
     assert (args.task, args.masks) == ("segmentation", str(tmp_path / "seg"))
+    assert args.mask_classes == "tumour=GTV*"
     score, _ = run_mod.score_args(config, "r1", [str(tmp_path / "a.dcm")], "m/latest")
     assert score.task == "segmentation"
     assert run_mod.RunConfig.from_mapping(base).train.config.task == "classification"
@@ -260,6 +267,7 @@ def test_the_task_is_set_once_and_reaches_ingest_train_and_score(tmp_path):
         ({"train": {"task": "segmentation"}}, "set once, at the top"),
         ({"task": "segmentation", "labels": "l.csv"}, "labels are for the classification"),
         ({"masks": "m/"}, "masks are for the segmentation"),
+        ({"mask_classes": "GTV"}, "mask_classes are for the segmentation"),
         ({"task": "detection"}, "task must be one of"),
     ):
         with pytest.raises(ValueError, match=message):

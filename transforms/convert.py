@@ -41,6 +41,7 @@ from transforms.deid import (
 from transforms.deid.objects import encode_part10
 from transforms.keys import KeySource
 from transforms.labels import JoinLabels, LabelTable
+from transforms.mask_classes import MaskClasses
 from transforms.mask_geometry import fit_label_map
 from transforms.mask_join import (
     CLASS_NAMES,
@@ -328,6 +329,8 @@ class PrepareInstances(NamedOutputs):
             the original identifiers before they are replaced; None for no labels.
         limits: what one object may cost to parse and decode (``dicom_io.Limits``).
         masks: join SEG and RTSTRUCT masks on the images they reference (segmentation).
+        mask_classes: which segments and ROIs, by name, are which class (``MaskClasses``);
+            None: their own numbers are the classes.
         mask_objects: more SourceObjects that should all be SEG or RTSTRUCT (``--masks``).
         keep_header: give each instance its de-identified header (``Instance.deid_header``).
 
@@ -349,8 +352,10 @@ class PrepareInstances(NamedOutputs):
         masks: bool = False,
         mask_objects: beam.PCollection[dicom_io.SourceObject] | None = None,
         keep_header: bool = False,
+        mask_classes: MaskClasses | None = None,
     ):
         super().__init__()
+        self._mask_classes = mask_classes
         self._keep_header = keep_header
         self._masks = masks
         self._mask_objects = mask_objects
@@ -371,9 +376,9 @@ class PrepareInstances(NamedOutputs):
         unmatched = classes = None
         dead = [parsed[DEAD_LETTER]]
         if self._masks:
-            read = segmentations | "ReadMaskParts" >> beam.ParDo(ReadMaskPartsFn()).with_outputs(
-                DEAD_LETTER, CLASS_NAMES, main="parts"
-            )
+            read = segmentations | "ReadMaskParts" >> beam.ParDo(
+                ReadMaskPartsFn(self._mask_classes)
+            ).with_outputs(DEAD_LETTER, CLASS_NAMES, main="parts")
             parts, dead = [read.parts], [*dead, read[DEAD_LETTER]]
             names = [read[CLASS_NAMES]]
             if self._mask_objects is not None:
@@ -385,7 +390,7 @@ class PrepareInstances(NamedOutputs):
                     2,
                 )
                 extra = kinds[1] | "ReadMoreMaskParts" >> beam.ParDo(
-                    ReadMaskPartsFn()
+                    ReadMaskPartsFn(self._mask_classes)
                 ).with_outputs(DEAD_LETTER, CLASS_NAMES, main="parts")
                 strays = kinds[0] | "NotMasks" >> beam.ParDo(NotAMaskFn()).with_outputs(
                     DEAD_LETTER, main="none"

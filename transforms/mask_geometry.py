@@ -63,11 +63,20 @@ def contours_fill(polygons: list[np.ndarray], rows: int, cols: int) -> np.ndarra
         for a, b in zip(xs[on_flat], x2[on_flat], strict=True):
             line |= (centres >= min(a, b) - _ON) & (centres <= max(a, b) + _ON)
         slanted = touching & ~flat
-        t = (row - ys[slanted]) / (y2[slanted] - ys[slanted])
-        x_on = xs[slanted] + t * (x2[slanted] - xs[slanted])
-        nearest = np.round(x_on)
-        hit = (np.abs(x_on - nearest) < _ON) & (nearest >= 0) & (nearest < cols)
-        line[nearest[hit].astype(int)] = True
+        a, b, dx, dy = (
+            xs[slanted],
+            x2[slanted],
+            x2[slanted] - xs[slanted],
+            y2[slanted] - ys[slanted],
+        )
+        x_on = a + (row - ys[slanted]) * dx / dy
+        # centres within _ON of the edge itself (not along the row): wider on a shallow edge
+        reach = _ON * np.hypot(dx, dy) / np.abs(dy)
+        first = np.ceil(np.maximum(x_on - reach, np.minimum(a, b) - _ON))
+        last = np.floor(np.minimum(x_on + reach, np.maximum(a, b) + _ON))
+        for lo, hi in zip(first, last, strict=True):
+            if lo <= hi:
+                line[max(0, int(lo)) : max(0, min(cols, int(hi) + 1))] = True
         mask[row] = line
     return mask
 

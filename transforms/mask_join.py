@@ -23,6 +23,7 @@ from transforms.composite import NamedOutputs
 from transforms.deadletter import DEAD_LETTER, DeadLetter, DeadLetterFn
 from transforms.deid.content import ContentCheck
 from transforms.dicom_io import METRICS_NAMESPACE
+from transforms.mask_classes import MaskClasses, renumbering
 from transforms.mask_geometry import contours_on_image, label_maps
 from transforms.masks import (
     MASK_GEOMETRY_MISMATCH,
@@ -31,6 +32,7 @@ from transforms.masks import (
     MaskError,
     MaskPart,
     class_names,
+    mask_kind,
     read_mask_object,
 )
 
@@ -64,10 +66,15 @@ CLASS_NAMES = "class_names"  # ReadMaskPartsFn's output of (class value, checked
 class ReadMaskPartsFn(DeadLetterFn):
     """((source, member), Dataset) of a SEG/RTSTRUCT → (digest of referenced UID, MaskPart);
     on ``CLASS_NAMES``, (class value, name) for each class the object names, as
-    ``class_names`` checks them (the content check is built once per worker)."""
+    ``class_names`` checks them (the content check is built once per worker), or with
+    ``classes`` (``--mask-classes``) as the user named them."""
 
     stage = STAGE_MASKS
     failed_counter = "mask_objects_dead_letters"
+
+    def __init__(self, classes: MaskClasses | None = None):
+        super().__init__()
+        self._classes = classes
 
     def setup(self):
         self._check = ContentCheck.load()
@@ -77,9 +84,14 @@ class ReadMaskPartsFn(DeadLetterFn):
 
     def work(self, element: Parsed) -> Iterator:
         (source, member), ds = element
-        for part in read_mask_object(ds, source, member):
+        for part in read_mask_object(ds, source, member, self._classes):
             yield uid_digest(part.referenced), part
-        for value, name in sorted(class_names(ds, self._check).items()):
+        if self._classes is not None:  # the user's names, for the classes the object has
+            values = renumbering(ds, self._classes, str(mask_kind(ds))).values()
+            named = {v: self._classes.names[v - 1] for v in values}
+        else:
+            named = class_names(ds, self._check)
+        for value, name in sorted(named.items()):
             yield beam.pvalue.TaggedOutput(CLASS_NAMES, (value, name))
 
 

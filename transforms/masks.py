@@ -22,6 +22,7 @@ from pydicom.dataset import Dataset
 from transforms.deadletter import StageError
 from transforms.deid.content import ContentCheck
 from transforms.deid.identifiers import PatientIdentifiers
+from transforms.mask_classes import MASK_WITHOUT_CLASS, MaskClasses, renumbering
 
 STAGE_MASKS = "masks"
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -74,22 +75,32 @@ class MaskPart:
     by_plane: bool = False
 
 
-def read_mask_object(ds: Dataset, source: str, member: str | None) -> list[MaskPart]:
-    """The parts of one SEG or RTSTRUCT, one per referenced image.
+def read_mask_object(
+    ds: Dataset, source: str, member: str | None, classes: MaskClasses | None = None
+) -> list[MaskPart]:
+    """The parts of one SEG or RTSTRUCT, one per referenced image; with ``classes``
+    (``--mask-classes``), only its segments or ROIs of a class, valued as that class.
 
     Raises:
         MaskError: ``mask_unreadable`` (not a readable SEG/RTSTRUCT), ``mask_unsupported``
-            (SEG frames that cannot be laid on source images or frames, over 255 classes).
+            (SEG frames that cannot be laid on source images or frames, over 255 classes),
+            ``mask_without_class`` (with ``classes``: no segment or ROI of a class).
     """
     kind = mask_kind(ds)
+    if kind is None:
+        raise MaskError(MASK_UNREADABLE, "not a segmentation or RT structure set object")
+    renumber = renumbering(ds, classes, kind) if classes is not None else None
+    if renumber is not None and not renumber:
+        what = "segment" if kind == SEG else "ROI"
+        raise MaskError(MASK_WITHOUT_CLASS, f"no {what} has a name --mask-classes gives a class")
     if kind == SEG:
-        return _seg_parts(ds, source, member)
-    if kind == RTSTRUCT:
-        return _rtstruct_parts(ds, source, member)
-    raise MaskError(MASK_UNREADABLE, "not a segmentation or RT structure set object")
+        return _seg_parts(ds, source, member, renumber)
+    return _rtstruct_parts(ds, source, member, renumber)
 
 
-def _seg_parts(ds: Dataset, source: str, member: str | None) -> list[MaskPart]:
+def _seg_parts(
+    ds: Dataset, source: str, member: str | None, renumber: dict[int, int] | None
+) -> list[MaskPart]:
     import highdicom as hd
 
     try:
@@ -97,6 +108,9 @@ def _seg_parts(ds: Dataset, source: str, member: str | None) -> list[MaskPart]:
         uids = [str(sop) for _, _, sop in seg.get_source_image_uids()]
         # a LABELMAP SEG may describe its background as segment 0: not a class
         numbers = [n for n in (int(s.SegmentNumber) for s in seg.SegmentSequence) if n > 0]
+        if renumber is not None:
+            numbers = [n for n in numbers if n in renumber]
+        values = [renumber[n] if renumber is not None else n for n in numbers]
         frames = _seg_source_frames(seg)
         # a FRACTIONAL SEG's values (probability or occupancy, read as 0-1) mark a pixel
         # from one half up; BINARY and LABELMAP values are 0 or 1 per segment
@@ -106,7 +120,7 @@ def _seg_parts(ds: Dataset, source: str, member: str | None) -> list[MaskPart]:
         raise MaskError(MASK_UNREADABLE, f"the SEG cannot be read ({type(e).__name__})") from None
     if not uids:
         raise MaskError(MASK_WITHOUT_IMAGE, "the SEG references no source image")
-    if max(numbers, default=0) > 255:
+    if max(values, default=0) > 255:
         raise MaskError(MASK_UNSUPPORTED, "more than 255 segments do not fit a uint8 label map")
     parts = []
     for sop in uids:
@@ -128,8 +142,8 @@ def _seg_parts(ds: Dataset, source: str, member: str | None) -> list[MaskPart]:
             ) from None
         for i, frame in enumerate(numbered or [None]):
             label = np.zeros(stack.shape[1:3], np.uint8)
-            for j, number in enumerate(numbers):  # ascending: the higher segment wins overlaps
-                label[stack[i, ..., j] > threshold] = number
+            for j in np.argsort(values, kind="stable"):  # the higher class wins overlaps
+                label[stack[i, ..., j] > threshold] = values[j]
             parts.append(MaskPart(SEG, sop, source, member, pixels=label, frame=frame))
     return parts
 
@@ -150,12 +164,18 @@ def _seg_source_frames(seg) -> dict[str, set[int]]:
     return found
 
 
-def _rtstruct_parts(ds: Dataset, source: str, member: str | None) -> list[MaskPart]:
+def _rtstruct_parts(
+    ds: Dataset, source: str, member: str | None, renumber: dict[int, int] | None
+) -> list[MaskPart]:
     by_image: dict[tuple[str, int | None], list[tuple[int, np.ndarray]]] = {}
     loose: list[tuple[int, np.ndarray]] = []  # contours that name no image
     try:
         for roi in ds.ROIContourSequence:
             value = int(roi.ReferencedROINumber)
+            if renumber is not None:
+                if value not in renumber:
+                    continue  # an ROI of no class
+                value = renumber[value]
             if not 0 < value <= 255:
                 raise MaskError(MASK_UNSUPPORTED, "an ROI number outside 1-255")
             for contour in roi.get("ContourSequence", []):
