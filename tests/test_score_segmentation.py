@@ -16,6 +16,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
@@ -245,7 +246,7 @@ def test_seg_failures_are_dead_letters_and_rows_stay(runs):
         ("private.dcm", "score", "seg_failed"),
     ]
     messages = " ".join(e[f.MESSAGE] for e in errors)
-    assert "single-frame instances only" in messages and "cannot be built" in messages
+    assert "needs its frame of reference" in messages and "cannot be built" in messages
     rows = _rows(runs["out"], "r1")
     assert sum(r[f.SEG_URI] is None for r in rows) == 2
 
@@ -317,3 +318,39 @@ def test_an_instance_whose_header_was_not_kept_is_a_seg_failure(tmp_path):
     with pytest.raises(StageError, match="header could not be encoded") as info:
         writer.write(key, np.zeros((1, 8, 8, 2), np.float32), [SourceGrid.of(8, 8, 8)])
     assert info.value.error_type == "seg_failed" and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("scored", [(0, 1, 2), (1,)])
+def test_a_multi_frame_instance_with_planes_gets_a_seg_frame_per_source_frame(tmp_path, scored):
+    """An enhanced MR header with its frame of reference: every frame scored, one SEG frame
+    per source frame (dciodvfy: no error); some frames scored, a dead letter that says so."""
+    from transforms.deadletter import StageError
+    from transforms.scoring import ScoreKey
+    from transforms.seg_scoring import SourceGrid
+    from transforms.testing.masks import enhanced_image
+
+    source = enhanced_image(3, 32, 48, "2.25.8801")
+    source.PatientID, source.PatientName, source.StudyInstanceUID = "P1", "PSEUDO^NYM", "2.25.8802"
+    source.SeriesInstanceUID, source.FrameOfReferenceUID = "2.25.8803", "2.25.8804"
+    del source.PixelData
+    header = io.BytesIO()
+    source.save_as(header, enforce_file_format=True)
+    drawn = np.zeros((3, 32, 48), bool)
+    drawn[0, 4:12, 8:20], drawn[2, 20:30, 30:44] = True, True
+    grid = SourceGrid.of(32, 48, 48)  # 32 x 48 padded into 48 x 48: rows 8-39
+    probabilities = np.zeros((len(scored), 48, 48, 2), np.float32)
+    for i, frame in enumerate(scored):
+        probabilities[i, 8:40, :, 1] = np.where(drawn[frame], 0.9, 0.1)
+    probabilities[..., 0] = 1 - probabilities[..., 1]
+    ids = ("2.25.8801", "2.25.8803", "2.25.8802", "P1", "MR")
+    key = ScoreKey("s", None, ids, scored, ((32, 48),) * len(scored), header.getvalue())
+    writer = dicom_seg.SegWriter(str(tmp_path), ["0", "1"], "1", "binary", "test")
+    if len(scored) < 3:
+        with pytest.raises(StageError, match="1 of its 3 frames were scored"):
+            writer.write(key, probabilities, [grid] * len(scored))
+        return
+    path = Path(writer.write(key, probabilities, [grid] * 3))
+    assert _dciodvfy_errors(path) == []
+    seg = hd.seg.segread(path)
+    pixels = seg.get_pixels_by_source_frame("2.25.8801", [1, 2, 3], segment_numbers=[1])
+    assert np.array_equal(pixels[..., 0].astype(bool), drawn)

@@ -6,8 +6,11 @@ patient and study modules from the de-identified header only: nothing of the ori
 reaches it. Its own UIDs derive from the model version, the SEG type and the source's
 pseudonymous UIDs, so a re-run writes the same SEG again (overwriting, never duplicating).
 One segment per foreground class; binary (the most probable class) or fractional (each
-class's probability, 0-255). Written for single-frame instances; a multi-frame instance
-gets no SEG (a dead letter says so), its score rows are written as usual.
+class's probability, 0-255). Written for single-frame instances, and for multi-frame
+instances with a frame of reference (enhanced CT, MR, ...) whose every frame was scored
+(``frame_policy: all``), one SEG frame per source frame; any other multi-frame instance
+(a cine run without planes, or some of its frames scored) gets no SEG (a dead letter
+says why), its score rows are written as usual.
 
 ``build_seg`` is the pure core; ``SegWriter`` is what ``SegmentationRowsFn`` calls;
 ``stored_seg`` reads a written SEG back as a store sink takes it (``--output-store``).
@@ -97,11 +100,13 @@ def build_seg(
     version: str,
     software: str,
 ) -> Dataset:
-    """The SEG of one single-frame image.
+    """The SEG of one image: of its one frame, or of each of its frames.
 
     Args:
-        source: the de-identified image header (no pixel data needed).
-        masks: rows x columns x segments: 0/1 (binary) or probabilities in [0, 1].
+        source: the de-identified image header (no pixel data needed; a multi-frame
+            image's with its frame of reference and per-frame planes).
+        masks: rows x columns x segments, or frames x rows x columns x segments for every
+            frame of a multi-frame image: 0/1 (binary) or probabilities in [0, 1].
         seg_type: ``binary`` or ``fractional``.
         labels: the segments' labels, one per foreground class (``segment_names``).
         version: the model version (the algorithm's version, and the SEG's UIDs).
@@ -116,7 +121,7 @@ def build_seg(
         warnings.simplefilter("ignore", UserWarning)
         seg = hd.seg.Segmentation(
             [source],
-            masks[np.newaxis],
+            masks if masks.ndim == 4 else masks[np.newaxis],
             seg_type.upper(),  # BINARY or FRACTIONAL
             _descriptions(tuple(labels), version),
             series_instance_uid=series_uid,
@@ -181,8 +186,9 @@ class SegWriter:
         """Writes the SEG of one instance; returns its URI.
 
         Raises:
-            StageError: ``seg_failed`` (stage ``score``): a multi-frame instance, a header
-                highdicom cannot derive a SEG from, or a write that failed.
+            StageError: ``seg_failed`` (stage ``score``): a multi-frame instance without a
+                frame of reference or not every frame of it scored, a header highdicom
+                cannot derive a SEG from, or a write that failed.
         """
         uid = key.sop_instance_uid
         if key.header is None:
@@ -192,13 +198,22 @@ class SegWriter:
             frames = int(source.get("NumberOfFrames") or 1)
         except Exception as e:
             raise _failed(f"the de-identified header cannot be read ({type(e).__name__})") from None
-        if frames != 1 or len(key.frames) != 1:
+        if frames > 1 and "FrameOfReferenceUID" not in source:
             raise _failed(
-                f"a SEG is written for single-frame instances only; this one has {frames} frames"
+                f"a SEG of a multi-frame instance needs its frame of reference (planes); "
+                f"this one of {frames} frames has none (a cine run)"
+            )
+        if sorted(key.frames) != list(range(frames)):
+            raise _failed(
+                f"{len(key.frames)} of its {frames} frames were scored: a SEG of a multi-frame "
+                "instance is written when every frame is (frame_policy: all)"
             )
         if not is_valid_uid(uid):
             raise _failed("the SOPInstanceUID is not a valid UID; no file name can be made")
-        masks = source_masks(probabilities[0], grids[0], self._seg_type == FRACTIONAL)
+        fractional = self._seg_type == FRACTIONAL
+        by_frame = sorted(zip(key.frames, probabilities, grids, strict=True), key=lambda t: t[0])
+        stack = [source_masks(p, g, fractional) for _, p, g in by_frame]
+        masks = stack[0] if frames == 1 else np.stack(stack)
         try:
             seg = build_seg(
                 source, masks, self._seg_type, self._labels, self._version, self._software
