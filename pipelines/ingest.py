@@ -78,7 +78,8 @@ class IngestArgs:
     mask_classes: str | None = arg(
         None,
         "segmentation: which segments and ROIs, by name, are which class, e.g. "
-        "'tumour=GTV|GTV*,liver=Liver' (case-insensitive, * globs; others left out); "
+        "'liver=Liver,tumour=GTV|GTV*' (case-insensitive, * globs; others left out; a "
+        "later class wins where they overlap); "
         "default: their own numbers are the classes",
     )
     key: flags.KeyFlags = nested(flags.KeyFlags, "key-")

@@ -34,6 +34,7 @@ from models.uids import is_valid_uid
 from transforms.deadletter import STAGE_SCORE, StageError
 from transforms.deid.objects import DeidResult
 from transforms.deid.pseudonyms import UID_ROOT
+from transforms.dicom_io import quiet_pydicom
 from transforms.seg_scoring import SourceGrid, source_masks
 from transforms.storage import write_bytes
 
@@ -181,6 +182,8 @@ class SegWriter:
 
     def setup(self) -> None:
         import highdicom  # noqa: F401  (imported once per worker, not per instance)
+
+        quiet_pydicom()  # highdicom logs the UIDs it writes
 
     def write(self, key: ScoreKey, probabilities: np.ndarray, grids: Sequence[SourceGrid]) -> str:
         """Writes the SEG of one instance; returns its URI.

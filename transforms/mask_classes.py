@@ -5,11 +5,13 @@ That fits objects one tool wrote for one task; a treatment planning system's str
 number their ROIs per patient (the GTV is ROI 3 in one, ROI 7 in the next) and hold others
 no model should learn (BODY, couch, PTV margins). ``MaskClasses`` names the classes and,
 for each, the segment labels or ROI names that are it: matched without regard to case or
-spacing, ``*`` and ``?`` as in file names, the first class that matches winning. Segments
+spacing, ``*`` and ``?`` as in file names, the first class that matches winning. Where
+classes overlap on an image, the later class (the higher value) wins, as the higher number
+does without classes: a structure is listed before what lies inside it. Segments
 and ROIs of no class are left out; an object none of whose segments or ROIs is of a class
 is a dead letter ``mask_without_class``.
 
-The text, ``tumour=GTV|GTV*,liver=Liver`` (or ``GTV,Liver``: each name its own class), is
+The text, ``liver=Liver,tumour=GTV|GTV*`` (or ``Liver,GTV``: each name its own class), is
 the user's configuration: its class names are what the manifest, the model and the SEGs
 score writes call the classes. The objects' own names are only compared, never written.
 """
@@ -45,8 +47,10 @@ class MaskClasses:
         for entry in (e.strip() for e in str(text).split(",")):
             if not entry:
                 raise ValueError("an empty class (two commas, or a comma at an end)")
-            name, _, matched = entry.partition("=")
+            name, equals, matched = entry.partition("=")
             name = name.strip()
+            if equals and not matched.strip():
+                raise ValueError(f"class {name!r} has no name to match after '='")
             alternatives = tuple(_fold(m) for m in (matched or name).split("|"))
             if not _NAME.fullmatch(name):
                 raise ValueError(
@@ -74,12 +78,6 @@ class MaskClasses:
     def describe(self) -> dict[str, str]:
         """{"1": name, ...}: the manifest's ``masks.classes``."""
         return {str(v): n for v, n in enumerate(self.names, start=1)}
-
-    def text(self) -> str:
-        """The flag's text again (for the command line of a later stage)."""
-        return ",".join(
-            f"{n}={'|'.join(p)}" for n, p in zip(self.names, self.patterns, strict=True)
-        )
 
 
 def renumbering(ds: Dataset, classes: MaskClasses, kind: str) -> dict[int, int]:

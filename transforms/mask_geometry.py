@@ -254,7 +254,12 @@ def label_maps(image: Dataset, parts: list[MaskPart]) -> dict[int, np.ndarray]:
             ``mask_unsupported`` for contours on a multi-frame image without per-frame
             planes.
     """
-    rows, cols = int(image.Rows), int(image.Columns)
+    try:
+        rows, cols = int(image.Rows), int(image.Columns)
+    except (AttributeError, TypeError, ValueError):
+        raise MaskError(
+            MASK_GEOMETRY_MISMATCH, "the referenced object has no pixel grid (not an image)"
+        ) from None
     count = frame_count(image)
     out: dict[int, np.ndarray] = {}
     planes = _FramePlanes(image, count)  # each read once, however many contours it holds

@@ -20,9 +20,9 @@ from apache_beam.metrics import Metrics
 from pydicom.dataset import Dataset
 
 from transforms.composite import NamedOutputs
-from transforms.deadletter import DEAD_LETTER, DeadLetter, DeadLetterFn
+from transforms.deadletter import DEAD_LETTER, DeadLetter, DeadLetterFn, StageError, unexpected
 from transforms.deid.content import ContentCheck
-from transforms.dicom_io import METRICS_NAMESPACE
+from transforms.dicom_io import METRICS_NAMESPACE, quiet_pydicom
 from transforms.mask_classes import MaskClasses, renumbering
 from transforms.mask_geometry import contours_on_image, label_maps
 from transforms.masks import (
@@ -77,6 +77,7 @@ class ReadMaskPartsFn(DeadLetterFn):
         self._classes = classes
 
     def setup(self):
+        quiet_pydicom()  # highdicom logs the UIDs it reads
         self._check = ContentCheck.load()
 
     def where(self, element: Parsed) -> tuple[str, str | None]:
@@ -139,21 +140,28 @@ class JoinMasksFn(beam.DoFn):
         key, ds = element
         digest = uid_digest(str(ds.get("SOPInstanceUID", "")))
         found = list(parts[digest])  # a multimap side input: empty for an unknown key
-        label = None
         if found:
             yield beam.pvalue.TaggedOutput(MATCHED, digest)
+        series = uid_digest(str(ds.get("SeriesInstanceUID", "")))
+        by_series = [p for p in parts[series] if p.by_plane]  # contours naming no image
+        if by_series:
+            found += by_series
+            yield beam.pvalue.TaggedOutput(MATCHED, series)
+        label = None
         by_object: dict[tuple[str, str | None], list[MaskPart]] = {}
         for part in found:  # a SEG of a multi-frame image gives a part per frame
             by_object.setdefault((part.source, part.member), []).append(part)
         for (source, member), own in by_object.items():  # one that does not fit spoils itself
+            loose = [p for p in own if p.by_plane]
             try:
                 maps = label_maps(ds, own)
-            except MaskError as e:
-                letter = DeadLetter(source, member, STAGE_MASKS, e.error_type, e.message)
+                placed = bool(loose) and contours_on_image(ds, loose)
+            except Exception as e:  # a referenced SR or KO has no pixel grid, say
+                error = e if isinstance(e, StageError) else unexpected(e)
+                letter = DeadLetter(source, member, STAGE_MASKS, error.error_type, error.message)
                 yield beam.pvalue.TaggedOutput(DEAD_LETTER, letter)
                 continue
-            loose = [p for p in own if p.by_plane]
-            if loose and contours_on_image(ds, loose):
+            if placed:
                 yield beam.pvalue.TaggedOutput(PLACED, (source, member))
             if not maps and len(loose) == len(own):
                 continue  # the series' contours lie on other images: this one is unlabeled
@@ -181,7 +189,7 @@ def _unplaced_letters(element: tuple[tuple[str, str | None], dict]) -> Iterator[
             member,
             STAGE_MASKS,
             MASK_GEOMETRY_MISMATCH,
-            "no contour that names no image lies on an image of the series it lists",
+            "no contour that names no image lies on an image of the series it references",
         )
 
 

@@ -3,7 +3,7 @@
 The pure core of ingest's mask join starts here: ``read_mask_object`` turns a SEG (read with
 highdicom) or an RTSTRUCT (closed planar contours) into ``MaskPart``s, one per image (or per
 frame of a multi-frame image) it references by original SOP Instance UID; contours that name
-no image go to every image of the series the structure set lists. Laying the parts on their
+no image go to every image of the series the structure set references. Laying the parts on their
 image's grid is ``mask_geometry``; the Beam join is ``mask_join``.
 
 Class values are the segment numbers of a SEG and the ROI numbers of an RTSTRUCT (0 is
@@ -14,6 +14,7 @@ check passes it whole, else the class is ``class N``.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,12 +62,13 @@ class MaskPart:
     (a single-frame image; contours of a multi-frame image are then found by their plane).
     ``source`` and ``member`` say where the object came from (for its dead letters only).
     ``by_plane``: contours that name no image (Contour Image Sequence is optional), sent to
-    every image of the series the structure set lists: an image takes those that lie on its
-    plane (or on one of its frames') and no others.
+    every image of the series the structure set references (``referenced`` is then that
+    series' UID): an image takes those that lie on its plane (or on one of its frames') and
+    no others.
     """
 
     kind: str
-    referenced: str  # the image's original SOP Instance UID
+    referenced: str  # the image's original SOP Instance UID (by_plane: its series')
     source: str
     member: str | None
     pixels: np.ndarray | None = None
@@ -104,8 +106,12 @@ def _seg_parts(
     import highdicom as hd
 
     try:
-        seg = hd.seg.Segmentation.from_dataset(ds, copy=False)
+        seg = hd.seg.Segmentation.from_dataset(_little_endian(ds), copy=False)
         uids = [str(sop) for _, _, sop in seg.get_source_image_uids()]
+        # Spatial Locations Preserved (0028,135A) is absent from SEGs some tools wrote (the
+        # liver SEGs of pydicom's test files): not stated is taken as kept, since each frame
+        # must still have its image's size; "NO" stays refused.
+        ignore = not _locations_not_preserved(seg)
         # a LABELMAP SEG may describe its background as segment 0: not a class
         numbers = [n for n in (int(s.SegmentNumber) for s in seg.SegmentSequence) if n > 0]
         if renumber is not None:
@@ -128,11 +134,18 @@ def _seg_parts(
         try:
             if numbered:  # frames of a multi-frame image: the rest of its frames are empty
                 stack = seg.get_pixels_by_source_frame(
-                    sop, numbered, segment_numbers=numbers, combine_segments=False
+                    sop,
+                    numbered,
+                    segment_numbers=numbers,
+                    combine_segments=False,
+                    ignore_spatial_locations=ignore,
                 )
             else:
                 stack = seg.get_pixels_by_source_instance(
-                    [sop], segment_numbers=numbers, combine_segments=False
+                    [sop],
+                    segment_numbers=numbers,
+                    combine_segments=False,
+                    ignore_spatial_locations=ignore,
                 )
         except Exception as e:
             what = "frames of their source image" if numbered else "single source images"
@@ -146,6 +159,40 @@ def _seg_parts(
                 label[stack[i, ..., j] > threshold] = values[j]
             parts.append(MaskPart(SEG, sop, source, member, pixels=label, frame=frame))
     return parts
+
+
+def _locations_not_preserved(seg: Dataset) -> bool:
+    """Whether any source reference of the SEG's frames says its spatial locations were
+    not preserved."""
+    for item in seg.get("PerFrameFunctionalGroupsSequence", []):
+        for derivation in item.get("DerivationImageSequence", []):
+            for ref in derivation.get("SourceImageSequence", []):
+                if str(ref.get("SpatialLocationsPreserved", "")).upper() == "NO":
+                    return True
+    return False
+
+
+def _little_endian(ds: Dataset) -> Dataset:
+    """The SEG in Explicit VR Little Endian (highdicom parses no other byte order): a Big
+    Endian one's frames decoded by pydicom and stored again, bits packed as before."""
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian
+
+    meta = ds.get("file_meta")
+    if meta is None or meta.get("TransferSyntaxUID") != ExplicitVRBigEndian:
+        return ds
+    from pydicom.pixels import pack_bits
+
+    pixels = ds.pixel_array
+    out = Dataset()
+    out.update(ds)
+    out.file_meta = copy.deepcopy(meta)
+    out.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    if int(ds.BitsAllocated) == 1:
+        out.PixelData = pack_bits(pixels.ravel())
+    else:
+        out.PixelData = pixels.astype(f"<u{int(ds.BitsAllocated) // 8}").tobytes()
+    out["PixelData"].VR = "OB" if int(ds.BitsAllocated) <= 8 else "OW"
+    return out
 
 
 def _seg_source_frames(seg) -> dict[str, set[int]]:
@@ -190,7 +237,7 @@ def _rtstruct_parts(
                 frame = images[0].get("ReferencedFrameNumber")
                 frame = None if frame in (None, "") else int(frame)  # one frame: one plane
                 by_image.setdefault((sop, frame), []).append((value, points))
-        listed = _series_images(ds) if loose else []
+        listed = _referenced_series(ds) if loose else []
     except MaskError:
         raise
     except Exception as e:
@@ -199,7 +246,8 @@ def _rtstruct_parts(
         ) from None
     if loose and not listed:
         raise MaskError(
-            MASK_WITHOUT_IMAGE, "a contour names no image and the structure set lists none"
+            MASK_WITHOUT_IMAGE,
+            "a contour names no image and the structure set references no series",
         )
     if not by_image and not loose:
         raise MaskError(MASK_WITHOUT_IMAGE, "the RT structure set has no closed contour")
@@ -208,23 +256,21 @@ def _rtstruct_parts(
         for (sop, frame), found in by_image.items()
     ]
     return parts + [
-        MaskPart(RTSTRUCT, sop, source, member, contours=tuple(loose), by_plane=True)
-        for sop in listed
+        MaskPart(RTSTRUCT, series, source, member, contours=tuple(loose), by_plane=True)
+        for series in listed
     ]
 
 
-def _series_images(ds: Dataset) -> list[str]:
-    """The SOP Instance UIDs of the images the structure set lists as its series' (Referenced
-    Frame of Reference → RT Referenced Study → RT Referenced Series → Contour Image), each
-    once, in order."""
+def _referenced_series(ds: Dataset) -> list[str]:
+    """The Series Instance UIDs the structure set references (Referenced Frame of Reference
+    → RT Referenced Study → RT Referenced Series), each once, in order."""
     found: dict[str, None] = {}
     for frame_of_reference in ds.get("ReferencedFrameOfReferenceSequence") or []:
         for study in frame_of_reference.get("RTReferencedStudySequence") or []:
             for series in study.get("RTReferencedSeriesSequence") or []:
-                for image in series.get("ContourImageSequence") or []:
-                    uid = str(image.get("ReferencedSOPInstanceUID", "") or "").strip()
-                    if uid:
-                        found[uid] = None
+                uid = str(series.get("SeriesInstanceUID", "") or "").strip()
+                if uid:
+                    found[uid] = None
     return list(found)
 
 

@@ -19,7 +19,8 @@ _pydicom_quiet = False
 
 
 def quiet_pydicom() -> None:
-    """Keeps pydicom from quoting values in this process's logs: call before parsing.
+    """Keeps pydicom (and highdicom, which logs the UIDs it reads) from quoting values in
+    this process's logs: call before parsing.
 
     pydicom reports odd values through warnings and its logger, quoting the values; those
     are PHI, so neither may reach a worker's log. Not validating on read means the messages
@@ -32,7 +33,10 @@ def quiet_pydicom() -> None:
         return
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     logging.getLogger("pydicom").setLevel(logging.CRITICAL + 1)
+    # highdicom (SEG read in ingest, written in score) logs SOP Instance UIDs at WARNING.
+    logging.getLogger("highdicom").setLevel(logging.CRITICAL + 1)
     warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
+    warnings.filterwarnings("ignore", module=r"highdicom(\.|$)")
     _pydicom_quiet = True
 
 
