@@ -307,6 +307,10 @@ def plan(config: RunConfig, state: dict, from_stage: str | None, current: dict) 
         reasons.append("no ingest yet")
     elif labels_version != last.get("labels_version"):
         reasons.append("the label file changed")
+    elif last.get("task", DEFAULT_TASK) != config.task:
+        reasons.append("the task changed")
+    elif last.get("mask_classes") != config.mask_classes:
+        reasons.append("the mask classes changed")
     elif threshold is not None and len(since_ingest) >= int(threshold):
         reasons.append(f"{len(since_ingest)} new or changed objects since the last ingest")
     stages = ["ingest", "train", "score"] if reasons else ["score"]
@@ -320,6 +324,8 @@ def plan(config: RunConfig, state: dict, from_stage: str | None, current: dict) 
         "objects": {digest: current[digest] for digest in changed},
         "all_objects": current,
         "labels_version": labels_version,
+        "task": config.task,
+        "mask_classes": config.mask_classes,
         "done": {},
     }
 
@@ -391,6 +397,8 @@ def execute_run(config: RunConfig, from_stage: str | None = None, log=print) -> 
                 "run_id": record["run_id"],
                 "objects": record["all_objects"],
                 "labels_version": record["labels_version"],
+                "task": record.get("task", DEFAULT_TASK),
+                "mask_classes": record.get("mask_classes"),
             }
         state["current_run"] = None
         state.setdefault("runs", []).append(record["run_id"])

@@ -272,3 +272,21 @@ def test_the_task_is_set_once_and_reaches_ingest_train_and_score(tmp_path):
     ):
         with pytest.raises(ValueError, match=message):
             run_mod.RunConfig.from_mapping({**base, **data})
+
+
+def test_a_new_task_or_new_mask_classes_ingest_again(tmp_path):
+    """What ingest made no longer fits: the classes by name (or the task) changed."""
+    base = {"inputs": [str(tmp_path)], "output": str(tmp_path / "out"), "key_env": "K"}
+    seg = {**base, "task": "segmentation", "mask_classes": "liver=Liver"}
+    last = {"objects": {}, "labels_version": None, "task": "segmentation"}
+    state = {"last_ingest": {**last, "mask_classes": "liver=Liver"}}
+    same = run_mod.plan(run_mod.RunConfig.from_mapping(seg), state, None, {})
+    assert same["stages"] == ["score"] and same["mask_classes"] == "liver=Liver"
+    other = {**seg, "mask_classes": "liver=Liver,tumour=GTV*"}
+    moved = run_mod.plan(run_mod.RunConfig.from_mapping(other), state, None, {})
+    assert moved["stages"] == ["ingest", "train", "score"]
+    assert moved["retrain_because"] == ["the mask classes changed"]
+    task = run_mod.plan(run_mod.RunConfig.from_mapping(base), state, None, {})
+    assert task["retrain_because"] == ["the task changed"]
+    old = {"last_ingest": {"objects": {}, "labels_version": None}}  # a state from before
+    assert run_mod.plan(run_mod.RunConfig.from_mapping(base), old, None, {})["stages"] == ["score"]
