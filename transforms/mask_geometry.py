@@ -32,57 +32,109 @@ def polygon_fill(vertices: np.ndarray, rows: int, cols: int) -> np.ndarray:
 
 def contours_fill(polygons: list[np.ndarray], rows: int, cols: int) -> np.ndarray:
     """Pixels inside closed polygons ((x, y) vertices in pixel units, (0, 0) the centre of
-    the top-left pixel) taken together, as a bool mask: a pixel is inside when its centre
-    is inside (even-odd over all the outlines: a polygon inside another is a hole, as
-    rt-utils, Plastimatch and Slicer write a ring) or on an outline (an outline traced
+    the top-left pixel) taken together, as a bool mask.
+
+    A pixel is inside an outline when its centre is inside it or on it (an outline traced
     through the centres of a mask's edge pixels, as rt-utils writes one, gives that mask
-    back). One row of centres at a time."""
+    back). Outlines nest: one lying inside an odd number of others is a hole, as rt-utils,
+    Plastimatch and Slicer write a ring (its outer and inner outline), and an island in
+    the hole is filled again; the outline of a hole stays inside. Outlines that merely
+    overlap are joined, and an outline given twice counts once."""
     mask = np.zeros((rows, cols), bool)
-    kept = [np.asarray(p, np.float64) for p in polygons if len(p) >= 3]
-    kept = [p for p in kept if np.isfinite(p).all()]
-    if not kept:
+    kept: dict[bytes, np.ndarray] = {}
+    for p in polygons:
+        p = np.asarray(p, np.float64).reshape(-1, 2)
+        if len(p) >= 3 and np.isfinite(p).all():
+            p = np.clip(p, -4.0 * max(rows, cols), 5.0 * max(rows, cols))
+            kept.setdefault(np.round(p, 6).tobytes(), p)  # the same outline twice: once
+    outlines = list(kept.values())
+    if not outlines:
         return mask
-    xs = np.concatenate([p[:, 0] for p in kept])
-    ys = np.concatenate([p[:, 1] for p in kept])
-    x2 = np.concatenate([np.roll(p[:, 0], -1) for p in kept])
-    y2 = np.concatenate([np.roll(p[:, 1], -1) for p in kept])
-    low, high = np.minimum(ys, y2), np.maximum(ys, y2)
-    flat = np.abs(y2 - ys) < _ON
-    centres = np.arange(cols, dtype=np.float64)
-    first, last = max(0, int(np.floor(low.min()))), min(rows - 1, int(np.ceil(high.max())))
-    for row in range(first, last + 1):
-        touching = (low <= row + _ON) & (high >= row - _ON)
-        if not touching.any():
-            continue
-        crosses = (ys <= row) != (y2 <= row)
-        x_at = xs[crosses] + (row - ys[crosses]) * (x2[crosses] - xs[crosses]) / (
-            y2[crosses] - ys[crosses]
+    depth = [
+        sum(
+            j != i and bool(_inside_or_on(outlines[i], outline).all())
+            for j, outline in enumerate(outlines)
         )
-        line = (centres[None, :] < x_at[:, None]).sum(axis=0) % 2 == 1
-        on_flat = touching & flat
-        for a, b in zip(xs[on_flat], x2[on_flat], strict=True):
-            line |= (centres >= min(a, b) - _ON) & (centres <= max(a, b) + _ON)
-        slanted = touching & ~flat
-        a, b, dx, dy = (
-            xs[slanted],
-            x2[slanted],
-            x2[slanted] - xs[slanted],
-            y2[slanted] - ys[slanted],
-        )
-        x_on = a + (row - ys[slanted]) * dx / dy
-        # centres within _ON of the edge itself (not along the row): wider on a shallow edge
-        reach = _ON * np.hypot(dx, dy) / np.abs(dy)
-        first = np.ceil(np.maximum(x_on - reach, np.minimum(a, b) - _ON))
-        last = np.floor(np.minimum(x_on + reach, np.maximum(a, b) + _ON))
-        for lo, hi in zip(first, last, strict=True):
-            if lo <= hi:
-                line[max(0, int(lo)) : max(0, min(cols, int(hi) + 1))] = True
-        mask[row] = line
+        for i in range(len(outlines))
+    ]
+    for i in np.argsort(depth, kind="stable"):  # outer outlines first, holes, islands
+        inside, on = _raster(outlines[i], rows, cols)
+        if depth[i] % 2 == 0:
+            mask |= inside | on
+        else:
+            mask &= ~inside
+            mask |= on
     return mask
 
 
 _ON = 0.01  # a centre this close to an outline (pixels) lies on it: contours in mm carry
 # rounding from the writer's float32 matrices and decimal strings
+
+
+def _edges(outline: np.ndarray) -> tuple[np.ndarray, ...]:
+    xs, ys = outline[:, 0], outline[:, 1]
+    return xs, ys, np.roll(xs, -1), np.roll(ys, -1)
+
+
+def _inside_or_on(points: np.ndarray, outline: np.ndarray) -> np.ndarray:
+    """Which points (x, y) lie inside the outline (even-odd) or within _ON of it."""
+    xs, ys, x2, y2 = _edges(outline)
+    px, py = points[:, :1], points[:, 1:]
+    crosses = (ys <= py) != (y2 <= py)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x_at = xs + (py - ys) * (x2 - xs) / (y2 - ys)
+    inside = (crosses & (px < x_at)).sum(axis=1) % 2 == 1
+    dx, dy = x2 - xs, y2 - ys
+    t = np.clip(((px - xs) * dx + (py - ys) * dy) / np.maximum(dx * dx + dy * dy, 1e-18), 0, 1)
+    near = np.hypot(px - (xs + t * dx), py - (ys + t * dy)).min(axis=1) <= _ON
+    return inside | near
+
+
+def _raster(outline: np.ndarray, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
+    """(centres strictly inside the outline, even-odd; centres within _ON of it) as masks,
+    built from per-row intervals without a loop over rows: each crossing of a row adds one
+    to the centres left of it (the parity is inside), and each edge marks the centres of
+    each row it spans that lie within _ON of it."""
+    xs, ys, x2, y2 = _edges(outline)
+    low, high = np.minimum(ys, y2), np.maximum(ys, y2)
+    # strictly inside: a crossing of row r (half-open in y) at x counts for centres c < x
+    first = np.maximum(np.ceil(low), 0).astype(np.int64)
+    last = np.minimum(np.ceil(high) - 1, rows - 1).astype(np.int64)  # rows with low <= r < high
+    span = np.maximum(last - first + 1, 0)
+    edge = np.repeat(np.arange(len(xs)), span)
+    row = first[edge] + (np.arange(span.sum()) - np.repeat(np.cumsum(span) - span, span))
+    row_f = row.astype(np.float64)
+    steep = ys[edge] != y2[edge]
+    edge, row, row_f = edge[steep], row[steep], row_f[steep]
+    crossing = (ys[edge] <= row_f) != (y2[edge] <= row_f)
+    edge, row, row_f = edge[crossing], row[crossing], row_f[crossing]
+    x_at = xs[edge] + (row_f - ys[edge]) * (x2[edge] - xs[edge]) / (y2[edge] - ys[edge])
+    right = np.clip(np.ceil(x_at), 0, cols).astype(np.int64)  # centres 0 .. right-1 count
+    count = np.zeros((rows, cols + 1), np.int32)
+    np.add.at(count, (row, np.zeros_like(row)), 1)
+    np.add.at(count, (row, right), -1)
+    inside = np.cumsum(count, axis=1)[:, :cols] % 2 == 1
+    # on the outline: per edge and row it spans (within _ON), the centres within _ON of it
+    first = np.maximum(np.ceil(low - _ON), 0).astype(np.int64)
+    last = np.minimum(np.floor(high + _ON), rows - 1).astype(np.int64)
+    span = np.maximum(last - first + 1, 0)
+    edge = np.repeat(np.arange(len(xs)), span)
+    row = first[edge] + (np.arange(span.sum()) - np.repeat(np.cumsum(span) - span, span))
+    a, b = xs[edge], x2[edge]
+    dx, dy = b - a, y2[edge] - ys[edge]
+    flat = np.abs(dy) < _ON
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x_on = np.where(flat, a, a + (row - ys[edge]) * dx / dy)
+        reach = np.where(flat, np.inf, _ON * np.hypot(dx, dy) / np.abs(dy))
+    lo = np.ceil(np.maximum(x_on - reach, np.minimum(a, b) - _ON))
+    hi = np.floor(np.minimum(x_on + reach, np.maximum(a, b) + _ON))
+    lo, hi = np.clip(lo, 0, cols), np.clip(hi + 1, 0, cols)
+    keep = lo < hi
+    marks = np.zeros((rows, cols + 1), np.int32)
+    np.add.at(marks, (row[keep], lo[keep].astype(np.int64)), 1)
+    np.add.at(marks, (row[keep], hi[keep].astype(np.int64)), -1)
+    on = np.cumsum(marks, axis=1)[:, :cols] > 0
+    return inside, on
 
 
 class _Plane(NamedTuple):
@@ -202,38 +254,36 @@ class _FramePlanes:
             self._read[index] = _plane(self._image, index)
         return self._read[index]
 
-    def nearest(self, points: np.ndarray) -> tuple[int, float]:
-        """The frame whose plane is nearest the points, and their largest distance from it."""
+    def distances(self, points: np.ndarray) -> np.ndarray:
+        """The points' largest distance from each frame's plane."""
         if self._stacked is None:
             planes = [self[i] for i in range(self._count)]
             normals = np.array([np.cross(p.along_row, p.along_col) for p in planes])
             origins = np.array([p.origin for p in planes])
             self._stacked = normals, np.einsum("ij,ij->i", origins, normals)
         normals, offsets = self._stacked
-        distances = np.abs(points @ normals.T - offsets[None, :]).max(axis=0)
-        index = int(np.argmin(distances))
-        return index, float(distances[index])
+        return np.abs(points @ normals.T - offsets[None, :]).max(axis=0)
 
 
-def _contour_frame(
+def _contour_frames(
     frame: int | None, count: int, points: np.ndarray, planes: _FramePlanes
-) -> tuple[int, _Plane]:
-    """The frame a contour lies on and its plane: the frame it names, else (a multi-frame
-    image) the one whose plane holds it."""
+) -> list[int]:
+    """The frames a contour lies on: the frame it names, else (a multi-frame image) every
+    frame whose plane holds it (the time points or echoes of one slice share a plane)."""
     if frame is not None or count == 1:
         index = _frame_index(frame, count, "a contour")
         if planes[index].distance(points) > PLANE_TOLERANCE_MM:
             raise MaskError(MASK_GEOMETRY_MISMATCH, "a contour lies off its image's plane")
-        return index, planes[index]
-    index, distance = planes.nearest(points)
-    if distance > PLANE_TOLERANCE_MM:
+        return [index]
+    on = np.flatnonzero(planes.distances(points) <= PLANE_TOLERANCE_MM)
+    if not len(on):
         raise MaskError(MASK_GEOMETRY_MISMATCH, "a contour lies off every frame's plane")
-    return index, planes[index]
+    return [int(i) for i in on]
 
 
 def _on_image(count: int, points: np.ndarray, planes: _FramePlanes) -> bool:
     """Whether a contour lies on the image's plane, or on one of its frames'."""
-    distance = planes[0].distance(points) if count == 1 else planes.nearest(points)[1]
+    distance = planes[0].distance(points) if count == 1 else planes.distances(points).min()
     return distance <= PLANE_TOLERANCE_MM
 
 
@@ -276,8 +326,8 @@ def label_maps(image: Dataset, parts: list[MaskPart]) -> dict[int, np.ndarray]:
         for value, points in part.contours:
             if part.by_plane and not _on_image(count, points, planes):
                 continue  # a contour of another image of the series
-            index, plane = _contour_frame(part.frame, count, points, planes)
-            outlines.setdefault((index, value), []).append(plane.pixels(points))
+            for index in _contour_frames(part.frame, count, points, planes):
+                outlines.setdefault((index, value), []).append(planes[index].pixels(points))
         for (index, value), polygons in sorted(outlines.items()):  # the higher value wins
             inside = contours_fill(polygons, rows, cols)
             label = out.setdefault(index, np.zeros((rows, cols), np.uint8))
