@@ -44,6 +44,11 @@ PANEL_NEAR = 5
 PANEL_GAIN = 4
 PANEL_KNEE = 128
 PANEL_FAINT = 64
+# A line's box grows along its row where the line's ink colour continues (ink_continued):
+# in windows as wide as the box is high, at least INK_HITS pixels of it, and INK_OVER
+# times as many as its share of the frame would put there by chance.
+INK_HITS = 3
+INK_OVER = 8
 # Frames per detector call where the provider batches (CUDA); one at a time on a CPU,
 # where a batch costs the same per frame and only holds more memory.
 GPU_BATCH = 8
@@ -221,6 +226,71 @@ def panels_stretched(frame: np.ndarray) -> np.ndarray:
         down = cv2.LUT(cv2.subtract(panel, c), _PANEL_CURVE)
         out.append(np.where(faint, cv2.subtract(cv2.add(panel, up), down), c))
     return cv2.merge(out * 3 if grey else out)
+
+
+def ink_continued(view: np.ndarray, box: Box) -> Box:
+    """A line's box (from the detector, in an 8-bit frame) grown along its row for as
+    long as the line's own ink continues: burned-in text is drawn in one colour, and the
+    detector stops short where that colour meets a background as bright (the last
+    glyphs of a line across a bone over textured anatomy).
+
+    The ink is the commonest colour of the box's pixels that are not flat (3 x 3 of one
+    colour: a panel, not a glyph's 1-2 px stroke). Windows as wide as the box is high are
+    taken beside it, one after another; a window continues the line when it holds at
+    least INK_HITS such pixels of the ink and INK_OVER times as many as the ink's share of
+    the whole frame would put there by chance. One window without may be a word's gap;
+    the box ends at the last ink pixel of the last window that continued it."""
+    x0, y0, x1, y1 = box
+    h, w = view.shape[:2]
+    if y1 - y0 < 3 or x1 <= x0:
+        return box
+    v = view.astype(np.int32)
+    key = (
+        v[..., 0]
+        if (v[..., 0] == v[..., 2]).all() and (v[..., 0] == v[..., 1]).all()
+        else ((v[..., 0] << 16) | (v[..., 1] << 8) | v[..., 2])
+    )
+    top, bottom = max(0, y0 - 1), min(h, y1 + 1)
+    band = key[top:bottom]
+    flat = np.zeros(band.shape, bool)
+    inner = band[1:-1, 1:-1]
+    flat[1:-1, 1:-1] = np.all(
+        [
+            inner == band[1 + dy : band.shape[0] - 1 + dy, 1 + dx : w - 1 + dx]
+            for dy in (-1, 0, 1)
+            for dx in (-1, 0, 1)
+            if dy or dx
+        ],
+        axis=0,
+    )
+    rows = slice(y0 - top, y1 - top)
+    pixels = band[rows, x0:x1][~flat[rows, x0:x1]]
+    if not len(pixels):
+        return box
+    values, counts = np.unique(pixels, return_counts=True)
+    ink = values[counts.argmax()]
+    if counts.max() < INK_HITS:
+        return box
+    hits = (band[rows] == ink) & ~flat[rows]
+    chance = float((key == ink).mean())
+    step = y1 - y0
+    need = max(INK_HITS, INK_OVER * chance * step * step)
+    new0, new1 = x0, x1
+    for direction in (1, -1):
+        x, misses = (x1 if direction > 0 else x0), 0
+        while misses < 2 and 0 < x < w:
+            lo, hi = (x, min(w, x + step)) if direction > 0 else (max(0, x - step), x)
+            cols = np.flatnonzero(hits[:, lo:hi].any(axis=0))
+            if hits[:, lo:hi].sum() >= need:
+                misses = 0
+                if direction > 0:
+                    new1 = lo + int(cols[-1]) + 1
+                else:
+                    new0 = lo + int(cols[0])
+            else:
+                misses += 1
+            x = hi if direction > 0 else lo
+    return (new0, y0, new1, y1)
 
 
 def _boxes(postprocess, pred: np.ndarray, padded: tuple[int, int], frame) -> list[Box]:

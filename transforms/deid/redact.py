@@ -13,7 +13,15 @@ from pydicom.multival import MultiValue
 
 from transforms.deadletter import StageError
 from transforms.deid.config import PixelPolicy
-from transforms.deid.ocr import Box, Ocr, detector_scale, frame_8bit, frame_window, load_ocr
+from transforms.deid.ocr import (
+    Box,
+    Ocr,
+    detector_scale,
+    frame_8bit,
+    frame_window,
+    ink_continued,
+    load_ocr,
+)
 from transforms.deid.pixels import blank_value, store_frames
 
 # identifying_text keeps a region only when it was read with at least this confidence
@@ -379,8 +387,10 @@ class _Frame:
 
     def first(self, boxes: list[Box]) -> list[Box]:
         """The first pass's boxes to blank: every line the detector finds (a taller box
-        gives the lines found in it alone)."""
-        return [line for b in boxes for line in self.lines_in(self.view, b)]
+        gives the lines found in it alone), each grown along its row where its ink
+        continues (``ink_continued``)."""
+        lines = [line for b in boxes for line in self.lines_in(self.view, b)]
+        return [ink_continued(self.original, line) for line in lines]
 
     def found(self, windows: list[Box], scale: float) -> list[Box]:
         """Text found again in the windows of the redacted frame, in frame pixels: the
@@ -394,7 +404,7 @@ class _Frame:
                 if _covered(box, self.kept):
                     continue
                 if self.continues_line(box):
-                    out.append(box)
+                    out.append(ink_continued(self.original, box))
                 else:
                     unread += self.lines_in(crop, (b0, c0, b1, c1))
             for s0, t0, s1, t1 in self.reads(crop, unread) if unread else []:
