@@ -364,18 +364,17 @@ def _load(threads: int) -> Ocr:
         cfg.update(use_cuda="CUDAExecutionProvider" in use)
         configs[part] = cfg
     det = configs["Det"]
-    # A region is scored by the mean probability over its own outline ("slow"), not over
-    # its bounding rectangle ("fast", rapidocr's default): a line 8-10 px high in the map
-    # has soft top and bottom rows that are a large share of its rectangle, tilted a
-    # little they are more, and such a line scored 0.49 against box_thresh 0.5 by its
-    # rectangle and 0.70 by its outline (a date line over texture, half of it dropped).
+    # rapidocr's score of a region, over its bounding rectangle, is kept: over the region's
+    # own outline it found thin lines that the rectangle's soft rows dragged under 0.5,
+    # but let two staggered lines through as one tilted region, whose upright box blanked
+    # 2.5 times the pixels outside the text (ink_continued completes such lines instead).
     post = DBPostProcess(
         thresh=det["thresh"],
         box_thresh=det["box_thresh"],
         max_candidates=det["max_candidates"],
         unclip_ratio=det["unclip_ratio"],
         use_dilation=det["use_dilation"],
-        score_mode="slow",
+        score_mode=det["score_mode"],
     )
     session = onnxruntime.InferenceSession(det["model_path"], options, providers=use)
     name = session.get_inputs()[0].name
