@@ -244,14 +244,9 @@ def ink_continued(view: np.ndarray, box: Box) -> Box:
     h, w = view.shape[:2]
     if y1 - y0 < 3 or x1 <= x0:
         return box
-    v = view.astype(np.int32)
-    key = (
-        v[..., 0]
-        if (v[..., 0] == v[..., 2]).all() and (v[..., 0] == v[..., 1]).all()
-        else ((v[..., 0] << 16) | (v[..., 1] << 8) | v[..., 2])
-    )
     top, bottom = max(0, y0 - 1), min(h, y1 + 1)
-    band = key[top:bottom]
+    v = view[top:bottom].astype(np.int32)  # the line's rows: a colour as one number
+    band = (v[..., 0] << 16) | (v[..., 1] << 8) | v[..., 2]
     flat = np.zeros(band.shape, bool)
     inner = band[1:-1, 1:-1]
     flat[1:-1, 1:-1] = np.all(
@@ -272,7 +267,8 @@ def ink_continued(view: np.ndarray, box: Box) -> Box:
     if counts.max() < INK_HITS:
         return box
     hits = (band[rows] == ink) & ~flat[rows]
-    chance = float((key == ink).mean())
+    # its share of the frame, at most: pixels of its first channel's value
+    chance = float((view[..., 0] == ink >> 16).mean())
     step = y1 - y0
     need = max(INK_HITS, INK_OVER * chance * step * step)
     new0, new1 = x0, x1
