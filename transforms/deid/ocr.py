@@ -192,8 +192,11 @@ def panels_stretched(frame: np.ndarray) -> np.ndarray:
     channel: a Doppler blob's saturated red or empty blue is not a panel."""
     import cv2
 
-    grey = (frame[..., 0] == frame[..., 1]).all() and (frame[..., 1] == frame[..., 2]).all()
-    channels = [np.ascontiguousarray(frame[..., c]) for c in range(1 if grey else 3)]
+    channels = list(cv2.split(frame))
+    grey = not cv2.norm(channels[0], channels[1], cv2.NORM_INF) and not cv2.norm(
+        channels[1], channels[2], cv2.NORM_INF
+    )
+    channels = channels[:1] if grey else channels
     square = np.ones((3, 3), np.uint8)
     flat: np.ndarray = np.full(frame.shape[:2], 255, np.uint8)  # masks: 0 / 255, as OpenCV
     for c in channels:
