@@ -77,12 +77,14 @@ def shared(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
 
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory) -> Path:
-    """A synthetic export written by the real synth pipeline (DirectRunner, in memory)."""
-    root = tmp_path_factory.mktemp("corpus")
-    synth_pipeline.run(
-        ["--output", str(root), "--patients", str(CORPUS_PATIENTS), "--seed", str(CORPUS_SEED)]
-    )
-    return root
+    """A synthetic export written by the real synth pipeline (DirectRunner, in memory), once
+    for all workers (tests only read it)."""
+
+    def build(root: Path) -> None:
+        argv = ["--output", str(root), "--patients", str(CORPUS_PATIENTS)]
+        synth_pipeline.run([*argv, "--seed", str(CORPUS_SEED)])
+
+    return shared(tmp_path_factory, "corpus", build)
 
 
 @pytest.fixture(scope="session")
