@@ -40,11 +40,13 @@ SLOW_MODULES = {
 # started last, on one worker, while the other sat idle). The first two build the
 # segmentation and the classification fixtures on different workers, so that neither waits
 # on the other's lock in `shared`; the modules that reuse `train_data` and `score_model`
-# come after them. The order is from the 2026-12-07 --durations runs (benchmarks/RESULTS.md).
+# come after them. Order: a whole run's module times (2026-12-07, benchmarks/RESULTS.md).
 LONGEST_FIRST = [
-    "test_train_segmentation", "test_trainer", "test_score", "test_train", "test_demo",
-    "test_run", "test_quiet", "test_deid_leaks", "test_deidentify", "test_score_segmentation",
-    "test_fuzz", "test_dicomweb", "test_dimse", "test_ingest", "test_failures",
+    "test_train_segmentation", "test_trainer", "test_deidentify", "test_dimse", "test_run",
+    "test_quiet", "test_demo", "test_dicomweb", "test_score", "test_ingest", "test_train",
+    "test_redact", "test_fuzz", "test_dicom_io", "test_inventory", "test_cli", "test_deid_leaks",
+    "test_ingest_masks", "test_deid", "test_synth_pipeline", "test_score_segmentation",
+    "test_failures",
 ]  # fmt: skip
 
 
