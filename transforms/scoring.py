@@ -9,6 +9,7 @@ column (never a dict per row), on ``BundleRowsFn``: the bundle buffering it shar
 segmentation's rows.
 """
 
+import abc
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -239,7 +240,7 @@ def score_columns(
     return probabilities[np.arange(len(predicted)), column], predicted
 
 
-class BundleRowsFn(beam.DoFn):
+class BundleRowsFn(beam.DoFn, metaclass=abc.ABCMeta):
     """The bundle buffering that both kinds of score rows share.
 
     A subclass's ``process`` hands each instance's rows to ``_add``: the ID columns, frame
@@ -305,9 +306,9 @@ class BundleRowsFn(beam.DoFn):
         self._reset()
         return table
 
+    @abc.abstractmethod
     def _table(self, columns: dict[str, list]) -> pa.Table:
         """The gathered rows (``_ids``, ``_frames``, ``_times`` and ``columns``) as a table."""
-        raise NotImplementedError
 
 
 class ScoreRowsFn(BundleRowsFn):

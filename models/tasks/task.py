@@ -3,6 +3,7 @@ holds what both state the same way."""
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -150,7 +151,7 @@ class Task(Protocol):
 
 
 @dataclass(frozen=True, kw_only=True)
-class TaskBase:
+class TaskBase(abc.ABC):
     """The ``Task`` attributes (described there) as fields, and ``read_metrics`` over
     ``metric_interval``: where a task's ``metrics.json`` keeps its promotion metric's 95 %
     interval is all that differs. A task subclasses it, adds the protocol's methods, and is
@@ -166,9 +167,9 @@ class TaskBase:
     limitations: str
     score_schema: pa.Schema
 
+    @abc.abstractmethod
     def metric_interval(self, details: Mapping[str, Any]) -> tuple[Any, Any]:
         """The promotion metric's (low, high) as ``metrics.json`` holds them."""
-        raise NotImplementedError
 
     def read_metrics(self, details: Mapping[str, Any]) -> Metrics:
         low, high = self.metric_interval(details)
