@@ -385,6 +385,20 @@ def test_describe_dicomdir_and_unsupported_compression():
     assert row[f.DECODER_AVAILABLE] is False
 
 
+def test_uid_names_do_not_depend_on_which_modules_a_process_loaded():
+    """pynetdicom adds JPEG XL & co. to pydicom's UID table when imported: a worker that
+    had loaded the DIMSE sources named them and took them for supported, one that had not
+    did neither (CI saw both in one run). The reading layer now loads it, in every process.
+    """
+    code = (
+        "import sys, transforms.dicom_io as d; from pydicom.uid import UID; "
+        "u = UID('1.2.840.10008.1.2.4.112'); "
+        "print(u.name, u.is_transfer_syntax, d.decoder_available(u))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "JPEG XL True False"
+
+
 def test_parsing_a_file_with_bad_values_logs_no_phi(tmp_path):
     """pydicom warns and logs invalid values verbatim; none of it may reach a worker's log.
 

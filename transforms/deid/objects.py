@@ -15,7 +15,7 @@ from transforms.deid.engine import Deidentifier
 from transforms.deid.pixels import burned_in_risk, mask_pixels
 from transforms.deid.redact import Redaction, redact_pixels
 from transforms.deid.values import _text
-from transforms.dicom_io import parse_dataset
+from transforms.dicom_io import decoder_available, parse_dataset
 from transforms.dicom_io.write import write_dataset, write_file_meta
 
 
@@ -65,8 +65,10 @@ def deidentify_dataset(
         # A DICOMDIR (or other media file) indexes instances; it is not one.
         raise StageError("not_an_instance", "no SOP instance (e.g. a DICOMDIR); not de-identified")
     syntax = ds.file_meta.get("TransferSyntaxUID")
-    if syntax is not None and not syntax.is_transfer_syntax:
-        # pydicom can neither decode nor re-encode it (JPEG XL, say): refused, named.
+    known = syntax is None or syntax.is_transfer_syntax
+    if not known or ("PixelData" in ds and decoder_available(syntax) is False):
+        # Pixels this pydicom cannot decode (JPEG XL, say) can be neither checked for
+        # burned-in text nor used downstream; an unknown syntax cannot be re-encoded.
         message = f"transfer syntax {syntax} is not supported by this installation"
         raise StageError("unsupported_transfer_syntax", message)
     pixels = engine.config.pixels

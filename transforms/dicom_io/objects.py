@@ -7,6 +7,7 @@ from typing import NamedTuple
 
 import apache_beam as beam
 import pydicom
+import pynetdicom  # noqa: F401  (see below)
 from apache_beam.metrics import Metrics
 
 from transforms.deadletter import (
@@ -14,6 +15,11 @@ from transforms.deadletter import (
     METRICS_NAMESPACE,
     DeadLetter,
 )
+
+# pynetdicom registers the transfer syntaxes newer than this pydicom (JPEG XL, ...) in
+# pydicom's UID dictionary when imported. Imported here, below everything that reads DICOM,
+# so a UID's name and ``is_transfer_syntax`` are the same in every process, not only in
+# those that happened to load the DIMSE sources.
 
 _pydicom_quiet = False
 
