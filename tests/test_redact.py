@@ -5,6 +5,7 @@ import io
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -537,6 +538,37 @@ def test_a_line_half_dropped_by_the_detector_is_completed_along_its_ink():
     for b in case.boxes:
         x0, y0, x1, y1 = b.box
         assert (after[0, y0:y1, x0:x1] == 0).all(), (size_band(b.box), b.text)
+
+
+def test_a_line_grows_past_a_border_whose_colour_outnumbers_its_ink():
+    """A thin 7 px line runs from a flat dark border onto a noisy panel, and the detector's
+    box stops at the panel. Beside 1 px strokes the border's pixels are not flat, and they
+    outnumber the ink: taken for the ink they ended the line at the border. The border is
+    as common in the box's padding rows as in its middle, so it is not the ink."""
+    import matplotlib
+    from PIL import Image, ImageDraw, ImageFont
+
+    from transforms.deid.ocr import ink_continued
+
+    rows, cols = 120, 240
+    frame = np.full((rows, cols), 30, np.uint8)
+    frame[:, 60:] = np.random.default_rng(3).normal(120, 30, (rows, cols - 60)).clip(0, 254)
+    font_file = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSerif.ttf"
+    font = ImageFont.truetype(str(font_file), 7)
+    image = Image.fromarray(frame)
+    draw = ImageDraw.Draw(image)
+    text = "ST MARY HOSPITAL  ACC A7731"
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    draw.text((-left, 50 - top), text, fill=255, font=font)
+    view = np.repeat(np.asarray(image)[..., np.newaxis], 3, axis=2)
+    height = bottom - top
+    box = (0, 47, 61, 50 + height + 5)  # as the detector gives it: padded, cut at the panel
+    grown = ink_continued(view, box)
+    assert grown[1::2] == box[1::2]
+    # to within a window of its end (the last glyphs, "31", hold too few full-ink
+    # pixels; the margin around each blanked box covers them), never past it
+    step = box[3] - box[1]  # the box's height: the width of the windows it grows by
+    assert right - left - step <= grown[2] <= right - left + step, grown
 
 
 def test_a_line_cut_short_grows_along_its_own_ink():

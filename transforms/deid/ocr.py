@@ -49,6 +49,10 @@ PANEL_FAINT = 64
 # times as many as its share of the frame would put there by chance.
 INK_HITS = 3
 INK_OVER = 8
+# The ink: the first of the box's INK_CANDIDATES commonest non-flat colours that is more
+# than INK_DENSER times as dense in the box's middle rows as in its outer rows.
+INK_CANDIDATES = 4
+INK_DENSER = 1
 # Frames per detector call where the provider batches (CUDA); one at a time on a CPU,
 # where a batch costs the same per frame and only holds more memory.
 GPU_BATCH = 8
@@ -238,11 +242,13 @@ def ink_continued(view: np.ndarray, box: Box) -> Box:
     glyphs of a line across a bone over textured anatomy).
 
     The ink is the commonest colour of the box's pixels that are not flat (3 x 3 of one
-    colour: a panel, not a glyph's 1-2 px stroke). Windows as wide as the box is high are
-    taken beside it, one after another; a window continues the line when it holds at
-    least INK_HITS such pixels of the ink and INK_OVER times as many as the ink's share of
-    the whole frame would put there by chance. One window without may be a word's gap;
-    the box ends at the last ink pixel of the last window that continued it."""
+    colour: a panel, not a glyph's 1-2 px stroke) and that is denser in the box's middle
+    rows than in its rows of padding above and below the glyphs (a background is not).
+    Windows as wide as the box is high are taken beside it, one after another; a window
+    continues the line when it holds at least INK_HITS such pixels of the ink and INK_OVER
+    times as many as the ink's share of the whole frame would put there by chance. One
+    window without may be a word's gap; the box ends at the last ink pixel of the last
+    window that continued it."""
     x0, y0, x1, y1 = box
     h, w = view.shape[:2]
     if y1 - y0 < 3 or x1 <= x0:
@@ -262,12 +268,25 @@ def ink_continued(view: np.ndarray, box: Box) -> Box:
         axis=0,
     )
     rows = slice(y0 - top, y1 - top)
-    pixels = band[rows, x0:x1][~flat[rows, x0:x1]]
+    inside = band[rows, x0:x1]
+    pixels = inside[~flat[rows, x0:x1]]
     if not len(pixels):
         return box
     values, counts = np.unique(pixels, return_counts=True)
-    ink = values[counts.argmax()]
-    if counts.max() < INK_HITS:
+    # The background is as common in the box's outer rows (the detector's padding above
+    # and below the glyphs) as in its middle rows; the ink is not. Background that is not
+    # flat (noise, or a dark border beside thin glyphs) can outnumber the ink.
+    q = max(1, (y1 - y0) // 4)
+    middle, outer = inside[q:-q], np.concatenate([inside[:q], inside[-q:]])
+    ink = None
+    for i in np.argsort(counts)[::-1][:INK_CANDIDATES]:
+        if counts[i] < INK_HITS:
+            break
+        mid = np.count_nonzero(middle == values[i]) / max(middle.size, 1)
+        if mid > INK_DENSER * np.count_nonzero(outer == values[i]) / max(outer.size, 1):
+            ink = values[i]
+            break
+    if ink is None:
         return box
     hits = (band[rows] == ink) & ~flat[rows]
     # its share of the frame, at most: pixels of its first channel's value
