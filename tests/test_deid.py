@@ -511,6 +511,25 @@ def test_whole_files_round_trip_through_every_transfer_syntax(corpus):
     assert done > 20
 
 
+def test_jpeg_xl_is_refused_although_pynetdicom_names_it():
+    """pynetdicom, loaded in every process, adds JPEG XL to pydicom's UID table, so it
+    passes ``is_transfer_syntax``; no decoder here reads it, and it stays refused."""
+    import sys
+
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import UID
+
+    ds = pydicom.dcmread(CT)
+    ds.file_meta.TransferSyntaxUID = UID("1.2.840.10008.1.2.4.112")
+    ds.PixelData = encapsulate([b"\xff\x0a" + bytes(30)])  # a JPEG XL codestream's marker
+    assert "pynetdicom" in sys.modules and ds.file_meta.TransferSyntaxUID.is_transfer_syntax
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    with pytest.raises(StageError) as e:
+        deid.deidentify_object(buf.getvalue(), engine())
+    assert e.value.error_type == "unsupported_transfer_syntax"
+
+
 # --- adversarial inputs (from review) --------------------------------------------------------
 
 

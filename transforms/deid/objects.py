@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
-from pydicom.uid import DeflatedExplicitVRLittleEndian
+from pydicom.uid import UID, AllTransferSyntaxes, DeflatedExplicitVRLittleEndian
 
 from transforms.deadletter import (
     StageError,
@@ -15,8 +15,16 @@ from transforms.deid.engine import Deidentifier
 from transforms.deid.pixels import burned_in_risk, mask_pixels
 from transforms.deid.redact import Redaction, redact_pixels
 from transforms.deid.values import _text
-from transforms.dicom_io import decoder_available, parse_dataset
+from transforms.dicom_io import parse_dataset
 from transforms.dicom_io.write import write_dataset, write_file_meta
+
+# pydicom's own list: pynetdicom adds newer syntaxes to pydicom's UID table on import (so
+# ``is_transfer_syntax`` says yes to JPEG XL) without a decoder or an encoder for them.
+_PYDICOM_SYNTAXES = frozenset(AllTransferSyntaxes)
+
+
+def _defined(syntax: UID) -> bool:
+    return syntax.is_transfer_syntax and (syntax.is_private or syntax in _PYDICOM_SYNTAXES)
 
 
 @dataclass(frozen=True)
@@ -65,10 +73,9 @@ def deidentify_dataset(
         # A DICOMDIR (or other media file) indexes instances; it is not one.
         raise StageError("not_an_instance", "no SOP instance (e.g. a DICOMDIR); not de-identified")
     syntax = ds.file_meta.get("TransferSyntaxUID")
-    known = syntax is None or syntax.is_transfer_syntax
-    if not known or ("PixelData" in ds and decoder_available(syntax) is False):
-        # Pixels this pydicom cannot decode (JPEG XL, say) can be neither checked for
-        # burned-in text nor used downstream; an unknown syntax cannot be re-encoded.
+    if syntax is not None and not _defined(syntax):
+        # A syntax this pydicom does not define (JPEG XL, say): no decoder here reads it
+        # and pydicom's writer does not know it; refused, named.
         message = f"transfer syntax {syntax} is not supported by this installation"
         raise StageError("unsupported_transfer_syntax", message)
     pixels = engine.config.pixels
