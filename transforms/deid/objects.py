@@ -19,7 +19,7 @@ from transforms.dicom_io import parse_dataset
 from transforms.dicom_io.write import write_dataset, write_file_meta
 
 # pydicom's own list: pynetdicom adds newer syntaxes to pydicom's UID table on import (so
-# ``is_transfer_syntax`` says yes to JPEG XL) without a decoder or an encoder for them.
+# ``is_transfer_syntax`` says yes to JPEG XL) without a decoder for them.
 _PYDICOM_SYNTAXES = frozenset(AllTransferSyntaxes)
 
 
@@ -74,8 +74,8 @@ def deidentify_dataset(
         raise StageError("not_an_instance", "no SOP instance (e.g. a DICOMDIR); not de-identified")
     syntax = ds.file_meta.get("TransferSyntaxUID")
     if syntax is not None and not _defined(syntax):
-        # A syntax this pydicom does not define (JPEG XL, say): no decoder here reads it
-        # and pydicom's writer does not know it; refused, named.
+        # A syntax this pydicom does not define (JPEG XL, say, which only pynetdicom
+        # names): no decoder here reads its pixels; refused, named.
         message = f"transfer syntax {syntax} is not supported by this installation"
         raise StageError("unsupported_transfer_syntax", message)
     pixels = engine.config.pixels
