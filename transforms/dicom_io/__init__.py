@@ -35,7 +35,7 @@ from transforms.dicom_io.objects import (
     SourceObject,
     quiet_pydicom,
 )
-from transforms.dicom_io.parse import check_decoded, decoder_available, parse_dataset
+from transforms.dicom_io.parse import check_decoded, parse_dataset
 from transforms.dicom_io.read import ReadInstances, ReadObjects, ReadObjectsFn
 
 __all__ = [
@@ -64,7 +64,6 @@ __all__ = [
     "SourceObject",
     "check_decoded",
     "check_inputs",
-    "decoder_available",
     "describe",
     "has_glob",
     "instance_digest",

@@ -7,6 +7,7 @@ from typing import NamedTuple
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from pydicom.dataset import Dataset
+from pydicom.pixels import get_decoder
 from pydicom.uid import UID, UID_dictionary
 
 from models import features as f
@@ -26,7 +27,7 @@ from transforms.dicom_io.objects import (
     PHOTOMETRIC_INTERPRETATIONS,
     SourceObject,
 )
-from transforms.dicom_io.parse import decoder_available, parse_dataset
+from transforms.dicom_io.parse import parse_dataset
 
 
 def _code_string(ds: Dataset, keyword: str, allowed: frozenset[str]) -> str | None:
@@ -74,7 +75,7 @@ def describe(obj: SourceObject, ds: Dataset) -> dict:
         status = f.STATUS_IMAGE
     else:
         status = f.STATUS_NO_PIXEL_DATA
-    decodable = decoder_available(ts) if has_pixels else None
+    decoder_available = _decoder_available(ts) if has_pixels else None
     frames = _int(ds, "NumberOfFrames")
     return {
         f.SOURCE: obj.source,
@@ -98,8 +99,18 @@ def describe(obj: SourceObject, ds: Dataset) -> dict:
         ),
         f.HAS_PIXEL_DATA: has_pixels,
         f.BURNED_IN_ANNOTATION: _code_string(ds, "BurnedInAnnotation", _YES_NO),
-        f.DECODER_AVAILABLE: decodable,
+        f.DECODER_AVAILABLE: decoder_available,
     }
+
+
+@functools.cache
+def _decoder_available(ts: str | None) -> bool | None:
+    if not ts or ts == "UNREGISTERED":
+        return None
+    try:
+        return get_decoder(UID(ts)).is_available
+    except NotImplementedError:
+        return False
 
 
 @functools.cache

@@ -1,13 +1,10 @@
 """Parsing a DICOM object completely, within limits, with every failure named."""
 
-import functools
 import io
 
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.pixels import get_decoder
-from pydicom.uid import UID
 
 from transforms.deadletter import StageError
 from transforms.dicom_io.limits import (
@@ -21,17 +18,6 @@ from transforms.dicom_io.objects import quiet_pydicom
 from transforms.dicom_io.scan import check_structure
 
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
-
-
-@functools.cache
-def decoder_available(ts: str | None) -> bool | None:
-    """Whether this installation decodes pixel data in transfer syntax ``ts`` (None: unknown)."""
-    if not ts or ts == "UNREGISTERED":
-        return None
-    try:
-        return get_decoder(UID(ts)).is_available
-    except NotImplementedError:
-        return False
 
 
 def parse_dataset(data: bytes, limits: Limits | None = None) -> Dataset:
